@@ -1,0 +1,237 @@
+"""Validated configs: a strict pydantic base class, YAML loading with ${ENV} substitution and --set overrides.
+
+Every config class derives from `BaseConfig`, which forbids unknown keys so a typo in YAML is an error. Field groups
+where exactly one (or at most one) member may be set are declared on the class and checked at load time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+__all__ = [
+    "BaseConfig",
+    "ConfigError",
+    "apply_overrides",
+    "dump_yaml",
+    "load_config",
+    "substitute_env",
+]
+
+C = TypeVar("C", bound="BaseConfig")
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A config could not be loaded; the message is one readable block naming file, key path and problem."""
+
+
+class BaseConfig(BaseModel):
+    """Strict base: unknown keys are errors; declare `exactly_one_of` / `at_most_one_of` field groups on subclasses."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_default=True)
+
+    exactly_one_of: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    at_most_one_of: ClassVar[tuple[tuple[str, ...], ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_field_groups(self):
+        for group in self.exactly_one_of:
+            chosen = [name for name in group if getattr(self, name) is not None]
+            if len(chosen) != 1:
+                got = ", ".join(chosen) if chosen else "none"
+                raise ValueError(f"exactly one of {', '.join(group)} must be set (got {got})")
+        for group in self.at_most_one_of:
+            chosen = [name for name in group if getattr(self, name) is not None]
+            if len(chosen) > 1:
+                raise ValueError(f"at most one of {', '.join(group)} may be set (got {', '.join(chosen)})")
+        return self
+
+    def which(self, group: Sequence[str]) -> str | None:
+        """Name of the member of a field group that is set, or None."""
+        for name in group:
+            if getattr(self, name) is not None:
+                return name
+        return None
+
+
+def substitute_env(node: Any, path: str = "", env: Mapping[str, str] | None = None) -> Any:
+    """Replace ${NAME} (or ${NAME:-default}) in every string of a parsed YAML tree; an unset NAME is an error."""
+    env = os.environ if env is None else env
+    if isinstance(node, dict):
+        return {k: substitute_env(v, f"{path}.{k}" if path else str(k), env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [substitute_env(v, f"{path}[{i}]", env) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable ${{{name}}} is not set (used at {path or '<root>'})")
+
+    whole = _ENV_PATTERN.fullmatch(node)
+    value = _ENV_PATTERN.sub(replace, node)
+    # A value that is nothing but ${NAME} takes the YAML type of what NAME holds (a number, a list, ...).
+    return yaml.safe_load(value) if whole and value.strip() else value
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, creating missing levels."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY.PATH=VALUE, got {override!r}")
+        parts = key.strip().split(".")
+        node: Any = data
+        for i, part in enumerate(parts):
+            where = ".".join(parts[: i + 1])
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: {where} is not an index of a list of {len(node)} items")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {where} is inside a {type(node).__name__}, not a section")
+            if last:
+                try:
+                    node[part] = yaml.safe_load(raw) if raw.strip() else raw
+                except yaml.YAMLError as exc:
+                    raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from None
+            else:
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+    return data
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML:\n  {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    path: str | os.PathLike | None,
+    schema: type[C],
+    overrides: Iterable[str] = (),
+    data: dict | None = None,
+) -> C:
+    """Load, substitute ${ENV}, apply --set overrides and validate a YAML config against `schema`."""
+    source = Path(path) if path is not None else Path("<dict>")
+    raw = _read_yaml(source) if path is not None else dict(data or {})
+    raw = substitute_env(raw)
+    raw = apply_overrides(raw, overrides)
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, schema, source)) from None
+
+
+def dump_yaml(config: BaseModel) -> str:
+    """The fully resolved config (defaults filled in) as YAML."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+
+
+def format_validation_error(exc: ValidationError, schema: type[BaseModel], source: Path | str) -> str:
+    """Turn a pydantic error into one block: file, then one line per problem with its key path."""
+    lines = [f"{source}: invalid config ({exc.error_count()} problem{'s' if exc.error_count() != 1 else ''})"]
+    for err in exc.errors(include_url=False):
+        loc = [p for p in err["loc"] if not _is_internal_loc(p)]
+        key = _key_path(loc) or "<root>"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            valid = _valid_keys(schema, loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+            msg = "unknown key"
+            if hint:
+                msg += f"; did you mean {_key_path(loc[:-1] + [hint[0]])!r}?"
+            elif valid:
+                msg += f"; valid keys here: {', '.join(sorted(valid))}"
+        elif kind == "missing":
+            msg = "missing required key"
+        else:
+            msg = err["msg"]
+            if "input" in err and kind not in ("value_error", "assertion_error") and not isinstance(
+                err["input"], dict
+            ):
+                msg += f" (got {err['input']!r})"
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _is_internal_loc(part: Any) -> bool:
+    # pydantic adds union-member and function-validator names to locations; they are not YAML keys.
+    return isinstance(part, str) and (part.startswith("function-") or "[" in part)
+
+
+def _key_path(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    """The concrete types inside Optional/Union/Annotated."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [t for arg in typing.get_args(tp) for t in _unwrap(arg) if t is not type(None)]
+    return [tp]
+
+
+def _valid_keys(schema: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """Field names (and aliases) valid at a key path, found by walking the schema's type annotations."""
+    candidates: list[Any] = [schema]
+    for part in loc:
+        nxt: list[Any] = []
+        for tp in candidates:
+            for t in _unwrap(tp):
+                origin = typing.get_origin(t)
+                if isinstance(t, type) and issubclass(t, BaseModel) and isinstance(part, str):
+                    field = t.model_fields.get(part) or next(
+                        (f for f in t.model_fields.values() if f.alias == part), None
+                    )
+                    if field is not None:
+                        nxt.append(field.annotation)
+                elif origin in (dict, Mapping) or origin is typing.get_origin(Mapping[str, int]):
+                    nxt.append(typing.get_args(t)[1])
+                elif origin in (list, tuple, Sequence) and isinstance(part, int):
+                    nxt.append(typing.get_args(t)[0])
+        candidates = nxt
+    keys: list[str] = []
+    for tp in candidates:
+        for t in _unwrap(tp):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                for name, field in t.model_fields.items():
+                    keys.append(field.alias or name)
+    return keys

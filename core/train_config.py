@@ -1,0 +1,125 @@
+"""Project-agnostic training, optimizer and learning-rate-schedule configs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from core.config import BaseConfig
+
+
+# --- learning-rate schedules ---------------------------------------------------------------------------------------
+class PiecewiseConstantConfig(BaseConfig):
+    """values[i] while step < boundaries[i]; values[-1] after the last boundary."""
+
+    boundaries: list[int]
+    values: list[float]
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        if len(self.values) != len(self.boundaries) + 1:
+            raise ValueError("piecewise_constant needs exactly one more value than boundaries")
+        if any(b2 <= b1 for b1, b2 in zip(self.boundaries, self.boundaries[1:])):
+            raise ValueError("piecewise_constant boundaries must be strictly increasing")
+        return self
+
+
+class LinearRampToConstantConfig(BaseConfig):
+    """learning_rate * min(1, step / num_ramp_steps)."""
+
+    learning_rate: float = Field(gt=0.0)
+    num_ramp_steps: int = Field(ge=1)
+
+
+class LinearRampToCosineConfig(BaseConfig):
+    """Linear ramp to learning_rate, then cosine decay to final_learning_rate at final_num_steps."""
+
+    learning_rate: float = Field(gt=0.0)
+    final_learning_rate: float = Field(ge=0.0)
+    num_ramp_steps: int = Field(ge=0)
+    final_num_steps: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.final_num_steps <= self.num_ramp_steps:
+            raise ValueError("linear_ramp_to_cosine needs final_num_steps > num_ramp_steps")
+        return self
+
+
+class LearningRateConfig(BaseConfig):
+    exactly_one_of = (("constant", "piecewise_constant", "linear_ramp_to_constant", "linear_ramp_to_cosine"),)
+
+    constant: float | None = Field(default=None, gt=0.0)
+    piecewise_constant: PiecewiseConstantConfig | None = None
+    linear_ramp_to_constant: LinearRampToConstantConfig | None = None
+    linear_ramp_to_cosine: LinearRampToCosineConfig | None = None
+
+
+# --- optimizers ------------------------------------------------------------------------------------------------------
+class AdamConfig(BaseConfig):
+    beta_1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    beta_2: float = Field(default=0.999, ge=0.0, lt=1.0)
+    epsilon: float = Field(default=1e-8, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+
+
+class MultiTaskLearningRates(BaseConfig):
+    """One schedule per task tower (names must equal the model's tasks) and one for backbone and shared layers."""
+
+    tower_learning_rates: dict[str, LearningRateConfig]
+    backbone_learning_rate: LearningRateConfig
+
+
+class DenseOptimizerConfig(BaseConfig):
+    exactly_one_of = (("adam", "adamw"),)
+    at_most_one_of = (("learning_rate", "multi_task_learning_rates"),)
+
+    adam: AdamConfig | None = None
+    adamw: AdamConfig | None = None
+    # A single schedule for every parameter group ...
+    learning_rate: LearningRateConfig | None = None
+    # ... or one per tower plus one for the backbone and shared layers.
+    multi_task_learning_rates: MultiTaskLearningRates | None = None
+
+    @model_validator(mode="after")
+    def _has_schedule(self):
+        if self.learning_rate is None and self.multi_task_learning_rates is None:
+            raise ValueError("set learning_rate or multi_task_learning_rates")
+        return self
+
+
+class SparseOptimizerConfig(BaseConfig):
+    """The optimizer fused into the backward pass of the sharded embedding tables."""
+
+    type: Literal["rowwise_adagrad", "adam", "sgd"] = "rowwise_adagrad"
+    learning_rate: float = Field(default=0.05, gt=0.0)
+    epsilon: float = Field(default=1e-8, gt=0.0)
+
+
+class OptimizerConfig(BaseConfig):
+    dense: DenseOptimizerConfig
+    sparse: SparseOptimizerConfig = SparseOptimizerConfig()
+
+
+# --- the training loop -----------------------------------------------------------------------------------------------
+class TrainingConfig(BaseConfig):
+    exactly_one_of = (("num_train_steps", "num_epochs"),)
+
+    # Checkpoints, TensorBoard logs and evaluation reports go under this directory.
+    save_dir: str
+    num_train_steps: int | None = Field(default=None, ge=1)
+    num_epochs: int | None = Field(default=None, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    clip_grad_norm: float | None = Field(default=None, gt=0.0)
+    mixed_precision: Literal["fp32", "bf16"] = "fp32"
+    train_log_every_n: int = Field(default=50, ge=1)
+    checkpoint_every_n: int = Field(default=1000, ge=1)
+    keep_last_k: int = Field(default=3, ge=1)
+    eval_every_n: int | None = Field(default=None, ge=1)
+    # Batches per validation set in periodic evaluation; unset evaluates the whole set.
+    num_eval_steps: int | None = Field(default=None, ge=1)
+    # Initialize weights (only) from another run's checkpoint directory.
+    warm_start_from: str | None = None
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -1,0 +1,141 @@
+"""Data section of the recap config: the feature schema, the tasks' labels (matched by name) and the datasets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from core.config import BaseConfig
+
+
+class ColumnSpec(BaseConfig):
+    """One parquet column. `length` unset: a scalar column; set: a fixed-length list column giving `length` values."""
+
+    name: str
+    length: int | None = Field(default=None, ge=1)
+
+    @property
+    def width(self) -> int:
+        return self.length or 1
+
+
+def _columns(value: Any) -> Any:
+    # A bare string in YAML means a scalar column: `continuous: [a, b]` is short for `[{name: a}, {name: b}]`.
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+class DenseEmbeddingSpec(BaseConfig):
+    """A fixed-length float vector computed upstream (e.g. a 200-d user embedding), stored as a list column."""
+
+    name: str
+    dim: int = Field(ge=1)
+
+
+class FeatureSchema(BaseConfig):
+    """Which parquet columns feed the model, by kind."""
+
+    continuous: list[ColumnSpec] = []
+    binary: list[ColumnSpec] = []
+    discrete: list[ColumnSpec] = []
+    # Variable-length list<int64> (or scalar int64) id columns, looked up in the large embedding tables.
+    sparse: list[str] = []
+    embeddings: list[DenseEmbeddingSpec] = []
+    # Optional per-row weight column, multiplied into every task's sample weight.
+    weight: str | None = None
+    # Columns copied through to predictions (request id, user id, ...).
+    ids: list[str] = []
+
+    @field_validator("continuous", "binary", "discrete", mode="before")
+    @classmethod
+    def _scalar_shorthand(cls, value: Any) -> Any:
+        return _columns(value)
+
+    @property
+    def num_continuous(self) -> int:
+        return sum(c.width for c in self.continuous)
+
+    @property
+    def num_binary(self) -> int:
+        return sum(c.width for c in self.binary)
+
+    @property
+    def num_discrete(self) -> int:
+        return sum(c.width for c in self.discrete)
+
+    def discrete_index(self, name: str) -> int:
+        """Position of a scalar discrete column in the batch's `discrete` tensor."""
+        offset = 0
+        for col in self.discrete:
+            if col.name == name:
+                if col.length is not None:
+                    raise ValueError(f"discrete column {name!r} is a list column; a scalar one is needed here")
+                return offset
+            offset += col.width
+        raise KeyError(name)
+
+    def all_columns(self) -> list[str]:
+        """Every feature, weight and id column the schema names (labels excluded)."""
+        names = [c.name for c in self.continuous + self.binary + self.discrete]
+        names += list(self.sparse) + [e.name for e in self.embeddings] + list(self.ids)
+        if self.weight:
+            names.append(self.weight)
+        return names
+
+    @model_validator(mode="after")
+    def _unique(self):
+        seen: set[str] = set()
+        for name in self.all_columns():
+            if name in seen:
+                raise ValueError(f"column {name!r} is named twice in the feature schema")
+            seen.add(name)
+        return self
+
+
+class TaskDataConfig(BaseConfig):
+    """A task's label column and the rates at which its positives and negatives were kept when the logs were sampled."""
+
+    label: str
+    pos_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+    neg_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+class DatasetConfig(BaseConfig):
+    """Parquet input: files, directories, globs or fsspec URLs."""
+
+    paths: list[str] = Field(min_length=1)
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_path(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class DataConfig(BaseConfig):
+    """Where the data is, what its columns mean and how it is batched."""
+
+    features: FeatureSchema
+    # Data tasks by name; the model's tasks must be a subset, matched by name, never by position.
+    tasks: dict[str, TaskDataConfig] = Field(min_length=1)
+    train: DatasetConfig | None = None
+    validation: dict[str, DatasetConfig] = {}
+    batch_size: int = Field(default=512, ge=1)
+    eval_batch_size: int | None = Field(default=None, ge=1)
+    # DataLoader worker processes per rank (0 = read in the training process).
+    num_workers: int = Field(default=1, ge=0)
+    shuffle: bool = True
+    # Rows held in the shuffle buffer, per worker.
+    shuffle_buffer_rows: int = Field(default=65536, ge=1)
+    seed: int = 0
+    # Skip a corrupt parquet file with a warning instead of failing.
+    ignore_data_errors: bool = False
+
+    @model_validator(mode="after")
+    def _labels_are_not_features(self):
+        features = set(self.features.all_columns())
+        for task, cfg in self.tasks.items():
+            if cfg.label in features:
+                raise ValueError(f"tasks.{task}.label {cfg.label!r} is also a feature column")
+        return self

@@ -1,0 +1,77 @@
+"""The `recap` command line. Each subcommand lives in projects/home/recap/commands/ and is imported only when used.
+
+Also runnable under torchrun: `torchrun --nproc_per_node 2 -m projects.home.recap.main train --config FILE`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from core.config import ConfigError
+from core.log import setup_logging
+
+# name -> (module in projects.home.recap.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate-config": ("validate_config", "print the fully resolved config, or its errors"),
+    "data generate": ("data_generate", "write synthetic recap-shaped parquet with oracle probabilities"),
+    "data census": ("data_census", "convert the UCI Census-Income (KDD) file to parquet splits"),
+    "data stats": ("data_stats", "compute continuous-feature statistics for zscore_log featurization"),
+    "data downsample": ("data_downsample", "drop a fraction of all-negative rows and reweight the rest"),
+    "data benchmark": ("data_benchmark", "measure loader throughput (rows/s) for a config's schema"),
+    "train": ("train", "train a model (alone, under torchrun, or with --nproc-per-node)"),
+    "evaluate": ("evaluate", "evaluate a checkpoint on the validation sets and write the report"),
+    "report": ("report", "rebuild a run's report, or compare two runs"),
+    "predict": ("predict", "score parquet files with a checkpoint"),
+    "export": ("export", "export a checkpoint to a self-contained serving artifact"),
+    "benchmark": ("benchmark", "measure throughput and MFU against the machine's matmul peak"),
+    "demo": ("demo", "generate data, train on 2 ranks, evaluate: the two-command start"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: recap COMMAND [options]   (recap COMMAND --help for a command's options)", "", "commands:"]
+    for name, (_, help_text) in COMMANDS.items():
+        lines.append(f"  {name:<18} {help_text}")
+    return "\n".join(lines)
+
+
+def _find_command(argv: list[str]) -> tuple[str, list[str]] | None:
+    for words in (2, 1):
+        name = " ".join(argv[:words])
+        if len(argv) >= words and name in COMMANDS:
+            return name, argv[words:]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `recap` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    found = _find_command(argv)
+    if found is None:
+        print(_usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    name, rest = found
+    setup_logging()
+    module_name, help_text = COMMANDS[name]
+    try:
+        module = importlib.import_module(f"projects.home.recap.commands.{module_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("projects.home.recap.commands"):
+            print(f"recap {name}: not available in this version", file=sys.stderr)
+            return 2
+        raise
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"recap {name}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Model section of the recap config: featurization, embeddings, towers, backbone and the per-task heads."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from core.config import BaseConfig
+
+Activation = Literal["relu", "gelu", "silu", "none"]
+
+
+# --- featurization of continuous features -------------------------------------------------------------------------
+class BatchNormConfig(BaseConfig):
+    affine: bool = True
+    momentum: float = Field(default=0.1, gt=0.0, le=1.0)
+
+
+class DoubleNormLogConfig(BaseConfig):
+    """non-finite -> 0; sign(x)*log1p(|x|); optional BatchNorm; clamp; concat binary; optional LayerNorm."""
+
+    batch_norm: BatchNormConfig | None = BatchNormConfig()
+    clip_magnitude: float = Field(default=5.0, gt=0.0)
+    layer_norm: bool = True
+
+
+class Log1pAbsConfig(BaseConfig):
+    """non-finite -> 0; sign(x)*log1p(|x|)."""
+
+
+class ClipLog1pAbsConfig(BaseConfig):
+    """non-finite -> 0; sign(x)*log1p(|x|); clamp to +-clip_magnitude."""
+
+    clip_magnitude: float = Field(default=5.0, gt=0.0)
+
+
+class ZScoreLogConfig(BaseConfig):
+    """sign(x)*log1p(|x|), standardized with statistics written by `recap data stats`."""
+
+    stats_path: str
+    clip_magnitude: float | None = Field(default=5.0, gt=0.0)
+
+
+class FeaturizationConfig(BaseConfig):
+    exactly_one_of = (("double_norm_log", "log1p_abs", "clip_log1p_abs", "zscore_log"),)
+
+    double_norm_log: DoubleNormLogConfig | None = None
+    log1p_abs: Log1pAbsConfig | None = None
+    clip_log1p_abs: ClipLog1pAbsConfig | None = None
+    zscore_log: ZScoreLogConfig | None = None
+
+
+# --- embeddings ----------------------------------------------------------------------------------------------------
+class SmallEmbeddingConfig(BaseConfig):
+    """An nn.Embedding over a small-vocabulary discrete column; ids outside [0, num_embeddings) are taken modulo."""
+
+    feature: str
+    num_embeddings: int = Field(ge=1)
+    embedding_dim: int = Field(ge=1)
+
+
+class LargeEmbeddingConfig(BaseConfig):
+    """A torchrec embedding-bag table over one or more sparse id columns (sharded across ranks)."""
+
+    name: str
+    feature_names: list[str] = Field(min_length=1)
+    num_embeddings: int = Field(ge=1)
+    embedding_dim: int = Field(ge=1)
+    pooling: Literal["sum", "mean"] = "mean"
+    # How raw ids are brought into [0, num_embeddings): modulo, or a multiplicative hash then modulo.
+    id_transform: Literal["mod", "hash"] = "hash"
+
+
+class PositionDebiasConfig(BaseConfig):
+    """Embedding of a position column; replaced by 'unknown' with drop_probability in training, always at eval."""
+
+    feature: str
+    num_positions: int = Field(ge=1)
+    embedding_dim: int = Field(default=8, ge=1)
+    drop_probability: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+# --- towers ----------------------------------------------------------------------------------------------------------
+class MlpConfig(BaseConfig):
+    """Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden size, then a last Linear (+ReLU if asked)."""
+
+    layer_sizes: list[int] = Field(min_length=1)
+    batch_norm: BatchNormConfig | None = None
+    dropout: float | None = Field(default=None, gt=0.0, lt=1.0)
+    final_layer_activation: bool = False
+
+
+class DcnConfig(BaseConfig):
+    """DCN v2: poly_degree cross layers (low rank with projection_dim), stacked or parallel MLP, optional output MLP."""
+
+    at_most_one_of = (("stacked_mlp", "parallel_mlp"),)
+
+    poly_degree: int = Field(ge=1)
+    projection_dim: int | None = Field(default=None, ge=1)
+    stacked_mlp: MlpConfig | None = None
+    parallel_mlp: MlpConfig | None = None
+    output_mlp: MlpConfig | None = None
+
+
+class MaskBlockConfig(BaseConfig):
+    """One MaskBlock; the mask's hidden width is int(dim(e)*reduction_factor) or aggregation_size."""
+
+    exactly_one_of = (("reduction_factor", "aggregation_size"),)
+
+    output_size: int = Field(ge=1)
+    reduction_factor: float | None = Field(default=None, gt=0.0)
+    aggregation_size: int | None = Field(default=None, ge=1)
+    input_layer_norm: bool = True
+    activation: Activation = "relu"
+
+
+class MaskNetConfig(BaseConfig):
+    mask_blocks: list[MaskBlockConfig] = Field(min_length=1)
+    use_parallel: bool = True
+    mlp: MlpConfig | None = None
+
+
+class TowerConfig(BaseConfig):
+    """Exactly one tower architecture."""
+
+    exactly_one_of = (("mlp_config", "dcn_config", "mask_net_config"),)
+
+    mlp_config: MlpConfig | None = None
+    dcn_config: DcnConfig | None = None
+    mask_net_config: MaskNetConfig | None = None
+
+
+class AffineMapConfig(BaseConfig):
+    """logit <- scale * logit + bias, initialized from here."""
+
+    scale: float = 1.0
+    bias: float = 0.0
+    trainable: bool = True
+
+
+class TaskModelConfig(TowerConfig):
+    """One task's tower, its output head and its loss terms."""
+
+    affine_map: AffineMapConfig | None = None
+    pos_weight: float = Field(default=1.0, gt=0.0)
+    loss_weight: float = Field(default=1.0, ge=0.0)
+
+
+class ModelConfig(BaseConfig):
+    featurization: FeaturizationConfig = FeaturizationConfig(double_norm_log=DoubleNormLogConfig())
+    small_embeddings: list[SmallEmbeddingConfig] = []
+    large_embeddings: list[LargeEmbeddingConfig] = []
+    # LayerNorm each dense (upstream) embedding before concatenation.
+    dense_embedding_layer_norm: bool = True
+    position_debias: PositionDebiasConfig | None = None
+    multi_task_type: Literal["share_none", "share_all", "share_partial"] = "share_none"
+    backbone: TowerConfig | None = None
+    tasks: dict[str, TaskModelConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _backbone_matches_sharing(self):
+        if self.multi_task_type == "share_none" and self.backbone is not None:
+            raise ValueError("multi_task_type share_none takes no backbone; remove model.backbone")
+        if self.multi_task_type != "share_none" and self.backbone is None:
+            raise ValueError(f"multi_task_type {self.multi_task_type} needs model.backbone")
+        return self

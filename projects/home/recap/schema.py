@@ -1,0 +1,82 @@
+"""The whole recap experiment config (one YAML file per experiment) and the checks that span its sections."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from pydantic import Field, model_validator
+
+from core.config import BaseConfig, load_config
+from core.train_config import OptimizerConfig, TrainingConfig
+from projects.home.recap.data.config import DataConfig
+from projects.home.recap.model.config import ModelConfig
+
+
+class EvaluationConfig(BaseConfig):
+    """What the offline evaluation computes beyond the per-task metrics."""
+
+    # Discrete feature columns whose values split the metrics ("metrics per stratifier value").
+    stratifiers: list[str] = []
+    # An id column (in data.features.ids or discrete) for AUC averaged within each group (user).
+    group_auc_column: str | None = None
+    # Validation sets to evaluate; empty means all of data.validation.
+    datasets: list[str] = []
+    # Points per curve in the report's plots.
+    curve_points: int = Field(default=200, ge=10)
+
+
+class RecapConfig(BaseConfig):
+    data: DataConfig
+    model: ModelConfig
+    training: TrainingConfig
+    optimizer: OptimizerConfig
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @model_validator(mode="after")
+    def _sections_agree(self):
+        data_tasks = set(self.data.tasks)
+        missing = [t for t in self.model.tasks if t not in data_tasks]
+        if missing:
+            raise ValueError(
+                f"model.tasks {missing} have no label in data.tasks (known: {sorted(data_tasks)}); "
+                "tasks are matched to labels by name"
+            )
+        mtl = self.optimizer.dense.multi_task_learning_rates
+        if mtl is not None and set(mtl.tower_learning_rates) != set(self.model.tasks):
+            raise ValueError(
+                "optimizer.dense.multi_task_learning_rates.tower_learning_rates must name exactly the model's "
+                f"tasks: extra {sorted(set(mtl.tower_learning_rates) - set(self.model.tasks))}, "
+                f"missing {sorted(set(self.model.tasks) - set(mtl.tower_learning_rates))}"
+            )
+        features = self.data.features
+        discrete = {c.name for c in features.discrete if c.length is None}
+        sparse = set(features.sparse)
+        for i, emb in enumerate(self.model.small_embeddings):
+            if emb.feature not in discrete:
+                raise ValueError(f"model.small_embeddings[{i}].feature {emb.feature!r} is not a scalar discrete column")
+        for i, table in enumerate(self.model.large_embeddings):
+            for name in table.feature_names:
+                if name not in sparse:
+                    raise ValueError(f"model.large_embeddings[{i}] feature {name!r} is not in data.features.sparse")
+        tables_of = [n for t in self.model.large_embeddings for n in t.feature_names]
+        if len(tables_of) != len(set(tables_of)):
+            raise ValueError("a sparse feature is assigned to two large embedding tables")
+        pos = self.model.position_debias
+        if pos is not None and pos.feature not in discrete:
+            raise ValueError(f"model.position_debias.feature {pos.feature!r} is not a scalar discrete column")
+        for s in self.evaluation.stratifiers:
+            if s not in discrete:
+                raise ValueError(f"evaluation.stratifiers: {s!r} is not a scalar discrete column")
+        group = self.evaluation.group_auc_column
+        if group is not None and group not in discrete | set(features.ids):
+            raise ValueError(f"evaluation.group_auc_column {group!r} must be a discrete or id column")
+        for name in self.evaluation.datasets:
+            if name not in self.data.validation:
+                raise ValueError(f"evaluation.datasets: {name!r} is not in data.validation")
+        return self
+
+
+def load_recap_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> RecapConfig:
+    """Load and validate a recap experiment YAML (with ${ENV} substitution and --set overrides)."""
+    return load_config(path, RecapConfig, overrides)

@@ -1,0 +1,84 @@
+"""The config system: strict keys with suggestions, field groups, ${ENV} substitution, --set overrides."""
+
+import pytest
+
+from core.config import BaseConfig, ConfigError, apply_overrides, dump_yaml, load_config, substitute_env
+
+
+class Inner(BaseConfig):
+    exactly_one_of = (("a", "b"),)
+    at_most_one_of = (("c", "d"),)
+    a: int | None = None
+    b: int | None = None
+    c: str | None = None
+    d: str | None = None
+
+
+class Outer(BaseConfig):
+    name: str
+    layer_sizes: list[int] = [1]
+    inner: dict[str, Inner] = {}
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_path_and_suggestion(tmp_path):
+    path = write(tmp_path, "name: x\ninner:\n  t1:\n    a: 1\n    bb: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, Outer)
+    text = str(err.value)
+    assert str(path) in text
+    assert "inner.t1.bb: unknown key; did you mean 'inner.t1.b'?" in text
+
+
+def test_missing_required_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"name: missing required key"):
+        load_config(write(tmp_path, "layer_sizes: [2]\n"), Outer)
+
+
+def test_wrong_type_names_path_and_value(tmp_path):
+    with pytest.raises(ConfigError, match=r"layer_sizes\[1\]: .*integer.*'two'"):
+        load_config(write(tmp_path, "name: x\nlayer_sizes: [1, two]\n"), Outer)
+
+
+def test_field_groups():
+    assert Inner(a=1).which(("a", "b")) == "a"
+    with pytest.raises(ValueError, match="exactly one of a, b must be set \\(got none\\)"):
+        Inner()
+    with pytest.raises(ValueError, match="exactly one of a, b must be set \\(got a, b\\)"):
+        Inner(a=1, b=2)
+    with pytest.raises(ValueError, match="at most one of c, d"):
+        Inner(a=1, c="x", d="y")
+    Inner(a=1, c="x")
+
+
+def test_env_substitution(tmp_path):
+    env = {"N": "3", "WHO": "me"}
+    assert substitute_env({"x": "${N}", "y": "run-${WHO}", "z": ["${UNSET:-7}"]}, env=env) == {
+        "x": 3,
+        "y": "run-me",
+        "z": [7],
+    }
+    with pytest.raises(ConfigError, match=r"\$\{MISSING\} is not set \(used at a.b\)"):
+        substitute_env({"a": {"b": "${MISSING}"}}, env={})
+
+
+def test_overrides_are_typed_by_schema(tmp_path):
+    path = write(tmp_path, "name: x\ninner: {t: {a: 1}}\n")
+    cfg = load_config(path, Outer, ["layer_sizes=[4, 5]", "inner.t.a=9", "name=123"])
+    assert cfg.layer_sizes == [4, 5] and cfg.inner["t"].a == 9 and cfg.name == "123"
+    with pytest.raises(ConfigError, match="inner.t.zz: unknown key"):
+        load_config(path, Outer, ["inner.t.zz=1"])
+    with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
+        load_config(path, Outer, ["novalue"])
+    assert apply_overrides({"l": [{"a": 1}]}, ["l.0.a=2"]) == {"l": [{"a": 2}]}
+
+
+def test_dump_is_loadable(tmp_path):
+    cfg = load_config(write(tmp_path, "name: x\n"), Outer)
+    again = load_config(write(tmp_path, dump_yaml(cfg)), Outer)
+    assert again == cfg

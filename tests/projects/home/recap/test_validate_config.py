@@ -1,0 +1,83 @@
+"""`recap validate-config` and the recap schema's cross-section checks, as a user meets them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.config import ConfigError
+from projects.home.recap.main import main
+from projects.home.recap.schema import load_recap_config
+
+DEMO = Path(__file__).parents[4] / "projects/home/recap/config/demo.yaml"
+
+
+def test_valid_file_prints_resolved_yaml(capsys):
+    assert main(["validate-config", str(DEMO)]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    # Defaults are filled in.
+    assert resolved["data"]["tasks"]["is_favorited"]["pos_rate"] == 1.0
+    assert resolved["training"]["keep_last_k"] == 3
+
+
+def test_misspelt_key_exits_1_with_suggestion(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEMO.read_text().replace("    is_favorited: {mlp_config: {layer_sizes:", "    is_favorited: {mlp_config: {layer_size:"))
+    assert main(["validate-config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err
+    assert "model.tasks.is_favorited.mlp_config.layer_size: unknown key" in err
+    assert "did you mean 'model.tasks.is_favorited.mlp_config.layer_sizes'?" in err
+
+
+def test_missing_required_key_named(tmp_path, capsys):
+    data = yaml.safe_load(DEMO.read_text())
+    del data["training"]["save_dir"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["validate-config", str(bad)]) == 1
+    assert "training.save_dir: missing required key" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    exe = Path(sys.executable).with_name("recap")
+    out = subprocess.run([str(exe), "validate-config", str(DEMO), "--set", "training.num_epochs=oops"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "training.num_epochs" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.tasks.is_liked={mlp_config: {layer_sizes: [4]}}", "have no label in data.tasks"),
+        ("model.multi_task_type=share_none", "share_none takes no backbone"),
+        ("model.backbone.mask_net_config.mask_blocks.0.aggregation_size=8", "exactly one of reduction_factor"),
+        ("optimizer.dense.multi_task_learning_rates={tower_learning_rates: {is_favorited: {constant: 0.1}}, "
+         "backbone_learning_rate: {constant: 0.1}}", "at most one of learning_rate"),
+        ("evaluation.stratifiers=[user_id]", "not a scalar discrete column"),
+    ],
+)
+def test_cross_section_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recap_config(DEMO, [override])
+
+
+def test_share_all_without_backbone():
+    with pytest.raises(ConfigError, match="share_all needs model.backbone"):
+        load_recap_config(DEMO, ["model.backbone=null"])
+
+
+def test_tower_learning_rates_must_match_tasks(tmp_path):
+    data = yaml.safe_load(DEMO.read_text())
+    data["optimizer"]["dense"].pop("learning_rate")
+    data["optimizer"]["dense"]["multi_task_learning_rates"] = {
+        "tower_learning_rates": {"is_favorited": {"constant": 0.1}},
+        "backbone_learning_rate": {"constant": 0.1},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="must name exactly the model's tasks"):
+        load_recap_config(path)

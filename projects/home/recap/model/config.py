@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from core.config import BaseConfig
 
 Activation = Literal["relu", "gelu", "silu", "none"]
+
+# Task and table names become module names (task_modules.<task>, embedding_bags.<table>): no dots, no spaces.
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 # --- featurization of continuous features -------------------------------------------------------------------------
@@ -70,6 +74,13 @@ class LargeEmbeddingConfig(BaseConfig):
     pooling: Literal["sum", "mean"] = "mean"
     # How raw ids are brought into [0, num_embeddings): modulo, or a multiplicative hash then modulo.
     id_transform: Literal["mod", "hash"] = "hash"
+
+    @field_validator("name")
+    @classmethod
+    def _module_name(cls, value: str) -> str:
+        if not _MODULE_NAME.match(value):
+            raise ValueError(f"table name {value!r} must be letters, digits and underscores, not starting with a digit")
+        return value
 
 
 class PositionDebiasConfig(BaseConfig):
@@ -157,6 +168,27 @@ class ModelConfig(BaseConfig):
     multi_task_type: Literal["share_none", "share_all", "share_partial"] = "share_none"
     backbone: TowerConfig | None = None
     tasks: dict[str, TaskModelConfig] = Field(min_length=1)
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, value: dict[str, TaskModelConfig]) -> dict[str, TaskModelConfig]:
+        bad = [name for name in value if not _MODULE_NAME.match(name)]
+        if bad:
+            raise ValueError(
+                f"task names {bad} must be letters, digits and underscores, not starting with a digit "
+                "(each task's modules are stored under its name)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        tables = [t.name for t in self.large_embeddings]
+        if len(tables) != len(set(tables)):
+            raise ValueError(f"model.large_embeddings: table names must be unique, got {tables}")
+        small = [e.feature for e in self.small_embeddings]
+        if len(small) != len(set(small)):
+            raise ValueError(f"model.small_embeddings: a feature has two small embeddings ({small})")
+        return self
 
     @model_validator(mode="after")
     def _backbone_matches_sharing(self):

@@ -1,0 +1,67 @@
+"""Embeddings of dense-tensor inputs: small tables over discrete columns, position debias, upstream dense vectors."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SmallEmbeddings(nn.Module):
+    """One nn.Embedding per discrete column; ids are taken modulo the table size, so any int64 id is valid."""
+
+    def __init__(self, columns: list[int], num_embeddings: list[int], embedding_dims: list[int]) -> None:
+        super().__init__()
+        if not len(columns) == len(num_embeddings) == len(embedding_dims):
+            raise ValueError("SmallEmbeddings needs one column, table size and dim per table")
+        self.columns = list(columns)
+        self.tables = nn.ModuleList(nn.Embedding(n, d) for n, d in zip(num_embeddings, embedding_dims))
+        self.register_buffer("sizes", torch.tensor(list(num_embeddings), dtype=torch.int64), persistent=False)
+        self.register_buffer("column_index", torch.tensor(self.columns, dtype=torch.int64), persistent=False)
+        self.output_dim = sum(embedding_dims)
+
+    def forward(self, discrete: torch.Tensor) -> torch.Tensor:
+        # One gather and one remainder for all tables; remainder is non-negative for negative ids too.
+        ids = torch.remainder(discrete.index_select(1, self.column_index), self.sizes)
+        return torch.cat([table(ids[:, i]) for i, table in enumerate(self.tables)], dim=1)
+
+
+class PositionDebias(nn.Module):
+    """Embedding of a position column. Row `num_positions` is "unknown": used for positions outside
+    [0, num_positions), for a random drop_probability share of rows in training, and for every row at evaluation,
+    so the model learns the position effect without depending on it at serving time."""
+
+    def __init__(self, column: int, num_positions: int, embedding_dim: int, drop_probability: float) -> None:
+        super().__init__()
+        if not 0.0 <= drop_probability <= 1.0:
+            raise ValueError(f"drop_probability must be in [0, 1], got {drop_probability}")
+        self.column = column
+        self.num_positions = num_positions
+        self.drop_probability = drop_probability
+        self.embedding = nn.Embedding(num_positions + 1, embedding_dim)
+        self.output_dim = embedding_dim
+
+    def forward(self, discrete: torch.Tensor) -> torch.Tensor:
+        position = discrete[:, self.column]
+        unknown = torch.full_like(position, self.num_positions)
+        if not self.training:
+            return self.embedding(unknown)
+        keep = (position >= 0) & (position < self.num_positions)
+        if self.drop_probability > 0.0:
+            keep = keep & (torch.rand(position.shape, device=position.device) >= self.drop_probability)
+        return self.embedding(torch.where(keep, position, unknown))
+
+
+class DenseEmbeddingNorm(nn.Module):
+    """Split the concatenated upstream embeddings by their widths and LayerNorm each one (or pass them through)."""
+
+    def __init__(self, dims: list[int], layer_norm: bool = True) -> None:
+        super().__init__()
+        self.dims = list(dims)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in self.dims) if layer_norm else None
+        self.output_dim = sum(self.dims)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        if self.norms is None:
+            return embeddings.float()
+        parts = torch.split(embeddings.float(), self.dims, dim=1)
+        return torch.cat([norm(parts[i]) for i, norm in enumerate(self.norms)], dim=1)

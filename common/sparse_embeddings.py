@@ -1,0 +1,142 @@
+"""Large embedding tables over sparse id features: the torchrec EmbeddingBagCollection and the id transform.
+
+The transform (raw int64 ids -> [0, num_embeddings)) runs on the KeyedJaggedTensor's values before the lookup and
+stays outside the EmbeddingBagCollection, so a sharded collection (DistributedModelParallel) works unchanged.
+  mod:  id mod n                         (non-negative for negative ids)
+  hash: h = id * 0x9E3779B97F4A7C15 (int64, wrapping); h = h ^ (h >> 32) (arithmetic shift); h mod n
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+# The 64-bit golden-ratio constant as a signed int64 (multiplication wraps around in two's complement).
+_GOLDEN_INT64 = 0x9E3779B97F4A7C15 - (1 << 64)
+_POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+
+
+@dataclass(frozen=True)
+class LargeTableSpec:
+    """One embedding-bag table: its name, the sparse features it pools, its size and how ids are brought in range."""
+
+    name: str
+    feature_names: tuple[str, ...]
+    num_embeddings: int
+    embedding_dim: int
+    pooling: str = "mean"
+    id_transform: str = "hash"
+
+
+def hash_ids(ids: torch.Tensor) -> torch.Tensor:
+    """A deterministic int64 mixing of ids (multiply by the golden-ratio constant, xor-shift), before the modulo."""
+    h = ids.to(torch.int64) * _GOLDEN_INT64
+    return torch.bitwise_xor(h, torch.bitwise_right_shift(h, 32))
+
+
+def build_embedding_bag_collection(
+    tables: list[LargeTableSpec], device: torch.device | str = "cpu"
+) -> EmbeddingBagCollection:
+    """The torchrec EmbeddingBagCollection of `tables` (device "meta" to let DistributedModelParallel shard it)."""
+    configs = []
+    for t in tables:
+        if t.pooling not in _POOLING:
+            raise ValueError(
+                f"large embedding table {t.name!r}: pooling {t.pooling!r} is not one of sum, mean"
+            )
+        configs.append(
+            EmbeddingBagConfig(
+                name=t.name,
+                feature_names=list(t.feature_names),
+                num_embeddings=t.num_embeddings,
+                embedding_dim=t.embedding_dim,
+                pooling=_POOLING[t.pooling],
+            )
+        )
+    return EmbeddingBagCollection(tables=configs, device=torch.device(device))
+
+
+def pooled_embedding_dim(tables: list[LargeTableSpec]) -> int:
+    """Width of the collection's pooled output: each feature contributes its table's dim."""
+    return sum(t.embedding_dim * len(t.feature_names) for t in tables)
+
+
+class SparseIdTransform(nn.Module):
+    """Keeps the features the tables read (in table order) and maps their raw ids into each table's range.
+
+    A batch may carry sparse columns no table reads; they are dropped here. Under torchrec's train pipeline this
+    module is a leaf called directly on `batch.sparse`, so it can run as a pipelined post-processing step."""
+
+    def __init__(self, tables: list[LargeTableSpec]) -> None:
+        super().__init__()
+        self.size_of: dict[str, int] = {}
+        self.hashed: dict[str, bool] = {}
+        for t in tables:
+            if t.id_transform not in ("mod", "hash"):
+                raise ValueError(
+                    f"large embedding table {t.name!r}: id_transform {t.id_transform!r} is not mod or hash"
+                )
+            for name in t.feature_names:
+                self.size_of[name] = t.num_embeddings
+                self.hashed[name] = t.id_transform == "hash"
+        self.feature_names = list(self.size_of)
+        self._plans: dict[tuple, tuple[list[int] | None, torch.Tensor, torch.Tensor | None, bool]] = {}
+        self._key_of_length: dict[tuple, torch.Tensor] = {}
+
+    def _plan(self, keys: list[str], device: torch.device):
+        """(feature selection, size per feature, hash flag per feature or None, all hashed), cached per key list."""
+        cache_key = (tuple(keys), str(device))
+        if cache_key not in self._plans:
+            missing = [f for f in self.feature_names if f not in keys]
+            if missing:
+                raise KeyError(f"sparse features {missing} are not in the batch (it has {keys})")
+            select = None if keys == self.feature_names else [keys.index(f) for f in self.feature_names]
+            flags = [self.hashed[f] for f in self.feature_names]
+            sizes = torch.tensor(
+                [self.size_of[f] for f in self.feature_names], dtype=torch.int64, device=device
+            )
+            hashed = torch.tensor(flags, dtype=torch.bool, device=device) if any(flags) else None
+            self._plans[cache_key] = (select, sizes, hashed, all(flags))
+        return self._plans[cache_key]
+
+    def _feature_of_length(self, strides: list[int], device: torch.device) -> torch.Tensor:
+        """The feature index of each entry of the KJT's lengths, cached per batch shape."""
+        cache_key = (tuple(strides), str(device))
+        if cache_key not in self._key_of_length:
+            counts = torch.tensor(strides, dtype=torch.int64)
+            self._key_of_length[cache_key] = torch.repeat_interleave(torch.arange(len(strides)), counts).to(
+                device
+            )
+        return self._key_of_length[cache_key]
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        device = features.values().device
+        select, sizes, hashed, all_hashed = self._plan(features.keys(), device)
+        if select is not None:
+            features = features.permute(select)
+        values = features.values().to(torch.int64)
+        key_of_length = self._feature_of_length(features.stride_per_key(), device)
+        # The feature of every value, without a host synchronization (output_size is known).
+        key_of_value = torch.repeat_interleave(key_of_length, features.lengths(), output_size=values.numel())
+        if all_hashed:
+            values = hash_ids(values)
+        elif hashed is not None:
+            values = torch.where(hashed[key_of_value], hash_ids(values), values)
+        values = torch.remainder(values, sizes[key_of_value])
+        variable = features.variable_stride_per_key()
+        return KeyedJaggedTensor(
+            keys=features.keys(),
+            values=values,
+            weights=features.weights_or_none(),
+            lengths=features.lengths(),
+            offsets=features.offsets_or_none(),
+            stride=None if variable else features.stride(),
+            stride_per_key_per_rank=features.stride_per_key_per_rank() if variable else None,
+            length_per_key=features.length_per_key_or_none(),
+            offset_per_key=features.offset_per_key_or_none(),
+        )

@@ -1,0 +1,193 @@
+"""Build the model and its loss from a validated recap config (configs in, plain-argument modules out)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common.calibration import log_ratio
+from common.dcn import Dcn
+from common.embeddings import DenseEmbeddingNorm, PositionDebias, SmallEmbeddings
+from common.featurization import ClipLog1pAbs, DoubleNormLog, Log1pAbs, ZScoreLog
+from common.mask_net import MaskBlockSpec, MaskNet
+from common.mlp import MlpSpec
+from common.sparse_embeddings import (
+    LargeTableSpec,
+    SparseIdTransform,
+    build_embedding_bag_collection,
+    pooled_embedding_dim,
+)
+from projects.home.recap.data.config import FeatureSchema
+from projects.home.recap.model.config import FeaturizationConfig, MlpConfig, TowerConfig
+from projects.home.recap.model.feature_stats import load_feature_stats
+from projects.home.recap.model.loss import ModelAndLoss
+from projects.home.recap.model.multi_task import AffineMap, DenseRankingModel, MultiTaskRankingModel, TaskHead
+from projects.home.recap.schema import RecapConfig
+
+
+def mlp_spec(config: MlpConfig) -> MlpSpec:
+    """The MlpSpec of an MlpConfig."""
+    bn = config.batch_norm
+    return MlpSpec(
+        layer_sizes=tuple(config.layer_sizes),
+        batch_norm=bn is not None,
+        batch_norm_affine=bn.affine if bn is not None else True,
+        batch_norm_momentum=bn.momentum if bn is not None else 0.1,
+        dropout=config.dropout,
+        final_layer_activation=config.final_layer_activation,
+    )
+
+
+def build_tower(config: TowerConfig, in_features: int) -> nn.Module:
+    """An Mlp, Dcn or MaskNet reading `in_features` values; it reports `output_dim`."""
+    if config.mlp_config is not None:
+        return mlp_spec(config.mlp_config).build(in_features)
+    if config.dcn_config is not None:
+        dcn = config.dcn_config
+        return Dcn(
+            in_features,
+            num_cross_layers=dcn.poly_degree,
+            projection_dim=dcn.projection_dim,
+            stacked_mlp=mlp_spec(dcn.stacked_mlp) if dcn.stacked_mlp else None,
+            parallel_mlp=mlp_spec(dcn.parallel_mlp) if dcn.parallel_mlp else None,
+            output_mlp=mlp_spec(dcn.output_mlp) if dcn.output_mlp else None,
+        )
+    mask_net = config.mask_net_config
+    assert mask_net is not None  # TowerConfig validates exactly one architecture
+    blocks = [
+        MaskBlockSpec(
+            output_size=b.output_size,
+            reduction_factor=b.reduction_factor,
+            aggregation_size=b.aggregation_size,
+            input_layer_norm=b.input_layer_norm,
+            activation=b.activation,
+        )
+        for b in mask_net.mask_blocks
+    ]
+    return MaskNet(
+        in_features,
+        blocks,
+        parallel=mask_net.use_parallel,
+        mlp=mlp_spec(mask_net.mlp) if mask_net.mlp else None,
+    )
+
+
+def build_featurizer(config: FeaturizationConfig, schema: FeatureSchema) -> nn.Module:
+    """The configured continuous-feature featurizer (ZScoreLog reads its statistics file here)."""
+    c, b = schema.num_continuous, schema.num_binary
+    if config.double_norm_log is not None:
+        d = config.double_norm_log
+        return DoubleNormLog(
+            c,
+            b,
+            batch_norm=d.batch_norm is not None,
+            batch_norm_affine=d.batch_norm.affine if d.batch_norm else True,
+            batch_norm_momentum=d.batch_norm.momentum if d.batch_norm else 0.1,
+            clip_magnitude=d.clip_magnitude,
+            layer_norm=d.layer_norm,
+        )
+    if config.log1p_abs is not None:
+        return Log1pAbs(c, b)
+    if config.clip_log1p_abs is not None:
+        return ClipLog1pAbs(c, b, config.clip_log1p_abs.clip_magnitude)
+    z = config.zscore_log
+    assert z is not None  # FeaturizationConfig validates exactly one featurization
+    mean, std = load_feature_stats(z.stats_path, schema)
+    return ZScoreLog(mean, std, b, z.clip_magnitude)
+
+
+def large_table_specs(config: RecapConfig) -> list[LargeTableSpec]:
+    """The large embedding tables of the config."""
+    return [
+        LargeTableSpec(
+            name=t.name,
+            feature_names=tuple(t.feature_names),
+            num_embeddings=t.num_embeddings,
+            embedding_dim=t.embedding_dim,
+            pooling=t.pooling,
+            id_transform=t.id_transform,
+        )
+        for t in config.model.large_embeddings
+    ]
+
+
+def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") -> MultiTaskRankingModel:
+    """The MultiTaskRankingModel of a validated config; the EmbeddingBagCollection is created on `sparse_device`."""
+    model, schema = config.model, config.data.features
+    featurizer = build_featurizer(model.featurization, schema)
+    dense_embeddings = (
+        DenseEmbeddingNorm([e.dim for e in schema.embeddings], model.dense_embedding_layer_norm)
+        if schema.embeddings
+        else None
+    )
+    small_embeddings = (
+        SmallEmbeddings(
+            columns=[schema.discrete_index(e.feature) for e in model.small_embeddings],
+            num_embeddings=[e.num_embeddings for e in model.small_embeddings],
+            embedding_dims=[e.embedding_dim for e in model.small_embeddings],
+        )
+        if model.small_embeddings
+        else None
+    )
+    pos = model.position_debias
+    position_debias = (
+        PositionDebias(
+            schema.discrete_index(pos.feature), pos.num_positions, pos.embedding_dim, pos.drop_probability
+        )
+        if pos is not None
+        else None
+    )
+    tables = large_table_specs(config)
+    pooled_dim = pooled_embedding_dim(tables)
+    in_features = DenseRankingModel.input_dim(
+        featurizer, dense_embeddings, small_embeddings, position_debias, pooled_dim
+    )
+    if in_features == 0:
+        raise ValueError("the model has no input features: data.features and model embeddings are all empty")
+    backbone = build_tower(model.backbone, in_features) if model.backbone is not None else None
+    tower_in = in_features
+    if backbone is not None:
+        tower_in = backbone.output_dim + (in_features if model.multi_task_type == "share_partial" else 0)
+    heads: dict[str, TaskHead] = {}
+    for name, task in model.tasks.items():
+        affine = task.affine_map
+        heads[name] = TaskHead(
+            build_tower(task, tower_in),
+            AffineMap(affine.scale, affine.bias, affine.trainable) if affine is not None else None,
+        )
+    try:
+        dense = DenseRankingModel(
+            featurizer,
+            heads,
+            log_ratios=[
+                log_ratio(config.data.tasks[t].pos_rate, config.data.tasks[t].neg_rate) for t in heads
+            ],
+            dense_embeddings=dense_embeddings,
+            small_embeddings=small_embeddings,
+            position_debias=position_debias,
+            pooled_sparse_dim=pooled_dim,
+            multi_task_type=model.multi_task_type,
+            backbone=backbone,
+        )
+    except KeyError as exc:
+        raise ValueError(
+            f"model.tasks: a task name clashes with a module attribute ({exc}); rename the task"
+        ) from None
+    if not tables:
+        return MultiTaskRankingModel(dense)
+    return MultiTaskRankingModel(
+        dense, build_embedding_bag_collection(tables, sparse_device), SparseIdTransform(tables)
+    )
+
+
+def build_model_and_loss(config: RecapConfig, sparse_device: torch.device | str = "cpu") -> ModelAndLoss:
+    """The model with its per-task loss (pos_weight, loss_weight) and the evaluation stratifier columns."""
+    model = build_model(config, sparse_device)
+    tasks = config.model.tasks
+    schema = config.data.features
+    return ModelAndLoss(
+        model,
+        pos_weight=[tasks[t].pos_weight for t in model.task_names],
+        loss_weight=[tasks[t].loss_weight for t in model.task_names],
+        stratifier_columns=[schema.discrete_index(s) for s in config.evaluation.stratifiers],
+    )

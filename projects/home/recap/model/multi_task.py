@@ -1,0 +1,175 @@
+"""MultiTaskRankingModel: featurized inputs -> [backbone] -> one tower, logit and calibration per task.
+
+The model is split at the sparse lookup: `MultiTaskRankingModel` holds the id transform and the torchrec
+EmbeddingBagCollection (`large_embeddings`, shardable) and calls `DenseRankingModel`, which takes plain tensors and
+can be exported with torch.export (or scripted) for serving.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from common.batch import RecapBatch
+from common.calibration import calibrate_logits
+from common.sparse_embeddings import SparseIdTransform
+
+MultiTaskType = Literal["share_none", "share_all", "share_partial"]
+
+
+class AffineMap(nn.Module):
+    """logit <- scale * logit + bias; trainable parameters or fixed buffers."""
+
+    def __init__(self, scale: float = 1.0, bias: float = 0.0, trainable: bool = True) -> None:
+        super().__init__()
+        if trainable:
+            self.scale = nn.Parameter(torch.tensor(float(scale)))
+            self.bias = nn.Parameter(torch.tensor(float(bias)))
+        else:
+            self.register_buffer("scale", torch.tensor(float(scale)))
+            self.register_buffer("bias", torch.tensor(float(bias)))
+
+    def forward(self, logit: torch.Tensor) -> torch.Tensor:
+        return logit * self.scale + self.bias
+
+
+class TaskHead(nn.Module):
+    """One task: its tower, a Linear to one logit and an optional affine map."""
+
+    def __init__(self, tower: nn.Module, affine_map: AffineMap | None = None) -> None:
+        super().__init__()
+        self.tower = tower
+        self.final_logit = nn.Linear(tower.output_dim, 1)
+        self.affine_map = affine_map if affine_map is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.affine_map(self.final_logit(self.tower(x)["output"]))
+
+
+class DenseRankingModel(nn.Module):
+    """Everything after the sparse lookup; plain tensors in, logits / probabilities / calibrated probabilities out.
+
+    Inputs: continuous [B, C], binary [B, Nb], discrete [B, D] int64, embeddings [B, E] (the dense upstream vectors),
+    pooled_sparse [B, P] (the collection's pooled output). The input features are concatenated once in the order
+    featurized continuous+binary, dense embeddings, small embeddings, position debias, pooled sparse.
+    """
+
+    def __init__(
+        self,
+        featurizer: nn.Module,
+        tasks: dict[str, TaskHead],
+        log_ratios: list[float],
+        dense_embeddings: nn.Module | None = None,
+        small_embeddings: nn.Module | None = None,
+        position_debias: nn.Module | None = None,
+        pooled_sparse_dim: int = 0,
+        multi_task_type: MultiTaskType = "share_none",
+        backbone: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if (backbone is None) != (multi_task_type == "share_none"):
+            raise ValueError(
+                f"multi_task_type {multi_task_type} {'needs' if backbone is None else 'takes no'} backbone"
+            )
+        if len(log_ratios) != len(tasks):
+            raise ValueError(f"{len(tasks)} tasks but {len(log_ratios)} calibration ratios")
+        self.featurizer = featurizer
+        self.dense_embeddings = dense_embeddings
+        self.small_embeddings = small_embeddings
+        self.position_debias = position_debias
+        self.pooled_sparse_dim = pooled_sparse_dim
+        self.backbone = backbone
+        self.share_partial = multi_task_type == "share_partial"
+        self.task_modules = nn.ModuleDict(tasks)
+        self.task_names = list(tasks)
+        # From the data config, not the checkpoint: changing the sampling rates re-calibrates a trained model.
+        self.register_buffer("log_ratio", torch.tensor(log_ratios, dtype=torch.float32), persistent=False)
+
+    @staticmethod
+    def input_dim(
+        featurizer: nn.Module,
+        dense_embeddings: nn.Module | None,
+        small_embeddings: nn.Module | None,
+        position_debias: nn.Module | None,
+        pooled_sparse_dim: int,
+    ) -> int:
+        """Width of the concatenated input features."""
+        parts = [featurizer, dense_embeddings, small_embeddings, position_debias]
+        return sum(p.output_dim for p in parts if p is not None) + pooled_sparse_dim
+
+    def forward(
+        self,
+        continuous: torch.Tensor,
+        binary: torch.Tensor,
+        discrete: torch.Tensor,
+        embeddings: torch.Tensor,
+        pooled_sparse: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        parts = [self.featurizer(continuous, binary)]
+        if self.dense_embeddings is not None:
+            parts.append(self.dense_embeddings(embeddings))
+        if self.small_embeddings is not None:
+            parts.append(self.small_embeddings(discrete))
+        if self.position_debias is not None:
+            parts.append(self.position_debias(discrete))
+        if self.pooled_sparse_dim > 0:
+            parts.append(pooled_sparse.float())
+        x = torch.cat(parts, dim=1)
+        if self.backbone is not None:
+            shared = self.backbone(x)["output"]
+            x = torch.cat([x, shared], dim=1) if self.share_partial else shared
+        # Logits and everything after them in float32, also under bf16 autocast.
+        logits = torch.cat([head(x) for head in self.task_modules.values()], dim=1).float()
+        return {
+            "logits": logits,
+            "probabilities": torch.sigmoid(logits),
+            "calibrated_probabilities": calibrate_logits(logits, self.log_ratio),
+        }
+
+
+class MultiTaskRankingModel(nn.Module):
+    """The whole ranker on a RecapBatch: id transform + large embedding lookup, then the DenseRankingModel."""
+
+    def __init__(
+        self,
+        dense: DenseRankingModel,
+        large_embeddings: EmbeddingBagCollection | None = None,
+        id_transform: SparseIdTransform | None = None,
+    ) -> None:
+        super().__init__()
+        if (large_embeddings is None) != (id_transform is None):
+            raise ValueError("large_embeddings and id_transform go together")
+        self.dense = dense
+        self.large_embeddings = large_embeddings
+        self.id_transform = id_transform
+
+    @property
+    def task_modules(self) -> nn.ModuleDict:
+        """Each task's tower, final logit and affine map, keyed by task name."""
+        return self.dense.task_modules
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.dense.task_names
+
+    def pop_non_finite_count(self) -> int:
+        """Non-finite continuous values replaced by 0 in training since the last call (a device sync)."""
+        return self.dense.featurizer.pop_non_finite_count()
+
+    def embed_sparse(self, sparse: KeyedJaggedTensor | None, batch_size: int) -> torch.Tensor:
+        """Pooled large embeddings [B, P] of the batch's sparse ids (ids mapped into range first)."""
+        if self.large_embeddings is None:
+            return torch.zeros(batch_size, 0, device=self.dense.log_ratio.device)
+        if sparse is None:
+            raise ValueError(
+                f"the model has large embeddings for {self.id_transform.feature_names} but batch.sparse is None"
+            )
+        return self.large_embeddings(self.id_transform(sparse)).values()
+
+    def forward(self, batch: RecapBatch) -> dict[str, torch.Tensor]:
+        pooled = self.embed_sparse(batch.sparse, batch.batch_size)
+        return self.dense(batch.continuous, batch.binary, batch.discrete, batch.embeddings, pooled)

@@ -1,0 +1,39 @@
+"""Random RecapBatches shaped by a config, for tests and throughput benchmarks (no files involved)."""
+
+from __future__ import annotations
+
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from common.batch import RecapBatch
+from projects.home.recap.schema import RecapConfig
+
+
+def random_batch(
+    config: RecapConfig,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    max_ids_per_row: int = 3,
+    id_range: int = 1 << 40,
+) -> RecapBatch:
+    """A batch with the config's feature widths: heavy-tailed continuous values (with a few NaN/inf), 0/1
+    binary and labels, small discrete ids, raw sparse ids in [-id_range, id_range) (0..max_ids_per_row per row)."""
+    g = generator
+    schema = config.data.features
+    b = batch_size
+    continuous = torch.randn(b, schema.num_continuous, generator=g).mul(3).exp()
+    if continuous.numel():
+        continuous.view(-1)[:: max(1, continuous.numel() // 5)] = float("nan")
+        continuous.view(-1)[1 :: max(1, continuous.numel() // 3)] = float("inf")
+    binary = (torch.rand(b, schema.num_binary, generator=g) < 0.3).float()
+    discrete = torch.randint(0, 40, (b, schema.num_discrete), generator=g)
+    sparse = None
+    if schema.sparse:
+        lengths = torch.randint(0, max_ids_per_row + 1, (len(schema.sparse) * b,), generator=g)
+        values = torch.randint(-id_range, id_range, (int(lengths.sum()),), generator=g)
+        sparse = KeyedJaggedTensor(keys=list(schema.sparse), values=values, lengths=lengths, stride=b)
+    embeddings = torch.randn(b, sum(e.dim for e in schema.embeddings), generator=g)
+    num_tasks = len(config.model.tasks)
+    labels = (torch.rand(b, num_tasks, generator=g) < 0.2).float()
+    weights = torch.ones(b, num_tasks)
+    return RecapBatch(continuous, binary, discrete, sparse, embeddings, labels, weights)

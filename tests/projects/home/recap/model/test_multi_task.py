@@ -1,0 +1,265 @@
+"""MultiTaskRankingModel: every sharing mode x tower type runs forward and backward; exportable dense part;
+calibration from the sampling rates; bf16 autocast; eval mode; parameter groups; sparse ids of any value."""
+
+import pytest
+import torch
+
+from projects.home.recap.model.factory import build_model, build_model_and_loss
+from projects.home.recap.model.parameter_groups import dense_parameter_groups
+from projects.home.recap.model.synthetic_batch import random_batch
+
+TOWERS = {
+    "mlp": {"mlp_config": {"layer_sizes": [8, 6], "batch_norm": {}, "dropout": 0.1}},
+    "dcn": {
+        "dcn_config": {
+            "poly_degree": 2,
+            "projection_dim": 4,
+            "parallel_mlp": {"layer_sizes": [6]},
+            "output_mlp": {"layer_sizes": [5]},
+        }
+    },
+    "mask_net_parallel": {
+        "mask_net_config": {
+            "use_parallel": True,
+            "mlp": {"layer_sizes": [6]},
+            "mask_blocks": [
+                {"output_size": 6, "reduction_factor": 0.5},
+                {"output_size": 4, "aggregation_size": 3},
+            ],
+        }
+    },
+    "mask_net_serial": {
+        "mask_net_config": {
+            "use_parallel": False,
+            "mask_blocks": [
+                {"output_size": 6, "reduction_factor": 0.5, "activation": "none"},
+                {"output_size": 4, "aggregation_size": 3},
+            ],
+        }
+    },
+    "mask_net_serial_mlp": {
+        "mask_net_config": {
+            "use_parallel": False,
+            "mlp": {"layer_sizes": [8, 8]},
+            "mask_blocks": [
+                {"output_size": 6, "reduction_factor": 0.5, "input_layer_norm": False},
+                {"output_size": 4, "aggregation_size": 6},
+            ],
+        }
+    },
+}
+
+
+def _model_section(sharing: str, tower: str) -> dict:
+    section = {
+        "multi_task_type": sharing,
+        "tasks": {"fav": dict(TOWERS[tower]), "report": dict(TOWERS[tower])},
+    }
+    if sharing != "share_none":
+        section["backbone"] = TOWERS[tower]
+    return section
+
+
+@pytest.mark.parametrize("tower", list(TOWERS))
+@pytest.mark.parametrize("sharing", ["share_none", "share_all", "share_partial"])
+def test_forward_backward_every_sharing_and_tower(make_config, sharing, tower):
+    torch.manual_seed(0)
+    config = make_config(_model_section(sharing, tower))
+    model_and_loss = build_model_and_loss(config)
+    batch = random_batch(config, 32, torch.Generator().manual_seed(1))
+    loss, out = model_and_loss(batch)
+    for key in ("logits", "probabilities", "calibrated_probabilities", "labels", "weights"):
+        assert out[key].shape == (32, 2), key
+    assert out["task_losses"].shape == (2,) and out["stratifiers"].shape == (32, 2)
+    assert loss.shape == () and torch.isfinite(loss)
+    loss.backward()
+    for name, param in model_and_loss.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} received no gradient"
+    model = model_and_loss.model
+    assert (model.dense.backbone is None) == (sharing == "share_none")
+
+
+def test_towers_read_the_input_the_sharing_mode_says(make_config):
+    towers = {"fav": {"mlp_config": {"layer_sizes": [3]}}, "report": {"mlp_config": {"layer_sizes": [3]}}}
+    backbone = {"mlp_config": {"layer_sizes": [7]}}
+    none = build_model(make_config({"tasks": towers}))
+    width = none.task_modules["fav"].tower.in_features
+    # continuous 6 + binary 3, dense embeddings 7, small 3 + 2, position 2, pooled sparse 4 + 3
+    assert width == 9 + 7 + 5 + 2 + 7
+    share_all = build_model(
+        make_config({"tasks": towers, "multi_task_type": "share_all", "backbone": backbone})
+    )
+    assert share_all.task_modules["fav"].tower.in_features == 7
+    partial = build_model(
+        make_config({"tasks": towers, "multi_task_type": "share_partial", "backbone": backbone})
+    )
+    assert partial.task_modules["report"].tower.in_features == width + 7
+
+
+def test_mixed_tower_types_per_task(make_config):
+    config = make_config(
+        {
+            "multi_task_type": "share_partial",
+            "backbone": TOWERS["dcn"],
+            "tasks": {
+                "fav": TOWERS["mask_net_serial"],
+                "report": TOWERS["mlp"],
+                "reply": TOWERS["mask_net_parallel"],
+            },
+        }
+    )
+    model = build_model(config)
+    assert list(model.task_modules) == ["fav", "report", "reply"]
+    out = model(random_batch(config, 8))
+    assert out["logits"].shape == (8, 3)
+
+
+def test_calibration_and_affine_map_follow_the_config(make_config):
+    config = make_config()
+    model = build_model(config).eval()
+    out = model(random_batch(config, 32, torch.Generator().manual_seed(2)))
+    p = out["probabilities"]
+    torch.testing.assert_close(p, torch.sigmoid(out["logits"]))
+    # Tasks [fav, report]: r = 0.1 / 1.0 and 0.2 / 0.5, matched by name, not by the data tasks' order.
+    r = torch.tensor([0.1, 0.4])
+    torch.testing.assert_close(out["calibrated_probabilities"], p * r / (1 - p + r * p))
+    head = model.task_modules["report"]
+    assert head.affine_map.scale.item() == 2.0 and head.affine_map.bias.item() == -1.0
+    x = torch.randn(3, head.tower.in_features)
+    torch.testing.assert_close(head(x), 2.0 * head.final_logit(head.tower(x)["output"]) - 1.0)
+
+
+def test_frozen_affine_map_is_not_a_parameter(make_config):
+    config = make_config(overrides=["model.tasks.report.affine_map.trainable=false"])
+    model = build_model(config)
+    names = [n for n, _ in model.named_parameters()]
+    assert not any("affine_map" in n for n in names)
+    assert model.task_modules["report"].affine_map.scale.item() == 2.0
+
+
+@pytest.mark.parametrize("tower", ["mlp", "dcn", "mask_net_parallel", "mask_net_serial_mlp"])
+def test_dense_part_exports_and_scripts(make_config, tower):
+    config = make_config(_model_section("share_partial", tower))
+    model = build_model(config).eval()
+    batch = random_batch(config, 8, torch.Generator().manual_seed(3))
+    args = (
+        batch.continuous,
+        batch.binary,
+        batch.discrete,
+        batch.embeddings,
+        model.embed_sparse(batch.sparse, 8),
+    )
+    rows = torch.export.Dim("rows", min=2)
+    exported = torch.export.export(model.dense, args, dynamic_shapes=tuple({0: rows} for _ in args))
+    scripted = torch.jit.script(model.dense)
+    other = random_batch(config, 5, torch.Generator().manual_seed(4))
+    args = (
+        other.continuous,
+        other.binary,
+        other.discrete,
+        other.embeddings,
+        model.embed_sparse(other.sparse, 5),
+    )
+    eager = model.dense(*args)
+    for name, out in (("export", exported.module()(*args)), ("script", scripted(*args))):
+        for key in ("logits", "probabilities", "calibrated_probabilities"):
+            torch.testing.assert_close(out[key], eager[key], msg=f"{name} {key}")
+
+
+def test_bf16_autocast_and_eval_mode(make_config):
+    config = make_config(_model_section("share_all", "mask_net_parallel"))
+    model_and_loss = build_model_and_loss(config)
+    batch = random_batch(config, 16, torch.Generator().manual_seed(5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, out = model_and_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and out["logits"].dtype == torch.float32
+    assert torch.isfinite(out["calibrated_probabilities"]).all()
+    model_and_loss.eval()
+    with torch.no_grad():
+        first = model_and_loss(batch)[1]["logits"]
+        second = model_and_loss(batch)[1]["logits"]
+    # No dropout, BatchNorm on running statistics, position always "unknown": eval is deterministic.
+    torch.testing.assert_close(first, second)
+    shuffled = batch.discrete.clone()
+    shuffled[:, 1] = torch.randint(0, 10, (16,))
+    with torch.no_grad():
+        moved = model_and_loss(type(batch)(**{**batch.__dict__, "discrete": shuffled}))[1]["logits"]
+    torch.testing.assert_close(moved, first)
+
+
+def test_sparse_ids_of_any_value_and_unused_sparse_columns(make_config):
+    config = make_config()
+    model = build_model(config)
+    # Ids up to +-2**40 and negative, and an extra sparse column no table reads.
+    batch = random_batch(config, 16, id_range=1 << 40)
+    assert batch.sparse.keys() == ["user_id", "unused_ids", "hashtags"]
+    pooled = model.embed_sparse(batch.sparse, 16)
+    assert pooled.shape == (16, 7) and torch.isfinite(pooled).all()
+
+
+def test_large_embeddings_on_meta(make_config):
+    model = build_model(make_config(), sparse_device="meta")
+    assert all(p.device.type == "meta" for p in model.large_embeddings.parameters())
+    assert all(p.device.type == "cpu" for p in model.dense.parameters())
+
+
+def test_dense_parameter_groups(make_config):
+    config = make_config(
+        {
+            "multi_task_type": "share_all",
+            "backbone": TOWERS["mlp"],
+            "tasks": {"fav": TOWERS["dcn"], "fav_long": TOWERS["mlp"]},
+        },
+        overrides=["data.tasks.fav_long={label: label.fav_long}"],
+    )
+    model_and_loss = build_model_and_loss(config)
+    groups = dense_parameter_groups(model_and_loss)
+    assert set(groups) == {"shared", "fav", "fav_long"}
+    ids = {name: {id(p) for p in params} for name, params in groups.items()}
+    model = model_and_loss.model
+    assert ids["fav"] == {id(p) for p in model.task_modules["fav"].parameters()}
+    assert ids["fav_long"] == {id(p) for p in model.task_modules["fav_long"].parameters()}
+    large = {id(p) for p in model.large_embeddings.parameters()}
+    everything = {id(p) for p in model_and_loss.parameters()}
+    assert ids["shared"] == everything - large - ids["fav"] - ids["fav_long"]
+    assert {id(p) for p in model.dense.backbone.parameters()} <= ids["shared"]
+
+
+def test_forward_traces_for_torchrec_train_pipelines(make_config):
+    # torchrec's pipelines fx-trace the model with every sharding-free submodule as a leaf; the id transform must be
+    # a leaf reading batch.sparse directly and feed the embedding collection, so both can be pipelined.
+    from torchrec.distributed.train_pipeline.tracing import Tracer
+
+    model_and_loss = build_model_and_loss(make_config())
+    leaves = ["model.dense", "model.id_transform", "model.large_embeddings"]
+    graph = Tracer(leaf_modules=leaves).trace(model_and_loss)
+    calls = {n.target: n for n in graph.nodes if n.op == "call_module"}
+    assert set(calls) == set(leaves)
+    sparse = calls["model.id_transform"].args[0]
+    assert sparse.op == "call_function" and sparse.args[0].op == "placeholder" and sparse.args[1] == "sparse"
+    assert calls["model.large_embeddings"].args[0] is calls["model.id_transform"]
+
+
+def test_model_without_sparse_features(make_config):
+    config = make_config({"large_embeddings": []}, overrides=["data.features.sparse=[]"])
+    model_and_loss = build_model_and_loss(config)
+    assert model_and_loss.model.large_embeddings is None
+    batch = random_batch(config, 6)
+    assert batch.sparse is None
+    loss, out = model_and_loss(batch)
+    assert out["logits"].shape == (6, 2)
+    with_tables = build_model(make_config())
+    with pytest.raises(ValueError, match="batch.sparse is None"):
+        with_tables(batch)
+
+
+def test_non_finite_values_are_counted(make_config):
+    config = make_config()
+    model = build_model(config)
+    batch = random_batch(config, 8)
+    expected = int((~torch.isfinite(batch.continuous)).sum())
+    assert expected > 0
+    model(batch)
+    assert model.pop_non_finite_count() == expected
+    assert model.pop_non_finite_count() == 0

@@ -17,7 +17,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 # The 64-bit golden-ratio constant as a signed int64 (multiplication wraps around in two's complement).
-_GOLDEN_INT64 = 0x9E3779B97F4A7C15 - (1 << 64)
+HASH_MULTIPLIER = 0x9E3779B97F4A7C15 - (1 << 64)
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 
 
@@ -35,7 +35,7 @@ class LargeTableSpec:
 
 def hash_ids(ids: torch.Tensor) -> torch.Tensor:
     """A deterministic int64 mixing of ids (multiply by the golden-ratio constant, xor-shift), before the modulo."""
-    h = ids.to(torch.int64) * _GOLDEN_INT64
+    h = ids.to(torch.int64) * HASH_MULTIPLIER
     return torch.bitwise_xor(h, torch.bitwise_right_shift(h, 32))
 
 

@@ -1,0 +1,378 @@
+"""Export a trained MultiTaskRankingModel to a self-contained serving artifact (torch.export), scored with torch only.
+
+The artifact directory holds
+  model.pt2          the ServingRanker exported with torch.export (dynamic batch size and number of ids),
+                     loaded with torch.export.load(path).module(); metadata.json is embedded in it too;
+  metadata.json      tasks in output order, the input layout (columns per input tensor, sparse feature order),
+                     the id transforms, calibration rates and the versions it was exported with;
+  README.md          how to score, for this model;
+  score_example.py   a standalone scorer of parquet files (torch, numpy and pyarrow only).
+It is written to a temporary sibling directory and renamed into place, so a failed export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchrec.modules.embedding_configs import pooling_type_to_str
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from common.batch import RecapBatch
+from common.calibration import log_ratio
+from common.sparse_embeddings import HASH_MULTIPLIER  # re-exported for metadata and tests
+from projects.home.recap.model.multi_task import MultiTaskRankingModel
+from projects.home.recap.schema import RecapConfig
+from projects.home.recap.serving.serving_model import ServedSparseFeature, ServingRanker
+
+FORMAT = "recap-serving/1"
+MODEL_FILE = "model.pt2"
+METADATA_FILE = "metadata.json"
+README_FILE = "README.md"
+SCRIPT_FILE = "score_example.py"
+ARTIFACT_FILES = (MODEL_FILE, METADATA_FILE, README_FILE, SCRIPT_FILE)
+OUTPUTS = ("logits", "probabilities", "calibrated_probabilities")
+# The exported program must reproduce the model to this absolute tolerance on the export-time check batch.
+TOLERANCE = 1e-5
+
+ID_TRANSFORMS = {
+    "mod": "id mod num_embeddings, non-negative for negative ids (floor modulo)",
+    "hash": "h = id * hash_multiplier (int64, wrapping); h = h ^ (h >> 32) (arithmetic shift); h mod num_embeddings "
+    "(floor modulo)",
+}
+_MISSING = {"continuous": "NaN", "binary": "0", "discrete": "0", "embeddings": "0"}
+_DTYPES = {"continuous": "float32", "binary": "float32", "discrete": "int64", "embeddings": "float32"}
+
+
+class ExportError(RuntimeError):
+    """The model or the output directory cannot be exported / written; the message says what and where."""
+
+
+def _check_model(model: MultiTaskRankingModel) -> None:
+    if not isinstance(model, MultiTaskRankingModel):
+        hint = " (pass model_and_loss.model)" if hasattr(model, "model") else ""
+        raise ExportError(f"expected an unsharded MultiTaskRankingModel, got {type(model).__name__}{hint}")
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    meta = [name for name, t in tensors if t.is_meta]
+    if meta:
+        raise ExportError(
+            f"{len(meta)} model tensors are on the meta device, not materialized (first: {meta[:3]}); load the "
+            "checkpoint into a model built on CPU before exporting"
+        )
+    elsewhere = [f"{name} ({t.device})" for name, t in tensors if t.device.type != "cpu"]
+    if elsewhere:
+        raise ExportError(f"export needs the model on CPU; {elsewhere[:3]} are not; call model.cpu() first")
+    if model.large_embeddings is not None and type(model.large_embeddings) is not EmbeddingBagCollection:
+        raise ExportError(
+            f"large_embeddings is a {type(model.large_embeddings).__name__}; export needs the unsharded torchrec "
+            "EmbeddingBagCollection with every table fully on this process"
+        )
+
+
+def build_serving_model(model: MultiTaskRankingModel) -> ServingRanker:
+    """The ServingRanker sharing the model's dense part and embedding tables (no copies)."""
+    _check_model(model)
+    ebc = model.large_embeddings
+    if ebc is None:
+        return ServingRanker(model.dense, {}, [])
+    if ebc.is_weighted():
+        raise ExportError("large_embeddings is a weighted EmbeddingBagCollection, which serving does not support")
+    transform = model.id_transform
+    tables: dict[str, torch.Tensor] = {}
+    features: list[ServedSparseFeature] = []
+    for cfg in ebc.embedding_bag_configs():
+        weight = ebc.embedding_bags[cfg.name].weight
+        if type(weight.detach()) is not torch.Tensor:
+            raise ExportError(
+                f"table {cfg.name!r} weight is a {type(weight.detach()).__name__}, not a plain tensor; "
+                "export an unsharded model"
+            )
+        tables[cfg.name] = weight
+        for name in cfg.feature_names:
+            if transform.size_of.get(name) != cfg.num_embeddings:
+                raise ExportError(
+                    f"sparse feature {name!r}: the id transform maps into {transform.size_of.get(name)} rows "
+                    f"but table {cfg.name!r} has {cfg.num_embeddings}"
+                )
+            features.append(
+                ServedSparseFeature(
+                    name=name,
+                    table=cfg.name,
+                    num_embeddings=cfg.num_embeddings,
+                    embedding_dim=cfg.embedding_dim,
+                    pooling=pooling_type_to_str(cfg.pooling),
+                    id_transform="hash" if transform.hashed[name] else "mod",
+                )
+            )
+    return ServingRanker(model.dense, tables, features)
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The resolved output directory, after checking it can be written (before any expensive work)."""
+    target = Path(output_dir).expanduser().resolve()
+    if target.exists():
+        if not target.is_dir():
+            raise ExportError(f"output {target} exists and is not a directory")
+        present = {p.name for p in target.iterdir()}
+        if present and not overwrite:
+            raise ExportError(f"output directory {target} is not empty; choose another or pass --overwrite")
+        foreign = sorted(present - set(ARTIFACT_FILES))
+        if foreign:
+            # Never delete files that are not ours, even with overwrite.
+            raise ExportError(f"output directory {target} holds files that are not a serving artifact: {foreign[:5]}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=target.parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise ExportError(f"output directory {target} cannot be written: {exc.strerror or exc}") from None
+    return target
+
+
+def _example_inputs(config: RecapConfig, features: list[ServedSparseFeature], batch_size: int = 5) -> tuple:
+    """Deterministic inputs for tracing: raw ids of any sign and range, a row without ids, distinct id counts."""
+    schema = config.data.features
+    g = torch.Generator().manual_seed(0)
+    b = batch_size
+    continuous = torch.randn(b, schema.num_continuous, generator=g).mul(2).exp()
+    if continuous.numel():
+        continuous.view(-1)[0] = float("nan")
+    binary = (torch.rand(b, schema.num_binary, generator=g) < 0.5).float()
+    discrete = torch.randint(0, 50, (b, schema.num_discrete), generator=g)
+    embeddings = torch.randn(b, sum(e.dim for e in schema.embeddings), generator=g)
+    values, lengths = [], []
+    for i, _ in enumerate(features):
+        # Row 0 has no ids; each feature gets a different total (>= 2, != b) so no size is specialized or tied.
+        total = b + 2 + i
+        row = torch.zeros(b, dtype=torch.int64)
+        row[1:] = total // (b - 1)
+        row[1] += total - int(row.sum())
+        lengths.append(row)
+        values.append(torch.randint(-(1 << 62), 1 << 62, (total,), generator=g))
+    return continuous, binary, discrete, embeddings, values, lengths
+
+
+def _dynamic_shapes(num_features: int) -> tuple:
+    batch = torch.export.Dim("batch", min=1)
+    ids = [{0: torch.export.Dim(f"num_ids_{i}", min=0)} for i in range(num_features)]
+    return ({0: batch}, {0: batch}, {0: batch}, {0: batch}, ids, [{0: batch} for _ in range(num_features)])
+
+
+def _as_batch(inputs: tuple, feature_names: list[str], num_tasks: int) -> RecapBatch:
+    continuous, binary, discrete, embeddings, values, lengths = inputs
+    b = continuous.shape[0]
+    sparse = None
+    if feature_names:
+        sparse = KeyedJaggedTensor(keys=feature_names, values=torch.cat(values), lengths=torch.cat(lengths))
+    return RecapBatch(
+        continuous, binary, discrete, sparse, embeddings, torch.zeros(b, num_tasks), torch.ones(b, num_tasks)
+    )
+
+
+def _check_agreement(model: MultiTaskRankingModel, program: torch.nn.Module, inputs: tuple, features) -> None:
+    with torch.no_grad():
+        expected = model(_as_batch(inputs, [f.name for f in features], len(model.task_names)))
+        got = program(*inputs)
+    for key in OUTPUTS:
+        diff = (got[key] - expected[key]).abs().max().item()
+        if not diff <= TOLERANCE:
+            raise ExportError(f"the exported program's {key} differ from the model's by {diff:.3g} (> {TOLERANCE})")
+
+
+def _check_config(model: MultiTaskRankingModel, config: RecapConfig) -> None:
+    """The metadata is written from the config: it must describe this model."""
+    tasks = list(model.task_names)
+    if tasks != list(config.model.tasks):
+        raise ExportError(f"the model's tasks {tasks} are not the config's model.tasks {list(config.model.tasks)}")
+    for t, shift in zip(tasks, model.dense.log_ratio.tolist()):
+        rates = config.data.tasks[t]
+        if not math.isclose(shift, log_ratio(rates.pos_rate, rates.neg_rate), rel_tol=1e-6, abs_tol=1e-6):
+            raise ExportError(
+                f"task {t!r}: the model calibrates with log ratio {shift:.6g}, but data.tasks.{t} (pos_rate "
+                f"{rates.pos_rate}, neg_rate {rates.neg_rate}) gives {log_ratio(rates.pos_rate, rates.neg_rate):.6g}; "
+                "build the model from this config"
+            )
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def serving_metadata(
+    model: MultiTaskRankingModel, config: RecapConfig, features: list[ServedSparseFeature], source: str | None
+) -> dict[str, Any]:
+    """The artifact's metadata.json: tasks, input layout, sparse features, id transforms, calibration, versions."""
+    schema = config.data.features
+    tasks = list(model.task_names)
+    widths = {
+        "continuous": schema.num_continuous,
+        "binary": schema.num_binary,
+        "discrete": schema.num_discrete,
+        "embeddings": sum(e.dim for e in schema.embeddings),
+    }
+    columns = {
+        "continuous": [{"name": c.name, "length": c.length} for c in schema.continuous],
+        "binary": [{"name": c.name, "length": c.length} for c in schema.binary],
+        "discrete": [{"name": c.name, "length": c.length} for c in schema.discrete],
+        "embeddings": [{"name": e.name, "length": e.dim} for e in schema.embeddings],
+    }
+    inputs: list[dict[str, Any]] = [
+        {
+            "name": kind,
+            "dtype": _DTYPES[kind],
+            "shape": ["batch", widths[kind]],
+            "columns": columns[kind],
+            "missing_value": _MISSING[kind],
+        }
+        for kind in ("continuous", "binary", "discrete", "embeddings")
+    ]
+    names = [f.name for f in features]
+    # Lists with one tensor per feature, in `features` order.
+    inputs.append({"name": "sparse_values", "dtype": "int64", "features": names, "shape_per_feature": ["num_ids"]})
+    inputs.append({"name": "sparse_lengths", "dtype": "int64", "features": names, "shape_per_feature": ["batch"]})
+    position = config.model.position_debias
+    return {
+        "format": FORMAT,
+        "model_file": MODEL_FILE,
+        "tasks": tasks,
+        "outputs": {key: ["batch", len(tasks)] for key in OUTPUTS},
+        "inputs": inputs,
+        "sparse_features": [
+            {
+                "name": f.name,
+                "table": f.table,
+                "num_embeddings": f.num_embeddings,
+                "embedding_dim": f.embedding_dim,
+                "pooling": f.pooling,
+                "id_transform": f.id_transform,
+            }
+            for f in features
+        ],
+        "id_transforms": dict(ID_TRANSFORMS, hash_multiplier=HASH_MULTIPLIER),
+        "ignored_at_serving": [position.feature] if position is not None else [],
+        "id_columns": list(schema.ids),
+        "calibration": {
+            t: {"pos_rate": config.data.tasks[t].pos_rate, "neg_rate": config.data.tasks[t].neg_rate} for t in tasks
+        },
+        "source_checkpoint": source,
+        "versions": {
+            "torch": torch.__version__,
+            "torchrec": _version("torchrec"),
+            "recap-ranker": _version("recap-ranker"),
+            "python": platform.python_version(),
+        },
+    }
+
+
+def _readme(metadata: dict[str, Any]) -> str:
+    """The artifact's README.md: this model's inputs and outputs and a torch-only scoring snippet."""
+    rows = []
+    for spec in metadata["inputs"]:
+        if "columns" in spec:
+            cols = ", ".join(c["name"] + (f"[{c['length']}]" if c["length"] else "") for c in spec["columns"])
+            rows.append(f"| `{spec['name']}` | {spec['dtype']} [batch, {spec['shape'][1]}] | {cols or '(none)'} |")
+        else:
+            rows.append(f"| `{spec['name']}` | list of {spec['dtype']} tensors | {', '.join(spec['features']) or '(none)'} |")
+    sparse = "\n".join(
+        f"- `{f['name']}`: table `{f['table']}` ({f['num_embeddings']} x {f['embedding_dim']}), {f['pooling']} "
+        f"pooling, {f['id_transform']} id transform"
+        for f in metadata["sparse_features"]
+    )
+    ignored = metadata["ignored_at_serving"]
+    return f"""# Recap ranker serving artifact
+
+Scoring needs PyTorch {metadata['versions']['torch']} (or a later release that loads this torch.export format)
+and nothing else. `metadata.json` describes every input; this file is generated from it.
+
+## Score with torch only
+
+```python
+import json, torch
+
+meta = json.load(open("metadata.json"))
+model = torch.export.load("{metadata['model_file']}").module()
+out = model(continuous, binary, discrete, embeddings, sparse_values, sparse_lengths)
+out["calibrated_probabilities"]  # [batch, {len(metadata['tasks'])}], columns in meta["tasks"] order
+```
+
+Or score a parquet file: `python {SCRIPT_FILE} . input.parquet --output predictions.parquet`
+(needs torch, numpy, pyarrow).
+
+## Inputs, in call order
+
+| input | type | columns, in order ([n]: a fixed-length list column giving n values) |
+|---|---|---|
+{chr(10).join(rows)}
+
+- Missing values: continuous NaN (non-finite values count as 0), binary/discrete/embeddings 0.
+- `sparse_values[f]` holds the raw int64 ids of feature f for all rows, concatenated in row order;
+  `sparse_lengths[f]` [batch] holds how many of them each row has (0 for none). The lengths must add up to the
+  number of values. Ids may be any int64 (negative or out of range): the model maps them into its tables itself.
+- Batch size and number of ids are dynamic (batch >= 1, ids >= 0).
+{f"- Read but ignored at serving (position debias, always 'unknown'): {', '.join(ignored)}." if ignored else ""}
+
+Sparse features:
+{sparse or "(none)"}
+
+## Outputs
+
+A dict of float32 [batch, tasks] tensors: `logits`, `probabilities` (sigmoid of the logits) and
+`calibrated_probabilities` (corrected for the training data's per-task downsampling, see `calibration`).
+Tasks, in column order: {', '.join(metadata['tasks'])}.
+"""
+
+
+def export_serving_artifact(
+    model: MultiTaskRankingModel,
+    config: RecapConfig,
+    output_dir: str | os.PathLike,
+    overwrite: bool = False,
+    source: str | None = None,
+) -> Path:
+    """Export an unsharded CPU model (tables materialized) to output_dir; returns the artifact directory."""
+    serving = build_serving_model(model)
+    _check_config(model, config)
+    target = check_output_dir(output_dir, overwrite)
+    features = serving.features
+    metadata = serving_metadata(model, config, features, source)
+    inputs = _example_inputs(config, features)
+    was_training = model.training
+    model.eval()
+    serving.eval()
+    try:
+        program = torch.export.export(serving, inputs, dynamic_shapes=_dynamic_shapes(len(features)))
+        _check_agreement(model, program.module(), inputs, features)
+    finally:
+        model.train(was_training)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        metadata_text = json.dumps(metadata, indent=2) + "\n"
+        torch.export.save(program, staging / MODEL_FILE, extra_files={METADATA_FILE: metadata_text})
+        (staging / METADATA_FILE).write_text(metadata_text)
+        (staging / README_FILE).write_text(_readme(metadata))
+        shutil.copyfile(Path(__file__).with_name(SCRIPT_FILE), staging / SCRIPT_FILE)
+        os.chmod(staging, 0o755)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(f"writing the artifact to {target} failed: {exc}") from None
+    return target

@@ -1,0 +1,117 @@
+"""ServingRanker: the trained ranker on plain tensors, with the large embedding tables as ordinary weights.
+
+Signature (the exported program's inputs, in this order):
+  continuous [B, C] float32, binary [B, Nb] float32, discrete [B, D] int64, embeddings [B, E] float32,
+  sparse_values: list of F int64 tensors [N_f], the raw ids of feature f, rows concatenated in row order,
+  sparse_lengths: list of F int64 tensors [B], the number of ids of each row (0 for a row without ids).
+The F sparse features are the ones the embedding tables read, in table order (`feature_names`). Raw ids go through
+the same id transform as in training (common.sparse_embeddings), then F.embedding_bag pools them with the trained
+weights, and the DenseRankingModel maps everything to logits, probabilities and calibrated probabilities [B, T].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.batch import RecapBatch
+from common.sparse_embeddings import hash_ids
+
+
+@dataclass(frozen=True)
+class ServedSparseFeature:
+    """One sparse feature as served: the table it reads, the table's size, its pooling and its id transform."""
+
+    name: str
+    table: str
+    num_embeddings: int
+    embedding_dim: int
+    pooling: str  # "sum" or "mean"
+    id_transform: str  # "hash" or "mod"
+
+
+class ServingRanker(nn.Module):
+    """Id transform + embedding-bag pooling over plain weight tensors, then the dense ranking model."""
+
+    def __init__(
+        self, dense: nn.Module, tables: dict[str, torch.Tensor], features: list[ServedSparseFeature]
+    ) -> None:
+        super().__init__()
+        for f in features:
+            if f.table not in tables:
+                raise ValueError(f"sparse feature {f.name!r} reads table {f.table!r}, which is not given")
+            if f.pooling not in ("sum", "mean") or f.id_transform not in ("hash", "mod"):
+                raise ValueError(f"sparse feature {f.name!r}: pooling {f.pooling!r} / id_transform {f.id_transform!r}")
+            shape = tuple(tables[f.table].shape)
+            if shape != (f.num_embeddings, f.embedding_dim):
+                raise ValueError(
+                    f"table {f.table!r} has shape {shape}, feature {f.name!r} expects "
+                    f"({f.num_embeddings}, {f.embedding_dim})"
+                )
+        self.dense = dense
+        # Shares storage with the given tensors: no copy of the (large) tables.
+        self.tables = nn.ParameterDict(
+            {name: nn.Parameter(w.detach(), requires_grad=False) for name, w in tables.items()}
+        )
+        self.features = list(features)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The sparse features, in the order of the sparse_values / sparse_lengths lists."""
+        return [f.name for f in self.features]
+
+    def forward(
+        self,
+        continuous: torch.Tensor,
+        binary: torch.Tensor,
+        discrete: torch.Tensor,
+        embeddings: torch.Tensor,
+        sparse_values: list[torch.Tensor],
+        sparse_lengths: list[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        pooled = []
+        for f, values, lengths in zip(self.features, sparse_values, sparse_lengths, strict=True):
+            lengths = lengths.to(torch.int64)
+            offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+            # Checked in the exported program too: a bad pair would otherwise pool the wrong ids silently.
+            torch._assert_async(
+                (lengths >= 0).all(), f"sparse feature {f.name}: sparse_lengths has negative entries"
+            )
+            torch._assert_async(
+                offsets[-1] == values.shape[0],
+                f"sparse feature {f.name}: sparse_lengths do not add up to the number of sparse_values",
+            )
+            ids = values.to(torch.int64)
+            if f.id_transform == "hash":
+                ids = hash_ids(ids)
+            ids = torch.remainder(ids, f.num_embeddings)
+            pooled.append(
+                F.embedding_bag(ids, self.tables[f.table], offsets, mode=f.pooling, include_last_offset=True)
+            )
+        if pooled:
+            pooled_sparse = torch.cat(pooled, dim=1)
+        else:
+            pooled_sparse = continuous.new_zeros(continuous.shape[0], 0)
+        return self.dense(continuous, binary, discrete, embeddings, pooled_sparse)
+
+
+def serving_inputs(
+    batch: RecapBatch, feature_names: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """The ServingRanker's positional inputs for a RecapBatch (sparse features picked by name from its KJT)."""
+    values: list[torch.Tensor] = []
+    lengths: list[torch.Tensor] = []
+    if feature_names:
+        if batch.sparse is None:
+            raise ValueError(f"the model reads sparse features {feature_names} but batch.sparse is None")
+        jagged = batch.sparse.to_dict()
+        missing = [n for n in feature_names if n not in jagged]
+        if missing:
+            raise KeyError(f"sparse features {missing} are not in the batch (it has {batch.sparse.keys()})")
+        for name in feature_names:
+            values.append(jagged[name].values().to(torch.int64))
+            lengths.append(jagged[name].lengths().to(torch.int64))
+    return batch.continuous, batch.binary, batch.discrete, batch.embeddings, values, lengths

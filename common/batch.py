@@ -58,6 +58,8 @@ class RecapBatch(DataclassBatch):
     weights: torch.Tensor  # [B, T] float32: downsampling weights times the row weight column
     # Pass-through columns for predictions (any type, strings included); never moved to a device.
     ids: dict[str, Any] = field(default_factory=dict)
+    # [B, T] true probabilities when the data carries them (synthetic data's oracle.<label> columns), else None.
+    oracle: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -1,0 +1,114 @@
+"""`recap data benchmark [--config FILE]`: rows/s of batches the loader delivers, per num_workers setting.
+
+Uses the config's training data, or synthetic data written to a temporary directory (--generate ROWS, default when
+the configured data does not exist). Prints wall-clock rows/s and the CPU time (loader process plus its workers) per
+million rows; compare with the training throughput (`recap benchmark`): the loader should be several times faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+from projects.home.recap.data.files import resolve_paths
+from projects.home.recap.data.loader import RecapDataLoader
+from projects.home.recap.data.synthetic import generate
+from projects.home.recap.schema import load_recap_config
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=str(DEMO_CONFIG), help="experiment YAML (default: the demo config)")
+    parser.add_argument("--generate", type=int, metavar="ROWS",
+                        help="benchmark on ROWS synthetic rows in a temporary directory (demo schema)")
+    parser.add_argument("--num-workers", type=int, nargs="+", default=[0, 1, 2],
+                        help="DataLoader worker counts to measure (default: 0 1 2)")
+    parser.add_argument("--batch-size", type=int, help="default: data.batch_size")
+    parser.add_argument("--max-batches", type=int, help="stop an epoch after this many batches")
+    parser.add_argument("--epochs", type=int, default=2,
+                        help="epochs per setting (default 2: the first includes starting workers)")
+    parser.add_argument("--train-rows-per-second", type=float,
+                        help="training throughput to compare with (prints the ratio)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of a live process and its live descendants (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                total += sum(_proc_cpu(int(child)) for child in f.read().split())
+        return total
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its DataLoader workers, running or exited."""
+    exited = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if os.path.exists("/proc/self/stat"):
+        return _proc_cpu(os.getpid()) + exited.ru_utime + exited.ru_stime
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime + exited.ru_utime + exited.ru_stime
+
+
+def measure(loader: RecapDataLoader, max_batches: int | None) -> dict:
+    """Iterate one epoch; wall time, rows, CPU seconds and time to the first batch."""
+    rows = batches = 0
+    first = None
+    cpu0, start = _cpu_seconds(), time.perf_counter()
+    for batch in loader:
+        if first is None:
+            first = time.perf_counter() - start
+        rows += batch.batch_size
+        batches += 1
+        if max_batches is not None and batches >= max_batches:
+            break
+    seconds = time.perf_counter() - start
+    return {"rows": rows, "batches": batches, "seconds": seconds, "first_batch_seconds": first or 0.0,
+            "cpu_seconds": _cpu_seconds() - cpu0}
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="recap-bench-") as tmp:
+        overrides = list(args.overrides)
+        config = load_recap_config(args.config, overrides)
+        needs_data = args.generate is not None
+        if not needs_data:
+            try:
+                resolve_paths(config.data.train.paths)
+            except ValueError:
+                needs_data = True
+        if needs_data:
+            rows = args.generate or 500_000
+            print(f"writing {rows} synthetic rows to {tmp} ...")
+            generate(tmp, rows, seed=0, processes=min(2, os.cpu_count() or 1))
+            config = load_recap_config(args.config, overrides + [f"data.train.paths=[{tmp}/train]"])
+        data = config.data
+        tasks = list(config.model.tasks)
+        batch_size = args.batch_size or data.batch_size
+        print(f"schema: {data.features.num_continuous} continuous, {data.features.num_binary} binary, "
+              f"{data.features.num_discrete} discrete, {len(data.features.sparse)} sparse, "
+              f"{len(data.features.embeddings)} embeddings, {len(tasks)} tasks; batch size {batch_size}")
+        for workers in args.num_workers:
+            loader = RecapDataLoader(data, data.train, tasks, "train", 0, 1, batch_size, num_workers=workers)
+            for epoch in range(args.epochs):
+                loader.set_epoch(epoch)
+                m = measure(loader, args.max_batches)
+                rate = m["rows"] / m["seconds"]
+                line = (f"num_workers={workers} epoch {epoch}: {rate:,.0f} rows/s ({m['batches']} batches of "
+                        f"{batch_size} in {m['seconds']:.2f} s, first after {m['first_batch_seconds']:.2f} s; "
+                        f"{m['cpu_seconds'] / max(m['rows'], 1) * 1e6:.2f} CPU-s per million rows)")
+                if args.train_rows_per_second:
+                    line += f"; {rate / args.train_rows_per_second:.1f}x training"
+                print(line, flush=True)
+            del loader
+    return 0

@@ -1,0 +1,22 @@
+"""`recap data census --input PATH --output DIR`: the UCI Census-Income (KDD) file as train/validation/test parquet."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from projects.home.recap.data.census import convert_census
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="census-income.data(.gz) or census-income.test(.gz)")
+    parser.add_argument("--output", required=True, help="directory; writes OUTPUT/{train,validation,test}")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the 80/10/10 split")
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = convert_census(args.input, args.output, seed=args.seed)
+    for split, rows in sizes.items():
+        print(f"{os.path.join(args.output, split)}: {rows} rows")
+    print(f"total: {sum(sizes.values())} rows; vocabularies in {os.path.join(args.output, 'vocabulary.json')}")
+    return 0

@@ -1,0 +1,36 @@
+"""`recap data stats --config FILE [--output PATH]`: continuous-feature statistics (JSON) for zscore_log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from projects.home.recap.data.stats import continuous_stats
+from projects.home.recap.schema import load_recap_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML")
+    parser.add_argument("--output", help="JSON file to write (default: print)")
+    parser.add_argument("--dataset", default="train", help="'train' or a name in data.validation (default: train)")
+    parser.add_argument("--max-rows", type=int, help="use only the first N rows")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_recap_config(args.config, args.overrides)
+    data = config.data
+    dataset = data.train if args.dataset == "train" else data.validation.get(args.dataset)
+    if dataset is None:
+        raise SystemExit(f"--dataset {args.dataset}: not configured (train, {', '.join(data.validation)})")
+    stats = continuous_stats(data, dataset, args.max_rows)
+    text = json.dumps(stats, indent=1)
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+        print(f"{args.output}: {len(stats['mean'])} values over {stats['count']} rows")
+    else:
+        print(text)
+    return 0

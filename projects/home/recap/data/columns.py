@@ -1,0 +1,240 @@
+"""Arrow tables to numpy arrays in batch layout, without per-row Python: value checks and conversion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from projects.home.recap.data.downsampling import downsampling_weights
+from projects.home.recap.data.errors import DataError
+from projects.home.recap.data.layout import BatchLayout, ColumnRole
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    col = table.column(name)
+    if not isinstance(col, pa.ChunkedArray):
+        return col
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
+def _is_list(arr: pa.Array) -> bool:
+    t = arr.type
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def check_values(layout: BatchLayout, table: pa.Table, path: str) -> None:
+    """Raise DataError naming the file and column for values the loader cannot use (bad labels, ragged lists)."""
+    for role in layout.labels:
+        if role.name not in table.column_names:
+            continue
+        arr = _column(table, role.name)
+        if arr.null_count:
+            raise DataError(f"{arr.null_count} null labels; labels must be 0 or 1", path, role.name)
+        values = arr.to_numpy(zero_copy_only=False)
+        bad = (values != 0) & (values != 1)
+        if bad.any():
+            raise DataError(f"{int(bad.sum())} labels outside {{0, 1}} (first: {values[bad][0].item()!r})", path, role.name)
+    for role in (*layout.continuous, *layout.binary, *layout.discrete, *layout.embeddings):
+        arr = _column(table, role.name)
+        if role.length is None:
+            continue
+        if arr.null_count:
+            raise DataError(f"{arr.null_count} null lists in a fixed-length column", path, role.name)
+        if not pa.types.is_fixed_size_list(arr.type) and len(arr):
+            lengths = pc.list_value_length(arr)
+            lo, hi = pc.min_max(lengths).values()
+            if lo.as_py() != role.length or hi.as_py() != role.length:
+                raise DataError(f"list lengths range from {lo} to {hi}; {role.key} declares {role.length}",
+                                path, role.name)
+    for role in layout.sparse:
+        arr = _column(table, role.name)
+        inner = arr.flatten() if _is_list(arr) else arr
+        if inner.null_count:
+            raise DataError(f"{inner.null_count} null ids", path, role.name)
+    if layout.weight is not None:
+        arr = _column(table, layout.weight.name)
+        if arr.null_count:
+            raise DataError(f"{arr.null_count} null weights", path, layout.weight.name)
+        if len(arr) and pc.min(arr).as_py() < 0:
+            raise DataError("negative weights", path, layout.weight.name)
+
+
+def _matrix(arr: pa.Array, role: ColumnRole, dtype: np.dtype, fill: float) -> np.ndarray:
+    values = arr.flatten() if _is_list(arr) else arr
+    if values.null_count:
+        values = pc.fill_null(values, fill)
+    out = values.to_numpy(zero_copy_only=False)
+    return out.astype(dtype, copy=False).reshape(len(arr), role.width)
+
+
+def stack_columns(table: pa.Table, roles: tuple[ColumnRole, ...], dtype, fill: float) -> np.ndarray:
+    """[N, total width] matrix of scalar and fixed-length list columns side by side; nulls become `fill`."""
+    n = table.num_rows
+    if not roles:
+        return np.zeros((n, 0), dtype=dtype)
+    parts = [_matrix(_column(table, r.name), r, dtype, fill) for r in roles]
+    return np.ascontiguousarray(parts[0]) if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+def _jagged(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets [n+1], values) of an id column; a null list counts as empty, a scalar column as one id per row."""
+    n = len(arr)
+    if not _is_list(arr):
+        values = pc.fill_null(arr, 0) if arr.null_count else arr
+        return np.arange(n + 1, dtype=np.int64), values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    lengths = pc.list_value_length(arr)
+    if lengths.null_count:
+        lengths = pc.fill_null(lengths, 0)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths.to_numpy(zero_copy_only=False), out=offsets[1:])
+    values = arr.flatten()
+    return offsets, values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    # Zero-copy views of arrow buffers are read-only; batches are tensors a model may modify in place.
+    return a if a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C")
+
+
+@dataclass
+class ArrayBlock:
+    """Rows in batch layout as numpy arrays: the form a worker converts, shuffles and ships rows in."""
+
+    continuous: np.ndarray  # [N, C] float32
+    binary: np.ndarray  # [N, Nb] float32
+    discrete: np.ndarray  # [N, D] int64
+    embeddings: np.ndarray  # [N, E] float32
+    labels: np.ndarray  # [N, T] float32
+    weights: np.ndarray  # [N, T] float32
+    sparse: list[tuple[np.ndarray, np.ndarray]]  # per sparse column: (offsets [N+1] int64, values int64)
+    ids: dict[str, np.ndarray]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.sparse[0][0]) - 1 if self.labels is None else self.labels.shape[0]
+
+    @staticmethod
+    def concat_sparse_and_ids(blocks: list[ArrayBlock]) -> ArrayBlock:
+        """A block holding the sparse columns and ids of several blocks, one after another (dense parts left out)."""
+        if len(blocks) == 1:
+            return blocks[0]
+        sparse = []
+        for k in range(len(blocks[0].sparse)):
+            offsets, values, shift = [np.zeros(1, dtype=np.int64)], [], 0
+            for b in blocks:
+                off, vals = b.sparse[k]
+                offsets.append(off[1:] - off[0] + shift)
+                values.append(vals[off[0] : off[-1]])
+                shift += int(off[-1] - off[0])
+            sparse.append((np.concatenate(offsets), np.concatenate(values)))
+        return ArrayBlock(
+            **{f: None for f in _DENSE},
+            sparse=sparse,
+            ids={k: np.concatenate([b.ids[k] for b in blocks]) for k in blocks[0].ids},
+        )
+
+    def take_sparse_and_ids(self, rows: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
+        """The sparse columns and ids of the given rows, in the given order."""
+        sparse = []
+        for off, vals in self.sparse:
+            lengths = (off[1:] - off[:-1])[rows]
+            new_off = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=new_off[1:])
+            # Position j of output row i reads values[off[rows[i]] + j]: one gather for the whole column.
+            gather = np.repeat(off[:-1][rows] - new_off[:-1], lengths) + np.arange(new_off[-1])
+            sparse.append((new_off, vals[gather]))
+        return sparse, {k: v[rows] for k, v in self.ids.items()}
+
+
+def _row_view(a: np.ndarray) -> np.ndarray:
+    # Each row as one opaque item: fancy indexing then moves whole rows, which numpy does far faster than 2-D rows.
+    return a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).reshape(-1)
+
+
+def _empty(shape: tuple[int, int], dtype: np.dtype, shared: bool) -> tuple[np.ndarray, torch.Tensor]:
+    tensor = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype)
+    if shared and tensor.numel():
+        # Allocated in shared memory, the tensor crosses from a DataLoader worker without another copy.
+        tensor.share_memory_()
+    return tensor.numpy(), tensor
+
+
+def assemble(blocks: list[ArrayBlock], rows: np.ndarray, shared: bool) -> dict:
+    """Rows `rows` (indices into the blocks one after another) as the tensors a chunk of batches travels in.
+
+    Dense parts are written straight from each block into the output (one copy, no intermediate concatenation).
+    """
+    n = len(rows)
+    starts = np.cumsum([0] + [b.num_rows for b in blocks])
+    is_range = n == starts[-1] and (n == 0 or (rows[0] == 0 and (np.diff(rows) == 1).all()))
+    is_permutation = not is_range and n == starts[-1] and (np.bincount(rows, minlength=n) == 1).all()
+    if is_permutation:
+        destination = np.empty(n, dtype=np.int64)
+        destination[rows] = np.arange(n)
+    picks = []  # per block: (output rows, its rows to take, or None for all in order)
+    for b, lo in zip(blocks, starts[:-1]):
+        if is_range:
+            picks.append((slice(lo, lo + b.num_rows), None))
+        elif is_permutation:
+            picks.append((destination[lo : lo + b.num_rows], None))
+        else:
+            where = np.nonzero((rows >= lo) & (rows < lo + b.num_rows))[0]
+            picks.append((where, rows[where] - lo))
+    out: dict = {}
+    for f in _DENSE:
+        first = getattr(blocks[0], f)
+        array, tensor = _empty((n, first.shape[1]), first.dtype, shared)
+        if first.shape[1]:
+            target = _row_view(array)
+            for b, (dst, src) in zip(blocks, picks):
+                part = _row_view(np.ascontiguousarray(getattr(b, f)))
+                target[dst] = part if src is None else part[src]
+        out[f] = tensor
+    merged = ArrayBlock.concat_sparse_and_ids(blocks)
+    sparse, ids = merged.take_sparse_and_ids(rows)
+    if sparse:
+        out["sparse_lengths"] = torch.from_numpy(np.stack([np.diff(off) for off, _ in sparse]).astype(np.int32))
+        out["sparse_offsets"] = torch.from_numpy(np.stack([off for off, _ in sparse]))
+        out["sparse_values"] = [torch.from_numpy(v) for _, v in sparse]
+    out["ids"] = ids
+    cont = out["continuous"].numpy()
+    nonfinite = np.zeros(n + 1, dtype=np.int64)
+    if cont.size:
+        np.cumsum(cont.shape[1] - np.count_nonzero(np.isfinite(cont), axis=1), out=nonfinite[1:])
+    out["nonfinite"] = torch.from_numpy(nonfinite)
+    return out
+
+
+_DENSE = ("continuous", "binary", "discrete", "embeddings", "labels", "weights")
+def to_arrays(layout: BatchLayout, table: pa.Table) -> ArrayBlock:
+    """Convert a table holding the layout's columns; missing label columns (prediction) give NaN labels, 0 weights."""
+    n = table.num_rows
+    t = len(layout.labels)
+    labels = np.empty((n, t), dtype=np.float32)
+    present = np.ones(t, dtype=bool)
+    for j, role in enumerate(layout.labels):
+        if role.name in table.column_names:
+            labels[:, j] = _column(table, role.name).to_numpy(zero_copy_only=False)
+        else:
+            labels[:, j] = np.nan
+            present[j] = False
+    row_weight = None
+    if layout.weight is not None:
+        row_weight = _column(table, layout.weight.name).to_numpy(zero_copy_only=False).astype(np.float32)
+    weights = downsampling_weights(np.nan_to_num(labels), layout.pos_rates, layout.neg_rates, row_weight)
+    weights[:, ~present] = 0.0
+    sparse = [_jagged(_column(table, role.name)) for role in layout.sparse]
+    return ArrayBlock(
+        continuous=stack_columns(table, layout.continuous, np.float32, np.nan),
+        binary=stack_columns(table, layout.binary, np.float32, 0.0),
+        discrete=stack_columns(table, layout.discrete, np.int64, 0),
+        embeddings=stack_columns(table, layout.embeddings, np.float32, 0.0),
+        labels=labels,
+        weights=weights,
+        sparse=sparse,
+        ids={r.name: _column(table, r.name).to_numpy(zero_copy_only=False) for r in layout.ids},
+    )

@@ -1,0 +1,84 @@
+"""Which parquet columns make which part of a batch: the roles of the configured columns, in batch order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from projects.home.recap.data.config import DataConfig
+
+# The parts of a RecapBatch a column can feed.
+KINDS = ("continuous", "binary", "discrete", "sparse", "embeddings", "label", "weight", "id")
+
+
+@dataclass(frozen=True)
+class ColumnRole:
+    """One configured column: its batch part, its fixed length (None: a scalar column) and its config key."""
+
+    name: str
+    kind: str
+    length: int | None
+    key: str
+
+    @property
+    def width(self) -> int:
+        return self.length or 1
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """The columns a loader reads, grouped by batch part; labels are in the model's task order."""
+
+    continuous: tuple[ColumnRole, ...]
+    binary: tuple[ColumnRole, ...]
+    discrete: tuple[ColumnRole, ...]
+    sparse: tuple[ColumnRole, ...]
+    embeddings: tuple[ColumnRole, ...]
+    labels: tuple[ColumnRole, ...]
+    weight: ColumnRole | None
+    ids: tuple[ColumnRole, ...]
+    tasks: tuple[str, ...]
+    pos_rates: tuple[float, ...]
+    neg_rates: tuple[float, ...]
+
+    def roles(self) -> list[ColumnRole]:
+        """Every column in reading order."""
+        out = [*self.continuous, *self.binary, *self.discrete, *self.sparse, *self.embeddings, *self.labels]
+        if self.weight is not None:
+            out.append(self.weight)
+        return out + list(self.ids)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(dict.fromkeys(r.name for r in self.roles()))
+
+
+def build_layout(data: DataConfig, tasks: list[str]) -> BatchLayout:
+    """The layout for the model's tasks (matched to label columns by name); an unknown task is an error."""
+    missing = [t for t in tasks if t not in data.tasks]
+    if missing:
+        raise ValueError(
+            f"tasks {missing} have no entry in data.tasks (known: {sorted(data.tasks)}); tasks are matched to "
+            "label columns by name"
+        )
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks {tasks} name a task twice")
+    f = data.features
+
+    def specs(kind: str, columns) -> tuple[ColumnRole, ...]:
+        return tuple(ColumnRole(c.name, kind, c.length, f"data.features.{kind}[{i}]") for i, c in enumerate(columns))
+
+    return BatchLayout(
+        continuous=specs("continuous", f.continuous),
+        binary=specs("binary", f.binary),
+        discrete=specs("discrete", f.discrete),
+        sparse=tuple(ColumnRole(n, "sparse", None, f"data.features.sparse[{i}]") for i, n in enumerate(f.sparse)),
+        embeddings=tuple(
+            ColumnRole(e.name, "embeddings", e.dim, f"data.features.embeddings[{i}]") for i, e in enumerate(f.embeddings)
+        ),
+        labels=tuple(ColumnRole(data.tasks[t].label, "label", None, f"data.tasks.{t}.label") for t in tasks),
+        weight=ColumnRole(f.weight, "weight", None, "data.features.weight") if f.weight else None,
+        ids=tuple(ColumnRole(n, "id", None, f"data.features.ids[{i}]") for i, n in enumerate(f.ids)),
+        tasks=tuple(tasks),
+        pos_rates=tuple(data.tasks[t].pos_rate for t in tasks),
+        neg_rates=tuple(data.tasks[t].neg_rate for t in tasks),
+    )

@@ -1,0 +1,89 @@
+"""Checking the configured columns against the parquet files' schemas before any training starts."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from projects.home.recap.data.config import DataConfig, DatasetConfig
+from projects.home.recap.data.errors import DataError
+from projects.home.recap.data.files import ScannedDataset, scan_dataset
+from projects.home.recap.data.layout import BatchLayout, ColumnRole, build_layout
+
+__all__ = ["check_schema", "validate_dataset", "validate_scanned"]
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def _is_int(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_boolean(t)
+
+
+_VALUE_CHECKS = {
+    "continuous": (_is_number, "numbers"),
+    "binary": (_is_number, "0/1 numbers or booleans"),
+    "discrete": (_is_int, "integers (encode categories as integer ids)"),
+    "sparse": (pa.types.is_integer, "integer ids"),
+    "embeddings": (pa.types.is_floating, "floats"),
+    "label": (_is_number, "0/1 numbers or booleans"),
+    "weight": (lambda t: pa.types.is_integer(t) or pa.types.is_floating(t), "numbers"),
+}
+
+
+def check_column_type(role: ColumnRole, dtype: pa.DataType) -> str | None:
+    """Why a parquet type cannot feed a configured column, or None when it can."""
+    if role.kind == "id":
+        return None
+    is_value, wanted = _VALUE_CHECKS[role.kind]
+    if role.kind == "sparse":
+        inner = dtype.value_type if _is_list(dtype) else dtype
+        return None if is_value(inner) else f"type {dtype} cannot hold sparse ids: need list<int64> or int64"
+    if role.length is None:
+        if _is_list(dtype):
+            return f"type {dtype} is a list column but {role.key} declares a scalar column (set its length)"
+        return None if is_value(dtype) else f"type {dtype} is not {wanted}"
+    if not _is_list(dtype):
+        return f"type {dtype} is a scalar column but {role.key} declares a list of length {role.length}"
+    if pa.types.is_fixed_size_list(dtype) and dtype.list_size != role.length:
+        return f"type {dtype} has length {dtype.list_size} but {role.key} declares length {role.length}"
+    return None if is_value(dtype.value_type) else f"type {dtype} does not hold {wanted}"
+
+
+def check_schema(layout: BatchLayout, schema: pa.Schema, path: str, require_labels: bool = True) -> None:
+    """Raise DataError naming the file and column for the first configured column the schema cannot provide."""
+    names = set(schema.names)
+    for role in layout.roles():
+        if role.name not in names:
+            if role.kind == "label" and not require_labels:
+                continue
+            raise DataError(f"missing column (configured as {role.key}); the file has {len(names)} columns: "
+                            f"{', '.join(sorted(names)[:20])}{' ...' if len(names) > 20 else ''}", path, role.name)
+        problem = check_column_type(role, schema.field(role.name).type)
+        if problem:
+            suffix = "" if role.key in problem else f" (configured as {role.key})"
+            raise DataError(problem + suffix, path, role.name)
+
+
+def validate_scanned(layout: BatchLayout, scanned: ScannedDataset, require_labels: bool = True) -> None:
+    """Check every file's schema and that the dataset has rows."""
+    if not scanned.files:
+        skipped = f" ({len(scanned.skipped)} corrupt files skipped)" if scanned.skipped else ""
+        raise DataError(f"empty dataset: no parquet files found{skipped}", scanned.describe())
+    for source in scanned.files:
+        check_schema(layout, source.schema, source.path, require_labels)
+    if scanned.num_rows == 0:
+        raise DataError(f"empty dataset: {len(scanned.files)} files but no rows", scanned.describe())
+
+
+def validate_dataset(data: DataConfig, dataset: DatasetConfig, tasks: list[str], require_labels: bool = True) -> None:
+    """Check, before training, that every task has a label and every configured column exists with a usable type.
+
+    Raises DataError naming the file and the column (or ValueError for a task without a label in data.tasks).
+    """
+    layout = build_layout(data, tasks)
+    validate_scanned(layout, scan_dataset(dataset.paths, data.ignore_data_errors), require_labels)

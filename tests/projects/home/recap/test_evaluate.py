@@ -1,0 +1,292 @@
+"""`recap evaluate` on a tiny trained run: exact metrics (equal to the metrics of the unsharded model's predictions),
+reports with plots, TensorBoard scalars, clear errors, --watch while training writes checkpoints, the Evaluator as
+the training loop's periodic evaluation, and a 2-process torchrun evaluation equal to the single-process one."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import inference_helpers as helpers  # noqa: E402
+
+from core.distributed import DistributedContext  # noqa: E402
+from core.metrics import METRIC_KEYS, compute_metrics  # noqa: E402
+from core.report import read_training_scalars  # noqa: E402
+from projects.home.recap.data.loader import RecapDataLoader  # noqa: E402
+from projects.home.recap.evaluate import Evaluator, GroupColumn, final_step, group_ids_of  # noqa: E402
+from projects.home.recap.inference import load_for_inference  # noqa: E402
+from projects.home.recap.main import main  # noqa: E402
+
+TASKS = ["fav", "reply"]
+LOCAL = DistributedContext(0, 1, 0, 1, torch.device("cpu"), "gloo")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return helpers.make_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def run(data_dir, tmp_path_factory):
+    """(config file, save_dir) of a run trained for 6 steps (checkpoints at 3 and 6) and evaluated once."""
+    root = tmp_path_factory.mktemp("run")
+    config_file = helpers.write_config(root / "experiment.yaml", data_dir, root / "save")
+    save_dir = helpers.train_run(config_file)
+    assert main(["evaluate", "--config", str(config_file)]) == 0
+    return config_file, save_dir
+
+
+def reference_metrics(config, dataset: str) -> tuple[dict, bool]:
+    """compute_metrics over the unsharded model's calibrated probabilities on every row of a validation set; and
+    whether the batches carried oracle probabilities."""
+    model = load_for_inference(config, "latest")
+    loader = RecapDataLoader(config.data, config.data.validation[dataset], TASKS, "eval")
+    parts: dict[str, list] = {"p": [], "y": [], "w": [], "s": [], "g": []}
+    oracle = False
+    with torch.no_grad():
+        for batch in loader:
+            parts["p"].append(model(batch)[1]["calibrated_probabilities"])
+            parts["y"].append(batch.labels)
+            parts["w"].append(batch.weights)
+            parts["s"].append(batch.discrete[:, :1])  # client_id
+            parts["g"].append(batch.discrete[:, 2])  # hour_of_day
+            oracle = batch.oracle is not None
+    p, y, w, s, g = (torch.cat(v).numpy() for v in parts.values())
+    return compute_metrics(p, y, w, TASKS, s, ["client_id"], g), oracle
+
+
+def assert_close_documents(a: dict, b: dict, path: str = "") -> None:
+    assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, path
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_close_documents(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, float):
+        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9), f"{path}: {a} != {b}"
+    else:
+        assert a == b, path
+
+
+def test_evaluate_writes_exact_metrics_reports_and_tensorboard(run):
+    config_file, save_dir = run
+    config = helpers.load(config_file)
+    assert sorted(p.name for p in (save_dir / "eval").iterdir()) == ["test", "validation"]
+    scalars = read_training_scalars(save_dir)
+    for dataset, rows in (("validation", 201), ("test", 202)):
+        step_dir = save_dir / "eval" / dataset / f"step_{helpers.NUM_TRAIN_STEPS}"
+        metrics = json.loads((step_dir / "metrics.json").read_text())
+        assert (metrics["dataset"], metrics["step"]) == (dataset, helpers.NUM_TRAIN_STEPS)
+        assert metrics["checkpoint"] == str(save_dir / "checkpoints" / "step_00000006")
+        assert metrics["stratifiers"] == ["client_id"]
+        expected, has_oracle = reference_metrics(config, dataset)
+        assert list(metrics["tasks"]) == TASKS
+        for task in TASKS:
+            block = metrics["tasks"][task]
+            assert block["rows"] == rows
+            for key in (*METRIC_KEYS, "group_auc"):
+                assert block[key] is not None and math.isfinite(block[key]), (dataset, task, key)
+            assert ("oracle" in block) == has_oracle
+            assert set(block["strata"]["client_id"]) == set(expected[task]["strata"]["client_id"])
+        assert_close_documents(metrics["tasks"], expected)
+        curves = json.loads((step_dir / "curves.json").read_text())
+        assert set(curves["tasks"]) == set(TASKS) and curves["tasks"]["fav"]["roc"]
+        html = (step_dir / "report.html").read_text()
+        for task in TASKS:
+            for chart in ("ROC", "Precision-recall", "Reliability", "Scores"):
+                assert f'class="chart-title">{chart} — {task}<' in html
+        assert 'id="training"' in html and "train/loss" in html
+        assert (step_dir / "report.md").read_text().count("| fav |") >= 1
+        auc = dict(scalars[f"eval/{dataset}/fav/auc"])[helpers.NUM_TRAIN_STEPS]
+        assert auc == pytest.approx(metrics["tasks"]["fav"]["auc"], rel=1e-6)
+        loss = dict(scalars[f"eval/{dataset}/loss"])[helpers.NUM_TRAIN_STEPS]
+        assert loss == pytest.approx(sum(metrics["tasks"][t]["logloss"] for t in TASKS), rel=1e-6)
+
+
+def test_bad_checkpoint_label_column_and_dataset_fail_clearly(run, data_dir, tmp_path, capsys):
+    config_file, save_dir = run
+    missing = tmp_path / "nowhere" / "step_00000009"
+    assert main(["evaluate", "--config", str(config_file), "--checkpoint", str(missing)]) == 1
+    assert f"checkpoint {missing} does not exist" in capsys.readouterr().err
+
+    table = pq.read_table(data_dir / "test")
+    label = helpers.LABEL_PREFIX + "is_replied"
+    pq.write_table(table.drop_columns([label]), tmp_path / "no_label.parquet")
+    argv = ["evaluate", "--config", str(config_file), "--dataset", "test",
+            "--set", f"data.validation.test.paths=[{tmp_path / 'no_label.parquet'}]"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / "no_label.parquet") in err and f"column {label!r}: missing column" in err
+
+    assert main(["evaluate", "--config", str(config_file), "--dataset", "holdout"]) == 1
+    assert "data.validation has no dataset ['holdout']" in capsys.readouterr().err
+
+
+def test_group_ids_are_integers_or_a_hash_that_is_the_same_in_every_process():
+    assert group_ids_of(np.array([5, -3, 5])).tolist() == [5, -3, 5]
+    names = np.array(["ann", "bob", "ann", None], dtype=object)
+    ids = group_ids_of(names).tolist()
+    assert ids[0] == ids[2] and len({ids[0], ids[1], ids[3]}) == 3
+    script = ("import numpy as np; from projects.home.recap.evaluate import group_ids_of; "
+              "print(group_ids_of(np.array(['ann', 'bob', 'ann', None], dtype=object)).tolist())")
+    seed = str(hash("ann") % 1000 + 1)  # another string hash salt than this process's
+    out = subprocess.run([sys.executable, "-c", script], cwd=helpers.REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(helpers.REPO)})
+    assert out.stdout.strip() == str(ids), out.stderr[-2000:]
+
+
+def test_evaluator_uses_oracle_stratifiers_string_groups_and_max_batches(run):
+    """Hand-made batches through the Evaluator equal compute_metrics on the same rows."""
+    config_file, _ = run
+    config = helpers.load(config_file)
+    model = load_for_inference(config, "latest")
+    loader = RecapDataLoader(config.data, config.data.validation["validation"], TASKS, "eval", batch_size=40)
+    batches = []
+    g = torch.Generator().manual_seed(0)
+    for batch in loader:
+        batch.oracle = torch.rand(batch.batch_size, 2, generator=g)
+        batch.ids["user"] = np.array([f"u{i % 7}" for i in batch.ids["request_id"]], dtype=object)
+        batches.append(batch)
+    evaluator = Evaluator(model, {"valid": batches}, TASKS, LOCAL, stratifiers={"hour": 2},
+                          group_column=GroupColumn("user"), curve_points=10, max_batches=3)
+    documents = evaluator.evaluate(step=4)
+    used = batches[:3]
+    with torch.no_grad():
+        p = torch.cat([model(b)[1]["calibrated_probabilities"] for b in used]).numpy()
+    expected = compute_metrics(
+        p, torch.cat([b.labels for b in used]).numpy(), torch.cat([b.weights for b in used]).numpy(), TASKS,
+        torch.cat([b.discrete[:, 2:3] for b in used]).numpy(), ["hour"],
+        np.concatenate([[f"u{i % 7}" for i in b.ids["request_id"]] for b in used]),
+        torch.cat([b.oracle for b in used]).numpy(),
+    )
+    assert documents["valid"]["step"] == 4 and documents["valid"]["tasks"]["fav"]["rows"] == 120
+    assert "oracle" in documents["valid"]["tasks"]["fav"] and "group_auc" in documents["valid"]["tasks"]["fav"]
+    assert_close_documents(documents["valid"]["tasks"], expected)
+    assert model.training is False
+
+
+def test_the_evaluator_runs_as_the_training_loops_periodic_evaluation(data_dir, tmp_path, monkeypatch):
+    """train.py's evaluation swapped for build_evaluator (the one-line change): reports at every eval step,
+    TensorBoard scalars, and training goes on in train mode."""
+    import projects.home.recap.train as train_module
+    from projects.home.recap.evaluate import build_evaluator
+
+    config_file = helpers.write_config(tmp_path / "experiment.yaml", data_dir, tmp_path / "save",
+                                       training={"eval_every_n": 3, "num_eval_steps": 1})
+    config = helpers.load(config_file)
+    monkeypatch.setattr(
+        train_module, "ValidationLoss",
+        lambda model, loaders, tasks, loss_weights, ctx, max_steps, output_dir: build_evaluator(
+            config, model, ctx, tasks, loaders, max_steps),
+    )
+    helpers.train_run(config_file)
+    scalars = read_training_scalars(tmp_path / "save")
+    for dataset in ("validation", "test", "single"):
+        for step in (3, 6):
+            metrics = json.loads((tmp_path / "save" / "eval" / dataset / f"step_{step}" / "metrics.json").read_text())
+            # One collective step of 50-row eval batches.
+            assert metrics["tasks"]["fav"]["rows"] == (1 if dataset == "single" else 50)
+        assert [s for s, _ in scalars[f"eval/{dataset}/loss"]] == [3, 6]
+    assert [s for s, _ in scalars["eval/validation/fav/rce"]] == [3, 6]
+    losses = [v for _, v in scalars["train/loss"]]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.slow
+def test_watch_evaluates_each_checkpoint_as_training_writes_it(data_dir, tmp_path):
+    """On 2 workers started by --nproc-per-node: rank 0 decides which checkpoint comes next for both."""
+    config_file = helpers.write_config(tmp_path / "experiment.yaml", data_dir, tmp_path / "save")
+    result = {}
+    watcher = threading.Thread(target=lambda: result.update(done=helpers.recap(
+        "evaluate", "--config", str(config_file), "--watch", "--poll-interval", "0.2", "--timeout", "200",
+        "--nproc-per-node", "2")))
+    watcher.start()  # before training starts: the checkpoints directory does not exist yet
+    helpers.train_run(config_file, ["training.num_train_steps=3"])
+    first = tmp_path / "save" / "eval" / "test" / "step_3" / "metrics.json"
+    deadline = time.monotonic() + 180
+    while not first.is_file() and watcher.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert first.is_file(), result
+    helpers.train_run(config_file)  # resumes from step 3 and writes the final checkpoint, step 6
+    watcher.join(timeout=240)
+    done = result["done"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "evaluated steps: 3, 6" in done.stdout
+    assert "final step" in done.stderr
+    for step in (3, 6):
+        assert (tmp_path / "save" / "eval" / "test" / f"step_{step}" / "report.html").is_file()
+
+
+def test_watch_stops_at_its_timeout_before_the_final_step(run, tmp_path, capsys):
+    config_file, save_dir = run
+    argv = ["evaluate", "--config", str(config_file), "--watch", "--poll-interval", "0.05", "--timeout", "0.3",
+            "--dataset", "single", "--set", "training.num_train_steps=100", "--set", f"training.save_dir={tmp_path}",
+            "--checkpoint", str(save_dir)]
+    assert main(argv) == 0
+    assert "evaluated steps: 3, 6" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "eval" / "single").iterdir()) == ["step_3", "step_6"]
+    step = save_dir / "checkpoints" / "step_00000006"
+    assert main([*argv[:-1], str(step)]) == 1
+    assert "--watch needs a checkpoints directory or a run's save_dir" in capsys.readouterr().err
+
+
+def test_final_step_is_the_configured_steps_or_the_steps_of_the_epochs(run):
+    config_file, _ = run
+    assert final_step(helpers.load(config_file), world_size=2) == helpers.NUM_TRAIN_STEPS
+    epochs = helpers.load(config_file, ["training.num_train_steps=null", "training.num_epochs=2",
+                                        "training.gradient_accumulation_steps=3"])
+    # 600 training rows: 600 // (2 ranks * 64) = 4 batches per rank and epoch; 8 batches make 3 updates.
+    assert final_step(epochs, world_size=2) == 3
+    assert final_step(epochs, world_size=1) == -(-2 * (600 // 64) // 3)
+
+
+def test_evaluator_runs_the_model_in_eval_mode_without_gradients_under_bf16_autocast(run):
+    config_file, _ = run
+    config = helpers.load(config_file)
+    model = load_for_inference(config, "latest").train()
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, batch):
+            seen.append((self.training, torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+            return self.inner(batch)
+
+    batches = list(RecapDataLoader(config.data, config.data.validation["test"], TASKS, "eval"))
+    wrapped = Recording()
+    for bf16 in (True, False):
+        Evaluator(wrapped, {"test": batches}, TASKS, LOCAL, bf16=bf16).evaluate(step=1)
+        assert seen == [(False, False, bf16)] * len(batches)
+        assert wrapped.training is True  # restored for training
+        seen.clear()
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_evaluation_equals_the_single_process_one(run, tmp_path):
+    """Rank 0 has 2 validation batches and rank 1 has 3; of the 1-row set, rank 0 has none and pads throughout."""
+    config_file, save_dir = run
+    single = tmp_path / "single_process"
+    argv = ["evaluate", "--config", str(config_file), "--checkpoint", str(save_dir), "--dataset", "single",
+            "--set", f"training.save_dir={single}"]
+    assert main(argv) == 0
+    done = helpers.recap("evaluate", "--config", str(config_file), "--checkpoint", str(save_dir),
+                         "--dataset", "validation", "--dataset", "single", "--set",
+                         f"training.save_dir={tmp_path / 'two'}", torchrun=2)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for dataset, reference in (("validation", save_dir), ("single", single)):
+        ours = json.loads((tmp_path / "two" / "eval" / dataset / "step_6" / "metrics.json").read_text())
+        theirs = json.loads((reference / "eval" / dataset / "step_6" / "metrics.json").read_text())
+        assert ours["tasks"]["fav"]["rows"] == (201 if dataset == "validation" else 1)
+        assert_close_documents(ours, theirs)

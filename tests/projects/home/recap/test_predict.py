@@ -1,0 +1,106 @@
+"""`recap predict`: one row out per row in, the id columns and every task's probability and calibrated
+probability equal to the unsharded model's, no label columns needed, and clear errors for bad inputs and outputs."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import inference_helpers as helpers  # noqa: E402
+
+from projects.home.recap.data.config import DatasetConfig  # noqa: E402
+from projects.home.recap.data.loader import RecapDataLoader  # noqa: E402
+from projects.home.recap.inference import load_for_inference  # noqa: E402
+from projects.home.recap.main import main  # noqa: E402
+
+COLUMNS = ["request_id", "fav.probability", "fav.calibrated", "reply.probability", "reply.calibrated"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return helpers.make_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def run(data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    config_file = helpers.write_config(root / "experiment.yaml", data_dir, root / "save")
+    return config_file, helpers.train_run(config_file)
+
+
+@pytest.fixture(scope="module")
+def unlabeled(data_dir, tmp_path_factory):
+    """The test split without its label and oracle columns."""
+    table = pq.read_table(data_dir / "test")
+    keep = [c for c in table.column_names if not c.startswith((helpers.LABEL_PREFIX, "oracle."))]
+    path = tmp_path_factory.mktemp("unlabeled") / "rows.parquet"
+    pq.write_table(table.select(keep), path, row_group_size=50)
+    return path
+
+
+def in_process_scores(config, path: Path) -> dict[int, np.ndarray]:
+    """request_id -> [fav p, fav calibrated, reply p, reply calibrated] from the unsharded model."""
+    model = load_for_inference(config, "latest")
+    out = {}
+    with torch.no_grad():
+        for batch in RecapDataLoader(config.data, DatasetConfig(paths=[str(path)]), ["fav", "reply"], "predict"):
+            o = model(batch)[1]
+            scores = torch.stack([o["probabilities"][:, 0], o["calibrated_probabilities"][:, 0],
+                                  o["probabilities"][:, 1], o["calibrated_probabilities"][:, 1]], 1)
+            out.update(zip(batch.ids["request_id"].tolist(), scores.numpy()))
+    return out
+
+
+def test_predict_scores_every_row_without_labels(run, unlabeled, tmp_path, capsys):
+    config_file, _ = run
+    out = tmp_path / "scores"
+    argv = ["predict", "--config", str(config_file), "--checkpoint", "latest", "--input", str(unlabeled),
+            "--output", str(out), "--batch-size", "32"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"202 rows scored into {out}"
+    assert [p.name for p in out.iterdir()] == ["part-00000-of-00001.parquet"]
+    table = pq.read_table(out)
+    assert table.num_rows == pq.read_metadata(unlabeled).num_rows == 202
+    assert table.column_names == COLUMNS
+    assert table.schema.field("fav.calibrated").type == pa.float32()
+    ids = table["request_id"].to_pylist()
+    assert sorted(ids) == sorted(pq.read_table(unlabeled, columns=["request_id"])["request_id"].to_pylist())
+    expected = in_process_scores(helpers.load(config_file), unlabeled)
+    got = np.stack([table[c].to_numpy() for c in COLUMNS[1:]], 1)
+    np.testing.assert_allclose(got, np.stack([expected[i] for i in ids]), rtol=0, atol=1e-5)
+    # fav was trained at neg_rate 0.5: its calibrated probability is lower; reply was not downsampled.
+    assert (got[:, 1] < got[:, 0]).all() and np.array_equal(got[:, 2], got[:, 3])
+
+
+def test_existing_output_needs_overwrite(run, data_dir, tmp_path, capsys):
+    config_file, save_dir = run
+    out = tmp_path / "scores"
+    argv = ["predict", "--config", str(config_file), "--checkpoint", str(save_dir), "--input",
+            str(data_dir / "single"), "--output", str(out)]
+    assert main(argv) == 0
+    assert main(argv) == 1
+    assert f"output directory {out} already holds predictions" in capsys.readouterr().err
+    assert main([*argv[:-2], "--input", str(data_dir / "validation"), "--output", str(out), "--overwrite"]) == 0
+    assert pq.read_table(out).num_rows == 201
+
+
+def test_empty_input_and_missing_checkpoint_fail_clearly(run, data_dir, tmp_path, capsys):
+    config_file, _ = run
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pq.read_table(data_dir / "test").slice(0, 0), empty)
+    argv = ["predict", "--config", str(config_file), "--checkpoint", "latest", "--input", str(empty),
+            "--output", str(tmp_path / "out")]
+    assert main(argv) == 1
+    assert f"file {empty}: empty dataset: 1 files but no rows" in capsys.readouterr().err
+
+    missing = tmp_path / "no_run"
+    argv = ["predict", "--config", str(config_file), "--checkpoint", str(missing), "--input",
+            str(data_dir / "test"), "--output", str(tmp_path / "out")]
+    assert main(argv) == 1
+    assert f"checkpoint {missing} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

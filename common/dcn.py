@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from common.linear import linear
 from common.mlp import MlpSpec
 
 
@@ -22,7 +23,12 @@ class CrossLayer(nn.Module):
             )
 
     def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return x0 * self.weight(x) + x
+        weight = self.weight
+        if isinstance(weight, nn.Linear):
+            projected = linear(x, weight.weight, weight.bias)
+        else:
+            projected = linear(linear(x, weight[0].weight, None), weight[1].weight, weight[1].bias)
+        return torch.addcmul(x, x0, projected)
 
 
 class Dcn(nn.Module):

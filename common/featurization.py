@@ -13,8 +13,8 @@ from torch import nn
 
 def signed_log1p(x: torch.Tensor) -> torch.Tensor:
     """sign(x) * log1p(|x|), with non-finite values (NaN, +-inf) replaced by 0 first."""
-    x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
-    return torch.sign(x) * torch.log1p(torch.abs(x))
+    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    return torch.copysign(torch.log1p(torch.abs(x)), x)
 
 
 class _Featurizer(nn.Module):
@@ -28,7 +28,7 @@ class _Featurizer(nn.Module):
     def _log(self, continuous: torch.Tensor) -> torch.Tensor:
         continuous = continuous.float()
         if self.training:
-            self.non_finite_count += (~torch.isfinite(continuous)).sum()
+            self.non_finite_count += continuous.numel() - torch.isfinite(continuous).sum()
         return signed_log1p(continuous)
 
     def pop_non_finite_count(self) -> int:

@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from common.activation import activation_module
+from common.linear import linear
 from common.mlp import MlpSpec, glorot_init
 
 
@@ -61,15 +63,40 @@ class MaskBlock(nn.Module):
             nn.Linear(mask_input_dim, aggregation_size), nn.ReLU(), nn.Linear(aggregation_size, hidden_dim)
         )
         self.hidden = nn.Linear(hidden_dim, output_size)
-        for linear in (self.mask[0], self.mask[2], self.hidden):
-            glorot_init(linear)
+        for layer in (self.mask[0], self.mask[2], self.hidden):
+            glorot_init(layer)
         self.output_layer_norm = nn.LayerNorm(output_size)
         self.activation = activation_module(activation)
         self.output_dim = output_size
+        self.has_input_layer_norm = input_layer_norm
+
+    def instance_mask(self, mask_input: torch.Tensor) -> torch.Tensor:
+        """m = W2 ReLU(W1 e + b1) + b2."""
+        w1 = self.mask[0]
+        w2 = self.mask[2]
+        return linear(linear(mask_input, w1.weight, w1.bias, relu=True), w2.weight, w2.bias)
+
+    def _output(self, masked: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.output_layer_norm(linear(masked, self.hidden.weight, self.hidden.bias)))
 
     def forward(self, hidden: torch.Tensor, mask_input: torch.Tensor) -> torch.Tensor:
-        masked = self.input_layer_norm(hidden) * self.mask(mask_input)
-        return self.activation(self.output_layer_norm(self.hidden(masked)))
+        return self._output(self.input_layer_norm(hidden) * self.instance_mask(mask_input))
+
+    def forward_standardized(self, standardized: torch.Tensor, mask_input: torch.Tensor) -> torch.Tensor:
+        """forward() given the hidden input already standardized by a LayerNorm without affine (with this block's
+        eps): only this block's scale and shift are applied here. Parallel blocks share one standardization."""
+        norm = self.input_layer_norm
+        if not isinstance(norm, nn.LayerNorm):
+            raise ValueError("forward_standardized needs a block with an input LayerNorm")
+        hidden = standardized
+        dtype = standardized.dtype
+        if norm.weight is not None and norm.bias is not None:
+            hidden = torch.addcmul(norm.bias.to(dtype), standardized, norm.weight.to(dtype))
+        elif norm.weight is not None:
+            hidden = standardized * norm.weight.to(dtype)
+        elif norm.bias is not None:
+            hidden = standardized + norm.bias.to(dtype)
+        return self._output(hidden * self.instance_mask(mask_input).to(dtype))
 
 
 class MaskNet(nn.Module):
@@ -104,10 +131,31 @@ class MaskNet(nn.Module):
         width = sum(spec.output_size for spec in blocks) if parallel else blocks[-1].output_size
         self.mlp = mlp.build(width) if mlp is not None else None
         self.output_dim = self.mlp.output_dim if self.mlp is not None else width
+        # Parallel blocks all LayerNorm the same input: standardize it once, each block applies its own affine.
+        norms = [m.input_layer_norm for m in modules if isinstance(m.input_layer_norm, nn.LayerNorm)]
+        self.share_input_standardization = parallel and len(norms) > 1 and len({n.eps for n in norms}) == 1
+        self._input_eps = norms[0].eps if norms else 1e-5
+
+    @torch.jit.unused
+    def _parallel_shared_standardization(self, x: torch.Tensor) -> torch.Tensor:
+        standardized = F.layer_norm(x, [x.shape[-1]], eps=self._input_eps)
+        if torch.is_autocast_enabled(x.device.type):
+            # Cast the shared inputs once instead of once per block (autocast casts non-parameters on every use);
+            # the masked products then stay in the autocast dtype that the next matmul reads anyway.
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, standardized = x.to(dtype), standardized.to(dtype)
+        outs = [
+            block.forward_standardized(standardized, x) if block.has_input_layer_norm else block(x, x)
+            for block in self.blocks
+        ]
+        return torch.cat(outs, dim=1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.parallel:
-            out = torch.cat([block(x, x) for block in self.blocks], dim=1)
+            if self.share_input_standardization and not torch.jit.is_scripting():
+                out = self._parallel_shared_standardization(x)
+            else:
+                out = torch.cat([block(x, x) for block in self.blocks], dim=1)
         else:
             out = x
             for block in self.blocks:

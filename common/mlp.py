@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from common.linear import linear
+
 
 def glorot_init(linear: nn.Linear) -> None:
     """Glorot-uniform weights and zero bias; PyTorch's default Linear init shrinks the signal about 1.7x per layer,
@@ -75,6 +77,26 @@ class Mlp(nn.Module):
                 glorot_init(layer)
         self.in_features = in_features
         self.output_dim = layer_sizes[-1]
+        # A Linear directly followed by a ReLU runs as one fused product (see common.linear).
+        self._fused_relu = [
+            isinstance(layer, nn.Linear) and i + 1 < len(self.layers) and isinstance(self.layers[i + 1], nn.ReLU)
+            for i, layer in enumerate(self.layers)
+        ]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"output": self.layers(x)}
+        if torch.jit.is_scripting():
+            return {"output": self.layers(x)}
+        return {"output": self._fused_forward(x)}
+
+    @torch.jit.unused
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = False
+        for layer, fuse in zip(self.layers, self._fused_relu):
+            if skip:
+                skip = False
+            elif isinstance(layer, nn.Linear):
+                x = linear(x, layer.weight, layer.bias, fuse)
+                skip = fuse
+            else:
+                x = layer(x)
+        return x

@@ -1,0 +1,399 @@
+"""Checkpoints with torch.distributed.checkpoint (DCP): sharded tensors written by every rank, made visible only
+when complete, verified before loading, and read without unpickling arbitrary objects.
+
+Layout under a checkpoint directory (e.g. SAVE_DIR/checkpoints):
+  step_00001000/              one complete checkpoint (the step counter after 1000 updates)
+    .metadata, __R_0.distcp   DCP: model, optimizer states (tensors only)
+    rank_R.json               per-rank state (data position, random generators, ...)
+    checkpoint.json           step, world size, caller's info and a manifest (size, sha256) of every file;
+                              written last, just before the directory is renamed into place
+  .step_00002000.partial/     a checkpoint being written (or abandoned by a crash): never loaded
+
+Only tensors go into DCP. DCP's `.metadata` file is a pickle: it is read with an unpickler that accepts DCP's own
+metadata classes and nothing else, and entries that would be unpickled on load (non-tensor objects) are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+
+from core.distributed import DistributedContext, any_rank, barrier
+from core.log import get_logger
+
+logger = get_logger(__name__)
+
+FORMAT_VERSION = 1
+INFO_FILE = "checkpoint.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, corrupt or does not fit the model; the message names its path."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+
+
+# --- reading DCP metadata safely -----------------------------------------------------------------------------------
+_ALLOWED_GLOBALS = {
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("torch.distributed.checkpoint.metadata", "Metadata"),
+    ("torch.distributed.checkpoint.metadata", "MetadataIndex"),
+    ("torch.distributed.checkpoint.metadata", "TensorStorageMetadata"),
+    ("torch.distributed.checkpoint.metadata", "ChunkStorageMetadata"),
+    ("torch.distributed.checkpoint.metadata", "TensorProperties"),
+    ("torch.distributed.checkpoint.metadata", "StorageMeta"),
+    ("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds only DCP metadata objects, torch dtypes and sizes; any other global is refused."""
+
+    def __init__(self, file, path: Path) -> None:
+        super().__init__(file)
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise CheckpointError(f"checkpoint {self._path}: metadata refers to {module}.{name}, which is not allowed")
+
+
+def read_metadata(path: str | os.PathLike) -> Metadata:
+    """DCP metadata of a checkpoint directory, read safely; every entry must be a tensor."""
+    path = Path(path)
+    file = path / ".metadata"
+    try:
+        with open(file, "rb") as f:
+            metadata = _MetadataUnpickler(f, path).load()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path}: {file.name} is missing") from None
+    except CheckpointError:
+        raise
+    except Exception as exc:  # truncated or garbled pickles raise many types
+        raise CheckpointError(f"checkpoint {path}: {file.name} is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(metadata, Metadata):
+        raise CheckpointError(f"checkpoint {path}: {file.name} does not hold DCP metadata")
+    not_tensors = [k for k, v in metadata.state_dict_metadata.items() if not isinstance(v, TensorStorageMetadata)]
+    if not_tensors:
+        raise CheckpointError(f"checkpoint {path}: entries {not_tensors[:5]} are not tensors; refusing to unpickle them")
+    return metadata
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """DCP's file reader with the metadata read by the restricted unpickler (tensor data is read by torch.load
+    with weights_only=True)."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        if kwargs.get("rank") is not None:
+            raise CheckpointError(f"checkpoint {self.path}: per-rank metadata files are not supported")
+        metadata = read_metadata(Path(self.path))
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+# --- files ---------------------------------------------------------------------------------------------------------
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path, checkpoint: Path) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {checkpoint}: {path.name} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {checkpoint}: {path.name} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint {checkpoint}: {path.name} does not hold a JSON object")
+    return data
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _manifest(directory: Path) -> dict[str, dict[str, Any]]:
+    return {
+        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != INFO_FILE and not p.name.endswith(".tmp")
+    }
+
+
+def verify_files(path: Path, info: Mapping[str, Any], check_hashes: bool = True) -> None:
+    """Raise CheckpointError if a file of the manifest is missing, has another size or (check_hashes) content."""
+    manifest = info.get("files")
+    if not isinstance(manifest, dict) or not manifest:
+        raise CheckpointError(f"checkpoint {path}: {INFO_FILE} has no file manifest")
+    for name, entry in manifest.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path}: file {name} is missing")
+        size = file.stat().st_size
+        if size != entry["bytes"]:
+            raise CheckpointError(f"checkpoint {path}: file {name} has {size} bytes, {entry['bytes']} were written")
+        if check_hashes and _sha256(file) != entry["sha256"]:
+            raise CheckpointError(f"checkpoint {path}: file {name} is corrupt (its sha256 does not match)")
+
+
+def read_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint.json of a complete checkpoint directory."""
+    path = Path(path)
+    info = _read_json(path / INFO_FILE, path)
+    if info.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path}: format version {info.get('format_version')} is not {FORMAT_VERSION}")
+    return info
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
+    """Complete checkpoints (those with a checkpoint.json) in `directory`, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for child in directory.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and child.is_dir() and (child / INFO_FILE).is_file():
+            found.append(Checkpoint(child, int(match.group(1))))
+    return sorted(found, key=lambda c: c.step)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """A checkpoint named by its directory, by a directory of checkpoints (its latest) or by a run's save_dir."""
+    path = Path(path)
+    match = _STEP_DIR.match(path.name)
+    if match and (path / INFO_FILE).is_file():
+        return Checkpoint(path, int(match.group(1)))
+    for directory in (path, path / "checkpoints"):
+        found = list_checkpoints(directory)
+        if found:
+            return found[-1]
+    raise CheckpointError(f"no complete checkpoint at {path} (looked for step_*/{INFO_FILE} there and in checkpoints/)")
+
+
+# --- saving and loading ----------------------------------------------------------------------------------------------
+def _flatten_keys(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten_keys(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _check_tensors_only(tensors: Mapping[str, Any]) -> None:
+    bad = [k for k, v in _flatten_keys(tensors).items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(f"only tensors go into a checkpoint's DCP state; not tensors: {bad[:5]}")
+
+
+def load_tensors(path: Path, tensors: dict[str, Any], allow_partial: bool = False) -> None:
+    """Load a checkpoint's DCP state into `tensors` in place (a nested dict of tensors, ShardedTensors, DTensors)."""
+    _check_tensors_only(tensors)
+    try:
+        dcp.load(
+            tensors,
+            storage_reader=SafeFileSystemReader(path),
+            planner=DefaultLoadPlanner(allow_partial_load=allow_partial),
+        )
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path}: loading failed ({type(exc).__name__}: {exc})") from exc
+
+
+class CheckpointManager:
+    """Saves numbered checkpoints atomically, keeps the last K, finds and verifies them for loading."""
+
+    def __init__(self, directory: str | os.PathLike, ctx: DistributedContext, keep_last_k: int = 3) -> None:
+        self.directory = Path(directory)
+        self.ctx = ctx
+        self.keep_last_k = keep_last_k
+
+    def path_for(self, step: int) -> Path:
+        return self.directory / f"step_{step:08d}"
+
+    def complete(self) -> list[Checkpoint]:
+        """Complete checkpoints, oldest first."""
+        return list_checkpoints(self.directory)
+
+    def latest(self) -> Checkpoint | None:
+        found = self.complete()
+        return found[-1] if found else None
+
+    def save(
+        self,
+        step: int,
+        tensors: dict[str, Any],
+        info: Mapping[str, Any] | None = None,
+        rank_info: Mapping[str, Any] | None = None,
+    ) -> Checkpoint:
+        """Write a checkpoint (collective: every rank calls it). `tensors` go through DCP; `info` (rank 0's) and
+        `rank_info` (one per rank) must be JSON-serializable. Visible under step_N only once complete."""
+        _check_tensors_only(tensors)
+        final = self.path_for(step)
+        partial = self.directory / f".{final.name}.partial"
+        if self.ctx.is_main:
+            if partial.exists():
+                shutil.rmtree(partial)
+            partial.mkdir(parents=True)
+        barrier(self.ctx)
+        dcp.save(tensors, storage_writer=FileSystemWriter(partial, sync_files=True))
+        _write_json(partial / f"rank_{self.ctx.rank}.json", dict(rank_info or {}))
+        barrier(self.ctx)
+        if self.ctx.is_main:
+            record = {
+                "format_version": FORMAT_VERSION,
+                "step": step,
+                "world_size": self.ctx.world_size,
+                "info": dict(info or {}),
+                "files": _manifest(partial),
+            }
+            _write_json(partial / INFO_FILE, record)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(partial, final)
+            _fsync_dir(self.directory)
+            self._prune()
+            logger.info("saved checkpoint %s", final)
+        barrier(self.ctx)
+        return Checkpoint(final, step)
+
+    def _prune(self) -> None:
+        for old in self.complete()[: -self.keep_last_k]:
+            shutil.rmtree(old.path, ignore_errors=True)
+        for stale in self.directory.glob(".step_*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def verify(self, checkpoint: Checkpoint) -> dict[str, Any]:
+        """Check a checkpoint on every rank (sizes everywhere, content hashes on rank 0) and return its info;
+        every rank raises the same CheckpointError if any rank found a problem."""
+        problem: str | None = None
+        info: dict[str, Any] = {}
+        try:
+            info = read_info(checkpoint.path)
+            verify_files(checkpoint.path, info, check_hashes=self.ctx.is_main)
+            read_metadata(checkpoint.path)
+        except CheckpointError as exc:
+            problem = str(exc)
+        if any_rank(problem is not None, self.ctx):
+            raise CheckpointError(problem or f"checkpoint {checkpoint.path}: another rank found it corrupt")
+        return info
+
+    def load(
+        self, checkpoint: Checkpoint, tensors: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Verify, then load a checkpoint into `tensors` in place; returns (info, this rank's rank_info or None
+        when the checkpoint was written by a different number of ranks)."""
+        record = self.verify(checkpoint)
+        load_tensors(checkpoint.path, tensors)
+        rank_info = None
+        if record["world_size"] == self.ctx.world_size:
+            rank_info = _read_json(checkpoint.path / f"rank_{self.ctx.rank}.json", checkpoint.path)
+        return record.get("info", {}), rank_info
+
+    def load_latest(
+        self, tensors: dict[str, Any]
+    ) -> tuple[Checkpoint, dict[str, Any], dict[str, Any] | None] | None:
+        """Load the newest checkpoint that verifies and loads; a broken one is reported by path, renamed to
+        step_N.corrupt and the previous one is tried. None if there is none."""
+        for checkpoint in reversed(self.complete()):
+            try:
+                info, rank_info = self.load(checkpoint, tensors)
+            except CheckpointError as exc:
+                logger.error("%s; falling back to the previous checkpoint", exc)
+                barrier(self.ctx)
+                if self.ctx.is_main:
+                    aside = checkpoint.path.with_name(checkpoint.path.name + ".corrupt")
+                    shutil.rmtree(aside, ignore_errors=True)
+                    os.rename(checkpoint.path, aside)
+                    logger.error("moved %s to %s", checkpoint.path, aside.name)
+                barrier(self.ctx)
+                continue
+            return checkpoint, info, rank_info
+        return None
+
+
+def load_model_weights(
+    source: str | os.PathLike, model_state: dict[str, Any], ctx: DistributedContext, key: str = "model"
+) -> Checkpoint:
+    """Warm start: load the `key` entries of another run's checkpoint into `model_state` in place (weights only).
+    Entries the checkpoint lacks keep their initial values (logged); a shape mismatch is an error."""
+    checkpoint = resolve_checkpoint(source)
+    CheckpointManager(checkpoint.path.parent, ctx).verify(checkpoint)
+    saved = read_metadata(checkpoint.path).state_dict_metadata
+    wanted: dict[str, Any] = {}
+    missing = []
+    for name, tensor in model_state.items():
+        entry = saved.get(f"{key}.{name}")
+        if entry is None:
+            missing.append(name)
+            continue
+        if tuple(entry.size) != tuple(tensor.size()):
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path}: {key}.{name} has shape {tuple(entry.size)}, "
+                f"the model has {tuple(tensor.size())}"
+            )
+        wanted[name] = tensor
+    if not wanted:
+        raise CheckpointError(f"checkpoint {checkpoint.path}: no {key} weights match this model")
+    load_tensors(checkpoint.path, {key: wanted})
+    logger.info("warm start: loaded %d weight tensors from %s", len(wanted), checkpoint.path)
+    if missing:
+        logger.warning("warm start: %d tensors are not in %s and keep their initial values: %s",
+                       len(missing), checkpoint.path, ", ".join(missing[:10]))
+    return checkpoint

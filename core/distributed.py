@@ -1,0 +1,282 @@
+"""Distributed setup: the process group (torchrun, or a single process without it), model-parallel sharding of the
+embedding tables with torchrec, lock-step iteration for collective evaluation, and launching workers.
+
+Under torchrun every worker reads RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE from the environment; GPUs use
+NCCL on cuda:LOCAL_RANK, CPUs use gloo. Without torchrun a one-process gloo group is created in memory, so the same
+code path (DistributedModelParallel, torch.distributed.checkpoint) runs everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from core.log import get_logger
+
+logger = get_logger(__name__)
+
+T = TypeVar("T")
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits in the job and which device it computes on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def quiet_library_logging() -> None:
+    """Keep torchrec's and fbgemm's per-table INFO chatter and known notices out of the training log (warnings
+    still show). Call it before torchrec is imported: fbgemm logs while loading."""
+    for name in ("torchrec", "fbgemm_gpu", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*deprecating ShardedTensor.*", category=FutureWarning)
+
+    def not_library_info(record: logging.LogRecord) -> bool:
+        # fbgemm logs through the root logger itself.
+        return record.name != "root" or record.levelno >= logging.WARNING
+
+    for handler in logging.getLogger().handlers:
+        if not_library_info.__name__ not in {getattr(f, "__name__", "") for f in handler.filters}:
+            handler.addFilter(not_library_info)
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """"auto" -> cuda:LOCAL_RANK when a GPU is visible, else cpu; "cuda" -> cuda:LOCAL_RANK; "cpu" -> cpu."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("training.device is cuda but no GPU is visible to this process")
+        return torch.device("cuda", local_rank)
+    if device != "cpu":
+        raise ValueError(f"unknown device {device!r} (auto, cpu or cuda)")
+    return torch.device("cpu")
+
+
+def launched_by_torchrun() -> bool:
+    """True when the torchrun environment variables are set."""
+    return all(name in os.environ for name in _TORCHRUN_VARS)
+
+
+def _attempt_store(rank: int, world_size: int, timeout: timedelta | None) -> dist.Store:
+    """The rendezvous store torchrun points to, with keys private to this restart attempt.
+
+    After a worker failure, torchrun restarts every worker against the same store; the process-group addresses
+    published by the previous attempt would still be there and the new workers would try to connect to dead ones.
+    A prefix per attempt (TORCHELASTIC_RESTART_COUNT) keeps each attempt's rendezvous separate."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    wait = timeout or timedelta(minutes=30)
+    # Under torchrun's agent the agent hosts the store; with a bare environment rank 0 hosts it.
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(host, port, world_size, is_master=not agent_hosts and rank == 0, timeout=wait,
+                          multi_tenant=not agent_hosts)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"recap/attempt_{attempt}", store)
+
+
+def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> DistributedContext:
+    """Initialize (or reuse) the default process group and return this process's context."""
+    if launched_by_torchrun():
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ["LOCAL_RANK"])
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    else:
+        rank, world_size, local_rank, local_world_size = 0, 1, 0, 1
+    resolved = resolve_device(device, local_rank)
+    backend = "nccl" if resolved.type == "cuda" else "gloo"
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    if not dist.is_initialized():
+        kwargs = {"timeout": timeout} if timeout is not None else {}
+        if launched_by_torchrun():
+            if resolved.type == "cuda":
+                kwargs["device_id"] = resolved
+            dist.init_process_group(backend=backend, store=_attempt_store(rank, world_size, timeout),
+                                    rank=rank, world_size=world_size, **kwargs)
+        else:
+            # One process, no rendezvous: an in-memory store is enough and needs no free port.
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, **kwargs)
+    elif dist.get_world_size() != world_size:
+        raise RuntimeError(
+            f"a process group of {dist.get_world_size()} ranks exists but the environment says {world_size}"
+        )
+    return DistributedContext(rank, world_size, local_rank, local_world_size, resolved, backend)
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group if one exists."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistributedContext) -> None:
+    """Wait for every rank (device-aware for NCCL)."""
+    if ctx.world_size > 1:
+        if ctx.backend == "nccl":
+            dist.barrier(device_ids=[ctx.device.index])
+        else:
+            dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
+    """Sum `tensor` over ranks in place (a no-op on one rank) and return it."""
+    if ctx.world_size > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, ctx: DistributedContext) -> bool:
+    """True on every rank if `flag` is true on at least one."""
+    value = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    return bool(all_reduce_sum(value, ctx).item() > 0)
+
+
+def lockstep(
+    batches: Iterable[T],
+    pad: Callable[[T], T],
+    ctx: DistributedContext,
+    template: T | None = None,
+    max_steps: int | None = None,
+) -> Iterator[tuple[T, bool]]:
+    """Yield (batch, is_real) until every rank has run out of batches (or after max_steps).
+
+    A forward pass through sharded embedding tables is a collective: every rank must run the same number of them.
+    A rank that runs out early yields pad(last batch it saw, or `template`) -- a batch that must not count (e.g. with
+    zero weights) -- for as long as any other rank still has data. One small all-reduce per step decides."""
+    iterator: Iterator[T] | None = iter(batches)
+    last = template
+    steps = 0
+    while max_steps is None or steps < max_steps:
+        batch = next(iterator, None) if iterator is not None else None
+        if batch is None:
+            iterator = None
+        if not any_rank(batch is not None, ctx):
+            return
+        if batch is None:
+            if last is None:
+                raise RuntimeError(f"rank {ctx.rank} has no batch to pad with while other ranks still evaluate")
+            yield pad(last), False
+        else:
+            last = batch
+            yield batch, True
+        steps += 1
+
+
+def shard_model(
+    model: nn.Module,
+    ctx: DistributedContext,
+    batch_size: int | None = None,
+    static_graph: bool = True,
+) -> nn.Module:
+    """Wrap `model` in torchrec's DistributedModelParallel: the planner shards its embedding-bag collections over
+    the ranks (the plan is logged), the rest is data-parallel (DDP). Embedding tables may be on device "meta";
+    they are materialized on their shard's device. Use static_graph=False with gradient accumulation (no_sync)."""
+    from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner
+    from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+    from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
+    from torchrec.distributed.sharding_plan import get_default_sharders
+    from torchrec.distributed.types import ShardingEnv
+
+    if not dist.is_initialized():
+        raise RuntimeError("shard_model needs a process group: call init_distributed() first")
+    pg = dist.group.WORLD
+    topology = TopologyFactory.create_topology(
+        trainer_config=TrainerConfig(world_size=ctx.world_size, local_world_size=ctx.local_world_size),
+        kernel_config=KernelConfig(compute_device=ctx.device.type),
+    )
+    # A fixed share of each device's memory is kept for the dense part, activations and optimizer state.
+    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size,
+                                       storage_reservation=FixedPercentageStorageReservation(0.15))
+    sharders = get_default_sharders()
+    plan = planner.collective_plan(model, sharders, pg)
+    if plan.plan:
+        logger.info("sharding plan for %d rank(s):\n%s", ctx.world_size, plan)
+    return DistributedModelParallel(
+        model,
+        env=ShardingEnv.from_process_group(pg),
+        device=ctx.device,
+        plan=plan,
+        sharders=sharders,
+        data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=static_graph),
+    )
+
+
+def data_parallel_module(model: nn.Module) -> nn.Module | None:
+    """The DistributedDataParallel inside a DistributedModelParallel (or `model` itself if it is one), or None."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    for module in (model, getattr(model, "_dmp_wrapped_module", None)):
+        if isinstance(module, DistributedDataParallel):
+            return module
+    return None
+
+
+def average_buffers(model: nn.Module, ctx: DistributedContext) -> None:
+    """Average the floating-point buffers of the data-parallel part (BatchNorm running statistics) over ranks.
+
+    torchrec's DDP wrapper does not broadcast buffers, so each rank's running statistics drift apart; averaging them
+    before evaluation and checkpointing makes every rank evaluate, and every checkpoint hold, the same model."""
+    ddp = data_parallel_module(model)
+    if ctx.world_size == 1 or ddp is None:
+        return
+    buffers = getattr(ddp, "named_module_buffers", None)
+    if buffers is None:
+        buffers = {n: b for n, b in ddp.module.named_buffers() if n not in ddp.parameters_to_ignore}
+    floating = [b for b in buffers.values() if b.is_floating_point()]
+    if floating:
+        flat = torch.cat([b.detach().reshape(-1).float() for b in floating])
+        dist.all_reduce(flat)
+        flat /= ctx.world_size
+        offset = 0
+        for b in floating:
+            b.detach().copy_(flat[offset : offset + b.numel()].view_as(b))
+            offset += b.numel()
+
+
+def launch_workers(nproc_per_node: int, module: str, args: list[str], max_restarts: int = 0) -> int:
+    """Run `python -m module args` in nproc_per_node workers on this machine through torch's elastic launcher
+    (what torchrun --standalone does); returns 0 when every worker succeeded."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    launcher_args = get_args_parser().parse_args(
+        [
+            "--standalone",
+            f"--nproc-per-node={nproc_per_node}",
+            f"--max-restarts={max_restarts}",
+            "--module",
+            module,
+            *args,
+        ]
+    )
+    try:
+        run(launcher_args)
+    except ChildFailedError as exc:
+        failures = "; ".join(f"rank {r}: exit code {f.exitcode}" for r, f in sorted(exc.failures.items()))
+        logger.error("training workers failed (%s)", failures)
+        return 1
+    return 0

@@ -1,0 +1,167 @@
+"""Optimizers: the dense Adam/AdamW with one learning-rate schedule per parameter group, and the sparse optimizer
+that torchrec fuses into the backward pass of the sharded embedding tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+from torchrec.optim import SGD as FusedSGD
+from torchrec.optim import Adam as FusedAdam
+from torchrec.optim import RowWiseAdagrad
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+from core.config import ConfigError
+from core.schedules import Schedule, build_schedule
+from core.train_config import DenseOptimizerConfig, SparseOptimizerConfig
+
+SHARED_GROUP = "shared"
+
+
+class DenseOptimizer:
+    """Adam or AdamW over named parameter groups ("shared" plus one per tower), each following its own schedule.
+
+    The optimizer state is created up front (zeros, step 0, exactly what Adam creates lazily on its first step) so a
+    checkpoint can be loaded into it in place before training starts."""
+
+    def __init__(
+        self,
+        groups: Mapping[str, list[nn.Parameter]],
+        schedules: Mapping[str, Schedule],
+        param_names: Mapping[nn.Parameter, str],
+        decoupled_weight_decay: bool = False,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        fused: bool | None = None,
+    ) -> None:
+        if set(groups) != set(schedules):
+            raise ValueError(f"parameter groups {sorted(groups)} and schedules {sorted(schedules)} differ")
+        self.schedules = dict(schedules)
+        self.param_names = {p: param_names[p] for ps in groups.values() for p in ps}
+        params = [p for ps in groups.values() for p in ps]
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("a parameter is in two dense parameter groups")
+        if fused is None:
+            fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        # Empty groups (a model part without parameters) keep their schedule for logging but hold no torch group.
+        torch_groups = [{"params": ps, "lr": 0.0, "name": name} for name, ps in groups.items() if ps]
+        optimizer_class = torch.optim.AdamW if decoupled_weight_decay else torch.optim.Adam
+        self.fused = fused
+        self.optimizer = (
+            optimizer_class(torch_groups, lr=0.0, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
+            if torch_groups
+            else None
+        )
+        self._init_state()
+        self.learning_rates = self.set_step(1)
+
+    def _init_state(self) -> None:
+        if self.optimizer is None:
+            return
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                state = self.optimizer.state[p]
+                if state:
+                    continue
+                # Fused Adam keeps its step counter on the parameter's device; the unfused one on the CPU.
+                step_device = p.device if self.fused else torch.device("cpu")
+                state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    @property
+    def group_names(self) -> list[str]:
+        return list(self.schedules)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Every parameter this optimizer updates."""
+        return list(self.param_names)
+
+    def set_step(self, step: int) -> dict[str, float]:
+        """Set each group's learning rate for update number `step` (from 1) and return them by group name."""
+        self.learning_rates = {name: schedule(step) for name, schedule in self.schedules.items()}
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rates[group["name"]]
+        return self.learning_rates
+
+    def step(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """{parameter name: {state name: tensor}}: the live state tensors (load into them in place)."""
+        if self.optimizer is None:
+            return {}
+        return {self.param_names[p]: dict(state) for p, state in self.optimizer.state.items()}
+
+
+def _schedules_for(groups: Iterable[str], config: DenseOptimizerConfig) -> dict[str, Schedule]:
+    names = list(groups)
+    if config.learning_rate is not None:
+        schedule = build_schedule(config.learning_rate)
+        return {name: schedule for name in names}
+    mtl = config.multi_task_learning_rates
+    assert mtl is not None  # DenseOptimizerConfig requires one of the two
+    towers = [n for n in names if n != SHARED_GROUP]
+    if set(mtl.tower_learning_rates) != set(towers):
+        raise ConfigError(
+            "optimizer.dense.multi_task_learning_rates.tower_learning_rates must name exactly the model's tasks "
+            f"{towers}: unknown {sorted(set(mtl.tower_learning_rates) - set(towers))}, "
+            f"missing {sorted(set(towers) - set(mtl.tower_learning_rates))}"
+        )
+    schedules = {name: build_schedule(mtl.tower_learning_rates[name]) for name in towers}
+    if SHARED_GROUP in names:
+        schedules[SHARED_GROUP] = build_schedule(mtl.backbone_learning_rate)
+    return {name: schedules[name] for name in names}
+
+
+def build_dense_optimizer(
+    model: nn.Module, groups: Mapping[str, list[nn.Parameter]], config: DenseOptimizerConfig
+) -> DenseOptimizer:
+    """The configured Adam/AdamW over `groups` ({"shared": [...], <tower>: [...]}), one schedule per group;
+    configured tower names must equal the groups' tower names (ConfigError otherwise)."""
+    adam = config.adam if config.adam is not None else config.adamw
+    assert adam is not None  # DenseOptimizerConfig validates exactly one of adam, adamw
+    names = {p: n for n, p in model.named_parameters()}
+    if any(p not in names for ps in groups.values() for p in ps):
+        raise ValueError("a dense parameter group holds parameters that are not in the model")
+    return DenseOptimizer(
+        groups,
+        _schedules_for(groups, config),
+        names,
+        decoupled_weight_decay=config.adamw is not None,
+        betas=(adam.beta_1, adam.beta_2),
+        eps=adam.epsilon,
+        weight_decay=adam.weight_decay,
+    )
+
+
+# fbgemm's CPU embedding kernels implement these fused optimizers; GPU kernels implement all of them.
+CPU_SPARSE_OPTIMIZERS = ("rowwise_adagrad", "sgd")
+
+
+def apply_sparse_optimizer(
+    params: Iterable[nn.Parameter], config: SparseOptimizerConfig, device: torch.device | str = "cpu"
+) -> None:
+    """Attach the configured optimizer to embedding-table parameters; DistributedModelParallel fuses it into the
+    backward pass of the sharded tables (rows are updated as their gradients are computed) on `device`."""
+    if torch.device(device).type == "cpu" and config.type not in CPU_SPARSE_OPTIMIZERS:
+        raise ConfigError(
+            f"optimizer.sparse.type: {config.type} runs only on GPU; on CPU use one of {', '.join(CPU_SPARSE_OPTIMIZERS)}"
+        )
+    if config.type == "rowwise_adagrad":
+        optimizer_class, kwargs = RowWiseAdagrad, {"lr": config.learning_rate, "eps": config.epsilon}
+    elif config.type == "adam":
+        optimizer_class, kwargs = FusedAdam, {"lr": config.learning_rate, "eps": config.epsilon}
+    else:
+        optimizer_class, kwargs = FusedSGD, {"lr": config.learning_rate}
+    params = list(params)
+    if params:
+        apply_optimizer_in_backward(optimizer_class, params, kwargs)

@@ -1,0 +1,441 @@
+"""The training loop: steps or epochs, gradient accumulation, clipping, bf16 autocast, logging to the console and
+TensorBoard, periodic evaluation, and checkpoints with automatic resume. Project-agnostic: it needs a model whose
+forward(batch) returns (loss, outputs) -- outputs["task_losses"] [T] when there are task names -- a DenseOptimizer,
+optionally the sparse optimizer fused into backward, and resumable training data.
+
+Between log steps the loop never waits for the device: losses accumulate in a tensor and are read (with one
+all-reduce) only when a line is logged, a checkpoint is written or evaluation runs. A non-finite loss is therefore
+noticed at the next of those points, always before a checkpoint could record it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from core.checkpoint import Checkpoint, CheckpointManager, load_model_weights
+from core.distributed import DistributedContext, all_reduce_sum, average_buffers, data_parallel_module
+from core.log import get_logger
+from core.optimizers import DenseOptimizer
+from core.tensorboard import MetricsWriter
+from core.train_config import TrainingConfig
+
+logger = get_logger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class ResumableData(Protocol):
+    """Training batches with epochs and a position that can be saved and restored."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class SparseOptimizer(Protocol):
+    """torchrec's KeyedOptimizer interface, as DistributedModelParallel.fused_optimizer provides it."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+# evaluate(step, template_batch) -> {TensorBoard tag: value}; runs under no_grad with the model in eval mode.
+# template_batch is a recent training batch, for ranks that must pad collective evaluation steps.
+Evaluate = Callable[[int, Any], dict[str, float]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; training stopped without writing a checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    epoch: int
+    checkpoint: Path | None
+    resumed_from: Path | None = None
+    last_train_metrics: dict[str, float] = field(default_factory=dict)
+    last_eval_metrics: dict[str, float] = field(default_factory=dict)
+
+
+# --- random generator state as JSON ----------------------------------------------------------------------------------
+def _encode(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _decode(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch (CPU and CUDA), numpy and python random states, JSON-serializable."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": _encode(torch.get_rng_state()),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [_encode(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what rng_state() returned."""
+    torch.set_rng_state(_decode(state["torch"]))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([_decode(s) for s in state["cuda"]])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and python random."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (1 << 32))
+    random.seed(seed)
+
+
+def _batch_size(batch: Any) -> int:
+    size = getattr(batch, "batch_size", None)
+    if isinstance(size, int):
+        return size
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    raise TypeError(f"cannot tell the batch size of a {type(batch).__name__}: give it a batch_size attribute")
+
+
+def _format_lr(lrs: dict[str, float]) -> str:
+    values = set(lrs.values())
+    if len(values) == 1:
+        return f"{values.pop():.3g}"
+    return " ".join(f"{name}={lr:.3g}" for name, lr in lrs.items())
+
+
+class TrainLoop:
+    """Runs training to the configured step or epoch count; see the module docstring."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dense_optimizer: DenseOptimizer,
+        train_data: ResumableData,
+        config: TrainingConfig,
+        ctx: DistributedContext,
+        task_names: Sequence[str] = (),
+        sparse_optimizer: SparseOptimizer | None = None,
+        evaluate: Evaluate | None = None,
+        steps_per_epoch: int | None = None,
+    ) -> None:
+        self.model = model
+        self.dense_optimizer = dense_optimizer
+        self.sparse_optimizer = sparse_optimizer
+        self.train_data = train_data
+        self.config = config
+        self.ctx = ctx
+        self.task_names = list(task_names)
+        self.evaluate = evaluate
+        self.steps_per_epoch = steps_per_epoch
+        self.save_dir = Path(config.save_dir)
+        self.checkpoints = CheckpointManager(self.save_dir / CHECKPOINT_DIR, ctx, config.keep_last_k)
+        self.step = 0
+        self.epoch = 0
+        self.examples = 0  # global examples trained on
+        self._resumed_data = False
+        self._last_batch: Any = None
+        self._last_checkpoint: Checkpoint | None = None
+        self._autocast_dtype = torch.bfloat16 if config.mixed_precision == "bf16" else None
+        self._dense_params = dense_optimizer.parameters()
+        self._ddp = data_parallel_module(model)
+        self._reset_window()
+
+    # --- state ---------------------------------------------------------------------------------------------------------
+    def _state_tensors(self) -> dict[str, Any]:
+        tensors: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "dense_optimizer": self.dense_optimizer.state_tensors(),
+        }
+        if self.sparse_optimizer is not None:
+            tensors["sparse_optimizer"] = self.sparse_optimizer.state_dict()["state"]
+        return tensors
+
+    def _save(self) -> Checkpoint:
+        info = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "examples": self.examples,
+            "seed": self.config.seed,
+            "learning_rates": self.dense_optimizer.learning_rates,
+        }
+        rank_info = {"data": self.train_data.state_dict(), "rng": rng_state()}
+        average_buffers(self.model, self.ctx)
+        self._last_checkpoint = self.checkpoints.save(self.step, self._state_tensors(), info, rank_info)
+        return self._last_checkpoint
+
+    def restore(self) -> Checkpoint | None:
+        """Resume from the newest good checkpoint under save_dir, else warm start if configured; returns the
+        checkpoint resumed from (None for a fresh or warm-started run)."""
+        tensors = self._state_tensors()
+        loaded = self.checkpoints.load_latest(tensors)
+        if loaded is None:
+            if self.config.warm_start_from:
+                load_model_weights(self.config.warm_start_from, tensors["model"], self.ctx)
+                self.model.load_state_dict(tensors["model"])
+            return None
+        checkpoint, info, rank_info = loaded
+        self.model.load_state_dict(tensors["model"])
+        if self.sparse_optimizer is not None:
+            self.sparse_optimizer.load_state_dict({"state": tensors["sparse_optimizer"]})
+        self.step = int(info["step"])
+        self.epoch = int(info["epoch"])
+        self.examples = int(info.get("examples", 0))
+        if info.get("seed") != self.config.seed:
+            logger.warning("resuming a run started with seed %s under seed %s", info.get("seed"), self.config.seed)
+        if rank_info is None:
+            logger.warning(
+                "%s was written by a different number of ranks: the data restarts at the beginning of epoch %d "
+                "and random generators are not restored", checkpoint.path, self.epoch
+            )
+        else:
+            self.train_data.load_state_dict(rank_info["data"])
+            set_rng_state(rank_info["rng"])
+            self._resumed_data = True
+        self._last_checkpoint = checkpoint
+        logger.info("resumed from %s (step %d, epoch %d)", checkpoint.path, self.step, self.epoch)
+        return checkpoint
+
+    # --- data ------------------------------------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[Any]:
+        resumed = self._resumed_data
+        while self.config.num_epochs is None or self.epoch < self.config.num_epochs:
+            if not resumed:
+                self.train_data.set_epoch(self.epoch)
+            count = 0
+            for batch in self.train_data:
+                count += 1
+                yield batch
+            if count == 0 and not resumed:
+                raise RuntimeError(f"the training data yields no batches in epoch {self.epoch} on rank {self.ctx.rank}")
+            resumed = False
+            self.epoch += 1
+
+    @staticmethod
+    def _next_batch(data: Iterator[Any]) -> Any:
+        # Starting a DataLoader iterator draws from the global torch generator; keeping data loading out of the
+        # training's random stream makes dropout masks independent of where a run was resumed.
+        state = torch.get_rng_state()
+        try:
+            return next(data, None)
+        finally:
+            torch.set_rng_state(state)
+
+    def _to_device(self, batch: Any) -> Any:
+        if self.ctx.device.type == "cpu" or not hasattr(batch, "to"):
+            return batch
+        return batch.to(self.ctx.device, non_blocking=True)
+
+    # --- one optimizer step ------------------------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.ctx.device.type, dtype=self._autocast_dtype)
+
+    def _reset_window(self) -> None:
+        # [loss sum, non-finite count, per-task loss sums]; read only at report time.
+        self._window = torch.zeros(2 + len(self.task_names), device=self.ctx.device)
+        self._window_micro = 0
+        self._window_examples = 0
+        self._window_start = time.perf_counter()
+        self._window_first_step = self.step + 1
+        self._grad_norm: torch.Tensor | None = None
+
+    def _train_step(self, data: Iterator[Any]) -> bool:
+        """Forward/backward over up to gradient_accumulation_steps batches, then one update; False if the data
+        ended before the first batch."""
+        accumulation = self.config.gradient_accumulation_steps
+        micro = 0
+        while micro < accumulation:
+            batch = self._next_batch(data)
+            if batch is None:
+                break
+            batch = self._to_device(batch)
+            no_sync = self._ddp is not None and micro < accumulation - 1
+            with self._ddp.no_sync() if no_sync else contextlib.nullcontext():
+                with self._autocast():
+                    loss, outputs = self.model(batch)
+                (loss / accumulation).backward()
+            loss = loss.detach().float()
+            self._window[0] += loss
+            self._window[1] += (~torch.isfinite(loss)).float()
+            if self.task_names:
+                self._window[2:] += outputs["task_losses"].detach().float()
+            self._window_micro += 1
+            self._window_examples += _batch_size(batch)
+            self._last_batch = batch
+            micro += 1
+        if micro == 0:
+            return False
+        if micro < accumulation and self._ddp is not None and self.ctx.world_size > 1:
+            # The data ended inside an accumulation window whose gradients were not synchronized yet.
+            for p in self._dense_params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad.div_(self.ctx.world_size)
+        self.dense_optimizer.set_step(self.step + 1)
+        if self.config.clip_grad_norm is not None:
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self._dense_params, self.config.clip_grad_norm)
+        self.dense_optimizer.step()
+        self.dense_optimizer.zero_grad()
+        self.step += 1
+        return True
+
+    # --- reporting -------------------------------------------------------------------------------------------------------
+    def _report(self, writer: MetricsWriter, progress: Any) -> dict[str, float]:
+        """All-reduce the window's sums, raise on a non-finite loss, log a line and TensorBoard scalars."""
+        if self._window_micro == 0:
+            return {}
+        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        world = self.ctx.world_size
+        per_rank = torch.zeros(world, device=self.ctx.device)
+        per_rank[self.ctx.rank] = self._window_examples / elapsed
+        grad_norm = self._grad_norm.reshape(1).float() if self._grad_norm is not None else self._window.new_zeros(1)
+        counts = self._window.new_tensor([float(self._window_micro), float(self._window_examples)])
+        values = all_reduce_sum(torch.cat([self._window, per_rank, grad_norm, counts]), self.ctx).tolist()
+        n = 2 + len(self.task_names)
+        window, rates, grad_norm_sum, (micro_total, examples_total) = (
+            values[:n], values[n : n + world], values[n + world], values[n + world + 1 :]
+        )
+        first = self._window_first_step
+        self.examples += int(examples_total)
+        self._reset_window()
+        if window[1] > 0:
+            last_good = self._last_checkpoint.path if self._last_checkpoint else "none written yet"
+            raise NonFiniteLossError(
+                f"non-finite training loss in {int(window[1])} batch(es) between steps {first} and {self.step}; "
+                f"training stopped without saving. Last good checkpoint: {last_good}"
+            )
+        metrics = {"train/loss": window[0] / micro_total}
+        for i, task in enumerate(self.task_names):
+            metrics[f"train/loss/{task}"] = window[2 + i] / micro_total
+        for name, lr in self.dense_optimizer.learning_rates.items():
+            metrics[f"train/learning_rate/{name}"] = lr
+        metrics["train/examples_per_second"] = sum(rates)
+        for r, rate in enumerate(rates):
+            metrics[f"train/examples_per_second/rank_{r}"] = rate
+        if self._grad_norm is not None or self.config.clip_grad_norm is not None:
+            metrics["train/grad_norm"] = grad_norm_sum / world
+        writer.scalars(metrics, self.step)
+        total = self._total_steps()
+        tasks = " ".join(f"{t}={metrics[f'train/loss/{t}']:.4f}" for t in self.task_names)
+        logger.info(
+            "step %d%s epoch %d | loss %.4f%s | lr %s | %.0f ex/s (%.0f/rank)",
+            self.step, f"/{total}" if total else "", self.epoch, metrics["train/loss"],
+            f" [{tasks}]" if tasks else "", _format_lr(self.dense_optimizer.learning_rates),
+            metrics["train/examples_per_second"], metrics["train/examples_per_second"] / world,
+        )
+        if progress is not None:
+            progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", refresh=False)
+        return metrics
+
+    def _run_evaluation(self, writer: MetricsWriter) -> dict[str, float]:
+        assert self.evaluate is not None
+        average_buffers(self.model, self.ctx)
+        self.model.eval()
+        start = time.perf_counter()
+        try:
+            # Evaluation must not move the training's random streams (a resumed run evaluates at other steps).
+            with torch.random.fork_rng(devices=[]), torch.no_grad(), self._autocast():
+                metrics = self.evaluate(self.step, self._last_batch)
+        finally:
+            self.model.train()
+        writer.scalars(metrics, self.step)
+        writer.flush()
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.count("/") <= 2)
+        logger.info("evaluation at step %d (%.1fs): %s", self.step, time.perf_counter() - start, shown)
+        return metrics
+
+    def _total_steps(self) -> int | None:
+        if self.config.num_train_steps is not None:
+            return self.config.num_train_steps
+        if self.steps_per_epoch is not None and self.config.num_epochs is not None:
+            accumulation = self.config.gradient_accumulation_steps
+            return -(-self.config.num_epochs * self.steps_per_epoch // accumulation)
+        return None
+
+    def _progress(self) -> Any:
+        if not self.ctx.is_main or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self._total_steps(), initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                    leave=False)
+
+    # --- the loop --------------------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Resume or warm start, train to the end, checkpoint periodically and at the end."""
+        resumed = self.restore()
+        cfg = self.config
+        writer = MetricsWriter(self.save_dir / TENSORBOARD_DIR, enabled=self.ctx.is_main,
+                               purge_step=self.step + 1 if resumed else None)
+        result = TrainResult(self.step, self.epoch, None, resumed.path if resumed else None)
+        progress = self._progress()
+        redirect = contextlib.nullcontext()
+        if progress is not None:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            redirect = logging_redirect_tqdm()
+        data = self._batches()
+        self.model.train()
+        self._reset_window()
+        try:
+            with redirect:
+                while cfg.num_train_steps is None or self.step < cfg.num_train_steps:
+                    if not self._train_step(data):
+                        break
+                    if progress is not None:
+                        progress.update(1)
+                    finished = cfg.num_train_steps is not None and self.step >= cfg.num_train_steps
+                    checkpoint_due = self.step % cfg.checkpoint_every_n == 0
+                    eval_due = self.evaluate is not None and cfg.eval_every_n and self.step % cfg.eval_every_n == 0
+                    if self.step % cfg.train_log_every_n == 0 or checkpoint_due or eval_due or finished:
+                        result.last_train_metrics = self._report(writer, progress) or result.last_train_metrics
+                    if checkpoint_due:
+                        self._save()
+                    if eval_due:
+                        result.last_eval_metrics = self._run_evaluation(writer)
+                result.last_train_metrics = self._report(writer, progress) or result.last_train_metrics
+                if self._last_checkpoint is None or self._last_checkpoint.step != self.step:
+                    self._save()
+                if self.evaluate is not None and cfg.eval_every_n and self.step % cfg.eval_every_n != 0:
+                    result.last_eval_metrics = self._run_evaluation(writer)
+        finally:
+            if progress is not None:
+                progress.close()
+            writer.close()
+        result.step, result.epoch = self.step, self.epoch
+        result.checkpoint = self._last_checkpoint.path if self._last_checkpoint else None
+        logger.info("training finished at step %d (epoch %d); checkpoint %s", self.step, self.epoch,
+                    result.checkpoint)
+        return result

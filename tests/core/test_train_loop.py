@@ -1,0 +1,279 @@
+"""The training loop on a toy two-task model with a sharded embedding table: exact resume, accumulation, clipping,
+bf16, schedules per group, non-finite losses, TensorBoard, evaluation and a real 2-process torchrun launch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import toy_training as toy  # noqa: E402
+
+from core.checkpoint import CheckpointManager, list_checkpoints  # noqa: E402
+from core.config import ConfigError, load_config  # noqa: E402
+from core.distributed import init_distributed, shutdown_distributed  # noqa: E402
+from core.schedules import LinearRampToConstant, PiecewiseConstant  # noqa: E402
+from core.train_config import OptimizerConfig  # noqa: E402
+from core.train_loop import NonFiniteLossError, rng_state, set_rng_state  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    context = init_distributed("cpu")
+    yield context
+    shutdown_distributed()
+
+
+def _all_state(loop) -> dict[str, torch.Tensor]:
+    state = {f"param/{k}": v for k, v in toy.parameters(loop).items()}
+    for name, entries in loop.dense_optimizer.state_tensors().items():
+        for key, value in entries.items():
+            state[f"dense/{name}/{key}"] = value.detach().cpu().clone()
+    if loop.sparse_optimizer is not None:
+        for name, entries in loop.sparse_optimizer.state_dict()["state"].items():
+            for key, value in entries.items():
+                state[f"sparse/{name}/{key}"] = torch.cat([s.tensor for s in value.local_shards()]).clone()
+    return state
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{key} differs")
+
+
+def test_resume_reproduces_the_straight_run_exactly(ctx, tmp_path):
+    # 8 steps straight vs 5 steps, stop, resume to 8: the same weights, optimizer states and RNG-driven dropout.
+    # Six batches per epoch, so the resumed part also crosses an epoch boundary.
+    straight = toy.build_loop(ctx, toy.training_config(tmp_path / "a", num_train_steps=8), dropout=0.3)
+    straight.run()
+
+    first = toy.build_loop(ctx, toy.training_config(tmp_path / "b", num_train_steps=5), dropout=0.3)
+    assert first.run().step == 5
+    torch.manual_seed(1234)  # the resumed run must not depend on the state of the process
+    second = toy.build_loop(ctx, toy.training_config(tmp_path / "b", num_train_steps=8, seed=0), dropout=0.3)
+    result = second.run()
+    assert result.resumed_from == tmp_path / "b" / "checkpoints" / "step_00000005"
+    assert (result.step, result.epoch) == (8, 1)
+    _assert_same(_all_state(straight), _all_state(second))
+
+
+def test_checkpoints_are_periodic_final_and_only_the_last_k_kept(ctx, tmp_path):
+    loop = toy.build_loop(ctx, toy.training_config(tmp_path, num_train_steps=11, checkpoint_every_n=3, keep_last_k=2))
+    result = loop.run()
+    steps = [c.step for c in list_checkpoints(tmp_path / "checkpoints")]
+    assert steps == [9, 11]
+    assert result.checkpoint == tmp_path / "checkpoints" / "step_00000011"
+    info = json.loads((result.checkpoint / "checkpoint.json").read_text())["info"]
+    assert (info["step"], info["epoch"], info["examples"]) == (11, 1, 11 * 16)
+    rank = json.loads((result.checkpoint / "rank_0.json").read_text())
+    assert rank["data"] == {"epoch": 1, "position": 5}
+
+
+def test_gradient_accumulation_equals_one_big_batch(ctx, tmp_path):
+    class Halves(toy.ToyData):
+        def __iter__(self):
+            for batch in super().__iter__():
+                for rows in (slice(0, 8), slice(8, 16)):
+                    ids = toy.KeyedJaggedTensor(keys=["id"], values=batch.ids.values()[rows],
+                                                lengths=batch.ids.lengths()[rows])
+                    yield toy.ToyBatch(ids, batch.x[rows], batch.labels[rows], batch.weights[rows])
+
+    big = toy.build_loop(ctx, toy.training_config(tmp_path / "big", num_train_steps=5), with_table=False)
+    big.run()
+    accumulated = toy.build_loop(
+        ctx, toy.training_config(tmp_path / "acc", num_train_steps=5, gradient_accumulation_steps=2),
+        data=Halves(), with_table=False,
+    )
+    accumulated.run()
+    _assert_same(toy.parameters(big), toy.parameters(accumulated))
+
+
+def test_epochs_with_a_partial_last_accumulation_window(ctx, tmp_path):
+    # 2 epochs x 6 batches in windows of 5: updates after batches 5, 10 and 12.
+    loop = toy.build_loop(ctx, toy.training_config(tmp_path, num_epochs=2, gradient_accumulation_steps=5))
+    result = loop.run()
+    assert (result.step, result.epoch) == (3, 2)
+    assert loop.examples == 12 * 16
+
+
+def test_gradients_are_clipped_to_the_configured_norm(ctx, tmp_path):
+    loop = toy.build_loop(ctx, toy.training_config(tmp_path, num_train_steps=3, clip_grad_norm=1e-3))
+    norms = []
+    step = loop.dense_optimizer.step
+
+    def recording_step():
+        grads = [p.grad.flatten() for p in loop.dense_optimizer.parameters() if p.grad is not None]
+        norms.append(torch.cat(grads).norm().item())
+        step()
+
+    loop.dense_optimizer.step = recording_step
+    result = loop.run()
+    assert len(norms) == 3
+    assert all(n <= 1e-3 * (1 + 1e-4) for n in norms)
+    assert result.last_train_metrics["train/grad_norm"] > 1e-3  # the norm before clipping is logged
+
+
+def test_bf16_autocast_runs_the_layers_in_bfloat16(ctx, tmp_path):
+    loop = toy.build_loop(ctx, toy.training_config(tmp_path, num_train_steps=2, mixed_precision="bf16"))
+    dtypes = []
+    shared = next(m for name, m in loop.model.named_modules() if name.endswith("shared"))
+    shared.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    result = loop.run()
+    assert dtypes == [torch.bfloat16, torch.bfloat16]
+    assert torch.isfinite(torch.tensor(result.last_train_metrics["train/loss"]))
+
+
+def test_each_tower_follows_its_own_schedule(ctx, tmp_path):
+    optim = toy.optimizer_config(learning_rate=None, multi_task_learning_rates={
+        "backbone_learning_rate": {"constant": 0.001},
+        "tower_learning_rates": {
+            "click": {"linear_ramp_to_constant": {"learning_rate": 0.01, "num_ramp_steps": 10}},
+            "like": {"piecewise_constant": {"boundaries": [3], "values": [0.02, 0.005]}},
+        },
+    })
+    loop = toy.build_loop(ctx, toy.training_config(tmp_path, num_train_steps=4), optim=optim)
+    seen = []
+    step = loop.dense_optimizer.step
+
+    def recording_step():
+        seen.append({g["name"]: g["lr"] for g in loop.dense_optimizer.optimizer.param_groups})
+        step()
+
+    loop.dense_optimizer.step = recording_step
+    loop.run()
+    ramp, piecewise = LinearRampToConstant(0.01, 10), PiecewiseConstant((3,), (0.02, 0.005))
+    assert seen == [{"shared": 0.001, "click": ramp(s), "like": piecewise(s)} for s in (1, 2, 3, 4)]
+    assert [g["like"] for g in seen] == [0.02, 0.02, 0.005, 0.005]
+
+
+def test_tower_names_must_match_the_model_tasks(ctx, tmp_path):
+    optim = toy.optimizer_config(learning_rate=None, multi_task_learning_rates={
+        "backbone_learning_rate": {"constant": 0.001},
+        "tower_learning_rates": {"click": {"constant": 0.01}, "share": {"constant": 0.01}},
+    })
+    with pytest.raises(ConfigError, match=r"unknown \['share'\], missing \['like'\]"):
+        toy.build_loop(ctx, toy.training_config(tmp_path), optim=optim)
+
+
+def test_adam_weight_decay_is_coupled_and_adamw_decoupled(ctx, tmp_path):
+    from core.optimizers import build_dense_optimizer
+
+    for kind, expected in (("adam", 1.0 - 0.1 * 1.0), ("adamw", 1.0 - 0.1 * 0.5)):
+        param = torch.nn.Parameter(torch.ones(1))
+        model = torch.nn.Module()
+        model.p = param
+        config = load_config(None, OptimizerConfig, data={"dense": {
+            kind: {"weight_decay": 0.5}, "learning_rate": {"constant": 0.1}}}).dense
+        optimizer = build_dense_optimizer(model, {"shared": [param]}, config)
+        param.grad = torch.zeros(1)
+        optimizer.step()
+        # Adam adds wd*p to the zero gradient, so its first step is -lr*sign(wd*p); AdamW shrinks p by lr*wd.
+        assert param.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_sparse_adam_is_rejected_on_cpu_with_a_clear_error(ctx, tmp_path):
+    optim = load_config(None, OptimizerConfig, data={"dense": {"adam": {}, "learning_rate": {"constant": 0.1}},
+                                                     "sparse": {"type": "adam"}})
+    with pytest.raises(ConfigError, match="optimizer.sparse.type: adam runs only on GPU"):
+        toy.build_loop(ctx, toy.training_config(tmp_path), optim=optim)
+
+
+@pytest.mark.parametrize("kind", ["rowwise_adagrad", "sgd"])
+def test_sparse_optimizers_update_the_table(ctx, tmp_path, kind):
+    optim = load_config(None, OptimizerConfig, data={"dense": {"adam": {}, "learning_rate": {"constant": 0.01}},
+                                                     "sparse": {"type": kind, "learning_rate": 0.5}})
+    loop = toy.build_loop(ctx, toy.training_config(tmp_path, num_train_steps=2), optim=optim)
+    before = toy.parameters(loop)["tables.embedding_bags.ids.weight"]
+    loop.run()
+    after = toy.parameters(loop)["tables.embedding_bags.ids.weight"]
+    changed = set((before != after).any(dim=1).nonzero().flatten().tolist())
+    data = toy.ToyData()
+    data.set_epoch(0)
+    seen = {i for batch, _ in zip(data, range(2)) for i in batch.ids.values().tolist()}
+    assert changed == seen  # exactly the rows of the ids in the two batches moved
+
+
+def test_non_finite_loss_stops_before_checkpointing_and_keeps_the_last_good_one(ctx, tmp_path):
+    class PoisonedAt(toy.ToyData):
+        def __iter__(self):
+            for batch in super().__iter__():
+                if self.epoch == 0 and self.position == 6:
+                    batch.x[0, 0] = float("nan")
+                yield batch
+
+    config = toy.training_config(tmp_path, num_train_steps=10, checkpoint_every_n=4, train_log_every_n=100)
+    loop = toy.build_loop(ctx, config, data=PoisonedAt())
+    with pytest.raises(NonFiniteLossError, match=r"between steps 5 and 8.*step_00000004"):
+        loop.run()
+    assert [c.step for c in list_checkpoints(tmp_path / "checkpoints")] == [4]
+    CheckpointManager(tmp_path / "checkpoints", ctx).verify(list_checkpoints(tmp_path / "checkpoints")[0])
+
+
+def test_tensorboard_has_per_task_losses_learning_rates_and_evaluation(ctx, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    calls = []
+
+    def evaluate(step, template):
+        calls.append((step, template.batch_size, torch.is_grad_enabled()))
+        return {"eval/valid/loss/click": 0.5 + step, "eval/valid/loss/like": 0.25}
+
+    config = toy.training_config(tmp_path, num_train_steps=6, train_log_every_n=2, eval_every_n=4)
+    toy.build_loop(ctx, config, evaluate=evaluate).run()
+    assert calls == [(4, 16, False), (6, 16, False)]  # every eval_every_n steps and at the end
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {"train/loss", "train/loss/click", "train/loss/like", "train/learning_rate/shared",
+                "train/learning_rate/click", "train/learning_rate/like", "train/examples_per_second",
+                "train/examples_per_second/rank_0", "eval/valid/loss/click", "eval/valid/loss/like"}
+    assert expected <= tags
+    assert [e.step for e in events.Scalars("train/loss/click")] == [2, 4, 6]
+    assert [(e.step, e.value) for e in events.Scalars("eval/valid/loss/click")] == [(4, 4.5), (6, 6.5)]
+
+
+def test_warm_start_loads_weights_but_not_optimizer_state_or_step(ctx, tmp_path):
+    source = toy.build_loop(ctx, toy.training_config(tmp_path / "source", num_train_steps=3))
+    source.run()
+    weights = toy.parameters(source)
+    config = toy.training_config(tmp_path / "target", num_train_steps=1, warm_start_from=str(tmp_path / "source"),
+                                 seed=7)
+    target = toy.build_loop(ctx, config)
+    assert target.restore() is None
+    _assert_same(weights, toy.parameters(target))
+    assert target.step == 0
+    assert all((s["exp_avg"] == 0).all() for s in target.dense_optimizer.state_tensors().values())
+
+
+def test_rng_state_round_trips_through_json():
+    state = json.loads(json.dumps(rng_state()))
+    expected = (torch.rand(3), __import__("numpy").random.rand(2).tolist(), __import__("random").random())
+    set_rng_state(state)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert __import__("numpy").random.rand(2).tolist() == expected[1]
+    assert __import__("random").random() == expected[2]
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_training_with_uneven_evaluation(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    worker = Path(__file__).parent / "train_loop_worker.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(worker), str(tmp_path)]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    # Rank 0 has 3 evaluation batches, rank 1 has 1: both ran 3 collective steps, rank 1 padded twice.
+    assert report["eval_steps"] == {"0": [3, 3], "1": [3, 1]}
+    assert report["step"] == 6
+    assert "table_wise" in done.stderr  # the table is sharded: evaluation steps are collective
+    assert [c.step for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == [4, 6]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "step_00000006").glob("rank_*.json")) == [
+        "rank_0.json", "rank_1.json"]

@@ -1,0 +1,90 @@
+"""Training the recap model on tiny generated data: exact resume in one process, and a real 2-process run started by
+`recap train --nproc-per-node 2` that checkpoints, logs to TensorBoard and evaluates with uneven ranks."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import train_helpers as helpers  # noqa: E402
+
+from core.checkpoint import list_checkpoints  # noqa: E402
+from core.distributed import init_distributed, shutdown_distributed  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return helpers.make_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    context = init_distributed("cpu")
+    yield context
+    shutdown_distributed()
+
+
+def test_stop_and_resume_gives_the_parameters_of_a_straight_run(data_dir, ctx, tmp_path):
+    from projects.home.recap.train import train
+
+    straight = train(helpers.config(data_dir, tmp_path / "straight", 8), ctx)
+    first = train(helpers.config(data_dir, tmp_path / "resumed", 4), ctx)
+    torch.manual_seed(99)  # the resumed run restores every random generator it uses
+    resumed = train(helpers.config(data_dir, tmp_path / "resumed", 8), ctx)
+    assert (straight.step, first.step, resumed.step) == (8, 4, 8)
+    assert resumed.resumed_from == tmp_path / "resumed" / "checkpoints" / "step_00000004"
+    config = helpers.config(data_dir, tmp_path / "unused", 1)
+    a = helpers.checkpoint_state(config, ctx, straight.checkpoint)
+    b = helpers.checkpoint_state(config, ctx, resumed.checkpoint)
+    assert a.keys() == b.keys()
+    assert any("large_embeddings" in k for k in a) and any("momentum1" in k for k in a)
+    assert any(k.endswith("exp_avg_sq") for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{key} differs")
+
+
+@pytest.mark.slow
+def test_two_process_training_checkpoints_logs_and_evaluates(data_dir, ctx, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from projects.home.recap.train import evaluate_checkpoint
+
+    save_dir = tmp_path / "run"
+    values = helpers.overrides(data_dir, save_dir, 24, eval_every_n=12)
+    done = helpers.recap("train", "--nproc-per-node", "2", "--config", str(helpers.DEMO), *helpers.set_args(values))
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "sharding plan for 2 rank(s)" in done.stderr
+
+    checkpoints = list_checkpoints(save_dir / "checkpoints")
+    assert [c.step for c in checkpoints] == [10, 20, 24]
+    assert {p.name for p in checkpoints[-1].path.glob("rank_*.json")} == {"rank_0.json", "rank_1.json"}
+    assert {p.name for p in checkpoints[-1].path.glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
+
+    events = EventAccumulator(str(save_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    tasks = ["is_favorited", "is_retweeted", "is_report_tweet_clicked"]
+    assert {f"train/loss/{t}" for t in tasks} <= tags
+    assert {"train/loss", "train/learning_rate/shared", "train/examples_per_second",
+            "train/examples_per_second/rank_0", "train/examples_per_second/rank_1"} <= tags
+    # (RCE is left out where 201 rows hold no positive of a rare task.)
+    assert {f"eval/validation/loss/{t}" for t in tasks} | {"eval/test/rce/is_favorited", "eval/test/loss"} <= tags
+    # Logged every 5 steps and whenever a checkpoint (10, 20) or an evaluation (12, 24) is due; the demo's
+    # schedule ramps linearly to 0.002 over 100 steps.
+    lrs = [(e.step, e.value) for e in events.Scalars("train/learning_rate/shared")]
+    assert [s for s, _ in lrs] == [5, 10, 12, 15, 20, 24]
+    assert [v for _, v in lrs] == pytest.approx([0.002 * s / 100 for s, _ in lrs], rel=1e-6)
+
+    # Every validation row counted once (rank 0 padded a step with a zero-weight batch), and the two-rank
+    # evaluation equals a one-process evaluation of the final checkpoint.
+    during = json.loads((save_dir / "eval" / "step_00000024" / "validation_loss.json").read_text())["datasets"]
+    assert {row["count"] for row in during["validation"].values()} == {201.0}
+    config = helpers.config(data_dir, tmp_path / "alone", 1)
+    alone = evaluate_checkpoint(config, ["validation", "test"], checkpoint=str(save_dir), ctx=ctx)
+    for dataset in ("validation", "test"):
+        for task, row in during[dataset].items():
+            assert alone[dataset][task]["logloss"] == pytest.approx(row["logloss"], rel=1e-4), (dataset, task)
+            assert alone[dataset][task]["count"] == row["count"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.checkpoint import CheckpointError
 from core.log import get_logger
 from projects.home.recap.schema import load_recap_config
 
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         path = export_serving_artifact(
             model_and_loss.model, config, args.output, overwrite=args.overwrite, source=str(args.checkpoint)
         )
-    except ExportError as exc:
+    except (ExportError, CheckpointError) as exc:
         print(f"recap export: {exc}", file=sys.stderr)
         return 1
     logger.info("wrote the serving artifact of %s to %s", args.checkpoint, path)

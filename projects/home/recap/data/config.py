@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -131,6 +131,20 @@ class DataConfig(BaseConfig):
     seed: int = 0
     # Skip a corrupt parquet file with a warning instead of failing.
     ignore_data_errors: bool = False
+    # How tasks' pos_rate/neg_rate are undone (never both, which would correct twice): "weights" trains with
+    # w = y/pos_rate + (1-y)/neg_rate so the model predicts the true rate directly; "calibration" trains on the
+    # sampled rate and maps predictions back with p*r / (1 - p + r*p), r = neg_rate/pos_rate.
+    downsampling_correction: Literal["weights", "calibration"] = "weights"
+
+    def weight_rates(self, task: str) -> tuple[float, float]:
+        """(pos_rate, neg_rate) that the training weights divide by."""
+        cfg = self.tasks[task]
+        return (cfg.pos_rate, cfg.neg_rate) if self.downsampling_correction == "weights" else (1.0, 1.0)
+
+    def calibration_rates(self, task: str) -> tuple[float, float]:
+        """(pos_rate, neg_rate) that the model's calibration maps predictions back from."""
+        cfg = self.tasks[task]
+        return (cfg.pos_rate, cfg.neg_rate) if self.downsampling_correction == "calibration" else (1.0, 1.0)
 
     @model_validator(mode="after")
     def _labels_are_not_features(self):

@@ -79,6 +79,6 @@ def build_layout(data: DataConfig, tasks: list[str]) -> BatchLayout:
         weight=ColumnRole(f.weight, "weight", None, "data.features.weight") if f.weight else None,
         ids=tuple(ColumnRole(n, "id", None, f"data.features.ids[{i}]") for i, n in enumerate(f.ids)),
         tasks=tuple(tasks),
-        pos_rates=tuple(data.tasks[t].pos_rate for t in tasks),
-        neg_rates=tuple(data.tasks[t].neg_rate for t in tasks),
+        pos_rates=tuple(data.weight_rates(t)[0] for t in tasks),
+        neg_rates=tuple(data.weight_rates(t)[1] for t in tasks),
     )

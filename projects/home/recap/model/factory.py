@@ -160,7 +160,7 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
             featurizer,
             heads,
             log_ratios=[
-                log_ratio(config.data.tasks[t].pos_rate, config.data.tasks[t].neg_rate) for t in heads
+                log_ratio(*config.data.calibration_rates(t)) for t in heads
             ],
             dense_embeddings=dense_embeddings,
             small_embeddings=small_embeddings,

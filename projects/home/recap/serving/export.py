@@ -194,12 +194,12 @@ def _check_config(model: MultiTaskRankingModel, config: RecapConfig) -> None:
     if tasks != list(config.model.tasks):
         raise ExportError(f"the model's tasks {tasks} are not the config's model.tasks {list(config.model.tasks)}")
     for t, shift in zip(tasks, model.dense.log_ratio.tolist()):
-        rates = config.data.tasks[t]
-        if not math.isclose(shift, log_ratio(rates.pos_rate, rates.neg_rate), rel_tol=1e-6, abs_tol=1e-6):
+        pos_rate, neg_rate = config.data.calibration_rates(t)
+        if not math.isclose(shift, log_ratio(pos_rate, neg_rate), rel_tol=1e-6, abs_tol=1e-6):
             raise ExportError(
-                f"task {t!r}: the model calibrates with log ratio {shift:.6g}, but data.tasks.{t} (pos_rate "
-                f"{rates.pos_rate}, neg_rate {rates.neg_rate}) gives {log_ratio(rates.pos_rate, rates.neg_rate):.6g}; "
-                "build the model from this config"
+                f"task {t!r}: the model calibrates with log ratio {shift:.6g}, but data.tasks.{t} with "
+                f"downsampling_correction {config.data.downsampling_correction} (pos_rate {pos_rate}, neg_rate "
+                f"{neg_rate}) gives {log_ratio(pos_rate, neg_rate):.6g}; build the model from this config"
             )
 
 
@@ -264,7 +264,7 @@ def serving_metadata(
         "ignored_at_serving": [position.feature] if position is not None else [],
         "id_columns": list(schema.ids),
         "calibration": {
-            t: {"pos_rate": config.data.tasks[t].pos_rate, "neg_rate": config.data.tasks[t].neg_rate} for t in tasks
+            t: dict(zip(("pos_rate", "neg_rate"), config.data.calibration_rates(t), strict=True)) for t in tasks
         },
         "source_checkpoint": source,
         "versions": {

@@ -49,6 +49,7 @@ def config_dict(data_dir: Path, save_dir: Path) -> dict:
                 "fav": {"label": LABEL_PREFIX + "is_favorited", "neg_rate": 0.5},
                 "reply": {"label": LABEL_PREFIX + "is_replied"},
             },
+            "downsampling_correction": "calibration",
             "train": {"paths": [str(data_dir / "train")]},
             "validation": {
                 "validation": {"paths": [str(data_dir / "validation")]},

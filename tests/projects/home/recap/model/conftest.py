@@ -21,6 +21,8 @@ BASE = {
             "fav": {"label": "label.fav", "neg_rate": 0.1},
             "report": {"label": "label.report", "pos_rate": 0.5, "neg_rate": 0.2},
         },
+        # These fixtures exercise the calibration path (the rates are undone by the model's calibration).
+        "downsampling_correction": "calibration",
     },
     "model": {
         "small_embeddings": [

@@ -127,8 +127,13 @@ def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> 
 
 
 def shutdown_distributed() -> None:
-    """Destroy the default process group if one exists."""
+    """After a successful run: wait for every rank, then destroy the default process group (if one exists).
+
+    Tearing the group down while a peer is still communicating can abort that peer at exit; after a failure, do
+    not call this (a rank that failed alone would wait here for the others) and let the process exit."""
     if dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -277,3 +277,17 @@ def test_two_process_torchrun_training_with_uneven_evaluation(tmp_path):
     assert [c.step for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == [4, 6]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "step_00000006").glob("rank_*.json")) == [
         "rank_0.json", "rank_1.json"]
+
+
+def test_rank_zero_shows_a_progress_bar_on_a_terminal(ctx, tmp_path, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    toy.build_loop(ctx, toy.training_config(tmp_path, num_train_steps=4)).run()
+    frames = terminal.getvalue().replace("\r", "\n")
+    assert "train: 100%" in frames and "4/4" in frames and "loss=" in frames

@@ -9,17 +9,19 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-import toy_training as toy
-
-from core.distributed import init_distributed, lockstep, shutdown_distributed
 from core.log import setup_logging
+
+setup_logging()  # before torchrec is imported: its import would otherwise install a second root handler
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import toy_training as toy  # noqa: E402
+
+from core.distributed import init_distributed, lockstep, shutdown_distributed  # noqa: E402
 
 
 def main() -> None:
     out = Path(sys.argv[1])
-    setup_logging()
     ctx = init_distributed("cpu")
     eval_batches = [toy.make_batch(10_000 + i) for i in range(3 if ctx.rank == 0 else 1)]
     counts = {}

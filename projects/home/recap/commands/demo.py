@@ -105,7 +105,7 @@ def print_comparison(dataset: str, report: dict[str, dict], oracle: dict[str, fl
         rce = f"{row['rce']:9.2f}" if row["rce"] is not None else f"{'-':>9}"
         line = f"  {task:<26}{row['pos_rate']:9.4f}{rce}"
         line += f"{best:9.2f}" if best is not None else f"{'-':>9}"
-        line += f"{share * 100:7.0f}%" if share is not None else f"{'-':>8}"
+        line += f"{share * 100:7.1f}%" if share is not None else f"{'-':>8}"
         if targeted:
             line += "  ok" if share >= TARGET_SHARE else "  below target"
         print(line)
@@ -136,10 +136,8 @@ def run(args: argparse.Namespace) -> int:
     from projects.home.recap.train import evaluate_checkpoint
 
     datasets = config.evaluation.datasets or list(config.data.validation)
-    try:
-        report = evaluate_checkpoint(config, datasets)
-    finally:
-        shutdown_distributed()
+    report = evaluate_checkpoint(config, datasets)
+    shutdown_distributed()
     met = True
     for dataset in datasets:
         met = print_comparison(dataset, report[dataset], oracle_rce(config, dataset)) and met

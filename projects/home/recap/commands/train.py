@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
     except (NonFiniteLossError, CheckpointError, DataError) as exc:
         logger.error("%s", exc)
         return 1
-    finally:
-        shutdown_distributed()
+    shutdown_distributed()
     logger.info("done: step %d, checkpoint %s", result.step, result.checkpoint)
     return 0

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from common.batch import RecapBatch
 from common.calibration import calibrate_logits
@@ -168,7 +168,10 @@ class MultiTaskRankingModel(nn.Module):
             raise ValueError(
                 f"the model has large embeddings for {self.id_transform.feature_names} but batch.sparse is None"
             )
-        return self.large_embeddings(self.id_transform(sparse)).values()
+        pooled = self.large_embeddings(self.id_transform(sparse))
+        # A sharded collection orders its output by sharding plan, not by table config: regroup by feature name so
+        # the dense part sees the same columns whatever the world size.
+        return KeyedTensor.regroup([pooled], [list(self.id_transform.feature_names)])[0]
 
     def forward(self, batch: RecapBatch) -> dict[str, torch.Tensor]:
         pooled = self.embed_sparse(batch.sparse, batch.batch_size)

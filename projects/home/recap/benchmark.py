@@ -67,6 +67,9 @@ class BenchmarkSettings:
     batch_size: int | None = None
     precisions: tuple[str, ...] = PRECISIONS
     peak_seconds: float = 0.3  # per matmul shape and backend
+    # Training windows of about a second: long enough to be a fair sample, short enough to fall between the
+    # bursts of other work on a shared machine.
+    window_seconds: float = 1.0
     train_seconds: float = 8.0
     eval_seconds: float = 4.0
     loader_rows: int = 50_000
@@ -79,7 +82,7 @@ class BenchmarkSettings:
     @classmethod
     def quick(cls, **changes: Any) -> BenchmarkSettings:
         """Tiny budgets: every code path runs in seconds (figures are not meaningful)."""
-        base = cls(peak_seconds=0.02, train_seconds=0.2, eval_seconds=0.1, loader_rows=2_000, pipeline_seconds=0.2,
+        base = cls(peak_seconds=0.02, window_seconds=0.02, train_seconds=0.2, eval_seconds=0.1, loader_rows=2_000, pipeline_seconds=0.2,
                    torchrun_steps=2)
         return dataclasses.replace(base, **changes)
 
@@ -268,7 +271,11 @@ class ConfigBenchmark:
         step = _train_step_of(loop)
         self.model.train()
         with perf.peak_rss_window() as mem:
-            timing = perf.time_call(lambda: step(data), warmup=2, min_repeats=3,
+            step(data)  # the first step allocates the optimizer's and the autograd's buffers
+            t0 = time.perf_counter()
+            step(data)
+            calls = max(1, round(self.settings.window_seconds / max(time.perf_counter() - t0, 1e-6)))
+            timing = perf.time_call(lambda: step(data), calls=calls, warmup=0, min_repeats=3,
                                     budget_seconds=self.settings.train_seconds)
         examples = self.batch_size * self.accumulation
         return {
@@ -350,8 +357,12 @@ class ConfigBenchmark:
         step = _train_step_of(loop)
         data = iter(loader)
         self.model.train()
+        # A window spans a whole shuffle-buffer fill (or epoch): the loader's work comes in bursts, one per fill,
+        # and every window must pay for one.
+        fill_batches = -(-config.data.shuffle_buffer_rows // (self.batch_size * self.accumulation))
+        calls = max(1, min(len(loader) // self.accumulation, fill_batches))
         with perf.peak_rss_window() as mem:
-            timing = perf.time_call(lambda: step(data), warmup=2, min_repeats=3,
+            timing = perf.time_call(lambda: step(data), calls=calls, warmup=2, min_repeats=2,
                                     budget_seconds=self.settings.pipeline_seconds)
         data.close()  # stops the loader's workers
         examples = self.batch_size * self.accumulation
@@ -558,11 +569,12 @@ def format_report(doc: dict[str, Any]) -> str:
         two = f"{ranks['examples_per_second']:,.0f}" if "examples_per_second" in ranks else (
             "failed" if "error" in ranks else "-")
         vs = f"{ranks['vs_one_rank']:.2f}x" if "vs_one_rank" in ranks else "-"
+        worker = _mb(loader["worker_peak_rss_bytes"]) if loader["num_workers"] else "in-process"
         lines.append(
             f"{name:<12} {r['dense_parameters'] / 1e6:>7.1f}M {r['batch_size']:>6} "
             f"{r['flops_per_example'][p] / 1e6:>9.1f} {loader['rows_per_second']:>14,.0f} "
             f"{loader['vs_train'][p]:>12.1f}x {pipe['examples_per_second']:>14,.0f} "
-            f"{pipe['vs_in_memory']:>9.1%} {_mb(loader['worker_peak_rss_bytes']):>14} {two:>12} {vs:>10}"
+            f"{pipe['vs_in_memory']:>9.1%} {worker:>14} {two:>12} {vs:>10}"
         )
     lines.append("")
     lines.append("pipeline = loader + sharded model + optimizers in the fastest precision (shown per config in the "

@@ -8,7 +8,6 @@ zero-weight padding batches so the collective embedding lookups stay in lock ste
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.batch import RecapBatch
 from core.checkpoint import load_model_weights, resolve_checkpoint
 from core.config import ConfigError, dump_yaml
 from core.distributed import DistributedContext, all_reduce_sum, init_distributed, lockstep, shard_model
@@ -26,6 +24,7 @@ from core.log import get_logger
 from core.optimizers import apply_sparse_optimizer, build_dense_optimizer
 from core.train_loop import TrainLoop, TrainResult, seed_everything
 from projects.home.recap.data.loader import RecapDataLoader
+from projects.home.recap.inference import zero_weight
 from projects.home.recap.model.factory import build_model_and_loss
 from projects.home.recap.model.parameter_groups import dense_parameter_groups
 from projects.home.recap.schema import RecapConfig
@@ -33,11 +32,6 @@ from projects.home.recap.schema import RecapConfig
 logger = get_logger(__name__)
 
 EVAL_DIR = "eval"
-
-
-def zero_weight(batch: RecapBatch) -> RecapBatch:
-    """The same rows with every weight 0: a padding batch that counts for nothing."""
-    return dataclasses.replace(batch, weights=torch.zeros_like(batch.weights))
 
 
 class ValidationLoss:

@@ -20,6 +20,8 @@ def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, re
 
 
 class _OneDnnLinear(torch.autograd.Function):
+    """The oneDNN product with its gradients (the relu mask is read from the saved output)."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, relu: bool):
         y = _onednn(x, weight, bias, relu)
@@ -55,6 +57,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.dtype == torch.float32
         and x.dim() >= 2
         and x.numel() > 0
+        # A one-output layer (a task's final logit) is a matrix-vector product: aten is faster there.
         and weight.shape[0] > 1
         and not torch.is_autocast_enabled("cpu")
     )
@@ -94,6 +97,7 @@ def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> i
 
 if _ONEDNN:
     # FlopCounterMode (and so MFU figures) counts the oneDNN products like the aten matmuls they replace.
-    from torch.utils.flop_counter import register_flop_formula
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-    register_flop_formula(torch.ops.mkldnn._linear_pointwise)(_onednn_linear_flops)
+    if torch.ops.mkldnn._linear_pointwise not in flop_registry:
+        register_flop_formula(torch.ops.mkldnn._linear_pointwise)(_onednn_linear_flops)

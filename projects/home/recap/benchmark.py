@@ -67,11 +67,13 @@ class BenchmarkSettings:
     batch_size: int | None = None
     precisions: tuple[str, ...] = PRECISIONS
     peak_seconds: float = 0.3  # per matmul shape and backend
+    # The smallest matmul shapes, holding this share of the FLOPs together, are not measured for the peak.
+    peak_flops_share: float = 0.01
     # Training windows of about a second: long enough to be a fair sample, short enough to fall between the
     # bursts of other work on a shared machine.
     window_seconds: float = 1.0
-    train_seconds: float = 8.0
-    eval_seconds: float = 4.0
+    train_seconds: float = 6.0
+    eval_seconds: float = 3.0
     loader_rows: int = 50_000
     loader_max_mb: float = 256.0  # fewer rows for wide schemas, to bound the temporary file
     pipeline_seconds: float = 8.0
@@ -380,11 +382,40 @@ def _pick_training_precision(results: dict[str, Any]) -> str:
     return max(train, key=lambda p: train[p]["examples_per_second"])
 
 
+class _Phases:
+    """Logs each phase as it starts and keeps the seconds it took."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        logger.info("%s: %s", self.name, phase)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = time.perf_counter() - start
+
+
+def _peak_shapes(shapes: dict[perf.MatmulShape, int], share: float) -> dict[perf.MatmulShape, int]:
+    """The shapes that together hold all but `share` of the matmul FLOPs (tiny products never set the peak)."""
+    total = sum(shapes.values())
+    kept: dict[perf.MatmulShape, int] = {}
+    for shape, flops in sorted(shapes.items(), key=lambda item: -item[1]):
+        if kept and sum(kept.values()) >= (1.0 - share) * total:
+            break
+        kept[shape] = flops
+    return kept
+
+
 def benchmark_config(name: str, config: RecapConfig, settings: BenchmarkSettings, ctx: DistributedContext,
                      workdir: Path) -> dict[str, Any]:
     """Every figure of one config (see the module docstring)."""
-    logger.info("%s: building the model", name)
-    bench = ConfigBenchmark(name, config, settings, ctx, workdir)
+    phase = _Phases(name)
+    with phase("build the sharded model and optimizers"):
+        bench = ConfigBenchmark(name, config, settings, ctx, workdir)
     out: dict[str, Any] = {
         "config": name,
         "batch_size": bench.batch_size,
@@ -393,42 +424,52 @@ def benchmark_config(name: str, config: RecapConfig, settings: BenchmarkSettings
         "input_features": _input_features(bench.model),
         "dense_parameters": _dense_parameters(bench.model),
         "build_peak_rss_bytes": bench.build_peak_rss,
+        "num_threads": torch.get_num_threads(),
+        "dense_optimizer": {
+            "class": type(bench.dense_optimizer.optimizer).__name__,
+            "fused": bench.dense_optimizer.fused,
+            "clip_grad_norm": config.training.clip_grad_norm,
+        },
         "peak": {}, "flops_per_example": {}, "train": {}, "eval": {},
     }
     for precision in settings.precisions:
-        flops, shapes = bench.flops_and_shapes(precision)
-        logger.info("%s %s: measuring the matmul peak on %d shapes", name, precision, len(shapes))
-        peak = perf.matmul_peak(shapes, _DTYPES[precision], settings.peak_seconds)
+        with phase(f"{precision} matmul peak on the model's shapes"):
+            flops, shapes = bench.flops_and_shapes(precision)
+            measured = _peak_shapes(shapes, settings.peak_flops_share)
+            peak = perf.matmul_peak(measured, _DTYPES[precision], settings.peak_seconds)
         out["flops_per_example"][precision] = flops / bench.batch_size
         out["peak"][precision] = {
             "gflops_per_second": peak.gflops,
             "best_shape": str(peak.best_shape),
             "best_backend": peak.best_backend,
             "per_backend": peak.per_backend,
-            "model_weighted_gflops_per_second": peak.weighted_gflops(shapes),
-            "per_shape": {str(s): {"gflops_per_second": g, "model_gflop_per_step": shapes[s] / 1e9}
+            "model_weighted_gflops_per_second": peak.weighted_gflops(measured),
+            "per_shape": {str(s): {"gflops_per_second": g, "model_gflop_per_step": measured[s] / 1e9}
                           for s, g in peak.per_shape.items()},
+            "unmeasured_gflop_per_step": (sum(shapes.values()) - sum(measured.values())) / 1e9,
         }
-        logger.info("%s %s: training", name, precision)
-        train = bench.train(precision, flops)
+        with phase(f"{precision} training"):
+            train = bench.train(precision, flops)
         train["mfu"] = train["gflops_per_second"] / peak.gflops
         out["train"][precision] = train
-        logger.info("%s %s: evaluation", name, precision)
-        out["eval"][precision] = bench.evaluate(precision)
+        with phase(f"{precision} evaluation"):
+            out["eval"][precision] = bench.evaluate(precision)
         out["eval"][precision]["vs_train"] = (out["eval"][precision]["examples_per_second"]
                                               / train["examples_per_second"])
     fastest = _pick_training_precision(out)
-    logger.info("%s: writing temporary parquet data and measuring the loader", name)
-    data_config, rows = bench.write_data()
-    out["loader"] = bench.loader(data_config)
+    with phase("write temporary parquet data"):
+        data_config, rows = bench.write_data()
+    with phase("loader"):
+        out["loader"] = bench.loader(data_config)
     out["loader"]["rows_in_file"] = rows
     out["loader"]["vs_train"] = {p: out["loader"]["rows_per_second"] / t["examples_per_second"]
                                  for p, t in out["train"].items()}
-    logger.info("%s %s: loader + training pipeline", name, fastest)
-    pipeline = bench.pipeline(data_config, fastest)
+    with phase(f"{fastest} loader + training pipeline"):
+        pipeline = bench.pipeline(data_config, fastest)
     pipeline["precision"] = fastest
     pipeline["vs_in_memory"] = pipeline["examples_per_second"] / out["train"][fastest]["examples_per_second"]
     out["pipeline"] = pipeline
+    out["phase_seconds"] = phase.seconds
     return out
 
 
@@ -581,6 +622,13 @@ def format_report(doc: dict[str, Any]) -> str:
                  "JSON); loader/train compares with that precision's in-memory training; MFU = achieved GFLOP/s "
                  "(torch.utils.flop_counter, forward+backward) / the measured peak.")
     for name, r in doc["configs"].items():
+        opt = r["dense_optimizer"]
+        lines.append(
+            f"{name}: {r['input_features']:,} input features, {r['dense_parameters']:,} dense parameters, batch "
+            f"{r['batch_size']}, dense {opt['class']}{' (fused)' if opt['fused'] else ''}, gradient clipping "
+            f"{opt['clip_grad_norm'] or 'off'}, loader num_workers {r['loader']['num_workers']}; measured in "
+            f"{sum(r['phase_seconds'].values()):.0f} s"
+        )
         if "error" in r.get("torchrun", {}):
             lines.append(f"{name}: torchrun failed: {r['torchrun']['error']}")
     lines.append(f"total {doc['seconds']:.0f} s")

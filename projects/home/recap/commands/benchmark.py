@@ -12,7 +12,13 @@ import json
 import logging
 from pathlib import Path
 
-from projects.home.recap.benchmark import DEFAULT_CONFIGS, PRECISIONS, BenchmarkSettings, format_report, run_benchmark
+from projects.home.recap.benchmark import (
+    DEFAULT_CONFIGS,
+    PRECISIONS,
+    BenchmarkSettings,
+    format_report,
+    run_benchmark,
+)
 
 DEFAULT_OUTPUT = "runs/benchmark.json"
 
@@ -39,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--torchrun", type=int, default=2, metavar="N",
                         help="also time training on N ranks under torchrun against 1 rank (default 2; 0 skips)")
     parser.add_argument("--seconds", type=float,
-                        help="measuring budget per training/pipeline figure (default 8; evaluation gets half)")
+                        help="measuring budget in seconds per training and pipeline figure (defaults 6 and 8; "
+                             "evaluation gets half)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny budgets and the demo config only unless --config is given: a smoke test")
 

@@ -102,10 +102,12 @@ class DenseOptimizer:
         return {self.param_names[p]: dict(state) for p, state in self.optimizer.state.items()}
 
 
-def _schedules_for(groups: Iterable[str], config: DenseOptimizerConfig) -> dict[str, Schedule]:
+def _schedules_for(
+    groups: Iterable[str], config: DenseOptimizerConfig, total_steps: int | None
+) -> dict[str, Schedule]:
     names = list(groups)
     if config.learning_rate is not None:
-        schedule = build_schedule(config.learning_rate)
+        schedule = build_schedule(config.learning_rate, total_steps)
         return {name: schedule for name in names}
     mtl = config.multi_task_learning_rates
     assert mtl is not None  # DenseOptimizerConfig requires one of the two
@@ -116,17 +118,21 @@ def _schedules_for(groups: Iterable[str], config: DenseOptimizerConfig) -> dict[
             f"{towers}: unknown {sorted(set(mtl.tower_learning_rates) - set(towers))}, "
             f"missing {sorted(set(towers) - set(mtl.tower_learning_rates))}"
         )
-    schedules = {name: build_schedule(mtl.tower_learning_rates[name]) for name in towers}
+    schedules = {name: build_schedule(mtl.tower_learning_rates[name], total_steps) for name in towers}
     if SHARED_GROUP in names:
-        schedules[SHARED_GROUP] = build_schedule(mtl.backbone_learning_rate)
+        schedules[SHARED_GROUP] = build_schedule(mtl.backbone_learning_rate, total_steps)
     return {name: schedules[name] for name in names}
 
 
 def build_dense_optimizer(
-    model: nn.Module, groups: Mapping[str, list[nn.Parameter]], config: DenseOptimizerConfig
+    model: nn.Module,
+    groups: Mapping[str, list[nn.Parameter]],
+    config: DenseOptimizerConfig,
+    total_steps: int | None = None,
 ) -> DenseOptimizer:
     """The configured Adam/AdamW over `groups` ({"shared": [...], <tower>: [...]}), one schedule per group;
-    configured tower names must equal the groups' tower names (ConfigError otherwise)."""
+    configured tower names must equal the groups' tower names (ConfigError otherwise). total_steps, the training's
+    length when known, ends the cosine schedules that leave final_num_steps out."""
     adam = config.adam if config.adam is not None else config.adamw
     assert adam is not None  # DenseOptimizerConfig validates exactly one of adam, adamw
     names = {p: n for n, p in model.named_parameters()}
@@ -134,7 +140,7 @@ def build_dense_optimizer(
         raise ValueError("a dense parameter group holds parameters that are not in the model")
     return DenseOptimizer(
         groups,
-        _schedules_for(groups, config),
+        _schedules_for(groups, config, total_steps),
         names,
         decoupled_weight_decay=config.adamw is not None,
         betas=(adam.beta_1, adam.beta_2),

@@ -7,7 +7,7 @@ logged and as checkpoint directories are numbered). The schedules:
   linear_ramp_to_constant  lr * min(1, step / num_ramp_steps)
   linear_ramp_to_cosine    lr * step / num_ramp_steps up to num_ramp_steps, then
                            final + (lr - final) * (1 + cos(pi * (step - ramp) / (final_num_steps - ramp))) / 2,
-                           and final_learning_rate from final_num_steps on
+                           and final_learning_rate from final_num_steps on (by default the training's last step)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import bisect
 import math
 from dataclasses import dataclass
 
+from core.config import ConfigError
 from core.train_config import LearningRateConfig
 
 
@@ -69,8 +70,9 @@ class LinearRampToCosine:
 Schedule = Constant | PiecewiseConstant | LinearRampToConstant | LinearRampToCosine
 
 
-def build_schedule(config: LearningRateConfig) -> Schedule:
-    """The schedule a LearningRateConfig describes."""
+def build_schedule(config: LearningRateConfig, total_steps: int | None = None) -> Schedule:
+    """The schedule a LearningRateConfig describes; total_steps (the training's length, when known) ends a cosine
+    whose final_num_steps is omitted."""
     if config.constant is not None:
         return Constant(config.constant)
     if config.piecewise_constant is not None:
@@ -81,4 +83,11 @@ def build_schedule(config: LearningRateConfig) -> Schedule:
         return LinearRampToConstant(lr.learning_rate, lr.num_ramp_steps)
     cos = config.linear_ramp_to_cosine
     assert cos is not None  # LearningRateConfig validates exactly one schedule
-    return LinearRampToCosine(cos.learning_rate, cos.final_learning_rate, cos.num_ramp_steps, cos.final_num_steps)
+    final = cos.final_num_steps if cos.final_num_steps is not None else total_steps
+    if final is None:
+        raise ConfigError("linear_ramp_to_cosine: final_num_steps is required when the training length is unknown "
+                          "(training.num_train_steps, or training.num_epochs over data of known size)")
+    if final <= cos.num_ramp_steps:
+        raise ConfigError(f"linear_ramp_to_cosine: num_ramp_steps ({cos.num_ramp_steps}) must be below the last "
+                          f"step of the cosine ({final}, the training's length)")
+    return LinearRampToCosine(cos.learning_rate, cos.final_learning_rate, cos.num_ramp_steps, final)

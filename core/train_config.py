@@ -33,16 +33,17 @@ class LinearRampToConstantConfig(BaseConfig):
 
 
 class LinearRampToCosineConfig(BaseConfig):
-    """Linear ramp to learning_rate, then cosine decay to final_learning_rate at final_num_steps."""
+    """Linear ramp to learning_rate, then cosine decay to final_learning_rate at final_num_steps (omitted: the
+    training's last step, from num_train_steps or num_epochs times the batches per epoch)."""
 
     learning_rate: float = Field(gt=0.0)
     final_learning_rate: float = Field(ge=0.0)
     num_ramp_steps: int = Field(ge=0)
-    final_num_steps: int = Field(ge=1)
+    final_num_steps: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _order(self):
-        if self.final_num_steps <= self.num_ramp_steps:
+        if self.final_num_steps is not None and self.final_num_steps <= self.num_ramp_steps:
             raise ValueError("linear_ramp_to_cosine needs final_num_steps > num_ramp_steps")
         return self
 

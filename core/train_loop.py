@@ -134,6 +134,16 @@ def _format_lr(lrs: dict[str, float]) -> str:
     return " ".join(f"{name}={lr:.3g}" for name, lr in lrs.items())
 
 
+def total_train_steps(config: TrainingConfig, steps_per_epoch: int | None) -> int | None:
+    """The optimizer steps training will take: num_train_steps, else num_epochs x batches per epoch over the
+    accumulation steps (None when neither is known)."""
+    if config.num_train_steps is not None:
+        return config.num_train_steps
+    if steps_per_epoch is not None and config.num_epochs is not None:
+        return -(-config.num_epochs * steps_per_epoch // config.gradient_accumulation_steps)
+    return None
+
+
 class TrainLoop:
     """Runs training to the configured step or epoch count; see the module docstring."""
 
@@ -377,12 +387,7 @@ class TrainLoop:
         return metrics
 
     def _total_steps(self) -> int | None:
-        if self.config.num_train_steps is not None:
-            return self.config.num_train_steps
-        if self.steps_per_epoch is not None and self.config.num_epochs is not None:
-            accumulation = self.config.gradient_accumulation_steps
-            return -(-self.config.num_epochs * self.steps_per_epoch // accumulation)
-        return None
+        return total_train_steps(self.config, self.steps_per_epoch)
 
     def _progress(self) -> Any:
         if not self.ctx.is_main or not sys.stderr.isatty():
@@ -432,6 +437,7 @@ class TrainLoop:
                     result.last_eval_metrics = self._run_evaluation(writer)
         finally:
             if progress is not None:
+                progress.refresh()  # the final count, even when the last update fell inside tqdm's mininterval
                 progress.close()
             writer.close()
         result.step, result.epoch = self.step, self.epoch

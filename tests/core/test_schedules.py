@@ -58,3 +58,13 @@ def test_exactly_one_schedule_must_be_configured():
     with pytest.raises(ConfigError, match="exactly one of"):
         load_config(None, LearningRateConfig, data={"constant": 0.1, "linear_ramp_to_constant": {
             "learning_rate": 0.1, "num_ramp_steps": 3}})
+
+
+def test_cosine_without_final_num_steps_ends_at_the_training_length():
+    config = load_config(None, LearningRateConfig, data={"linear_ramp_to_cosine": {
+        "learning_rate": 0.2, "final_learning_rate": 0.01, "num_ramp_steps": 5}})
+    assert build_schedule(config, total_steps=40) == LinearRampToCosine(0.2, 0.01, 5, 40)
+    with pytest.raises(ConfigError, match="final_num_steps is required"):
+        build_schedule(config)
+    with pytest.raises(ConfigError, match=r"num_ramp_steps \(5\) must be below .* \(4, the training's length\)"):
+        build_schedule(config, total_steps=4)

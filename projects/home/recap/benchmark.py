@@ -228,7 +228,8 @@ class ConfigBenchmark:
         self.ctx = ctx
         self.workdir = workdir
         with perf.peak_rss_window() as mem:
-            self.model, self.dense_optimizer, self.tasks = build_training(config, ctx)
+            # The schedule's length only shapes learning rates, not speed: a cosine without final_num_steps gets one.
+            self.model, self.dense_optimizer, self.tasks = build_training(config, ctx, total_steps=1_000_000)
         self.build_peak_rss = mem["peak_rss"]
         self.batch_size = config.data.batch_size
         self.eval_batch_size = config.data.eval_batch_size or config.data.batch_size

@@ -174,20 +174,11 @@ def test_evaluator_uses_oracle_stratifiers_string_groups_and_max_batches(run):
     assert model.training is False
 
 
-def test_the_evaluator_runs_as_the_training_loops_periodic_evaluation(data_dir, tmp_path, monkeypatch):
-    """train.py's evaluation swapped for build_evaluator (the one-line change): reports at every eval step,
-    TensorBoard scalars, and training goes on in train mode."""
-    import projects.home.recap.train as train_module
-    from projects.home.recap.evaluate import build_evaluator
-
+def test_the_evaluator_runs_as_the_training_loops_periodic_evaluation(data_dir, tmp_path):
+    """Training evaluates every eval_every_n steps with the Evaluator: reports at every eval step, TensorBoard
+    scalars, and training goes on in train mode."""
     config_file = helpers.write_config(tmp_path / "experiment.yaml", data_dir, tmp_path / "save",
                                        training={"eval_every_n": 3, "num_eval_steps": 1})
-    config = helpers.load(config_file)
-    monkeypatch.setattr(
-        train_module, "ValidationLoss",
-        lambda model, loaders, tasks, loss_weights, ctx, max_steps, output_dir: build_evaluator(
-            config, model, ctx, tasks, loaders, max_steps),
-    )
     helpers.train_run(config_file)
     scalars = read_training_scalars(tmp_path / "save")
     for dataset in ("validation", "test", "single"):

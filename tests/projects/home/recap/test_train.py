@@ -50,7 +50,7 @@ def test_stop_and_resume_gives_the_parameters_of_a_straight_run(data_dir, ctx, t
 def test_two_process_training_checkpoints_logs_and_evaluates(data_dir, ctx, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from projects.home.recap.train import evaluate_checkpoint
+    from projects.home.recap.evaluate import evaluate_checkpoint
 
     save_dir = tmp_path / "run"
     values = helpers.overrides(data_dir, save_dir, 24, eval_every_n=12)
@@ -70,21 +70,30 @@ def test_two_process_training_checkpoints_logs_and_evaluates(data_dir, ctx, tmp_
     assert {f"train/loss/{t}" for t in tasks} <= tags
     assert {"train/loss", "train/learning_rate/shared", "train/examples_per_second",
             "train/examples_per_second/rank_0", "train/examples_per_second/rank_1"} <= tags
-    # (RCE is left out where 201 rows hold no positive of a rare task.)
-    assert {f"eval/validation/loss/{t}" for t in tasks} | {"eval/test/rce/is_favorited", "eval/test/loss"} <= tags
-    # Logged every 5 steps and whenever a checkpoint (10, 20) or an evaluation (12, 24) is due; the demo's
-    # schedule ramps linearly to 0.002 over 100 steps.
+    assert {f"eval/{d}/{t}/{m}" for d in ("validation", "test") for t in tasks for m in ("logloss", "pos_rate")} <= tags
+    # (AUC is left out where 201 rows hold no positive of a rare task.)
+    assert {"eval/validation/is_favorited/auc", "eval/test/is_favorited/rce"} <= tags
+    assert {"eval/validation/loss", "eval/test/loss"} <= tags
+    # Logged every 5 steps and whenever a checkpoint (10, 20) or an evaluation (12, 24) is due; the schedule the
+    # tests set ramps linearly to 0.002 over 100 steps.
     lrs = [(e.step, e.value) for e in events.Scalars("train/learning_rate/shared")]
     assert [s for s, _ in lrs] == [5, 10, 12, 15, 20, 24]
     assert [v for _, v in lrs] == pytest.approx([0.002 * s / 100 for s, _ in lrs], rel=1e-6)
 
-    # Every validation row counted once (rank 0 padded a step with a zero-weight batch), and the two-rank
-    # evaluation equals a one-process evaluation of the final checkpoint.
-    during = json.loads((save_dir / "eval" / "step_00000024" / "validation_loss.json").read_text())["datasets"]
-    assert {row["count"] for row in during["validation"].values()} == {201.0}
+    # Every validation row counted once (rank 0 padded a step with a zero-weight batch), with reports at both
+    # evaluation steps, and the two-rank evaluation equals a one-process evaluation of the final checkpoint.
+    for step in (12, 24):
+        for dataset in ("validation", "test"):
+            directory = save_dir / "eval" / dataset / f"step_{step}"
+            assert {"metrics.json", "report.html", "report.md"} <= {p.name for p in directory.iterdir()}
+    during = {d: json.loads((save_dir / "eval" / d / "step_24" / "metrics.json").read_text())
+              for d in ("validation", "test")}
+    assert {block["rows"] for block in during["validation"]["tasks"].values()} == {201}
+    assert "evaluation at step 24" in done.stderr and "eval/validation/loss=" in done.stderr
     config = helpers.config(data_dir, tmp_path / "alone", 1)
-    alone = evaluate_checkpoint(config, ["validation", "test"], checkpoint=str(save_dir), ctx=ctx)
+    _, alone = evaluate_checkpoint(config, str(save_dir / "checkpoints"), ["validation", "test"], ctx)
     for dataset in ("validation", "test"):
-        for task, row in during[dataset].items():
-            assert alone[dataset][task]["logloss"] == pytest.approx(row["logloss"], rel=1e-4), (dataset, task)
-            assert alone[dataset][task]["count"] == row["count"]
+        for task, block in during[dataset]["tasks"].items():
+            for metric in ("logloss", "auc", "count", "rows"):
+                expected = block[metric] if block[metric] is None else pytest.approx(block[metric], rel=1e-4)
+                assert alone[dataset]["tasks"][task][metric] == expected, (dataset, task, metric)

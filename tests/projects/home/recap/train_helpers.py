@@ -36,6 +36,8 @@ def overrides(data_dir: Path, save_dir: Path, steps: int, **training) -> list[st
         "data.eval_batch_size": 100,
         "data.num_workers": 0,
         "data.shuffle_buffer_rows": 256,
+        # A short warm-up the tests can check step by step (the demo's cosine needs longer runs).
+        "optimizer.dense.learning_rate": "{linear_ramp_to_constant: {learning_rate: 0.002, num_ramp_steps: 100}}",
         "model.large_embeddings.0.num_embeddings": 500,
         "model.large_embeddings.1.num_embeddings": 300,
         "model.large_embeddings.2.num_embeddings": 200,

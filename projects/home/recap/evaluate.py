@@ -206,7 +206,10 @@ class Evaluator:
     def __call__(self, step: int, template: Any = None) -> dict[str, float]:
         """The training loop's evaluation: every validation set at `step` (collective); the scalars on rank 0,
         {} on other ranks."""
-        return self.scalars(self.evaluate(step, template))
+        documents = self.evaluate(step, template)
+        for line in summary_lines(documents):
+            logger.info("%s", line)
+        return self.scalars(documents)
 
 
 def evaluation_datasets(config: RecapConfig, names: list[str] | None = None) -> list[str]:

@@ -90,6 +90,7 @@ def test_two_process_training_checkpoints_logs_and_evaluates(data_dir, ctx, tmp_
               for d in ("validation", "test")}
     assert {block["rows"] for block in during["validation"]["tasks"].values()} == {201}
     assert "evaluation at step 24" in done.stderr and "eval/validation/loss=" in done.stderr
+    assert "validation (step 24): task" in done.stderr  # the per-task summary on the console
     config = helpers.config(data_dir, tmp_path / "alone", 1)
     _, alone = evaluate_checkpoint(config, str(save_dir / "checkpoints"), ["validation", "test"], ctx)
     for dataset in ("validation", "test"):

@@ -34,7 +34,7 @@ class LinearRampToConstantConfig(BaseConfig):
 
 class LinearRampToCosineConfig(BaseConfig):
     """Linear ramp to learning_rate, then cosine decay to final_learning_rate at final_num_steps (omitted: the
-    training's last step, from num_train_steps or num_epochs times the batches per epoch)."""
+    training's last step, num_train_steps or ceil(num_epochs x batches per epoch / gradient_accumulation_steps))."""
 
     learning_rate: float = Field(gt=0.0)
     final_learning_rate: float = Field(ge=0.0)

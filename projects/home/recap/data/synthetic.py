@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -93,6 +95,49 @@ class SyntheticSpec:
     infinite_rate: float = 0.0002
 
 
+def _rng(*key: int) -> np.random.Generator:
+    """The generator for one stream of draws: SFC64 is the fastest of numpy's bit generators."""
+    return np.random.Generator(np.random.SFC64(list(key)))
+
+
+def _normal(rng: np.random.Generator, shape: tuple[int, ...], scale: float = 1.0) -> np.ndarray:
+    """float32 normals with standard deviation `scale` (Box-Muller: about twice as fast as numpy's ziggurat)."""
+    size = math.prod(shape)
+    half = (size + 1) // 2
+    uniform = rng.random(2 * half, dtype=np.float32)
+    radius, angle = uniform[:half], uniform[half:]
+    np.subtract(1.0, radius, out=radius)  # (0, 1]: the log is finite
+    np.log(radius, out=radius)
+    radius *= -2.0 * scale * scale
+    np.sqrt(radius, out=radius)
+    angle *= 2.0 * math.pi
+    out = np.empty(2 * half, dtype=np.float32)
+    np.cos(angle, out=out[:half])
+    np.sin(angle, out=out[half:])
+    out[:half] *= radius
+    out[half:] *= radius
+    return out[:size].reshape(shape)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b for a short inner dimension, on this thread."""
+    # BLAS would split these thin products over threads that cost far more CPU time in waiting than they save.
+    return np.einsum("ij,jk->ik", a, b)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _sigmoid_inplace(x: np.ndarray) -> np.ndarray:
+    """The sigmoid computed in place, without temporaries."""
+    np.negative(x, out=x)
+    with np.errstate(over="ignore"):  # exp(-x) = inf for very negative x gives the right limit, 0
+        np.exp(x, out=x)
+    x += 1.0
+    return np.reciprocal(x, out=x)
+
+
 @dataclass
 class _Zipf:
     cdf: np.ndarray
@@ -106,11 +151,25 @@ class _Zipf:
         return cls(cdf / cdf[-1], multiplier, offset)
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return np.minimum(np.searchsorted(self.cdf, rng.random(n)), len(self.cdf) - 1)
+        uniform = rng.random(n)
+        # Searching in sorted order walks the table once instead of n cache-missing binary searches; same result.
+        order = np.argsort(uniform)
+        index = np.empty(n, dtype=np.int64)
+        index[order] = np.searchsorted(self.cdf, uniform[order])
+        return np.minimum(index, len(self.cdf) - 1, out=index)
 
     def raw_id(self, index: np.ndarray) -> np.ndarray:
         # An odd multiplier is a bijection modulo 2**40: raw ids are unique, scattered and larger than any table.
         return (index.astype(np.int64) * self.multiplier + self.offset) & ((1 << 40) - 1)
+
+
+def _capped_poisson_cdf(mean: float, cap: int) -> np.ndarray:
+    """P(X <= j) for j < cap, X ~ Poisson(mean): the number of these at or below a uniform draw is min(X, cap)."""
+    pmf = np.empty(max(cap, 1))
+    pmf[0] = math.exp(-mean)
+    for j in range(1, len(pmf)):
+        pmf[j] = pmf[j - 1] * mean / j
+    return np.cumsum(pmf)[:cap]
 
 
 @dataclass
@@ -151,6 +210,7 @@ class World:
 
 def make_world(spec: SyntheticSpec, seed: int) -> World:
     """Draw the ground-truth model for `seed` and solve the task biases for the target positive rates."""
+    # The world keeps numpy's default generator and draws: the same seed gives the same ground truth as ever.
     rng = np.random.default_rng([seed, 1])
     k = spec.latent_dim
     c = spec.num_continuous
@@ -177,10 +237,10 @@ def make_world(spec: SyntheticSpec, seed: int) -> World:
         author_bias=rng.normal(0.0, 0.6, spec.num_authors).astype(np.float32),
         author_popularity=rng.normal(size=spec.num_authors).astype(np.float32),
         author_type=rng.integers(0, spec.num_author_types, spec.num_authors),
-        type_media=rng.normal(0.0, 0.8, spec.num_author_types),
+        type_media=rng.normal(0.0, 0.8, spec.num_author_types).astype(np.float32),
         hashtag_latent=rng.normal(size=(spec.num_hashtags, k)).astype(np.float32),
         hashtag_bias=rng.normal(0.0, 0.5, spec.num_hashtags).astype(np.float32),
-        client_effect=rng.normal(0.0, 0.35, spec.num_clients),
+        client_effect=rng.normal(0.0, 0.35, spec.num_clients).astype(np.float32),
         hour_phase=float(rng.uniform(0, 2 * np.pi)),
         continuous_loadings=context_loadings.astype(np.float32),
         continuous_mu=rng.uniform(-1.0, 5.0, c).astype(np.float32),
@@ -199,106 +259,137 @@ def make_world(spec: SyntheticSpec, seed: int) -> World:
         else:
             world.embedding_tables.append(proj)
             continue
-        noise = 0.1 * rng.standard_normal((len(src), dim), dtype=np.float32)
-        world.embedding_tables.append(src @ proj + noise)
-    reference = _draw(world, np.random.default_rng([seed, 2]), 50_000)
+        table = 0.1 * rng.standard_normal((len(src), dim), dtype=np.float32)
+        table += _matmul(src, proj)
+        world.embedding_tables.append(table)
+    reference = _draw(world, _rng(seed, 2), 50_000)
     world.task_bias = _solve_biases(reference["logits"], np.array([r for _, r in spec.tasks]))
     return world
 
 
 def _solve_biases(logits: np.ndarray, rates: np.ndarray) -> np.ndarray:
-    """Per task, the bias b with mean(sigmoid(logit + b)) = rate (bisection; the mean is monotone in b)."""
-    lo = np.full(logits.shape[1], -30.0)
-    hi = np.full(logits.shape[1], 30.0)
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        too_high = _sigmoid(logits + mid).mean(axis=0) > rates
-        hi = np.where(too_high, mid, hi)
-        lo = np.where(too_high, lo, mid)
-    return (lo + hi) / 2
+    """Per task (row of logits), the bias b with mean(sigmoid(logit + b)) = rate.
 
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    Newton's method on log(mean(sigmoid(logit + b))), nearly linear in b for rare tasks, increasing in b, kept
+    inside a bracket that every step narrows (a step that would leave it bisects instead).
+    """
+    logits = logits.astype(np.float64)
+    lo = np.full(len(logits), -30.0)
+    hi = np.full(len(logits), 30.0)
+    bias = np.clip(np.log(rates / (1 - rates)) - logits.mean(axis=1), lo, hi)
+    for _ in range(100):
+        p = _sigmoid(logits + bias[:, None])
+        mean = p.mean(axis=1)
+        lo = np.where(mean < rates, bias, lo)
+        hi = np.where(mean > rates, bias, hi)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = bias - np.log(mean / rates) * mean / (p * (1 - p)).mean(axis=1)
+        converged = np.abs(step - bias) < 1e-10
+        if converged.all():
+            return step
+        bias = np.where(converged | ((step > lo) & (step < hi)), step, (lo + hi) / 2)
+    return bias
 
 
 def _draw(world: World, rng: np.random.Generator, n: int) -> dict:
-    """n rows of features and the tasks' logits without their biases."""
+    """n rows of features and the tasks' logits without their biases ([T, n])."""
     spec = world.spec
     k = spec.latent_dim
     user = world.users.sample(rng, n)
     author = world.authors.sample(rng, n)
-    counts = np.minimum(rng.poisson(spec.mean_hashtags, n), spec.max_hashtags)
+    hashtag_cdf = _capped_poisson_cdf(spec.mean_hashtags, spec.max_hashtags)
+    counts = np.searchsorted(hashtag_cdf, rng.random(n), side="right")
     tags = world.hashtags.sample(rng, int(counts.sum()))
-    row_of_tag = np.repeat(np.arange(n), counts)
-    per_row = np.maximum(counts, 1)[:, None]
-    tag_latent = (np.stack([np.bincount(row_of_tag, world.hashtag_latent[tags, j], n) for j in range(k)], 1)
-                  / per_row).astype(np.float32)
-    tag_bias = (np.bincount(row_of_tag, world.hashtag_bias[tags], n) / per_row[:, 0]).astype(np.float32)
+    # Mean latent vector and bias of each row's hashtags (zero without any); tags are grouped by row.
+    tagged = counts > 0
+    starts = (np.cumsum(counts) - counts)[tagged]
+    per_row = counts[tagged].astype(np.float32)
+    tag_latent = np.zeros((n, k), dtype=np.float32)
+    tag_bias = np.zeros(n, dtype=np.float32)
+    if len(tags):
+        tag_latent[tagged] = np.add.reduceat(world.hashtag_latent[tags], starts, axis=0) / per_row[:, None]
+        tag_bias[tagged] = np.add.reduceat(world.hashtag_bias[tags], starts) / per_row
 
     u_lat, a_lat = np.take(world.user_latent, user, axis=0), np.take(world.author_latent, author, axis=0)
-    tweet_lat = 0.6 * a_lat + 0.8 * rng.standard_normal((n, k), dtype=np.float32)
-    affinity = ((u_lat * a_lat).sum(1) + 0.6 * (u_lat * tweet_lat).sum(1) + 0.6 * (u_lat * tag_latent).sum(1)) / (
-        1.5 * math.sqrt(k)
-    )
+    tweet_lat = _normal(rng, (n, k), 0.8)
+    tweet_lat += 0.6 * a_lat
+    # affinity = u.a + 0.6 u.tweet + 0.6 u.tags, as one dot product with the mixed vector
+    mix = tag_latent
+    mix += tweet_lat
+    mix *= 0.6
+    mix += a_lat
+    affinity = np.einsum("ij,ij->i", u_lat, mix)
+    affinity *= 1.0 / (1.5 * math.sqrt(k))
     a_type = world.author_type[author]
-    activity = world.user_activity[user]
-    popularity = world.author_popularity[author]
-    noise = rng.standard_normal((n, 5), dtype=np.float32)
-    quality = noise[:, 0]
-    freshness = noise[:, 1]
-    media = noise[:, 2] + world.type_media[a_type].astype(np.float32)
-    social = 0.5 * popularity + 0.5 * quality + 0.7 * noise[:, 3]
-    spam = noise[:, 4]
-    context = np.stack([activity, popularity, quality, freshness, media, social, spam, affinity], 1)
+    # Per-row context, one dimension per row of this array: activity, popularity, quality, freshness, media,
+    # social, spam, affinity.
+    context = np.empty((_CONTEXT, n), dtype=np.float32)
+    np.take(world.user_activity, user, out=context[0])
+    np.take(world.author_popularity, author, out=context[1])
+    context[2:7] = _normal(rng, (5, n))
+    activity, popularity, quality, _, media, social, spam, _ = context
+    media += world.type_media[a_type]
+    social *= 0.7
+    social += 0.5 * popularity
+    social += 0.5 * quality
+    context[7] = affinity
 
-    c_noise = rng.standard_normal((n, spec.num_continuous), dtype=np.float32)
-    log_x = world.continuous_mu + world.continuous_sigma * (context @ world.continuous_loadings.T * 0.9 + 0.45 * c_noise)
-    continuous = np.exp(log_x).astype(np.float32)
-    continuous[:, : spec.num_continuous // 3] = np.floor(continuous[:, : spec.num_continuous // 3])  # counts
-    signed = slice(spec.num_continuous - 6, spec.num_continuous)
-    continuous[:, signed] *= np.where(rng.random((n, 6)) < 0.5, -1.0, 1.0).astype(np.float32)
-    holes = rng.random((n, 5))
+    continuous = _normal(rng, (n, spec.num_continuous))
+    continuous *= 0.45 * world.continuous_sigma
+    continuous += _matmul(context.T, (0.9 * world.continuous_sigma[:, None] * world.continuous_loadings).T)
+    continuous += world.continuous_mu
+    np.exp(continuous, out=continuous)
+    counted = continuous[:, : spec.num_continuous // 3]
+    np.floor(counted, out=counted)
+    signed = continuous[:, spec.num_continuous - 6 :]
+    flips = rng.integers(0, 2, signed.shape, dtype=np.uint32)
+    flips <<= 31  # the float32 sign bit
+    np.bitwise_xor(signed.view(np.uint32), flips, out=signed.view(np.uint32))
+    holes = rng.random((n, 5), dtype=np.float32)
     continuous[:, :4][holes[:, :4] < spec.missing_rate] = np.nan
     continuous[:, 4][holes[:, 4] < spec.infinite_rate] = np.inf
 
-    b_noise = rng.standard_normal((n, spec.num_binary), dtype=np.float32)
-    binary = (context @ world.binary_loadings.T + b_noise > world.binary_threshold).astype(np.int8)
-    following = (affinity + 0.5 * b_noise[:, 0] > 0.8).astype(np.int8)
-    has_video = (media + 0.5 * b_noise[:, 1] > 0.5).astype(np.int8)
+    b_noise = _normal(rng, (n, spec.num_binary))
+    following = affinity + 0.5 * b_noise[:, 0] > 0.8
+    has_video = media + 0.5 * b_noise[:, 1] > 0.5
+    b_noise += _matmul(context.T, world.binary_loadings.T)
+    binary = (b_noise > world.binary_threshold).view(np.int8)
     binary[:, 0], binary[:, 1] = following, has_video
 
     client = rng.integers(0, spec.num_clients, n)
     hour = rng.integers(0, spec.num_hours, n)
-    ctx = world.client_effect[client] + 0.3 * np.sin(2 * np.pi * hour / spec.num_hours + world.hour_phase)
+    hour_effect = 0.3 * np.sin(2 * np.pi * np.arange(spec.num_hours) / spec.num_hours + world.hour_phase)
+    ctx = world.client_effect[client] + hour_effect.astype(np.float32)[hour]
     relevance = affinity + world.user_bias[user] + world.author_bias[author] + 0.5 * quality
     # The ranker that produced the logs put relevant items higher: position correlates with engagement by itself.
-    rank_score = -0.5 * relevance / relevance.std() + rng.standard_normal(n)
-    position = np.minimum((spec.num_positions * _sigmoid(1.3 * rank_score)).astype(np.int64), spec.num_positions - 1)
-    position_effect = -1.2 * np.log1p(position) / np.log(spec.num_positions)
+    rank_score = _normal(rng, (n,))
+    rank_score += relevance * (-0.5 / relevance.std())
+    rank_score *= 1.3
+    position = np.minimum((spec.num_positions * _sigmoid_inplace(rank_score)).astype(np.int64), spec.num_positions - 1)
+    position_effect = (-1.2 * np.log1p(np.arange(spec.num_positions)) / np.log(spec.num_positions)).astype(np.float32)
 
-    factors = np.stack(
-        [
-            affinity,
-            world.user_bias[user],
-            world.author_bias[author],
-            tag_bias,
-            quality,
-            social,
-            following,
-            ctx,
-            media,
-            affinity * np.tanh(activity),
-            quality * social,
-            has_video * media,
-            spam,
-            position_effect,
-        ],
-        1,
-    ).astype(np.float32)
-    engagement = factors @ world.loadings.T
+    factors = np.empty((len(FACTORS), n), dtype=np.float32)
+    factors[0] = affinity
+    np.take(world.user_bias, user, out=factors[1])
+    np.take(world.author_bias, author, out=factors[2])
+    factors[3] = tag_bias
+    factors[4] = quality
+    factors[5] = social
+    factors[6] = following
+    factors[7] = ctx
+    factors[8] = media
+    np.tanh(activity, out=factors[9])
+    factors[9] *= affinity
+    np.multiply(quality, social, out=factors[10])
+    np.multiply(has_video, media, out=factors[11])
+    factors[12] = spam
+    np.take(position_effect, position, out=factors[13])
+    logits = _matmul(world.loadings, factors)
     # Active users amplify every signal: a multiplicative interaction no additive model captures.
-    logits = engagement * (1.0 + 0.25 * np.tanh(activity))[:, None]
+    amplify = np.tanh(activity)
+    amplify *= 0.25
+    amplify += 1.0
+    logits *= amplify
 
     embeddings = []
     for (name, dim), table in zip(spec.embeddings, world.embedding_tables):
@@ -307,7 +398,9 @@ def _draw(world: World, rng: np.random.Generator, n: int) -> dict:
         elif name == "author_embedding":
             embeddings.append(np.take(table, author, axis=0))
         else:
-            embeddings.append(tweet_lat @ table + 0.1 * rng.standard_normal((n, dim), dtype=np.float32))
+            values = _normal(rng, (n, dim), 0.1)
+            values += _matmul(tweet_lat, table)
+            embeddings.append(values)
 
     return dict(
         continuous=continuous,
@@ -339,8 +432,10 @@ def generate_table(world: World, rng: np.random.Generator, n: int, first_request
     """n rows with labels drawn from the ground truth and the true probabilities as oracle columns."""
     spec = world.spec
     d = _draw(world, rng, n)
-    prob = _sigmoid(d["logits"] + world.task_bias)
-    labels = (rng.random(prob.shape) < prob).astype(np.int8)
+    prob = d["logits"]
+    prob += world.task_bias.astype(np.float32)[:, None]
+    _sigmoid_inplace(prob)
+    labels = (rng.random(prob.shape, dtype=np.float32) < prob).view(np.int8)
     ones = np.ones(n, dtype=np.int32)
     columns: dict[str, pa.Array] = {
         "request_id": pa.array(np.arange(first_request_id, first_request_id + n, dtype=np.int64)),
@@ -357,9 +452,9 @@ def generate_table(world: World, rng: np.random.Generator, n: int, first_request
     for (name, _), values in zip(spec.embeddings, d["embeddings"]):
         columns[name] = _fixed_list(values.astype(np.float32, copy=False))
     for j, task in enumerate(world.task_names):
-        columns[LABEL_PREFIX + task] = pa.array(labels[:, j])
+        columns[LABEL_PREFIX + task] = pa.array(labels[j])
     for j, task in enumerate(world.task_names):
-        columns[ORACLE_PREFIX + LABEL_PREFIX + task] = pa.array(prob[:, j].astype(np.float32))
+        columns[ORACLE_PREFIX + LABEL_PREFIX + task] = pa.array(prob[j])
     return pa.table(columns)
 
 
@@ -378,19 +473,34 @@ def split_sizes(rows: int, splits: tuple[tuple[str, float], ...]) -> dict[str, i
 _WORLD: World | None = None  # set before forking writer processes, so jobs do not carry the world
 
 
-def _write_file(args: tuple) -> str:
-    seed, split_index, file_index, n, first_id, path, row_group_size = args
-    world = _WORLD
-    table = generate_table(world, np.random.default_rng([seed, 3, split_index, file_index]), n, first_id)
-    small = [c for c in table.column_names if c in ("client_id", "author_type", "hour_of_day", "position")
-             or c.startswith(LABEL_PREFIX)]
-    # Random floats do not compress: leaving them plain makes writing and reading faster at almost no size cost.
-    floats = {c for c, t in zip(table.column_names, table.schema.types)
-              if pa.types.is_floating(t) or (pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type))}
+class _Job(NamedTuple):
+    seed: int
+    split_index: int
+    file_index: int
+    rows: int
+    first_id: int
+    path: str
+    row_group_size: int
+
+
+def _file_table(job: _Job) -> pa.Table:
+    return generate_table(_WORLD, _rng(job.seed, 3, job.split_index, job.file_index), job.rows, job.first_id)
+
+
+def _write_table(table: pa.Table, path: str, row_group_size: int) -> None:
+    small = [c for c in table.column_names if c in ("client_id", "author_type", "hour_of_day", "position")]
+    # Random floats do not compress, and plain binary features read and write faster than compressed ones; the
+    # rest (ids, labels, small categoricals) compress well with snappy. Statistics only where they can prune.
+    plain = {c for c, t in zip(table.column_names, table.schema.types)
+             if pa.types.is_floating(t) or pa.types.is_fixed_size_list(t)}
     pq.write_table(table, path, row_group_size=row_group_size, use_dictionary=small,
-                   compression={c: "none" if c in floats else "snappy" for c in table.column_names},
-                   write_statistics=[c for c in table.column_names if c not in floats])
-    return path
+                   compression={c: "none" if c in plain else "snappy" for c in table.column_names},
+                   write_statistics=[c for c in table.column_names if c not in plain])
+
+
+def _write_file(job: _Job) -> str:
+    _write_table(_file_table(job), job.path, job.row_group_size)
+    return job.path
 
 
 def generate(
@@ -418,7 +528,7 @@ def generate(
             lo, hi = f * n_rows // num_files, (f + 1) * n_rows // num_files
             first_id = (s + 1) * 10**12 + lo
             path = os.path.join(directory, f"part-{f:05d}.parquet")
-            jobs.append((seed, s, f, hi - lo, first_id, path, row_group_size))
+            jobs.append(_Job(seed, s, f, hi - lo, first_id, path, row_group_size))
     try:
         if processes > 1 and len(jobs) > 1:
             import multiprocessing
@@ -426,8 +536,15 @@ def generate(
             with multiprocessing.get_context("fork").Pool(processes) as pool:
                 list(pool.imap_unordered(_write_file, jobs))
         else:
-            for job in jobs:
-                _write_file(job)
+            # Writing releases the GIL: the next file's rows are drawn while the last one is written.
+            with ThreadPoolExecutor(max_workers=1) as writer:
+                pending = None
+                for job in jobs:
+                    table = _file_table(job)
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(_write_table, table, job.path, job.row_group_size)
+                pending.result()
     finally:
         _WORLD = None
     return split_sizes(rows, splits)

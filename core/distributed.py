@@ -63,13 +63,16 @@ def quiet_library_logging() -> None:
             handler.addFilter(not_library_info)
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> cuda:LOCAL_RANK when a GPU is visible, else cpu; "cuda" -> cuda:LOCAL_RANK; "cpu" -> cpu."""
+def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
+    """"auto" -> cuda:LOCAL_RANK when a GPU is visible, else cpu; "cuda" -> cuda:LOCAL_RANK; "cpu" -> cpu.
+    local_rank None reads the launcher's LOCAL_RANK (0 without one)."""
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("training.device is cuda but no GPU is visible to this process")
+            raise RuntimeError("training.device is cuda but no GPU is visible to this process (use auto or cpu)")
         return torch.device("cuda", local_rank)
     if device != "cpu":
         raise ValueError(f"unknown device {device!r} (auto, cpu or cuda)")

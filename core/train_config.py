@@ -90,12 +90,28 @@ class DenseOptimizerConfig(BaseConfig):
         return self
 
 
+SPARSE_EPSILON_DEFAULT = 1e-8
+
+
 class SparseOptimizerConfig(BaseConfig):
     """The optimizer fused into the backward pass of the sharded embedding tables."""
 
     type: Literal["rowwise_adagrad", "adam", "sgd"] = "rowwise_adagrad"
     learning_rate: float = Field(default=0.05, gt=0.0)
-    epsilon: float = Field(default=1e-8, gt=0.0)
+    # The denominator's epsilon of rowwise_adagrad and adam (default 1e-8). Plain SGD has no denominator, so an
+    # epsilon with type sgd is an error rather than a setting that is silently ignored; it resolves to null there,
+    # which keeps a dumped config loadable.
+    epsilon: float | None = Field(default=None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _epsilon_matches_type(self):
+        if self.type == "sgd":
+            if self.epsilon is not None:
+                raise ValueError("epsilon is meaningless for type sgd (plain SGD has no denominator): remove "
+                                 "epsilon, or choose type rowwise_adagrad or adam")
+        elif self.epsilon is None:
+            self.epsilon = SPARSE_EPSILON_DEFAULT
+        return self
 
 
 class OptimizerConfig(BaseConfig):
@@ -112,13 +128,16 @@ class TrainingConfig(BaseConfig):
     num_train_steps: int | None = Field(default=None, ge=1)
     num_epochs: int | None = Field(default=None, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
+    # Clips the global gradient norm of the dense parameters only: the sharded embedding tables' optimizer runs fused
+    # inside backward (their rows are updated as their gradients are computed), so their gradients are never seen.
     clip_grad_norm: float | None = Field(default=None, gt=0.0)
     mixed_precision: Literal["fp32", "bf16"] = "fp32"
     train_log_every_n: int = Field(default=50, ge=1)
     checkpoint_every_n: int = Field(default=1000, ge=1)
     keep_last_k: int = Field(default=3, ge=1)
+    # Run the periodic evaluation every eval_every_n steps and after the last step.
     eval_every_n: int | None = Field(default=None, ge=1)
-    # Batches per validation set in periodic evaluation; unset evaluates the whole set.
+    # Collective batches per validation set in periodic evaluation (needs eval_every_n); unset evaluates all of it.
     num_eval_steps: int | None = Field(default=None, ge=1)
     # Initialize weights (only) from another run's checkpoint directory.
     warm_start_from: str | None = None

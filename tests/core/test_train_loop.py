@@ -16,7 +16,7 @@ import toy_training as toy  # noqa: E402
 from core.checkpoint import CheckpointManager, list_checkpoints  # noqa: E402
 from core.config import ConfigError, load_config  # noqa: E402
 from core.distributed import init_distributed, shutdown_distributed  # noqa: E402
-from core.schedules import LinearRampToConstant, PiecewiseConstant  # noqa: E402
+from core.schedules import LinearRampToConstant, LinearRampToCosine, PiecewiseConstant  # noqa: E402
 from core.train_config import OptimizerConfig  # noqa: E402
 from core.train_loop import NonFiniteLossError, rng_state, set_rng_state  # noqa: E402
 
@@ -198,6 +198,41 @@ def test_sparse_optimizers_update_the_table(ctx, tmp_path, kind):
     data.set_epoch(0)
     seen = {i for batch, _ in zip(data, range(2)) for i in batch.ids.values().tolist()}
     assert changed == seen  # exactly the rows of the ids in the two batches moved
+
+
+def test_sparse_sgd_moves_a_row_in_proportion_to_the_learning_rate(ctx, tmp_path):
+    # One step from the same seeded start: the same gradient, so SGD's row deltas (-lr * grad) scale with lr.
+    deltas = []
+    for lr in (0.5, 1.5):
+        optim = load_config(None, OptimizerConfig, data={"dense": {"adam": {}, "learning_rate": {"constant": 0.01}},
+                                                         "sparse": {"type": "sgd", "learning_rate": lr}})
+        loop = toy.build_loop(ctx, toy.training_config(tmp_path / str(lr), num_train_steps=1), optim=optim)
+        before = toy.parameters(loop)["tables.embedding_bags.ids.weight"]
+        loop.run()
+        deltas.append(toy.parameters(loop)["tables.embedding_bags.ids.weight"] - before)
+    moved = deltas[0].abs().sum(dim=1) > 0
+    assert 0 < int(moved.sum()) <= 16  # the rows of the first batch's ids, and only those
+    torch.testing.assert_close(deltas[1], 3.0 * deltas[0], rtol=1e-5, atol=1e-7)
+
+
+def test_cosine_without_final_num_steps_reaches_its_final_rate_at_the_last_update_of_the_epochs(ctx, tmp_path):
+    # 2 epochs x 6 batches in windows of 5: 3 updates, so the cosine runs from step 0 to step 3.
+    optim = toy.optimizer_config(learning_rate={"linear_ramp_to_cosine": {
+        "learning_rate": 0.04, "final_learning_rate": 0.001, "num_ramp_steps": 0}})
+    config = toy.training_config(tmp_path, num_epochs=2, gradient_accumulation_steps=5)
+    loop = toy.build_loop(ctx, config, optim=optim)
+    seen = []
+    step = loop.dense_optimizer.step
+
+    def recording_step():
+        seen.append(loop.dense_optimizer.optimizer.param_groups[0]["lr"])
+        step()
+
+    loop.dense_optimizer.step = recording_step
+    assert loop.run().step == 3
+    cosine = LinearRampToCosine(0.04, 0.001, 0, 3)
+    assert seen == pytest.approx([cosine(1), cosine(2), 0.001])
+    assert seen[1] > 0.001 * 2  # still decaying one update before the end
 
 
 def test_non_finite_loss_stops_before_checkpointing_and_keeps_the_last_good_one(ctx, tmp_path):

@@ -16,7 +16,7 @@ from core.config import load_config
 from core.distributed import DistributedContext, shard_model
 from core.optimizers import SHARED_GROUP, apply_sparse_optimizer, build_dense_optimizer
 from core.train_config import OptimizerConfig, TrainingConfig
-from core.train_loop import TrainLoop, seed_everything
+from core.train_loop import TrainLoop, seed_everything, total_train_steps
 
 TASKS = ("click", "like")
 NUM_IDS = 40  # ids the batches use
@@ -137,10 +137,13 @@ def build_loop(ctx: DistributedContext, config: TrainingConfig, optim: Optimizer
     if model.tables is not None:
         apply_sparse_optimizer(model.tables.parameters(), optim.sparse, ctx.device)
     dmp = shard_model(model, ctx, batch_size=16, static_graph=config.gradient_accumulation_steps == 1)
-    dense = build_dense_optimizer(dmp, toy_groups(dmp), optim.dense)
-    return TrainLoop(dmp, dense, data if data is not None else ToyData(rank=ctx.rank), config, ctx,
-                     task_names=TASKS, sparse_optimizer=dmp.fused_optimizer if with_table else None,
-                     evaluate=evaluate, steps_per_epoch=6)
+    data = data if data is not None else ToyData(rank=ctx.rank)
+    # As the recap trainer does: the training's length (known from the data's epoch size) ends cosine schedules.
+    steps_per_epoch = len(data)
+    dense = build_dense_optimizer(dmp, toy_groups(dmp), optim.dense, total_train_steps(config, steps_per_epoch))
+    return TrainLoop(dmp, dense, data, config, ctx, task_names=TASKS,
+                     sparse_optimizer=dmp.fused_optimizer if with_table else None, evaluate=evaluate,
+                     steps_per_epoch=steps_per_epoch)
 
 
 def parameters(loop: TrainLoop) -> dict[str, torch.Tensor]:

@@ -36,7 +36,7 @@ from core.log import get_logger
 from core.metrics_accumulator import MetricsAccumulator
 from core.report import eval_step_dir, metrics_to_scalars, read_training_scalars, write_report
 from core.tensorboard import MetricsWriter
-from core.train_loop import CHECKPOINT_DIR, TENSORBOARD_DIR
+from core.train_loop import CHECKPOINT_DIR, TENSORBOARD_DIR, total_train_steps
 from projects.home.recap.data import sharding
 from projects.home.recap.data.files import scan_dataset
 from projects.home.recap.data.loader import RecapDataLoader
@@ -303,20 +303,18 @@ def evaluate_checkpoint(
 
 
 def final_step(config: RecapConfig, world_size: int) -> int | None:
-    """The step of the training's last checkpoint: training.num_train_steps, or for num_epochs the steps the
-    training loop takes on world_size ranks (None when the training data cannot be scanned)."""
+    """The step of the training's last checkpoint: total_train_steps of the training config, with the batches per
+    epoch that world_size ranks take from data.train when it runs in epochs (None when that cannot be scanned)."""
     training = config.training
-    if training.num_train_steps is not None:
-        return training.num_train_steps
-    if config.data.train is None or training.num_epochs is None:
-        return None
-    try:
-        rows = scan_dataset(config.data.train.paths, config.data.ignore_data_errors).num_rows
-    except (OSError, ValueError) as exc:
-        logger.warning("cannot tell the final training step (%s); --watch stops at its timeout", exc)
-        return None
-    per_epoch = sharding.train_batches_per_rank(rows, world_size, config.data.batch_size)
-    return -(-training.num_epochs * per_epoch // training.gradient_accumulation_steps)
+    steps_per_epoch = None
+    if training.num_train_steps is None and config.data.train is not None:
+        try:
+            rows = scan_dataset(config.data.train.paths, config.data.ignore_data_errors).num_rows
+        except (OSError, ValueError) as exc:
+            logger.warning("cannot tell the final training step (%s); --watch stops at its timeout", exc)
+            return None
+        steps_per_epoch = sharding.train_batches_per_rank(rows, world_size, config.data.batch_size)
+    return total_train_steps(training, steps_per_epoch)
 
 
 def _broadcast(value: Any, ctx: DistributedContext) -> Any:

@@ -14,19 +14,33 @@ from projects.home.recap.model.config import ModelConfig
 
 
 class EvaluationConfig(BaseConfig):
-    """What the offline evaluation computes beyond the per-task metrics."""
+    """What the offline evaluation computes beyond the per-task metrics.
+
+    stratifiers, group_auc_column and curve_points apply to every evaluation, `recap evaluate`'s and the periodic
+    one during training; `datasets` only picks `recap evaluate`'s default sets (training.eval_every_n evaluates
+    every set in data.validation)."""
 
     # Discrete feature columns whose values split the metrics ("metrics per stratifier value").
     stratifiers: list[str] = []
     # An id column (in data.features.ids or discrete) for AUC averaged within each group (user).
     group_auc_column: str | None = None
-    # Validation sets to evaluate; empty means all of data.validation.
+    # The sets `recap evaluate` (and --watch) evaluates when no --dataset is given; empty means all of
+    # data.validation. Periodic evaluation during training always runs on every set in data.validation.
     datasets: list[str] = []
     # Points per curve in the report's plots.
     curve_points: int = Field(default=200, ge=10)
 
 
 class RecapConfig(BaseConfig):
+    """One experiment. Cross-section rules worth knowing:
+
+    - training.clip_grad_norm clips the dense parameters' gradients only: the large (sharded) embedding tables are
+      updated by optimizer.sparse fused inside backward, before any clipping could see their gradients.
+    - Periodic evaluation (training.eval_every_n) runs on every set in data.validation, so it needs at least one;
+      evaluation.datasets only picks the sets `recap evaluate` uses when no --dataset is given.
+    - training.num_eval_steps limits periodic evaluation and so needs training.eval_every_n.
+    """
+
     data: DataConfig
     model: ModelConfig
     training: TrainingConfig
@@ -74,6 +88,17 @@ class RecapConfig(BaseConfig):
         for name in self.evaluation.datasets:
             if name not in self.data.validation:
                 raise ValueError(f"evaluation.datasets: {name!r} is not in data.validation")
+        training = self.training
+        if training.eval_every_n is not None and not self.data.validation:
+            raise ValueError(
+                f"training.eval_every_n is {training.eval_every_n} but data.validation is empty: periodic "
+                "evaluation needs a validation set (add one to data.validation or set training.eval_every_n: null)"
+            )
+        if training.num_eval_steps is not None and training.eval_every_n is None:
+            raise ValueError(
+                f"training.num_eval_steps is {training.num_eval_steps} but training.eval_every_n is null: "
+                "num_eval_steps only limits periodic evaluation (set eval_every_n or remove num_eval_steps)"
+            )
         return self
 
 

@@ -74,7 +74,9 @@ def train(config: RecapConfig, ctx: DistributedContext | None = None) -> TrainRe
     model, dense_optimizer, built_tasks = build_training(config, ctx, total_steps)
     assert built_tasks == tasks, (built_tasks, tasks)
     evaluate = None
-    if config.training.eval_every_n is not None and config.data.validation:
+    if config.training.eval_every_n is not None:
+        # Every validation set (evaluation.datasets picks only `recap evaluate`'s defaults); the schema guarantees
+        # data.validation is not empty here.
         loaders = validation_loaders(config, list(config.data.validation), tasks, ctx)
         evaluate = build_evaluator(config, model, ctx, tasks, loaders, config.training.num_eval_steps)
     # Distinct random streams per rank (dropout, position-debias drops) from here on; the model is initialized.

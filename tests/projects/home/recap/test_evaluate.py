@@ -52,7 +52,7 @@ def reference_metrics(config, dataset: str) -> tuple[dict, bool]:
     model = load_for_inference(config, "latest")
     loader = RecapDataLoader(config.data, config.data.validation[dataset], TASKS, "eval")
     parts: dict[str, list] = {"p": [], "y": [], "w": [], "s": [], "g": []}
-    oracle = False
+    oracles = []
     with torch.no_grad():
         for batch in loader:
             parts["p"].append(model(batch)[1]["calibrated_probabilities"])
@@ -60,9 +60,11 @@ def reference_metrics(config, dataset: str) -> tuple[dict, bool]:
             parts["w"].append(batch.weights)
             parts["s"].append(batch.discrete[:, :1])  # client_id
             parts["g"].append(batch.discrete[:, 2])  # hour_of_day
-            oracle = batch.oracle is not None
+            if batch.oracle is not None:
+                oracles.append(batch.oracle)
     p, y, w, s, g = (torch.cat(v).numpy() for v in parts.values())
-    return compute_metrics(p, y, w, TASKS, s, ["client_id"], g), oracle
+    oracle = torch.cat(oracles).numpy() if oracles else None
+    return compute_metrics(p, y, w, TASKS, s, ["client_id"], g, oracle), oracle is not None
 
 
 def assert_close_documents(a: dict, b: dict, path: str = "") -> None:
@@ -281,3 +283,41 @@ def test_two_process_torchrun_evaluation_equals_the_single_process_one(run, tmp_
         theirs = json.loads((reference / "eval" / dataset / "step_6" / "metrics.json").read_text())
         assert ours["tasks"]["fav"]["rows"] == (201 if dataset == "validation" else 1)
         assert_close_documents(ours, theirs)
+
+
+def test_curve_points_and_an_id_column_for_group_auc_come_from_the_config(run, data_dir, tmp_path):
+    """evaluation.curve_points thins every curve in curves.json; evaluation.group_auc_column may name an id column
+    (here a session id repeated across rows) and gives a finite grouped AUC."""
+    import pyarrow as pa
+
+    config_file, save_dir = run
+    table = pq.read_table(data_dir / "validation")
+    grouped = tmp_path / "grouped"
+    grouped.mkdir()
+    pq.write_table(table.append_column("session", pa.array(table["request_id"].to_numpy() % 4)),
+                   grouped / "part.parquet")
+    curve_lengths = {}
+    for points in (10, 40):
+        out = tmp_path / f"points_{points}"
+        assert main(["evaluate", "--config", str(config_file), "--checkpoint", str(save_dir), "--dataset", "grouped",
+                     "--set", f"data.validation.grouped.paths=[{grouped}]",
+                     "--set", "data.features.ids=[request_id, session]",
+                     "--set", "evaluation.group_auc_column=session",
+                     "--set", f"evaluation.curve_points={points}", "--set", f"training.save_dir={out}"]) == 0
+        step_dir = out / "eval" / "grouped" / f"step_{helpers.NUM_TRAIN_STEPS}"
+        fav = json.loads((step_dir / "metrics.json").read_text())["tasks"]["fav"]
+        assert fav["group_auc"] is not None and math.isfinite(fav["group_auc"])
+        curves = json.loads((step_dir / "curves.json").read_text())["tasks"]
+        curve_lengths[points] = [len(values) for task in curves.values() for curve in ("roc", "pr")
+                                 if task[curve] is not None for values in task[curve].values()]
+    assert curve_lengths[10] and max(curve_lengths[10]) == 10
+    assert max(curve_lengths[40]) == 40  # 201 rows have more distinct scores than either limit
+
+
+def test_build_evaluator_takes_the_training_precision(run):
+    from projects.home.recap.evaluate import build_evaluator
+
+    config_file, _ = run
+    for precision, bf16 in (("bf16", True), ("fp32", False)):
+        config = helpers.load(config_file, [f"training.mixed_precision={precision}"])
+        assert build_evaluator(config, torch.nn.Identity(), LOCAL, TASKS, loaders={}).bf16 is bf16

@@ -104,3 +104,24 @@ def test_empty_input_and_missing_checkpoint_fail_clearly(run, data_dir, tmp_path
     assert main(argv) == 1
     assert f"checkpoint {missing} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_predict_runs_the_model_under_the_training_precision(run, data_dir, tmp_path, monkeypatch, precision):
+    import projects.home.recap.predict as predict_module
+
+    seen = []
+    run_model = predict_module.run_model
+
+    def recording(*args, **kwargs):
+        for item in run_model(*args, **kwargs):
+            seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+            yield item
+
+    monkeypatch.setattr(predict_module, "run_model", recording)
+    config_file, _ = run
+    argv = ["predict", "--config", str(config_file), "--checkpoint", "latest", "--input", str(data_dir / "single"),
+            "--output", str(tmp_path / "out"), "--set", f"training.mixed_precision={precision}"]
+    assert main(argv) == 0
+    assert seen == [precision == "bf16"]
+    assert pq.read_table(tmp_path / "out").num_rows == 1

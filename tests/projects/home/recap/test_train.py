@@ -98,3 +98,36 @@ def test_two_process_training_checkpoints_logs_and_evaluates(data_dir, ctx, tmp_
             for metric in ("logloss", "auc", "count", "rows"):
                 expected = block[metric] if block[metric] is None else pytest.approx(block[metric], rel=1e-4)
                 assert alone[dataset]["tasks"][task][metric] == expected, (dataset, task, metric)
+
+
+def _dense_parameters(config, ctx) -> dict[str, torch.Tensor]:
+    from projects.home.recap.train import build_training
+
+    model, _, _ = build_training(config, ctx)
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "large_embeddings" not in n}
+
+
+def test_training_seed_decides_the_initial_dense_parameters(ctx, tmp_path):
+    def dense(seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(1000 + seed)  # the process's random state before building must not matter
+        return _dense_parameters(helpers.config(tmp_path, tmp_path / "save", 1, seed=seed), ctx)
+
+    first, again, other = dense(5), dense(5), dense(6)
+    assert first.keys() == again.keys() == other.keys()
+    assert any(".featurizer." in n for n in first) and any(".task_modules." in n for n in first)
+    for name in first:
+        assert torch.equal(first[name], again[name]), name
+    # Randomly initialized weights (not the constant LayerNorm scales or zero biases) change with the seed.
+    random_init = [n for n in first if first[n].dim() == 2]
+    assert random_init and all(not torch.equal(first[n], other[n]) for n in random_init)
+
+
+def test_train_without_training_data_is_a_config_error(ctx, tmp_path):
+    from core.config import ConfigError
+    from projects.home.recap.schema import load_recap_config
+    from projects.home.recap.train import train
+
+    config = load_recap_config(helpers.DEMO, helpers.overrides(tmp_path, tmp_path / "save", 1) + ["data.train=null"])
+    with pytest.raises(ConfigError, match="data.train: no training dataset"):
+        train(config, ctx)
+    assert not (tmp_path / "save").exists()

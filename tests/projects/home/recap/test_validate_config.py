@@ -81,3 +81,35 @@ def test_tower_learning_rates_must_match_tasks(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="must name exactly the model's tasks"):
         load_recap_config(path)
+
+
+def test_periodic_evaluation_needs_a_validation_set():
+    no_validation = ["data.validation={}", "evaluation.datasets=[]"]
+    with pytest.raises(ConfigError, match=r"training.eval_every_n is 500 but data.validation is empty"):
+        load_recap_config(DEMO, no_validation)
+    config = load_recap_config(DEMO, [*no_validation, "training.eval_every_n=null", "training.num_eval_steps=null"])
+    assert config.data.validation == {} and config.training.eval_every_n is None
+
+
+def test_num_eval_steps_needs_eval_every_n():
+    with pytest.raises(ConfigError, match=r"training.num_eval_steps is 20 but training.eval_every_n is null"):
+        load_recap_config(DEMO, ["training.eval_every_n=null"])
+    assert load_recap_config(DEMO, ["training.eval_every_n=null", "training.num_eval_steps=null"])
+
+
+@pytest.mark.parametrize("name", ["demo", "census", "recap_scale"])
+def test_shipped_configs_load(name):
+    config = load_recap_config(DEMO.with_name(f"{name}.yaml"))
+    assert config.training.eval_every_n is None or config.data.validation
+
+
+def test_a_single_path_string_is_a_list_of_one_path():
+    config = load_recap_config(DEMO, ["data.train.paths=/data/train", "data.validation.test.paths=gs://b/test"])
+    assert config.data.train.paths == ["/data/train"]
+    assert config.data.validation["test"].paths == ["gs://b/test"]
+
+
+def test_sparse_epsilon_with_sgd_is_rejected_in_the_experiment():
+    with pytest.raises(ConfigError, match=r"optimizer.sparse: epsilon is meaningless for type sgd"):
+        load_recap_config(DEMO, ["optimizer.sparse={type: sgd, epsilon: 1.0e-6}"])
+    assert load_recap_config(DEMO, ["optimizer.sparse={type: sgd}"]).optimizer.sparse.epsilon is None

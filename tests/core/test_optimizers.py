@@ -1,0 +1,76 @@
+"""Optimizer settings as torch and torchrec receive them: the dense Adam/AdamW hyper-parameters, the sparse
+optimizer's type, learning rate and epsilon, and the config errors for settings an optimizer has no use for."""
+
+import pytest
+import torch
+import yaml
+from torchrec.optim import SGD as FusedSGD
+from torchrec.optim import Adam as FusedAdam
+from torchrec.optim import RowWiseAdagrad
+
+from core.config import ConfigError, dump_yaml, load_config
+from core.optimizers import apply_sparse_optimizer, build_dense_optimizer
+from core.train_config import OptimizerConfig, SparseOptimizerConfig
+
+DENSE = {"learning_rate": {"constant": 0.1}}
+SETTINGS = {"beta_1": 0.8, "beta_2": 0.95, "epsilon": 1e-5, "weight_decay": 0.3}
+
+
+def _optimizer(data: dict) -> OptimizerConfig:
+    return load_config(None, OptimizerConfig, data=data)
+
+
+@pytest.mark.parametrize("kind, torch_class", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_dense_adam_settings_reach_the_torch_optimizer(kind, torch_class):
+    model = torch.nn.Linear(2, 1)
+    config = _optimizer({"dense": {kind: SETTINGS, **DENSE}}).dense
+    optimizer = build_dense_optimizer(model, {"shared": list(model.parameters())}, config).optimizer
+    assert type(optimizer) is torch_class
+    (group,) = optimizer.param_groups
+    assert (group["betas"], group["eps"], group["weight_decay"], group["lr"]) == ((0.8, 0.95), 1e-5, 0.3, 0.1)
+
+
+def test_dense_adam_step_uses_the_configured_betas_and_epsilon():
+    # Two Adam steps on one weight with gradients 1 then 3 (no weight decay), computed by hand:
+    # m = (1 - b1) g accumulated, v likewise with b2, update = lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).
+    b1, b2, eps, lr = 0.5, 0.75, 0.5, 0.1
+    param = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    model = torch.nn.Module()
+    model.p = param
+    config = _optimizer({"dense": {"adam": {"beta_1": b1, "beta_2": b2, "epsilon": eps}, **DENSE}}).dense
+    optimizer = build_dense_optimizer(model, {"shared": [param]}, config)
+    expected, m, v = 0.0, 0.0, 0.0
+    for t, g in enumerate((1.0, 3.0), start=1):
+        param.grad = torch.tensor([g], dtype=torch.float64)
+        optimizer.step()
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        expected -= lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)) ** 0.5 + eps)
+        assert param.item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "sparse, fused_class, kwargs",
+    [
+        ({"type": "adam", "learning_rate": 0.3, "epsilon": 1e-4}, FusedAdam, {"lr": 0.3, "eps": 1e-4}),
+        ({"type": "rowwise_adagrad", "learning_rate": 0.2}, RowWiseAdagrad, {"lr": 0.2, "eps": 1e-8}),
+        ({"type": "sgd", "learning_rate": 0.7}, FusedSGD, {"lr": 0.7}),
+    ],
+)
+def test_sparse_settings_are_handed_to_the_fused_optimizer(sparse, fused_class, kwargs):
+    config = _optimizer({"dense": {"adam": {}, **DENSE}, "sparse": sparse}).sparse
+    table = torch.nn.Parameter(torch.zeros(4, 2))
+    # The device only decides which types may run: adam has GPU kernels only.
+    apply_sparse_optimizer([table], config, "cuda")
+    # What DistributedModelParallel reads to build the fused optimizer of the sharded table.
+    assert table._optimizer_classes == [fused_class]
+    assert table._optimizer_kwargs == [kwargs]
+
+
+def test_sparse_epsilon_with_sgd_is_a_config_error():
+    with pytest.raises(ConfigError, match="sparse: epsilon is meaningless for type sgd"):
+        _optimizer({"dense": {"adam": {}, **DENSE}, "sparse": {"type": "sgd", "epsilon": 1e-6}})
+    sgd = _optimizer({"dense": {"adam": {}, **DENSE}, "sparse": {"type": "sgd"}})
+    assert sgd.sparse.epsilon is None
+    # The resolved config (as training writes it next to its checkpoints) loads again.
+    assert _optimizer(yaml.safe_load(dump_yaml(sgd))) == sgd
+    assert SparseOptimizerConfig(type="adam").epsilon == 1e-8

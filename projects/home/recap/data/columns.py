@@ -95,11 +95,6 @@ def _jagged(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets, values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
-def _writable(a: np.ndarray) -> np.ndarray:
-    # Zero-copy views of arrow buffers are read-only; batches are tensors a model may modify in place.
-    return a if a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C")
-
-
 @dataclass
 class ArrayBlock:
     """Rows in batch layout as numpy arrays: the form a worker converts, shuffles and ships rows in."""
@@ -112,6 +107,7 @@ class ArrayBlock:
     weights: np.ndarray  # [N, T] float32
     sparse: list[tuple[np.ndarray, np.ndarray]]  # per sparse column: (offsets [N+1] int64, values int64)
     ids: dict[str, np.ndarray]
+    oracle: np.ndarray | None = None  # [N, T] float32 true probabilities, when the layout reads them
 
     @property
     def num_rows(self) -> int:
@@ -132,22 +128,14 @@ class ArrayBlock:
                 shift += int(off[-1] - off[0])
             sparse.append((np.concatenate(offsets), np.concatenate(values)))
         return ArrayBlock(
-            **{f: None for f in _DENSE},
+            **{f: None for f in _DENSE if f != "oracle"},
             sparse=sparse,
             ids={k: np.concatenate([b.ids[k] for b in blocks]) for k in blocks[0].ids},
         )
 
-    def take_sparse_and_ids(self, rows: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
-        """The sparse columns and ids of the given rows, in the given order."""
-        sparse = []
-        for off, vals in self.sparse:
-            lengths = (off[1:] - off[:-1])[rows]
-            new_off = np.zeros(len(rows) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=new_off[1:])
-            # Position j of output row i reads values[off[rows[i]] + j]: one gather for the whole column.
-            gather = np.repeat(off[:-1][rows] - new_off[:-1], lengths) + np.arange(new_off[-1])
-            sparse.append((new_off, vals[gather]))
-        return sparse, {k: v[rows] for k, v in self.ids.items()}
+    def take_ids(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The ids of the given rows, in the given order."""
+        return {k: v[rows] for k, v in self.ids.items()}
 
 
 def _row_view(a: np.ndarray) -> np.ndarray:
@@ -155,7 +143,7 @@ def _row_view(a: np.ndarray) -> np.ndarray:
     return a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).reshape(-1)
 
 
-def _empty(shape: tuple[int, int], dtype: np.dtype, shared: bool) -> tuple[np.ndarray, torch.Tensor]:
+def _empty(shape: tuple[int, ...], dtype: np.dtype, shared: bool) -> tuple[np.ndarray, torch.Tensor]:
     tensor = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype)
     if shared and tensor.numel():
         # Allocated in shared memory, the tensor crosses from a DataLoader worker without another copy.
@@ -163,10 +151,67 @@ def _empty(shape: tuple[int, int], dtype: np.dtype, shared: bool) -> tuple[np.nd
     return tensor.numpy(), tensor
 
 
-def assemble(blocks: list[ArrayBlock], rows: np.ndarray, shared: bool) -> dict:
+def _sparse(columns: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray, batch_size: int, shared: bool) -> dict:
+    """Id columns ((offsets [N+1], ids) each) of rows `rows`, laid out batch by batch in KeyedJaggedTensor order.
+
+    Within batch j (rows j*B .. j*B+B of the output) the ids of key 0 for each row come first, then key 1, ...;
+    lengths follow the same order, so batch j's lengths are lengths[K*j*B : K*(j*B + its rows)] and its ids
+    values[value_bounds[j] : value_bounds[j+1]]: a batch's KeyedJaggedTensor is two slices, no copy.
+    """
+    n = len(rows)
+    k = len(columns)
+    lengths = np.empty((k, n), dtype=np.int64)
+    starts = np.empty((k, n), dtype=np.int64)  # where each row's ids begin in all keys' ids one after another
+    pool, base = [], 0
+    for i, (off, vals) in enumerate(columns):
+        lengths[i] = (off[1:] - off[:-1])[rows]
+        starts[i] = off[:-1][rows] + base
+        pool.append(vals)
+        base += len(vals)
+    full = n // batch_size * batch_size
+
+    def batch_major(a: np.ndarray) -> np.ndarray:
+        head = a[:, :full].reshape(k, -1, batch_size).transpose(1, 0, 2).ravel()
+        return np.concatenate([head, a[:, full:].ravel()])
+
+    seg_lengths, seg_starts = batch_major(lengths), batch_major(starts)
+    ends = np.cumsum(seg_lengths)
+    total = int(ends[-1]) if len(ends) else 0
+    # Position p of segment s reads pool[seg_starts[s] + p]: one gather for every key and batch.
+    gather = np.repeat(seg_starts - (ends - seg_lengths), seg_lengths) + np.arange(total)
+    values, values_t = _empty((total,), np.int64, shared)
+    np.take(np.concatenate(pool) if len(pool) > 1 else pool[0], gather, out=values, mode="clip")
+    bounds = np.arange(0, k * full + 1, k * batch_size)
+    if n > full:
+        bounds = np.append(bounds, k * n)
+    value_bounds = np.concatenate([[0], ends])[bounds]
+    lengths_out, lengths_t = _empty((len(seg_lengths),), np.int32, shared)
+    lengths_out[:] = seg_lengths
+    return {"sparse_values": values_t, "sparse_lengths": lengths_t,
+            "sparse_value_bounds": torch.from_numpy(np.ascontiguousarray(value_bounds, dtype=np.int64))}
+
+
+def _nonfinite_per_row(continuous: np.ndarray) -> np.ndarray:
+    """[n+1] running count of non-finite values per row (so any batch's count is one subtraction)."""
+    n = continuous.shape[0]
+    out = np.zeros(n + 1, dtype=np.int64)
+    if continuous.size:
+        # A row sum is non-finite when the row holds NaN or inf (or overflows): a cheap pass finds the few
+        # candidate rows, which are then counted exactly.
+        row_sums = continuous.sum(axis=1)
+        candidates = np.flatnonzero(~np.isfinite(row_sums))
+        if len(candidates):
+            counts = np.zeros(n, dtype=np.int64)
+            counts[candidates] = np.count_nonzero(~np.isfinite(continuous[candidates]), axis=1)
+            np.cumsum(counts, out=out[1:])
+    return out
+
+
+def assemble(blocks: list[ArrayBlock], rows: np.ndarray, batch_size: int, shared: bool) -> dict:
     """Rows `rows` (indices into the blocks one after another) as the tensors a chunk of batches travels in.
 
-    Dense parts are written straight from each block into the output (one copy, no intermediate concatenation).
+    Dense parts are written straight from each block into the output (one copy, no intermediate concatenation);
+    sparse ids are laid out batch by batch (see _sparse). Batches are views of these tensors.
     """
     n = len(rows)
     starts = np.cumsum([0] + [b.num_rows for b in blocks])
@@ -187,6 +232,8 @@ def assemble(blocks: list[ArrayBlock], rows: np.ndarray, shared: bool) -> dict:
     out: dict = {}
     for f in _DENSE:
         first = getattr(blocks[0], f)
+        if first is None:  # no oracle columns
+            continue
         array, tensor = _empty((n, first.shape[1]), first.dtype, shared)
         if first.shape[1]:
             target = _row_view(array)
@@ -195,21 +242,16 @@ def assemble(blocks: list[ArrayBlock], rows: np.ndarray, shared: bool) -> dict:
                 target[dst] = part if src is None else part[src]
         out[f] = tensor
     merged = ArrayBlock.concat_sparse_and_ids(blocks)
-    sparse, ids = merged.take_sparse_and_ids(rows)
-    if sparse:
-        out["sparse_lengths"] = torch.from_numpy(np.stack([np.diff(off) for off, _ in sparse]).astype(np.int32))
-        out["sparse_offsets"] = torch.from_numpy(np.stack([off for off, _ in sparse]))
-        out["sparse_values"] = [torch.from_numpy(v) for _, v in sparse]
-    out["ids"] = ids
-    cont = out["continuous"].numpy()
-    nonfinite = np.zeros(n + 1, dtype=np.int64)
-    if cont.size:
-        np.cumsum(cont.shape[1] - np.count_nonzero(np.isfinite(cont), axis=1), out=nonfinite[1:])
-    out["nonfinite"] = torch.from_numpy(nonfinite)
+    if merged.sparse:
+        out.update(_sparse(merged.sparse, rows, batch_size, shared))
+    out["ids"] = merged.take_ids(rows)
+    out["nonfinite"] = torch.from_numpy(_nonfinite_per_row(out["continuous"].numpy()))
     return out
 
 
-_DENSE = ("continuous", "binary", "discrete", "embeddings", "labels", "weights")
+_DENSE = ("continuous", "binary", "discrete", "embeddings", "labels", "weights", "oracle")
+
+
 def to_arrays(layout: BatchLayout, table: pa.Table) -> ArrayBlock:
     """Convert a table holding the layout's columns; missing label columns (prediction) give NaN labels, 0 weights."""
     n = table.num_rows
@@ -237,4 +279,5 @@ def to_arrays(layout: BatchLayout, table: pa.Table) -> ArrayBlock:
         weights=weights,
         sparse=sparse,
         ids={r.name: _column(table, r.name).to_numpy(zero_copy_only=False) for r in layout.ids},
+        oracle=stack_columns(table, layout.oracle, np.float32, np.nan) if layout.oracle else None,
     )

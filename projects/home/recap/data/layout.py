@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from projects.home.recap.data.config import DataConfig
 
 # The parts of a RecapBatch a column can feed.
-KINDS = ("continuous", "binary", "discrete", "sparse", "embeddings", "label", "weight", "id")
+KINDS = ("continuous", "binary", "discrete", "sparse", "embeddings", "label", "weight", "id", "oracle")
+# A task's true probability, when the data knows it (synthetic data), is the column ORACLE_PREFIX + its label column.
+ORACLE_PREFIX = "oracle."
 
 
 @dataclass(frozen=True)
@@ -39,13 +42,24 @@ class BatchLayout:
     tasks: tuple[str, ...]
     pos_rates: tuple[float, ...]
     neg_rates: tuple[float, ...]
+    # The tasks' oracle.<label> columns in task order (keyed by the task's label key), or () for batches without.
+    oracle: tuple[ColumnRole, ...] = ()
 
     def roles(self) -> list[ColumnRole]:
         """Every column in reading order."""
         out = [*self.continuous, *self.binary, *self.discrete, *self.sparse, *self.embeddings, *self.labels]
         if self.weight is not None:
             out.append(self.weight)
-        return out + list(self.ids)
+        return out + list(self.ids) + list(self.oracle)
+
+    def oracle_candidates(self) -> tuple[ColumnRole, ...]:
+        """The oracle column each task would read, in task order."""
+        return tuple(ColumnRole(ORACLE_PREFIX + r.name, "oracle", None, r.key)
+                     for r in self.labels)
+
+    def with_oracle(self) -> BatchLayout:
+        """The same layout, also reading every task's oracle column."""
+        return dataclasses.replace(self, oracle=self.oracle_candidates())
 
     @property
     def columns(self) -> list[str]:

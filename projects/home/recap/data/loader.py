@@ -30,7 +30,7 @@ from projects.home.recap.data.config import DataConfig, DatasetConfig
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.files import READ_ERRORS, ScannedDataset, scan_dataset
 from projects.home.recap.data.layout import BatchLayout, build_layout
-from projects.home.recap.data.validation import validate_dataset, validate_scanned
+from projects.home.recap.data.validation import detect_oracle, validate_dataset, validate_scanned
 
 __all__ = ["RecapDataLoader", "split_batches", "validate_dataset"]
 
@@ -135,11 +135,12 @@ class _EpochStream(IterableDataset):
         # Several workers already keep the cores busy; one decodes with arrow's thread pool.
         reader = UnitReader(self.scanned, self.layout, self.ignore_data_errors, use_threads=self.num_workers == 1)
         shared = info is not None
+
         for i in range(first_fill, len(layouts[worker])):
             blocks, rows = self._read_fill(reader, rows_in_order, order, epoch, *layouts[worker][i])
             if i == first_fill and first_batch:
                 rows = rows[first_batch * self.batch_size :]
-            yield assemble(blocks, rows, shared)
+            yield assemble(blocks, rows, self.batch_size, shared)
 
     def _read_fill(self, reader: UnitReader, rows_in_order: np.ndarray, order: np.ndarray, epoch: int, start: int,
                    stop: int) -> tuple[list[ArrayBlock], np.ndarray]:
@@ -166,14 +167,16 @@ def split_batches(chunk: dict, batch_size: int, sparse_keys: list[str]) -> Itera
     """Cut a worker's chunk into RecapBatches (views, no copies) and their counts of non-finite continuous values."""
     n = chunk["labels"].shape[0]
     nonfinite = chunk["nonfinite"].numpy()
-    offsets = chunk["sparse_offsets"].numpy() if sparse_keys else None
-    for a in range(0, n, batch_size):
+    k = len(sparse_keys)
+    bounds = chunk["sparse_value_bounds"].tolist() if k else None
+    oracle = chunk.get("oracle")
+    for j, a in enumerate(range(0, n, batch_size)):
         b = min(a + batch_size, n)
         sparse = None
-        if sparse_keys:
-            values = torch.cat([v[offsets[k, a] : offsets[k, b]] for k, v in enumerate(chunk["sparse_values"])])
-            lengths = chunk["sparse_lengths"][:, a:b].reshape(-1)
-            sparse = KeyedJaggedTensor(keys=sparse_keys, values=values, lengths=lengths)
+        if k:
+            # The chunk holds each batch's ids and lengths in KeyedJaggedTensor order: both are plain slices.
+            sparse = KeyedJaggedTensor(keys=sparse_keys, values=chunk["sparse_values"][bounds[j] : bounds[j + 1]],
+                                       lengths=chunk["sparse_lengths"][k * a : k * b], stride=b - a)
         batch = RecapBatch(
             continuous=chunk["continuous"][a:b],
             binary=chunk["binary"][a:b],
@@ -182,7 +185,8 @@ def split_batches(chunk: dict, batch_size: int, sparse_keys: list[str]) -> Itera
             embeddings=chunk["embeddings"][a:b],
             labels=chunk["labels"][a:b],
             weights=chunk["weights"][a:b],
-            ids={k: v[a:b] for k, v in chunk["ids"].items()},
+            ids={name: v[a:b] for name, v in chunk["ids"].items()},
+            oracle=None if oracle is None else oracle[a:b],
         )
         yield batch, int(nonfinite[b] - nonfinite[a])
 
@@ -216,9 +220,10 @@ class RecapDataLoader:
         self.repeat = repeat
         self.num_workers = data.num_workers if num_workers is None else num_workers
         self.pin_memory = pin_memory
-        self.layout = build_layout(data, self.tasks)
         scanned = scan_dataset(dataset.paths, data.ignore_data_errors)
-        validate_scanned(self.layout, scanned, require_labels=mode != "predict")
+        validate_scanned(build_layout(data, self.tasks), scanned, require_labels=mode != "predict")
+        # Batches carry oracle probabilities (RecapBatch.oracle) when every file has every task's oracle column.
+        self.layout = detect_oracle(build_layout(data, self.tasks), scanned)
         if mode == "train" and sharding.train_batches_per_rank(scanned.num_rows, world_size, batch_size) == 0:
             raise DataError(f"{scanned.num_rows} rows are fewer than one batch of {batch_size} per rank on "
                             f"{world_size} ranks", scanned.describe())

@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from projects.home.recap.data.layout import ORACLE_PREFIX
+
 LABEL_PREFIX = "recap.engagement."
-ORACLE_PREFIX = "oracle."
 CONTINUOUS = "recap.continuous"
 BINARY = "recap.binary"
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from core.log import get_logger
 from projects.home.recap.data.config import DataConfig, DatasetConfig
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.files import ScannedDataset, scan_dataset
 from projects.home.recap.data.layout import BatchLayout, ColumnRole, build_layout
 
-__all__ = ["check_schema", "validate_dataset", "validate_scanned"]
+__all__ = ["check_schema", "detect_oracle", "validate_dataset", "validate_scanned"]
+
+logger = get_logger(__name__)
 
 
 def _is_list(t: pa.DataType) -> bool:
@@ -32,6 +35,7 @@ _VALUE_CHECKS = {
     "embeddings": (pa.types.is_floating, "floats"),
     "label": (_is_number, "0/1 numbers or booleans"),
     "weight": (lambda t: pa.types.is_integer(t) or pa.types.is_floating(t), "numbers"),
+    "oracle": (pa.types.is_floating, "floats (probabilities)"),
 }
 
 
@@ -78,6 +82,36 @@ def validate_scanned(layout: BatchLayout, scanned: ScannedDataset, require_label
         check_schema(layout, source.schema, source.path, require_labels)
     if scanned.num_rows == 0:
         raise DataError(f"empty dataset: {len(scanned.files)} files but no rows", scanned.describe())
+
+
+def detect_oracle(layout: BatchLayout, scanned: ScannedDataset) -> BatchLayout:
+    """The layout that also reads the tasks' oracle.<label> columns when every file has all of them, else `layout`.
+
+    Some but not all of them (in some or every file) is logged and read as no oracle: metrics need every task's.
+    """
+    wanted = layout.oracle_candidates()
+    lacking: dict[str, int] = {}  # oracle column -> number of files without it
+    for source in scanned.files:
+        names = set(source.schema.names)
+        for role in wanted:
+            if role.name not in names:
+                lacking[role.name] = lacking.get(role.name, 0) + 1
+    num_files = len(scanned.files)
+    if not wanted or all(lacking.get(r.name, 0) == num_files for r in wanted):
+        return layout
+    if lacking:
+        missing = ", ".join(f"{name} (in {count} of {num_files} files)" for name, count in lacking.items())
+        logger.info("%s: batches carry no oracle probabilities: some tasks' oracle columns are missing: %s",
+                    scanned.describe(), missing)
+        return layout
+    for source in scanned.files:
+        schema = source.schema
+        for role in wanted:
+            dtype = schema.field(role.name).type
+            if not pa.types.is_floating(dtype):
+                raise DataError(f"type {dtype} cannot hold oracle probabilities: need a float column "
+                                f"(the oracle of {role.key})", source.path, role.name)
+    return layout.with_oracle()
 
 
 def validate_dataset(data: DataConfig, dataset: DatasetConfig, tasks: list[str], require_labels: bool = True) -> None:

@@ -41,6 +41,6 @@ def test_demo_generates_trains_on_two_ranks_and_compares_with_the_oracle(tmp_pat
     evaluated = json.loads((report.parent / "metrics.json").read_text())
     assert {block["rows"] for block in evaluated["tasks"].values()} == {201}
     # The generator's true probabilities reach the evaluation through the loader.
-    assert all(block["oracle"]["auc"] > 0.5 for task, block in evaluated["tasks"].items()
-               if block["oracle"]["auc"] is not None)
+    assert all("oracle" in block for block in evaluated["tasks"].values())
+    assert evaluated["tasks"]["is_favorited"]["oracle"]["auc"] > 0.6
     assert all(len(line.split()) >= 6 for line in table)

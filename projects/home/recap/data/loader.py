@@ -132,8 +132,9 @@ class _EpochStream(IterableDataset):
         first_fill, first_batch = sharding.resume_points(per_fill, skip)[worker]
         order = sharding.unit_order(len(self.scanned.units), self.shuffle, self.seed, epoch)
         rows_in_order = self.scanned.units[order, 2]
-        # Several workers already keep the cores busy; one decodes with arrow's thread pool.
-        reader = UnitReader(self.scanned, self.layout, self.ignore_data_errors, use_threads=self.num_workers == 1)
+        # Several workers already keep the cores busy. One worker, or the training process itself (which waits for
+        # the batch while it is read, so its cores are idle), decodes with arrow's thread pool.
+        reader = UnitReader(self.scanned, self.layout, self.ignore_data_errors, use_threads=self.num_workers <= 1)
         shared = info is not None
 
         for i in range(first_fill, len(layouts[worker])):

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     name, rest = found
     setup_logging()
+    from core.distributed import quiet_library_logging
+
+    quiet_library_logging()  # before any command imports torchrec (fbgemm logs while loading)
     module_name, help_text = COMMANDS[name]
     try:
         module = importlib.import_module(f"projects.home.recap.commands.{module_name}")

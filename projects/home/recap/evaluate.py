@@ -396,15 +396,21 @@ def watch_checkpoints(
 
 
 def summary_lines(documents: dict[str, dict]) -> list[str]:
-    """A short plain-text table per dataset: rows, AUC, RCE, calibration per task."""
+    """A short plain-text table per dataset: rows, AUC, RCE, calibration per task, and the oracle's RCE when the
+    data has one."""
     lines = []
     for name, metrics in documents.items():
-        lines.append(f"{name} (step {metrics.get('step')}): {'task':<24}{'rows':>9}{'AUC':>8}{'RCE':>8}{'calib':>8}")
+        with_oracle = any("oracle" in block for block in metrics["tasks"].values())
+        header = f"{name} (step {metrics.get('step')}): {'task':<24}{'rows':>9}{'AUC':>8}{'RCE':>8}{'calib':>8}"
+        lines.append(header + (f"{'oracle RCE':>12}" if with_oracle else ""))
         for task, block in metrics["tasks"].items():
             cells = [
                 f"{block['auc']:8.4f}" if block.get("auc") is not None else f"{'-':>8}",
                 f"{block['rce']:8.2f}" if block.get("rce") is not None else f"{'-':>8}",
                 f"{block['calibration']:8.3f}" if block.get("calibration") is not None else f"{'-':>8}",
             ]
+            if with_oracle:
+                best = (block.get("oracle") or {}).get("rce")
+                cells.append(f"{best:12.2f}" if best is not None else f"{'-':>12}")
             lines.append(f"  {task:<24}{block.get('rows', 0):>9}" + "".join(cells))
     return lines

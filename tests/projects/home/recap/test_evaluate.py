@@ -321,3 +321,15 @@ def test_build_evaluator_takes_the_training_precision(run):
     for precision, bf16 in (("bf16", True), ("fp32", False)):
         config = helpers.load(config_file, [f"training.mixed_precision={precision}"])
         assert build_evaluator(config, torch.nn.Identity(), LOCAL, TASKS, loaders={}).bf16 is bf16
+
+
+def test_summary_lines_show_each_task_and_the_oracle_when_there_is_one():
+    from projects.home.recap.evaluate import summary_lines
+
+    block = {"rows": 10, "auc": 0.75, "rce": 12.5, "calibration": 1.02}
+    plain = summary_lines({"test": {"step": 7, "tasks": {"fav": block, "rare": {"rows": 10, "auc": None}}}})
+    assert plain[0].startswith("test (step 7): task") and "oracle" not in plain[0]
+    assert plain[1].split() == ["fav", "10", "0.7500", "12.50", "1.020"]
+    assert plain[2].split() == ["rare", "10", "-", "-", "-"]
+    with_oracle = summary_lines({"test": {"step": 7, "tasks": {"fav": {**block, "oracle": {"rce": 20.0}}}}})
+    assert with_oracle[0].endswith("oracle RCE") and with_oracle[1].split()[-1] == "20.00"

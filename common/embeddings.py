@@ -7,22 +7,45 @@ from torch import nn
 
 
 class SmallEmbeddings(nn.Module):
-    """One nn.Embedding per discrete column; ids are taken modulo the table size, so any int64 id is valid."""
+    """One nn.Embedding per discrete column; ids are taken modulo the table size, so any int64 id is valid.
 
-    def __init__(self, columns: list[int], num_embeddings: list[int], embedding_dims: list[int]) -> None:
+    A column may be a fixed-length list (`lengths[i]` > 1 slots starting at `columns[i]`): each slot is looked up in
+    the column's one table and the slots' embeddings are concatenated in slot order, giving lengths[i] * dim values.
+    """
+
+    def __init__(
+        self,
+        columns: list[int],
+        num_embeddings: list[int],
+        embedding_dims: list[int],
+        lengths: list[int] | None = None,
+    ) -> None:
         super().__init__()
-        if not len(columns) == len(num_embeddings) == len(embedding_dims):
-            raise ValueError("SmallEmbeddings needs one column, table size and dim per table")
+        lengths = [1] * len(columns) if lengths is None else list(lengths)
+        if not len(columns) == len(num_embeddings) == len(embedding_dims) == len(lengths):
+            raise ValueError("SmallEmbeddings needs one column, table size, dim and length per table")
+        if min(lengths, default=1) < 1:
+            raise ValueError(f"column lengths must be at least 1, got {lengths}")
         self.columns = list(columns)
+        self.lengths = lengths
+        # Where each table's slots begin among all tables' slots (the gathered ids' columns).
+        self.slot_starts = [sum(lengths[:i]) for i in range(len(lengths))]
         self.tables = nn.ModuleList(nn.Embedding(n, d) for n, d in zip(num_embeddings, embedding_dims))
-        self.register_buffer("sizes", torch.tensor(list(num_embeddings), dtype=torch.int64), persistent=False)
-        self.register_buffer("column_index", torch.tensor(self.columns, dtype=torch.int64), persistent=False)
-        self.output_dim = sum(embedding_dims)
+        slots = [c + k for c, n in zip(columns, lengths) for k in range(n)]
+        slot_sizes = [size for size, n in zip(num_embeddings, lengths) for _ in range(n)]
+        self.register_buffer("sizes", torch.tensor(slot_sizes, dtype=torch.int64), persistent=False)
+        self.register_buffer("column_index", torch.tensor(slots, dtype=torch.int64), persistent=False)
+        self.output_dim = sum(n * d for n, d in zip(lengths, embedding_dims))
 
     def forward(self, discrete: torch.Tensor) -> torch.Tensor:
-        # One gather and one remainder for all tables; remainder is non-negative for negative ids too.
+        # One gather and one remainder for all slots of all tables; remainder is non-negative for negative ids too.
         ids = torch.remainder(discrete.index_select(1, self.column_index), self.sizes)
-        return torch.cat([table(ids[:, i]) for i, table in enumerate(self.tables)], dim=1)
+        parts = []
+        for i, table in enumerate(self.tables):
+            start, n = self.slot_starts[i], self.lengths[i]
+            # [B, n] ids -> [B, n, dim] -> [B, n * dim]: slot k's embedding at k*dim .. (k+1)*dim.
+            parts.append(table(ids[:, start : start + n]).flatten(1))
+        return torch.cat(parts, dim=1)
 
 
 class PositionDebias(nn.Module):

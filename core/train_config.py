@@ -139,6 +139,9 @@ class TrainingConfig(BaseConfig):
     eval_every_n: int | None = Field(default=None, ge=1)
     # Collective batches per validation set in periodic evaluation (needs eval_every_n); unset evaluates all of it.
     num_eval_steps: int | None = Field(default=None, ge=1)
+    # The validation sets periodic evaluation runs on (names in the project's validation sets); empty means all.
+    # Keep a held-out test set out of it so that choices made while watching training never see the test set.
+    eval_datasets: list[str] = []
     # Initialize weights (only) from another run's checkpoint directory.
     warm_start_from: str | None = None
     seed: int = 0

@@ -127,8 +127,7 @@ def _timing_json(timing: perf.Timing) -> dict[str, float]:
 
 def _input_features(model: torch.nn.Module) -> int:
     dense = next(m for m in model.modules() if isinstance(m, DenseRankingModel))
-    return DenseRankingModel.input_dim(dense.featurizer, dense.dense_embeddings, dense.small_embeddings,
-                                       dense.position_debias, dense.pooled_sparse_dim)
+    return dense.input_width
 
 
 def _dense_parameters(model: torch.nn.Module) -> int:

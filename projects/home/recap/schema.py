@@ -8,24 +8,27 @@ from collections.abc import Iterable
 from pydantic import Field, model_validator
 
 from core.config import BaseConfig, load_config
+from core.log import get_logger
 from core.train_config import OptimizerConfig, TrainingConfig
 from projects.home.recap.data.config import DataConfig
 from projects.home.recap.model.config import ModelConfig
+
+logger = get_logger(__name__)
 
 
 class EvaluationConfig(BaseConfig):
     """What the offline evaluation computes beyond the per-task metrics.
 
     stratifiers, group_auc_column and curve_points apply to every evaluation, `recap evaluate`'s and the periodic
-    one during training; `datasets` only picks `recap evaluate`'s default sets (training.eval_every_n evaluates
-    every set in data.validation)."""
+    one during training; `datasets` only picks `recap evaluate`'s default sets (training.eval_datasets picks the
+    periodic evaluation's)."""
 
     # Discrete feature columns whose values split the metrics ("metrics per stratifier value").
     stratifiers: list[str] = []
     # An id column (in data.features.ids or discrete) for AUC averaged within each group (user).
     group_auc_column: str | None = None
     # The sets `recap evaluate` (and --watch) evaluates when no --dataset is given; empty means all of
-    # data.validation. Periodic evaluation during training always runs on every set in data.validation.
+    # data.validation. Periodic evaluation during training runs on training.eval_datasets.
     datasets: list[str] = []
     # Points per curve in the report's plots.
     curve_points: int = Field(default=200, ge=10)
@@ -36,8 +39,9 @@ class RecapConfig(BaseConfig):
 
     - training.clip_grad_norm clips the dense parameters' gradients only: the large (sharded) embedding tables are
       updated by optimizer.sparse fused inside backward, before any clipping could see their gradients.
-    - Periodic evaluation (training.eval_every_n) runs on every set in data.validation, so it needs at least one;
-      evaluation.datasets only picks the sets `recap evaluate` uses when no --dataset is given.
+    - Periodic evaluation (training.eval_every_n) runs on training.eval_datasets (default: every set in
+      data.validation), so it needs at least one; evaluation.datasets only picks the sets `recap evaluate` uses
+      when no --dataset is given.
     - training.num_eval_steps limits periodic evaluation and so needs training.eval_every_n.
     """
 
@@ -67,8 +71,9 @@ class RecapConfig(BaseConfig):
         discrete = {c.name for c in features.discrete if c.length is None}
         sparse = set(features.sparse)
         for i, emb in enumerate(self.model.small_embeddings):
-            if emb.feature not in discrete:
-                raise ValueError(f"model.small_embeddings[{i}].feature {emb.feature!r} is not a scalar discrete column")
+            # Scalar or fixed-length list: a list column's slots share the table and are concatenated.
+            if emb.feature not in {c.name for c in features.discrete}:
+                raise ValueError(f"model.small_embeddings[{i}].feature {emb.feature!r} is not a discrete column")
         for i, table in enumerate(self.model.large_embeddings):
             for name in table.feature_names:
                 if name not in sparse:
@@ -76,6 +81,15 @@ class RecapConfig(BaseConfig):
         tables_of = [n for t in self.model.large_embeddings for n in t.feature_names]
         if len(tables_of) != len(set(tables_of)):
             raise ValueError("a sparse feature is assigned to two large embedding tables")
+        numeric = self.model.numeric_embeddings
+        if numeric is not None:
+            continuous = [c.name for c in features.continuous]
+            if not continuous:
+                raise ValueError("model.numeric_embeddings: data.features.continuous is empty")
+            for name in numeric.features or []:
+                if name not in continuous:
+                    raise ValueError(f"model.numeric_embeddings.features: {name!r} is not a continuous column "
+                                     f"(known: {continuous})")
         pos = self.model.position_debias
         if pos is not None and pos.feature not in discrete:
             raise ValueError(f"model.position_debias.feature {pos.feature!r} is not a scalar discrete column")
@@ -85,6 +99,15 @@ class RecapConfig(BaseConfig):
         group = self.evaluation.group_auc_column
         if group is not None and group not in discrete | set(features.ids):
             raise ValueError(f"evaluation.group_auc_column {group!r} must be a discrete or id column")
+        used = {e.feature for e in self.model.small_embeddings} | set(self.evaluation.stratifiers)
+        used |= {pos.feature} if pos is not None else set()
+        used |= {group} if group is not None else set()
+        for i, col in enumerate(features.discrete):
+            if col.name not in used:
+                # Not an error: a column may be kept in the schema for a later experiment.
+                logger.warning("data.features.discrete[%d] %r is read but unused: no model.small_embeddings entry, "
+                               "not model.position_debias.feature, not an evaluation stratifier or group_auc_column",
+                               i, col.name)
         for name in self.evaluation.datasets:
             if name not in self.data.validation:
                 raise ValueError(f"evaluation.datasets: {name!r} is not in data.validation")
@@ -99,6 +122,10 @@ class RecapConfig(BaseConfig):
                 f"training.num_eval_steps is {training.num_eval_steps} but training.eval_every_n is null: "
                 "num_eval_steps only limits periodic evaluation (set eval_every_n or remove num_eval_steps)"
             )
+        for name in training.eval_datasets:
+            if name not in self.data.validation:
+                raise ValueError(f"training.eval_datasets: {name!r} is not in data.validation "
+                                 f"(known: {sorted(self.data.validation)})")
         return self
 
 

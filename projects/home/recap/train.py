@@ -1,9 +1,9 @@
 """Training the recap ranker: config -> data loaders -> model -> DistributedModelParallel -> the training loop.
 
 Works alone (one process), under torchrun, or on workers started by `recap train --nproc-per-node N`. Every
-eval_every_n steps the Evaluator of `recap evaluate` (projects/home/recap/evaluate.py) runs on each validation set
-(the first num_eval_steps collective batches of it, or all of it) and writes SAVE_DIR/eval/<set>/step_<N>/ with
-metrics.json and the reports; its metrics go to TensorBoard.
+eval_every_n steps the Evaluator of `recap evaluate` (projects/home/recap/evaluate.py) runs on each set of
+training.eval_datasets (default: every validation set), over its first num_eval_steps collective batches or all
+of it, and writes SAVE_DIR/eval/<set>/step_<N>/ with metrics.json and the reports; its metrics go to TensorBoard.
 """
 
 from __future__ import annotations
@@ -75,9 +75,10 @@ def train(config: RecapConfig, ctx: DistributedContext | None = None) -> TrainRe
     assert built_tasks == tasks, (built_tasks, tasks)
     evaluate = None
     if config.training.eval_every_n is not None:
-        # Every validation set (evaluation.datasets picks only `recap evaluate`'s defaults); the schema guarantees
-        # data.validation is not empty here.
-        loaders = validation_loaders(config, list(config.data.validation), tasks, ctx)
+        # training.eval_datasets, else every validation set (evaluation.datasets picks only `recap evaluate`'s
+        # defaults); the schema guarantees data.validation is not empty here.
+        names = config.training.eval_datasets or list(config.data.validation)
+        loaders = validation_loaders(config, names, tasks, ctx)
         evaluate = build_evaluator(config, model, ctx, tasks, loaders, config.training.num_eval_steps)
     # Distinct random streams per rank (dropout, position-debias drops) from here on; the model is initialized.
     seed_everything(config.training.seed * 1_000_003 + ctx.rank)

@@ -1,11 +1,12 @@
-"""`recap data census --input PATH --output DIR`: the UCI Census-Income (KDD) file as train/validation/test parquet."""
+"""`recap data census --input PATH --output DIR`: the UCI Census-Income (KDD) file as train/validation/test parquet
+(and the train split's statistics, DIR/stats.json)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from projects.home.recap.data.census import convert_census
+from projects.home.recap.data.census import STATS_FILE, convert_census
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,5 +19,6 @@ def run(args: argparse.Namespace) -> int:
     sizes = convert_census(args.input, args.output, seed=args.seed)
     for split, rows in sizes.items():
         print(f"{os.path.join(args.output, split)}: {rows} rows")
-    print(f"total: {sum(sizes.values())} rows; vocabularies in {os.path.join(args.output, 'vocabulary.json')}")
+    print(f"total: {sum(sizes.values())} rows; vocabularies in {os.path.join(args.output, 'vocabulary.json')}, "
+          f"train statistics in {os.path.join(args.output, STATS_FILE)}")
     return 0

@@ -1,4 +1,5 @@
-"""`recap data stats --config FILE [--output PATH]`: continuous-feature statistics (JSON) for zscore_log."""
+"""`recap data stats --config FILE [--output PATH]`: continuous-feature statistics (JSON) for zscore_log and the
+quantile bin boundaries for model.numeric_embeddings."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 import os
 
-from projects.home.recap.data.stats import continuous_stats
+from projects.home.recap.data.stats import MAX_BINS, continuous_stats
 from projects.home.recap.schema import load_recap_config
 
 
@@ -15,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="JSON file to write (default: print)")
     parser.add_argument("--dataset", default="train", help="'train' or a name in data.validation (default: train)")
     parser.add_argument("--max-rows", type=int, help="use only the first N rows")
+    parser.add_argument("--max-bins", type=int, default=MAX_BINS,
+                        help=f"at most this many quantile bins per value (default: {MAX_BINS})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
 
@@ -24,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
     dataset = data.train if args.dataset == "train" else data.validation.get(args.dataset)
     if dataset is None:
         raise SystemExit(f"--dataset {args.dataset}: not configured (train, {', '.join(data.validation)})")
-    stats = continuous_stats(data, dataset, args.max_rows)
+    if args.max_bins < 1:
+        raise SystemExit(f"--max-bins {args.max_bins}: must be at least 1")
+    stats = continuous_stats(data, dataset, args.max_rows, max_bins=args.max_bins)
     text = json.dumps(stats, indent=1)
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

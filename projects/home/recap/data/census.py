@@ -17,7 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from projects.home.recap.data.config import DataConfig
 from projects.home.recap.data.errors import DataError
+from projects.home.recap.data.stats import continuous_stats
 
 # The 42 comma-separated fields of census-income.{data,test}, in file order.
 SOURCE_COLUMNS = (
@@ -40,6 +42,7 @@ DISCRETE = tuple(c for c in SOURCE_COLUMNS if c not in CONTINUOUS and c not in N
 TASK_LABELS = {"income_50k": "income_50k", "never_married": "never_married"}
 ID_COLUMN = "row_id"
 SPLITS = (("train", 0.8), ("validation", 0.1), ("test", 0.1))
+STATS_FILE = "stats.json"
 
 
 def read_census(path: str | os.PathLike) -> pa.Table:
@@ -94,7 +97,9 @@ def split_indices(n: int, seed: int, splits: Sequence[tuple[str, float]] = SPLIT
 
 def convert_census(input_path: str | os.PathLike, output: str | os.PathLike, seed: int = 0,
                    row_group_size: int = 8192) -> dict[str, int]:
-    """Write output/{train,validation,test}/part-00000.parquet and output/vocabulary.json; returns rows per split."""
+    """Write output/{train,validation,test}/part-00000.parquet, output/vocabulary.json and output/stats.json (the
+    train split's continuous statistics and bin boundaries, as `recap data stats` writes them); returns rows per
+    split."""
     table, vocabularies = convert_table(read_census(input_path))
     sizes = {}
     for split, rows in split_indices(table.num_rows, seed).items():
@@ -106,4 +111,20 @@ def convert_census(input_path: str | os.PathLike, output: str | os.PathLike, see
     with open(os.path.join(output, "vocabulary.json"), "w") as f:
         json.dump({"source": os.path.basename(str(input_path)), "seed": seed, "splits": sizes,
                    "vocabularies": vocabularies}, f, indent=1)
+    write_train_stats(output)
     return sizes
+
+
+def write_train_stats(output: str | os.PathLike) -> str:
+    """Write output/stats.json: continuous_stats of output/train over the CONTINUOUS columns; returns its path."""
+    data = DataConfig.model_validate({
+        "features": {"continuous": list(CONTINUOUS)},
+        "tasks": {task: {"label": label} for task, label in TASK_LABELS.items()},
+        "train": {"paths": [os.path.join(output, "train")]},
+        "num_workers": 0,
+    })
+    stats = continuous_stats(data, data.train)
+    path = os.path.join(output, STATS_FILE)
+    with open(path, "w") as f:
+        f.write(json.dumps(stats, indent=1) + "\n")
+    return path

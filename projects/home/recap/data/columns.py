@@ -46,15 +46,16 @@ def check_values(layout: BatchLayout, table: pa.Table, path: str) -> None:
             raise DataError(f"{arr.null_count} null lists in a fixed-length column", path, role.name)
         if not pa.types.is_fixed_size_list(arr.type) and len(arr):
             lengths = pc.list_value_length(arr)
-            lo, hi = pc.min_max(lengths).values()
-            if lo.as_py() != role.length or hi.as_py() != role.length:
-                raise DataError(f"list lengths range from {lo} to {hi}; {role.key} declares {role.length}",
-                                path, role.name)
+            lo, hi = (v.as_py() for v in pc.min_max(lengths).values())
+            if lo != role.length or hi != role.length:
+                found = f"lists have length {lo}" if lo == hi else f"list lengths range from {lo} to {hi}"
+                raise DataError(f"{found}; {role.key} declares length {role.length}", path, role.name)
     for role in layout.sparse:
         arr = _column(table, role.name)
-        inner = arr.flatten() if _is_list(arr) else arr
-        if inner.null_count:
-            raise DataError(f"{inner.null_count} null ids", path, role.name)
+        # A null scalar id, like a null list, is a row without ids; a null inside a list is a malformed list.
+        inner_nulls = arr.flatten().null_count if _is_list(arr) else 0
+        if inner_nulls:
+            raise DataError(f"{inner_nulls} null ids inside lists", path, role.name)
     if layout.weight is not None:
         arr = _column(table, layout.weight.name)
         if arr.null_count:
@@ -81,11 +82,14 @@ def stack_columns(table: pa.Table, roles: tuple[ColumnRole, ...], dtype, fill: f
 
 
 def _jagged(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets [n+1], values) of an id column; a null list counts as empty, a scalar column as one id per row."""
+    """(offsets [n+1], values) of an id column: a scalar column gives one id per row; a null (scalar or list) none."""
     n = len(arr)
     if not _is_list(arr):
-        values = pc.fill_null(arr, 0) if arr.null_count else arr
-        return np.arange(n + 1, dtype=np.int64), values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        if not arr.null_count:
+            return np.arange(n + 1, dtype=np.int64), arr.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(arr.is_valid().to_numpy(zero_copy_only=False), out=offsets[1:])
+        return offsets, arr.drop_null().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     lengths = pc.list_value_length(arr)
     if lengths.null_count:
         lengths = pc.fill_null(lengths, 0)

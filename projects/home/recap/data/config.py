@@ -40,7 +40,8 @@ class FeatureSchema(BaseConfig):
     continuous: list[ColumnSpec] = []
     binary: list[ColumnSpec] = []
     discrete: list[ColumnSpec] = []
-    # Variable-length list<int64> (or scalar int64) id columns, looked up in the large embedding tables.
+    # Variable-length list<int64> (or scalar int64) id columns, looked up in the large embedding tables. A null list
+    # or null scalar is a row without ids (an empty bag).
     sparse: list[str] = []
     embeddings: list[DenseEmbeddingSpec] = []
     # Optional per-row weight column, multiplied into every task's sample weight.
@@ -65,16 +66,21 @@ class FeatureSchema(BaseConfig):
     def num_discrete(self) -> int:
         return sum(c.width for c in self.discrete)
 
-    def discrete_index(self, name: str) -> int:
-        """Position of a scalar discrete column in the batch's `discrete` tensor."""
+    def discrete_span(self, name: str) -> tuple[int, int]:
+        """(first position, width) of a discrete column, scalar or list, in the batch's `discrete` tensor."""
         offset = 0
         for col in self.discrete:
             if col.name == name:
-                if col.length is not None:
-                    raise ValueError(f"discrete column {name!r} is a list column; a scalar one is needed here")
-                return offset
+                return offset, col.width
             offset += col.width
         raise KeyError(name)
+
+    def discrete_index(self, name: str) -> int:
+        """Position of a scalar discrete column in the batch's `discrete` tensor."""
+        offset, _ = self.discrete_span(name)
+        if any(c.name == name and c.length is not None for c in self.discrete):
+            raise ValueError(f"discrete column {name!r} is a list column; a scalar one is needed here")
+        return offset
 
     def all_columns(self) -> list[str]:
         """Every feature, weight and id column the schema names (labels excluded)."""

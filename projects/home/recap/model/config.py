@@ -57,7 +57,10 @@ class FeaturizationConfig(BaseConfig):
 
 # --- embeddings ----------------------------------------------------------------------------------------------------
 class SmallEmbeddingConfig(BaseConfig):
-    """An nn.Embedding over a small-vocabulary discrete column; ids outside [0, num_embeddings) are taken modulo."""
+    """An nn.Embedding over a small-vocabulary discrete column; ids outside [0, num_embeddings) are taken modulo.
+
+    A list column (data.features.discrete entry with `length: L`) looks each of its L slots up in this one table and
+    concatenates them in slot order: the model input gets L * embedding_dim values from it."""
 
     feature: str
     num_embeddings: int = Field(ge=1)
@@ -90,6 +93,27 @@ class PositionDebiasConfig(BaseConfig):
     num_positions: int = Field(ge=1)
     embedding_dim: int = Field(default=8, ge=1)
     drop_probability: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class NumericEmbeddingsConfig(BaseConfig):
+    """Piecewise-linear encoding of continuous values over quantile bins, then per-feature Linear + ReLU.
+
+    Bin boundaries come from `recap data stats` (stats_path); each value's embedding joins the model input next to
+    the featurized continuous features, which stay."""
+
+    stats_path: str
+    # Continuous column names (a list column gives one embedding per slot); omitted: every continuous column.
+    features: list[str] | None = Field(default=None, min_length=1)
+    embedding_dim: int = Field(default=8, ge=1)
+    # Boundaries in the file beyond max_bins + 1 are thinned evenly (the file holds up to 64 bins by default).
+    max_bins: int = Field(default=32, ge=1)
+
+    @field_validator("features")
+    @classmethod
+    def _unique_features(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(value) != len(set(value)):
+            raise ValueError(f"features must be unique, got {value}")
+        return value
 
 
 # --- towers ----------------------------------------------------------------------------------------------------------
@@ -165,6 +189,7 @@ class ModelConfig(BaseConfig):
     # LayerNorm each dense (upstream) embedding before concatenation.
     dense_embedding_layer_norm: bool = True
     position_debias: PositionDebiasConfig | None = None
+    numeric_embeddings: NumericEmbeddingsConfig | None = None
     multi_task_type: Literal["share_none", "share_all", "share_partial"] = "share_none"
     backbone: TowerConfig | None = None
     tasks: dict[str, TaskModelConfig] = Field(min_length=1)

@@ -11,6 +11,7 @@ from common.embeddings import DenseEmbeddingNorm, PositionDebias, SmallEmbedding
 from common.featurization import ClipLog1pAbs, DoubleNormLog, Log1pAbs, ZScoreLog
 from common.mask_net import MaskBlockSpec, MaskNet
 from common.mlp import MlpSpec
+from common.numeric_embeddings import NumericEmbeddings
 from common.sparse_embeddings import (
     LargeTableSpec,
     SparseIdTransform,
@@ -22,6 +23,7 @@ from projects.home.recap.model.config import FeaturizationConfig, MlpConfig, Tow
 from projects.home.recap.model.feature_stats import load_feature_stats
 from projects.home.recap.model.loss import ModelAndLoss
 from projects.home.recap.model.multi_task import AffineMap, DenseRankingModel, MultiTaskRankingModel, TaskHead
+from projects.home.recap.model.numeric_boundaries import load_boundaries
 from projects.home.recap.schema import RecapConfig
 
 
@@ -120,11 +122,13 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
         if schema.embeddings
         else None
     )
+    spans = [schema.discrete_span(e.feature) for e in model.small_embeddings]
     small_embeddings = (
         SmallEmbeddings(
-            columns=[schema.discrete_index(e.feature) for e in model.small_embeddings],
+            columns=[start for start, _ in spans],
             num_embeddings=[e.num_embeddings for e in model.small_embeddings],
             embedding_dims=[e.embedding_dim for e in model.small_embeddings],
+            lengths=[width for _, width in spans],
         )
         if model.small_embeddings
         else None
@@ -137,10 +141,18 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
         if pos is not None
         else None
     )
+    numeric = model.numeric_embeddings
+    numeric_embeddings = (
+        NumericEmbeddings(
+            *load_boundaries(numeric.stats_path, schema, numeric.features, numeric.max_bins), numeric.embedding_dim
+        )
+        if numeric is not None
+        else None
+    )
     tables = large_table_specs(config)
     pooled_dim = pooled_embedding_dim(tables)
     in_features = DenseRankingModel.input_dim(
-        featurizer, dense_embeddings, small_embeddings, position_debias, pooled_dim
+        featurizer, dense_embeddings, small_embeddings, position_debias, pooled_dim, numeric_embeddings
     )
     if in_features == 0:
         raise ValueError("the model has no input features: data.features and model embeddings are all empty")
@@ -168,6 +180,7 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
             pooled_sparse_dim=pooled_dim,
             multi_task_type=model.multi_task_type,
             backbone=backbone,
+            numeric_embeddings=numeric_embeddings,
         )
     except KeyError as exc:
         raise ValueError(

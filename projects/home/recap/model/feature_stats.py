@@ -26,15 +26,21 @@ def _columns_match(columns: list[str], schema: FeatureSchema) -> bool:
     return len(columns) == len(per_value) and all(str(c).startswith(n) for c, n in zip(columns, per_value))
 
 
+def read_stats_file(path: Path, key: str) -> object:
+    """The parsed JSON of a `recap data stats` file; a missing or unparsable file is a ConfigError naming the config
+    key and the path."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: {path} not found; write it with `recap data stats --output {path}`") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{key}: {path} is not valid JSON: {exc}") from None
+
+
 def load_feature_stats(path: str | Path, schema: FeatureSchema) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) float32 tensors of width schema.num_continuous; errors name the file and what is wrong."""
     path = Path(path)
-    try:
-        stats = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{_KEY}: {path} not found; write it with `recap data stats`") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{_KEY}: {path} is not valid JSON: {exc}") from None
+    stats = read_stats_file(path, _KEY)
     if not isinstance(stats, dict):
         raise ConfigError(f"{_KEY}: {path}: expected a JSON object with mean and std")
     missing = [k for k in ("mean", "std") if k not in stats]

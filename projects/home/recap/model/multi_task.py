@@ -55,7 +55,8 @@ class DenseRankingModel(nn.Module):
 
     Inputs: continuous [B, C], binary [B, Nb], discrete [B, D] int64, embeddings [B, E] (the dense upstream vectors),
     pooled_sparse [B, P] (the collection's pooled output). The input features are concatenated once in the order
-    featurized continuous+binary, dense embeddings, small embeddings, position debias, pooled sparse.
+    featurized continuous+binary, numeric embeddings (of the raw continuous values), dense embeddings, small
+    embeddings, position debias, pooled sparse.
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class DenseRankingModel(nn.Module):
         pooled_sparse_dim: int = 0,
         multi_task_type: MultiTaskType = "share_none",
         backbone: nn.Module | None = None,
+        numeric_embeddings: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if (backbone is None) != (multi_task_type == "share_none"):
@@ -78,6 +80,7 @@ class DenseRankingModel(nn.Module):
         if len(log_ratios) != len(tasks):
             raise ValueError(f"{len(tasks)} tasks but {len(log_ratios)} calibration ratios")
         self.featurizer = featurizer
+        self.numeric_embeddings = numeric_embeddings
         self.dense_embeddings = dense_embeddings
         self.small_embeddings = small_embeddings
         self.position_debias = position_debias
@@ -96,10 +99,19 @@ class DenseRankingModel(nn.Module):
         small_embeddings: nn.Module | None,
         position_debias: nn.Module | None,
         pooled_sparse_dim: int,
+        numeric_embeddings: nn.Module | None = None,
     ) -> int:
         """Width of the concatenated input features."""
-        parts = [featurizer, dense_embeddings, small_embeddings, position_debias]
+        parts = [featurizer, numeric_embeddings, dense_embeddings, small_embeddings, position_debias]
         return sum(p.output_dim for p in parts if p is not None) + pooled_sparse_dim
+
+    __jit_unused_properties__ = ["input_width"]  # bookkeeping, not part of a scripted forward
+
+    @property
+    def input_width(self) -> int:
+        """Width of this model's concatenated input features."""
+        return self.input_dim(self.featurizer, self.dense_embeddings, self.small_embeddings, self.position_debias,
+                              self.pooled_sparse_dim, self.numeric_embeddings)
 
     def forward(
         self,
@@ -110,6 +122,8 @@ class DenseRankingModel(nn.Module):
         pooled_sparse: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         parts = [self.featurizer(continuous, binary)]
+        if self.numeric_embeddings is not None:
+            parts.append(self.numeric_embeddings(continuous))
         if self.dense_embeddings is not None:
             parts.append(self.dense_embeddings(embeddings))
         if self.small_embeddings is not None:

@@ -75,11 +75,12 @@ def _dense(table: pa.Table, spec: dict, where: str) -> np.ndarray:
 
 
 def _jagged(table: pa.Table, name: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(values, lengths) of a sparse id column; a scalar column gives one id per row."""
+    """(values, lengths) of a sparse id column; a scalar column gives one id per row, and a null (scalar or list)
+    is a row without ids, as in training."""
     arr = _column(table, name, where)
     if not _is_list(arr.type):
-        values = pc.fill_null(arr, 0) if arr.null_count else arr
-        return values.to_numpy(zero_copy_only=False).astype(np.int64), np.ones(len(arr), dtype=np.int64)
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+        return arr.drop_null().to_numpy(zero_copy_only=False).astype(np.int64), valid.astype(np.int64)
     lengths = pc.list_value_length(arr)
     lengths = pc.fill_null(lengths, 0) if lengths.null_count else lengths
     values = arr.flatten()

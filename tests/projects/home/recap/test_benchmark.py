@@ -13,7 +13,6 @@ from projects.home.recap.benchmark import CONFIG_DIR, write_schema_parquet
 from projects.home.recap.data.config import DatasetConfig
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.model.factory import build_model
-from projects.home.recap.model.multi_task import DenseRankingModel
 from projects.home.recap.model.parameter_groups import dense_parameter_groups
 from projects.home.recap.schema import load_recap_config
 
@@ -79,8 +78,7 @@ def test_recap_scale_config_has_the_documented_shape():
     config = load_recap_config(CONFIG_DIR / "recap_scale.yaml")
     model = build_model(config, sparse_device="meta")
     dense = model.dense
-    inputs = DenseRankingModel.input_dim(dense.featurizer, dense.dense_embeddings, dense.small_embeddings,
-                                         dense.position_debias, dense.pooled_sparse_dim)
+    inputs = dense.input_width
     assert inputs == 2600 + 96 + 64 + 12 + 4 + 40 == 2816
     backbone = config.model.backbone.mask_net_config
     assert backbone.use_parallel and [b.output_size for b in backbone.mask_blocks] == [1024] * 4

@@ -177,13 +177,15 @@ def test_evaluator_uses_oracle_stratifiers_string_groups_and_max_batches(run):
 
 
 def test_the_evaluator_runs_as_the_training_loops_periodic_evaluation(data_dir, tmp_path):
-    """Training evaluates every eval_every_n steps with the Evaluator: reports at every eval step, TensorBoard
-    scalars, and training goes on in train mode."""
+    """Training evaluates training.eval_datasets every eval_every_n steps with the Evaluator: reports at every eval
+    step, TensorBoard scalars, and training goes on in train mode; the test set stays out."""
     config_file = helpers.write_config(tmp_path / "experiment.yaml", data_dir, tmp_path / "save",
-                                       training={"eval_every_n": 3, "num_eval_steps": 1})
+                                       training={"eval_every_n": 3, "num_eval_steps": 1,
+                                                 "eval_datasets": ["validation", "single"]})
     helpers.train_run(config_file)
     scalars = read_training_scalars(tmp_path / "save")
-    for dataset in ("validation", "test", "single"):
+    assert not (tmp_path / "save" / "eval" / "test").exists() and "eval/test/loss" not in scalars
+    for dataset in ("validation", "single"):
         for step in (3, 6):
             metrics = json.loads((tmp_path / "save" / "eval" / dataset / f"step_{step}" / "metrics.json").read_text())
             # One collective step of 50-row eval batches.

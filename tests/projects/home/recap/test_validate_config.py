@@ -87,7 +87,8 @@ def test_periodic_evaluation_needs_a_validation_set():
     no_validation = ["data.validation={}", "evaluation.datasets=[]"]
     with pytest.raises(ConfigError, match=r"training.eval_every_n is 500 but data.validation is empty"):
         load_recap_config(DEMO, no_validation)
-    config = load_recap_config(DEMO, [*no_validation, "training.eval_every_n=null", "training.num_eval_steps=null"])
+    config = load_recap_config(DEMO, [*no_validation, "training.eval_every_n=null", "training.num_eval_steps=null",
+                                      "training.eval_datasets=[]"])
     assert config.data.validation == {} and config.training.eval_every_n is None
 
 
@@ -113,3 +114,9 @@ def test_sparse_epsilon_with_sgd_is_rejected_in_the_experiment():
     with pytest.raises(ConfigError, match=r"optimizer.sparse: epsilon is meaningless for type sgd"):
         load_recap_config(DEMO, ["optimizer.sparse={type: sgd, epsilon: 1.0e-6}"])
     assert load_recap_config(DEMO, ["optimizer.sparse={type: sgd}"]).optimizer.sparse.epsilon is None
+
+
+def test_periodic_evaluation_sets_must_be_validation_sets():
+    load_recap_config(DEMO, ["training.eval_datasets=[validation, test]"])
+    with pytest.raises(ConfigError, match="training.eval_datasets: 'tset' is not in data.validation"):
+        load_recap_config(DEMO, ["training.eval_datasets=[tset]"])

@@ -48,6 +48,7 @@ def overrides(data_dir: Path, save_dir: Path, steps: int, **training) -> list[st
         "training.checkpoint_every_n": 10,
         "training.eval_every_n": "null",
         "training.num_eval_steps": "null",
+        "training.eval_datasets": "[]",
         "evaluation.datasets": "[]",
     }
     values.update({f"training.{k}": v for k, v in training.items()})

@@ -11,11 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from projects.home.recap.data.census import DISCRETE, convert_census
+from projects.home.recap.data.census import CONTINUOUS, DISCRETE, convert_census
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.loader import RecapDataLoader, validate_dataset
 from projects.home.recap.main import main
+from projects.home.recap.model.factory import build_model_and_loss
 from projects.home.recap.schema import load_recap_config
 
 ROOT = Path(__file__).parents[5]
@@ -58,6 +60,14 @@ def test_hand_checked_rows(tmp_path):
     vocab = json.loads((tmp_path / "out/vocabulary.json").read_text())["vocabularies"]
     assert vocab["year"][adult["year"]] == "94" and vocab["year"][child["year"]] == "95"
     assert vocab["detailed_industry_recode"][adult["detailed_industry_recode"]] == "4"
+    # The train split's statistics: train holds both rows (16 rows: 8 of each, split seed 1).
+    stats = json.loads((tmp_path / "out/stats.json").read_text())
+    train = pq.read_table(tmp_path / "out/train").to_pylist()
+    assert stats["columns"] == list(CONTINUOUS) and stats["count"] == 16
+    assert {r["age"] for r in train} == {9.0, 58.0}
+    assert stats["boundaries"][0] == [9.0, 58.0] and stats["boundaries"][CONTINUOUS.index("weeks_worked_in_year")] \
+        == [0.0, 52.0]
+    assert stats["mean"][0] == pytest.approx(np.mean([np.log1p(r["age"]) for r in train]))
 
 
 def test_bad_income_value_is_named(tmp_path):
@@ -93,3 +103,17 @@ def test_shared_file_converts_to_three_splits_and_trains_with_the_config(tmp_pat
     labels = np.concatenate([b.labels.numpy() for b in loader])
     assert 0.03 < labels[:, 0].mean() < 0.1 and 0.35 < labels[:, 1].mean() < 0.5
     assert os.path.basename(CENSUS) in (out / "vocabulary.json").read_text()
+
+    # The config's numeric embeddings read DATA_DIR/stats.json, written by the conversion: the model builds and
+    # trains a step on a real batch.
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["columns"] == list(CONTINUOUS) and stats["count"] == counts["train"]
+    assert all(len(b) >= 2 for b in stats["boundaries"])
+    assert config.model.numeric_embeddings.stats_path == str(out / "stats.json")
+    torch.manual_seed(0)
+    model_and_loss = build_model_and_loss(config)
+    assert model_and_loss.model.dense.numeric_embeddings.output_dim > 0
+    batch = next(iter(RecapDataLoader(config.data, config.data.train, tasks, "train", batch_size=256)))
+    loss, outputs = model_and_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and outputs["logits"].shape == (256, 2)

@@ -79,7 +79,7 @@ def test_zscore_log_reads_data_stats(make_config, tmp_path):
 @pytest.mark.parametrize(
     "write, message",
     [
-        (None, "not found; write it with `recap data stats`"),
+        (None, "not found; write it with `recap data stats"),
         (lambda p: _stats(p, 5), "mean has 5 values but the feature schema has 6 continuous values"),
         (lambda p: _stats(p, 6, ["ratio", "counts"]), "do not match the schema's continuous columns"),
         (lambda p: p.write_text("{not json"), "is not valid JSON"),

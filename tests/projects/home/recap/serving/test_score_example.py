@@ -33,6 +33,8 @@ def _table(rows: int = ROWS) -> pa.Table:
     country = rng.integers(-3, 9, rows).tolist()
     country[4] = None
     counts = rng.lognormal(0.0, 3.0, (rows, 5)).astype(np.float32)
+    author_ids = rng.integers(-(2**40), 2**40, rows).tolist()
+    author_ids[6] = None
     return pa.table(
         {
             "request_id": [f"r{i}" for i in range(rows)],
@@ -45,7 +47,7 @@ def _table(rows: int = ROWS) -> pa.Table:
             "user_id": _id_lists(rng, rows, 5),
             "unused_ids": _id_lists(rng, rows, 7),
             "hashtags": _id_lists(rng, rows, 3),
-            "author_id": pa.array(rng.integers(-(2**40), 2**40, rows), type=pa.int64()),  # one id per row
+            "author_id": pa.array(author_ids, type=pa.int64()),  # one id per row; a null is no id
             "user_embedding": pa.array(rng.normal(size=(rows, 4)).astype(np.float32).tolist()),
             "tweet_embedding": pa.FixedSizeListArray.from_arrays(
                 pa.array(rng.normal(size=rows * 3).astype(np.float32)), 3

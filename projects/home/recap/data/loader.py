@@ -11,9 +11,11 @@ the last batch may be short. Prediction tolerates missing label columns (labels 
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -192,6 +194,49 @@ def split_batches(chunk: dict, batch_size: int, sparse_keys: list[str]) -> Itera
         yield batch, int(nonfinite[b] - nonfinite[a])
 
 
+_END = object()
+
+
+def prefetched(items: Iterable[Any], depth: int = 1) -> Iterator[Any]:
+    """The items of `items`, produced on a background thread up to `depth` ahead of the consumer. An exception in
+    the producer is raised here; closing this generator early stops the producer."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put((_END, exc))
+            return
+        put((_END, None))
+
+    producer = threading.Thread(target=produce, name="recap-loader-prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        producer.join()
+
+
 class RecapDataLoader:
     """Batches of one dataset for one rank, with epochs, endless repeat and a resumable position."""
 
@@ -289,7 +334,10 @@ class RecapDataLoader:
             self._loader = DataLoader(self._stream, batch_size=None, collate_fn=_identity,
                                       num_workers=self.num_workers, pin_memory=self.pin_memory,
                                       persistent_workers=self.num_workers > 0)
-        for chunk in self._loader:
+        # Without workers, the next fill is read on a thread while the training step runs on this one's batches
+        # (arrow's decoding and torch's kernels release the GIL), in the same order.
+        chunks = self._loader if self.num_workers > 0 else prefetched(self._loader)
+        for chunk in chunks:
             for batch, nonfinite in split_batches(chunk, self.batch_size, self._sparse_keys):
                 self.num_nonfinite += nonfinite
                 self.position += 1

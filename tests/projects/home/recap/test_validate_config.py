@@ -120,3 +120,24 @@ def test_periodic_evaluation_sets_must_be_validation_sets():
     load_recap_config(DEMO, ["training.eval_datasets=[validation, test]"])
     with pytest.raises(ConfigError, match="training.eval_datasets: 'tset' is not in data.validation"):
         load_recap_config(DEMO, ["training.eval_datasets=[tset]"])
+
+
+def test_check_builds_the_model_and_checks_every_dataset_against_the_schema(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from projects.home.recap.data.synthetic import generate
+
+    generate(tmp_path / "data", 600, seed=0, rows_per_file=300)
+    paths = [f"data.train.paths=[{tmp_path}/data/train]",
+             f"data.validation.validation.paths=[{tmp_path}/data/validation]",
+             f"data.validation.test.paths=[{tmp_path}/data/test]"]
+    args = ["validate-config", str(DEMO), "--check"] + [a for p in paths for a in ("--set", p)]
+    assert main(args) == 0
+    assert "3 dataset(s) match the schema" in capsys.readouterr().err
+
+    broken = next((tmp_path / "data" / "test").glob("*.parquet"))
+    table = pq.read_table(broken)
+    pq.write_table(table.drop_columns(["author_id"]), broken)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "data.validation.test" in err and "author_id" in err and broken.name in err

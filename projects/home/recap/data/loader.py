@@ -202,6 +202,8 @@ def prefetched(items: Iterable[Any], depth: int = 1) -> Iterator[Any]:
     the producer is raised here; closing this generator early stops the producer."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    # The CUDA device is per thread: pinning memory on the producer must not touch (and create a context on) GPU 0.
+    cuda_device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
     def put(entry: tuple[Any, BaseException | None]) -> bool:
         while not stop.is_set():
@@ -214,6 +216,8 @@ def prefetched(items: Iterable[Any], depth: int = 1) -> Iterator[Any]:
 
     def produce() -> None:
         try:
+            if cuda_device is not None:
+                torch.cuda.set_device(cuda_device)
             for item in items:
                 if not put((item, None)):
                     return

@@ -456,7 +456,19 @@ def generate_table(world: World, rng: np.random.Generator, n: int, first_request
         columns[LABEL_PREFIX + task] = pa.array(labels[j])
     for j, task in enumerate(world.task_names):
         columns[ORACLE_PREFIX + LABEL_PREFIX + task] = pa.array(prob[j])
-    return pa.table(columns)
+    table = pa.table(columns)
+    # Nothing here is ever null: required fields spare readers the definition levels (~25% faster decoding of the
+    # float lists).
+    return table.cast(pa.schema([_required(f) for f in table.schema]))
+
+
+def _required(field: pa.Field) -> pa.Field:
+    kind = field.type
+    if pa.types.is_fixed_size_list(kind):
+        kind = pa.list_(pa.field("item", kind.value_type, nullable=False), kind.list_size)
+    elif pa.types.is_list(kind):
+        kind = pa.list_(pa.field("item", kind.value_type, nullable=False))
+    return pa.field(field.name, kind, nullable=False)
 
 
 DEFAULT_SPLITS: tuple[tuple[str, float], ...] = (("train", 0.9), ("validation", 0.05), ("test", 0.05))

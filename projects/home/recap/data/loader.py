@@ -271,9 +271,10 @@ class RecapDataLoader:
         self.num_workers = data.num_workers if num_workers is None else num_workers
         self.pin_memory = pin_memory
         scanned = scan_dataset(dataset.paths, data.ignore_data_errors)
-        validate_scanned(build_layout(data, self.tasks), scanned, require_labels=mode != "predict")
+        layout = build_layout(data, self.tasks)
+        validate_scanned(layout, scanned, require_labels=mode != "predict")
         # Batches carry oracle probabilities (RecapBatch.oracle) when every file has every task's oracle column.
-        self.layout = detect_oracle(build_layout(data, self.tasks), scanned)
+        self.layout = detect_oracle(layout, scanned)
         if mode == "train" and sharding.train_batches_per_rank(scanned.num_rows, world_size, batch_size) == 0:
             raise DataError(f"{scanned.num_rows} rows are fewer than one batch of {batch_size} per rank on "
                             f"{world_size} ranks", scanned.describe())

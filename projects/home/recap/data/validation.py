@@ -105,12 +105,10 @@ def detect_oracle(layout: BatchLayout, scanned: ScannedDataset) -> BatchLayout:
                     scanned.describe(), missing)
         return layout
     for source in scanned.files:
-        schema = source.schema
         for role in wanted:
-            dtype = schema.field(role.name).type
-            if not pa.types.is_floating(dtype):
-                raise DataError(f"type {dtype} cannot hold oracle probabilities: need a float column "
-                                f"(the oracle of {role.key})", source.path, role.name)
+            problem = check_column_type(role, source.schema.field(role.name).type)
+            if problem:
+                raise DataError(f"{problem} (the oracle of {role.key})", source.path, role.name)
     return layout.with_oracle()
 
 

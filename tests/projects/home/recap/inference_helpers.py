@@ -129,3 +129,4 @@ def recap(*args: str, timeout: float = 240, torchrun: int | None = None) -> subp
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(runner + list(args), cwd=REPO, env=environment, capture_output=True, text=True,
                           timeout=timeout)
+

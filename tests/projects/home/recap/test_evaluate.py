@@ -32,16 +32,9 @@ LOCAL = DistributedContext(0, 1, 0, 1, torch.device("cpu"), "gloo")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return helpers.make_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def run(data_dir, tmp_path_factory):
-    """(config file, save_dir) of a run trained for 6 steps (checkpoints at 3 and 6) and evaluated once."""
-    root = tmp_path_factory.mktemp("run")
-    config_file = helpers.write_config(root / "experiment.yaml", data_dir, root / "save")
-    save_dir = helpers.train_run(config_file)
+def run(trained_run):
+    """(config file, save_dir) of the tiny trained run, evaluated once."""
+    config_file, save_dir = trained_run
     assert main(["evaluate", "--config", str(config_file)]) == 0
     return config_file, save_dir
 

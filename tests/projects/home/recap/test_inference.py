@@ -22,18 +22,6 @@ from projects.home.recap.main import main  # noqa: E402
 from projects.home.recap.serving.score_example import load_artifact, table_inputs  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return helpers.make_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def run(data_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    config_file = helpers.write_config(root / "experiment.yaml", data_dir, root / "save")
-    return config_file, helpers.train_run(config_file)
-
-
 def state(model) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -49,8 +37,8 @@ def scores(model, config, path: Path) -> dict[int, np.ndarray]:
     return out
 
 
-def test_every_way_of_naming_the_checkpoint_loads_it(run):
-    config_file, save_dir = run
+def test_every_way_of_naming_the_checkpoint_loads_it(trained_run):
+    config_file, save_dir = trained_run
     config = helpers.load(config_file)
     latest = load_for_inference(config, "latest")
     assert latest.training is False
@@ -68,8 +56,8 @@ def test_every_way_of_naming_the_checkpoint_loads_it(run):
                            expected["model.large_embeddings.embedding_bags.user.weight"])
 
 
-def test_missing_or_mismatched_checkpoints_are_errors_naming_the_path(run, data_dir, tmp_path):
-    config_file, save_dir = run
+def test_missing_or_mismatched_checkpoints_are_errors_naming_the_path(trained_run, data_dir, tmp_path):
+    config_file, save_dir = trained_run
     config = helpers.load(config_file)
     with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path / 'nothing'} does not exist"):
         load_for_inference(config, str(tmp_path / "nothing"))

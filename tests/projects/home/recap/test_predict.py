@@ -22,18 +22,6 @@ COLUMNS = ["request_id", "fav.probability", "fav.calibrated", "reply.probability
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return helpers.make_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def run(data_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    config_file = helpers.write_config(root / "experiment.yaml", data_dir, root / "save")
-    return config_file, helpers.train_run(config_file)
-
-
-@pytest.fixture(scope="module")
 def unlabeled(data_dir, tmp_path_factory):
     """The test split without its label and oracle columns."""
     table = pq.read_table(data_dir / "test")
@@ -56,8 +44,8 @@ def in_process_scores(config, path: Path) -> dict[int, np.ndarray]:
     return out
 
 
-def test_predict_scores_every_row_without_labels(run, unlabeled, tmp_path, capsys):
-    config_file, _ = run
+def test_predict_scores_every_row_without_labels(trained_run, unlabeled, tmp_path, capsys):
+    config_file, _ = trained_run
     out = tmp_path / "scores"
     argv = ["predict", "--config", str(config_file), "--checkpoint", "latest", "--input", str(unlabeled),
             "--output", str(out), "--batch-size", "32"]
@@ -77,8 +65,8 @@ def test_predict_scores_every_row_without_labels(run, unlabeled, tmp_path, capsy
     assert (got[:, 1] < got[:, 0]).all() and np.array_equal(got[:, 2], got[:, 3])
 
 
-def test_existing_output_needs_overwrite(run, data_dir, tmp_path, capsys):
-    config_file, save_dir = run
+def test_existing_output_needs_overwrite(trained_run, data_dir, tmp_path, capsys):
+    config_file, save_dir = trained_run
     out = tmp_path / "scores"
     argv = ["predict", "--config", str(config_file), "--checkpoint", str(save_dir), "--input",
             str(data_dir / "single"), "--output", str(out)]
@@ -89,8 +77,8 @@ def test_existing_output_needs_overwrite(run, data_dir, tmp_path, capsys):
     assert pq.read_table(out).num_rows == 201
 
 
-def test_empty_input_and_missing_checkpoint_fail_clearly(run, data_dir, tmp_path, capsys):
-    config_file, _ = run
+def test_empty_input_and_missing_checkpoint_fail_clearly(trained_run, data_dir, tmp_path, capsys):
+    config_file, _ = trained_run
     empty = tmp_path / "empty.parquet"
     pq.write_table(pq.read_table(data_dir / "test").slice(0, 0), empty)
     argv = ["predict", "--config", str(config_file), "--checkpoint", "latest", "--input", str(empty),
@@ -107,7 +95,7 @@ def test_empty_input_and_missing_checkpoint_fail_clearly(run, data_dir, tmp_path
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_predict_runs_the_model_under_the_training_precision(run, data_dir, tmp_path, monkeypatch, precision):
+def test_predict_runs_the_model_under_the_training_precision(trained_run, data_dir, tmp_path, monkeypatch, precision):
     import projects.home.recap.predict as predict_module
 
     seen = []
@@ -119,7 +107,7 @@ def test_predict_runs_the_model_under_the_training_precision(run, data_dir, tmp_
             yield item
 
     monkeypatch.setattr(predict_module, "run_model", recording)
-    config_file, _ = run
+    config_file, _ = trained_run
     argv = ["predict", "--config", str(config_file), "--checkpoint", "latest", "--input", str(data_dir / "single"),
             "--output", str(tmp_path / "out"), "--set", f"training.mixed_precision={precision}"]
     assert main(argv) == 0

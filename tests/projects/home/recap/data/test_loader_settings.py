@@ -122,8 +122,10 @@ def test_prefetched_keeps_order_raises_the_producers_error_and_stops_when_closed
             yield i
             i += 1
 
+    before = set(threading.enumerate())
     items = prefetched(endless())
     assert [next(items) for _ in range(3)] == [0, 1, 2]
+    (producer,) = [t for t in threading.enumerate() if t not in before and t.name == "recap-loader-prefetch"]
     items.close()  # the producer thread ends instead of reading on
-    assert not any(t.name == "recap-loader-prefetch" for t in threading.enumerate())
+    assert not producer.is_alive()
     assert len(produced) <= 3 + 2  # at most the queued item and the one being put

@@ -46,9 +46,9 @@ class DistributedContext:
 
 
 def quiet_library_logging() -> None:
-    """Keep torchrec's and fbgemm's per-table INFO chatter and known notices out of the training log (warnings
-    still show). Call it before torchrec is imported: fbgemm logs while loading."""
-    for name in ("torchrec", "fbgemm_gpu", "torch.distributed"):
+    """Keep torchrec's and fbgemm's per-table INFO chatter, tensorboard's event-reader notices and known warnings out
+    of the log (library warnings still show). Call it before torchrec is imported: fbgemm logs while loading."""
+    for name in ("torchrec", "fbgemm_gpu", "torch.distributed", "tensorboard"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)

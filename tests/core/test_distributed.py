@@ -1,9 +1,11 @@
 """training.device resolution: cpu, cuda without a GPU (a clear error), and auto choosing cuda:LOCAL_RANK."""
 
+import logging
+
 import pytest
 import torch
 
-from core.distributed import resolve_device
+from core.distributed import quiet_library_logging, resolve_device
 
 
 def test_cpu_is_cpu_on_any_rank(monkeypatch):
@@ -25,3 +27,35 @@ def test_auto_with_a_gpu_takes_the_local_ranks_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert resolve_device("auto") == torch.device("cuda", 1)
     assert resolve_device("cuda", local_rank=2) == torch.device("cuda", 2)
+
+
+@pytest.fixture
+def restored_logging():
+    names = ("torchrec", "fbgemm_gpu", "torch.distributed", "tensorboard", "torch.fx._symbolic_trace")
+    levels = {n: logging.getLogger(n).level for n in names}
+    root = logging.getLogger()
+    root_level = root.level
+    root.setLevel(logging.INFO)  # as the command line sets it
+    handler = logging.StreamHandler()
+    root.addHandler(handler)
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(root_level)
+    for n, level in levels.items():
+        logging.getLogger(n).setLevel(level)
+
+
+def test_library_info_is_quiet_and_project_logs_are_not(restored_logging):
+    quiet_library_logging()
+    for name in ("torchrec", "fbgemm_gpu", "tensorboard"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+        assert logging.getLogger(name).isEnabledFor(logging.WARNING), name
+    assert logging.getLogger("core.report.tensorboard").isEnabledFor(logging.INFO)
+
+    def record(name, level):
+        return logging.LogRecord(name, level, __file__, 1, "message", None, None)
+
+    # fbgemm logs through the root logger: its INFO is filtered at the handler, its warnings pass, as do ours.
+    assert not restored_logging.filter(record("root", logging.INFO))
+    assert restored_logging.filter(record("root", logging.WARNING))
+    assert restored_logging.filter(record("projects.home.recap.train", logging.INFO))

@@ -341,9 +341,27 @@ class RecapDataLoader:
                                       persistent_workers=self.num_workers > 0)
         # Without workers, the next fill is read on a thread while the training step runs on this one's batches
         # (arrow's decoding and torch's kernels release the GIL), in the same order.
-        chunks = self._loader if self.num_workers > 0 else prefetched(self._loader)
+        chunks = self._from_workers(self._loader) if self.num_workers > 0 else prefetched(self._loader)
         for chunk in chunks:
             for batch, nonfinite in split_batches(chunk, self.batch_size, self._sparse_keys):
                 self.num_nonfinite += nonfinite
                 self.position += 1
                 yield batch
+
+    def _from_workers(self, chunks: Iterable[dict]) -> Iterator[dict]:
+        """The workers' chunks. A worker's error (a DataError naming the file, the worker's traceback in its message)
+        ends the epoch: the workers are shut down before it is raised, while their queues are alive. Left to the
+        garbage collector (the main-side traceback holds the DataLoader iterator), each would wait out torch's 5 s
+        shutdown timeout."""
+        iterator = iter(chunks)
+        del chunks
+        while True:
+            try:
+                chunk = next(iterator)
+            except StopIteration:
+                return
+            except Exception as exc:
+                del iterator
+                self._loader = None
+                raise exc.with_traceback(None)
+            yield chunk

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 
 import numpy as np
 import pyarrow as pa
@@ -61,6 +62,23 @@ def test_labels_outside_0_1(tmp_path, workers):
     data = data_config([str(tmp_path)])
     loader = RecapDataLoader(data, data.train, ["a"], "eval", batch_size=4, num_workers=workers)
     with pytest.raises(DataError, match=r"bad\.parquet, column 'label_a': 1 labels outside \{0, 1\} \(first: 2\)"):
+        list(loader)
+
+
+def test_worker_error_shuts_the_workers_down_at_once(tmp_path):
+    # Left to the garbage collector, each persistent worker would wait out torch's shutdown timeout (5 s) after the
+    # error; the loader stops them while raising, and its next epoch starts new ones.
+    write_rows(tmp_path / "good.parquet", 0, 10, 10)
+    labels = np.zeros(10, dtype=np.int64)
+    labels[3] = 2
+    write_rows(tmp_path / "bad.parquet", 10, 10, 10, label_a=pa.array(labels))
+    data = data_config([str(tmp_path)])
+    loader = RecapDataLoader(data, data.train, ["a"], "eval", batch_size=4, num_workers=2)
+    with pytest.raises(DataError, match=r"bad\.parquet, column 'label_a'") as raised:
+        list(loader)
+    assert multiprocessing.active_children() == []
+    assert "Original Traceback" in str(raised.value)  # the worker's traceback is kept in the message
+    with pytest.raises(DataError, match=r"bad\.parquet"):
         list(loader)
 
 

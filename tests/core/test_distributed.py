@@ -38,7 +38,10 @@ def restored_logging():
     root.setLevel(logging.INFO)  # as the command line sets it
     handler = logging.StreamHandler()
     root.addHandler(handler)
+    filters = {h: list(h.filters) for h in root.handlers}
     yield handler
+    for h, before in filters.items():
+        h.filters[:] = before
     root.removeHandler(handler)
     root.setLevel(root_level)
     for n, level in levels.items():

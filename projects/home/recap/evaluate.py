@@ -395,6 +395,11 @@ def watch_checkpoints(
             return done
 
 
+def fixed_cell(value: float | None, width: int, decimals: int) -> str:
+    """A plain-text table cell: the value right-aligned in `width` characters, or '-' when it is undefined."""
+    return f"{value:{width}.{decimals}f}" if value is not None else f"{'-':>{width}}"
+
+
 def summary_lines(documents: dict[str, dict]) -> list[str]:
     """A short plain-text table per dataset: rows, AUC, RCE, calibration per task, and the oracle's RCE when the
     data has one."""
@@ -404,13 +409,9 @@ def summary_lines(documents: dict[str, dict]) -> list[str]:
         header = f"{name} (step {metrics.get('step')}): {'task':<24}{'rows':>9}{'AUC':>8}{'RCE':>8}{'calib':>8}"
         lines.append(header + (f"{'oracle RCE':>12}" if with_oracle else ""))
         for task, block in metrics["tasks"].items():
-            cells = [
-                f"{block['auc']:8.4f}" if block.get("auc") is not None else f"{'-':>8}",
-                f"{block['rce']:8.2f}" if block.get("rce") is not None else f"{'-':>8}",
-                f"{block['calibration']:8.3f}" if block.get("calibration") is not None else f"{'-':>8}",
-            ]
+            cells = [fixed_cell(block.get("auc"), 8, 4), fixed_cell(block.get("rce"), 8, 2),
+                     fixed_cell(block.get("calibration"), 8, 3)]
             if with_oracle:
-                best = (block.get("oracle") or {}).get("rce")
-                cells.append(f"{best:12.2f}" if best is not None else f"{'-':>12}")
+                cells.append(fixed_cell((block.get("oracle") or {}).get("rce"), 12, 2))
             lines.append(f"  {task:<24}{block.get('rows', 0):>9}" + "".join(cells))
     return lines

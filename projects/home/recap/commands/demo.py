@@ -52,6 +52,8 @@ def _generate(data_dir: Path, rows: int) -> None:
 
 def print_comparison(dataset: str, metrics: dict) -> bool:
     """Print model vs oracle RCE per task from a metrics.json document; True when the demo's target is met."""
+    from projects.home.recap.evaluate import fixed_cell
+
     met = True
     print(f"\n{dataset}: {'task':<26}{'pos rate':>9}{'AUC':>8}{'RCE':>9}{'oracle':>9}{'share':>8}")
     for task, block in metrics["tasks"].items():
@@ -59,10 +61,8 @@ def print_comparison(dataset: str, metrics: dict) -> bool:
         share = rce_share_of_oracle(block)
         targeted = block["pos_rate"] >= MIN_POSITIVE_RATE and share is not None
         met = met and (not targeted or share >= 100 * TARGET_SHARE)
-        line = f"  {task:<26}{block['pos_rate']:9.4f}"
-        line += f"{block['auc']:8.4f}" if block.get("auc") is not None else f"{'-':>8}"
-        line += f"{block['rce']:9.2f}" if block.get("rce") is not None else f"{'-':>9}"
-        line += f"{best:9.2f}" if best is not None else f"{'-':>9}"
+        line = f"  {task:<26}{block['pos_rate']:9.4f}" + fixed_cell(block.get("auc"), 8, 4)
+        line += fixed_cell(block.get("rce"), 9, 2) + fixed_cell(best, 9, 2)
         line += f"{share:7.1f}%" if share is not None else f"{'-':>8}"
         if targeted:
             line += "  ok" if share >= 100 * TARGET_SHARE else "  below target"

@@ -132,7 +132,7 @@ class ArrayBlock:
                 shift += int(off[-1] - off[0])
             sparse.append((np.concatenate(offsets), np.concatenate(values)))
         return ArrayBlock(
-            **{f: None for f in _DENSE if f != "oracle"},
+            **{f: None for f in _DENSE},
             sparse=sparse,
             ids={k: np.concatenate([b.ids[k] for b in blocks]) for k in blocks[0].ids},
         )

@@ -26,6 +26,17 @@ def _columns_match(columns: list[str], schema: FeatureSchema) -> bool:
     return len(columns) == len(per_value) and all(str(c).startswith(n) for c, n in zip(columns, per_value))
 
 
+def check_stats_columns(stats: dict, schema: FeatureSchema, path: Path, key: str) -> None:
+    """A ConfigError when the file's `columns` (if any) are not the schema's continuous columns, named once per
+    column or once per value."""
+    columns = stats.get("columns")
+    if columns is not None and not _columns_match(list(columns), schema):
+        raise ConfigError(
+            f"{key}: {path}: columns {columns} do not match the schema's continuous columns "
+            f"{[c.name for c in schema.continuous]}; recompute the statistics for this schema"
+        )
+
+
 def read_stats_file(path: Path, key: str) -> object:
     """The parsed JSON of a `recap data stats` file; a missing or unparsable file is a ConfigError naming the config
     key and the path."""
@@ -59,12 +70,7 @@ def load_feature_stats(path: str | Path, schema: FeatureSchema) -> tuple[torch.T
                 f"{_KEY}: {path}: {key} has {got} values but the feature schema has {width} continuous values; "
                 "recompute the statistics for this schema"
             )
-    columns = stats.get("columns")
-    if columns is not None and not _columns_match(list(columns), schema):
-        raise ConfigError(
-            f"{_KEY}: {path}: columns {columns} do not match the schema's continuous columns "
-            f"{[c.name for c in schema.continuous]}"
-        )
+    check_stats_columns(stats, schema, path, _KEY)
     mean = torch.tensor(stats["mean"], dtype=torch.float32)
     std = torch.tensor(stats["std"], dtype=torch.float32)
     if not (torch.isfinite(mean).all() and torch.isfinite(std).all()) or (std < 0).any():

@@ -12,7 +12,7 @@ from pathlib import Path
 from common.numeric_embeddings import thin_boundaries
 from core.config import ConfigError
 from projects.home.recap.data.config import FeatureSchema
-from projects.home.recap.model.feature_stats import read_stats_file
+from projects.home.recap.model.feature_stats import check_stats_columns, read_stats_file
 
 _KEY = "model.numeric_embeddings.stats_path"
 
@@ -30,12 +30,7 @@ def load_boundaries(
         )
     names = [c.name for c in schema.continuous]
     widths = [c.width for c in schema.continuous]
-    columns = stats.get("columns")
-    if columns is not None and list(columns) != names:
-        raise ConfigError(
-            f"{_KEY}: {path}: columns {columns} are not the schema's continuous columns {names}; "
-            "recompute the statistics for this schema"
-        )
+    check_stats_columns(stats, schema, path, _KEY)
     if "widths" in stats and list(stats["widths"]) != widths:
         raise ConfigError(f"{_KEY}: {path}: widths {stats['widths']} are not the schema's continuous widths {widths}")
     all_boundaries = stats["boundaries"]

@@ -56,6 +56,12 @@ def test_chosen_features_and_a_training_step(make_config, tmp_path):
     assert not torch.equal(numeric.weight.detach(), before)
 
 
+def test_columns_named_once_per_value_are_accepted_as_for_zscore_log(make_config, tmp_path):
+    per_value = [f"counts[{i}]" for i in range(5)] + ["ratio"]
+    config = make_config({"numeric_embeddings": {"stats_path": _stats(tmp_path / "s.json", columns=per_value)}})
+    assert build_model(config).dense.numeric_embeddings.output_dim == 6 * 8
+
+
 def test_unknown_or_non_continuous_feature_is_a_config_error(make_config, tmp_path):
     for name in ("hour", "nope"):
         with pytest.raises(ConfigError, match=f"model.numeric_embeddings.features: '{name}' is not a continuous"):
@@ -71,7 +77,7 @@ def test_unknown_or_non_continuous_feature_is_a_config_error(make_config, tmp_pa
         (lambda p: p.write_text("{not json"), None, "is not valid JSON"),
         (lambda p: p.write_text(json.dumps({"mean": [0.0] * 6, "std": [1.0] * 6})), None, "holds no 'boundaries'"),
         (lambda p: _stats(p, BOUNDARIES[:5]), None, "boundaries has 5 entries but the feature schema has 6"),
-        (lambda p: _stats(p, columns=["ratio", "counts"]), None, "are not the schema's continuous columns"),
+        (lambda p: _stats(p, columns=["ratio", "counts"]), None, "do not match the schema's continuous columns"),
         (lambda p: _stats(p, BOUNDARIES[:5] + [[0.0]]), ["ratio"], "feature 'ratio' has 1 distinct finite value"),
         (lambda p: _stats(p, [[0.0, 1.0], [2.0, 1.0]] + BOUNDARIES[2:]), ["counts"],
          "feature 'counts' slot 1: boundaries must be finite and strictly increasing"),

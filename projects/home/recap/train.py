@@ -72,7 +72,8 @@ def train(config: RecapConfig, ctx: DistributedContext | None = None) -> TrainRe
                                  pin_memory=pin)
     total_steps = total_train_steps(config.training, len(train_data))
     model, dense_optimizer, built_tasks = build_training(config, ctx, total_steps)
-    assert built_tasks == tasks, (built_tasks, tasks)
+    if built_tasks != tasks:  # an invariant of the factory, checked because every label column depends on it
+        raise RuntimeError(f"the built model's tasks {built_tasks} differ from model.tasks {tasks}")
     evaluate = None
     if config.training.eval_every_n is not None:
         # training.eval_datasets, else every validation set (evaluation.datasets picks only `recap evaluate`'s

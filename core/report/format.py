@@ -82,6 +82,11 @@ def direction(key: str, run: float | None, baseline: float | None) -> str | None
     return None
 
 
+def fixed_cell(value: float | None, width: int, decimals: int) -> str:
+    """A plain-text table cell: the value right-aligned in `width` characters, or '-' when it is undefined."""
+    return f"{value:{width}.{decimals}f}" if value is not None else f"{'-':>{width}}"
+
+
 def rce_share_of_oracle(block: dict) -> float | None:
     """Model RCE as a percentage of the oracle's RCE (None without a positive oracle RCE)."""
     oracle = block.get("oracle") or {}

@@ -35,6 +35,7 @@ from core.distributed import DistributedContext
 from core.log import get_logger
 from core.metrics_accumulator import MetricsAccumulator
 from core.report import eval_step_dir, metrics_to_scalars, read_training_scalars, write_report
+from core.report.format import fixed_cell
 from core.tensorboard import MetricsWriter
 from core.train_loop import CHECKPOINT_DIR, TENSORBOARD_DIR, total_train_steps
 from projects.home.recap.data import sharding
@@ -393,11 +394,6 @@ def watch_checkpoints(
         if _broadcast(_is_final(config, checkpoint) if ctx.is_main else None, ctx):
             logger.info("step %d is the training's final step: stopping", step)
             return done
-
-
-def fixed_cell(value: float | None, width: int, decimals: int) -> str:
-    """A plain-text table cell: the value right-aligned in `width` characters, or '-' when it is undefined."""
-    return f"{value:{width}.{decimals}f}" if value is not None else f"{'-':>{width}}"
 
 
 def summary_lines(documents: dict[str, dict]) -> list[str]:

@@ -70,9 +70,10 @@ class RecapConfig(BaseConfig):
         features = self.data.features
         discrete = {c.name for c in features.discrete if c.length is None}
         sparse = set(features.sparse)
+        any_discrete = {c.name for c in features.discrete}
         for i, emb in enumerate(self.model.small_embeddings):
             # Scalar or fixed-length list: a list column's slots share the table and are concatenated.
-            if emb.feature not in {c.name for c in features.discrete}:
+            if emb.feature not in any_discrete:
                 raise ValueError(f"model.small_embeddings[{i}].feature {emb.feature!r} is not a discrete column")
         for i, table in enumerate(self.model.large_embeddings):
             for name in table.feature_names:

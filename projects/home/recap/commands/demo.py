@@ -11,7 +11,7 @@ from pathlib import Path
 from core.distributed import init_distributed, launch_workers, quiet_library_logging, shutdown_distributed
 from core.log import get_logger
 from core.report import eval_step_dir
-from core.report.format import rce_share_of_oracle
+from core.report.format import fixed_cell, rce_share_of_oracle
 from projects.home.recap.schema import load_recap_config
 
 logger = get_logger(__name__)
@@ -53,8 +53,6 @@ def _generate(data_dir: Path, rows: int) -> None:
 
 def print_comparison(dataset: str, metrics: dict) -> bool:
     """Print model vs oracle RCE per task from a metrics.json document; True when the demo's target is met."""
-    from projects.home.recap.evaluate import fixed_cell
-
     met = True
     print(f"\n{dataset}: {'task':<26}{'pos rate':>9}{'AUC':>8}{'RCE':>9}{'oracle':>9}{'share':>8}")
     for task, block in metrics["tasks"].items():

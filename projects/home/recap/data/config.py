@@ -66,19 +66,30 @@ class FeatureSchema(BaseConfig):
     def num_discrete(self) -> int:
         return sum(c.width for c in self.discrete)
 
-    def discrete_span(self, name: str) -> tuple[int, int]:
-        """(first position, width) of a discrete column, scalar or list, in the batch's `discrete` tensor."""
+    @staticmethod
+    def _span(columns: list[ColumnSpec], name: str) -> tuple[int, ColumnSpec]:
+        """(first position, spec) of the named column among `columns`, list columns taking `width` positions."""
         offset = 0
-        for col in self.discrete:
+        for col in columns:
             if col.name == name:
-                return offset, col.width
+                return offset, col
             offset += col.width
         raise KeyError(name)
 
+    def discrete_span(self, name: str) -> tuple[int, int]:
+        """(first position, width) of a discrete column, scalar or list, in the batch's `discrete` tensor."""
+        offset, col = self._span(self.discrete, name)
+        return offset, col.width
+
+    def continuous_span(self, name: str) -> tuple[int, int]:
+        """(first position, width) of a continuous column, scalar or list, in the batch's `continuous` tensor."""
+        offset, col = self._span(self.continuous, name)
+        return offset, col.width
+
     def discrete_index(self, name: str) -> int:
         """Position of a scalar discrete column in the batch's `discrete` tensor."""
-        offset, _ = self.discrete_span(name)
-        if any(c.name == name and c.length is not None for c in self.discrete):
+        offset, col = self._span(self.discrete, name)
+        if col.length is not None:
             raise ValueError(f"discrete column {name!r} is a list column; a scalar one is needed here")
         return offset
 

@@ -363,5 +363,5 @@ class RecapDataLoader:
             except Exception as exc:
                 del iterator
                 self._loader = None
-                raise exc.with_traceback(None)
+                raise exc.with_traceback(None) from exc.__cause__
             yield chunk

@@ -40,15 +40,14 @@ def load_boundaries(
             f"{_KEY}: {path}: boundaries has {got} entries but the feature schema has {schema.num_continuous} "
             "continuous values; recompute the statistics for this schema"
         )
-    starts = {name: sum(widths[:i]) for i, name in enumerate(names)}
-    width_of = dict(zip(names, widths))
     out_columns: list[int] = []
     out_boundaries: list[list[float]] = []
     for name in features if features is not None else names:
-        for slot in range(width_of[name]):
-            index = starts[name] + slot
+        start, width = schema.continuous_span(name)
+        for slot in range(width):
+            index = start + slot
             values = all_boundaries[index]
-            where = f"feature {name!r}" + (f" slot {slot}" if width_of[name] > 1 else "")
+            where = f"feature {name!r}" + (f" slot {slot}" if width > 1 else "")
             if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
                 raise ConfigError(f"{_KEY}: {path}: {where}: boundaries must be a list of numbers")
             if not all(math.isfinite(v) for v in values) or any(b <= a for a, b in zip(values, values[1:])):

@@ -130,3 +130,19 @@ def test_null_list_in_a_fixed_length_column_is_an_error(tmp_path):
     data = config(tmp_path, discrete=[{"name": "recent", "length": 2}])
     with pytest.raises(DataError, match=r"bad\.parquet, column 'recent': 1 null lists in a fixed-length column"):
         train_batches(data)
+
+
+def test_schema_spans_count_list_columns_by_width():
+    schema = DataConfig.model_validate({
+        "features": {"continuous": ["a", {"name": "b", "length": 3}, "c"],
+                     "discrete": ["x", {"name": "y", "length": 2}, "z"]},
+        "tasks": {"t": {"label": "t"}},
+    }).features
+    assert schema.continuous_span("b") == (1, 3)
+    assert schema.continuous_span("c") == (4, 1)
+    assert schema.discrete_span("y") == (1, 2)
+    assert schema.discrete_index("z") == 3
+    with pytest.raises(ValueError, match="'y' is a list column"):
+        schema.discrete_index("y")
+    with pytest.raises(KeyError):
+        schema.continuous_span("x")

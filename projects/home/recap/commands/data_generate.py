@@ -1,13 +1,15 @@
-"""`recap data generate --output DIR [--rows N] [--seed S]`: synthetic recap-shaped parquet with oracle columns."""
+"""`recap data generate --output DIR [--rows N] [--seed S] [--collaborative-dim K]`: synthetic recap-shaped parquet
+with oracle columns."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 
 from core.log import get_logger
-from projects.home.recap.data.synthetic import DEFAULT_SPLITS, generate
+from projects.home.recap.data.synthetic import DEFAULT_SPLITS, SyntheticSpec, generate
 
 logger = get_logger(__name__)
 
@@ -23,14 +25,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--row-group-size", type=int, default=16_384)
     parser.add_argument("--processes", type=int, default=min(2, os.cpu_count() or 1),
                         help="files written in parallel (the output does not depend on it)")
+    parser.add_argument("--collaborative-dim", type=int, default=0, metavar="K",
+                        help="hidden user and author vectors of K dimensions whose dot product moves every task's "
+                             "logit; no column carries them, so only learned id embeddings capture it "
+                             "(0: off, the default)")
+    parser.add_argument("--collaborative-strength", type=float, default=1.0, metavar="S",
+                        help="standard deviation of that dot product in logit units (1.0)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.rows < 1 or args.rows_per_file < 1 or args.row_group_size < 1:
         raise SystemExit("--rows, --rows-per-file and --row-group-size must be positive")
+    if args.collaborative_dim < 0 or not 0 <= args.collaborative_strength < math.inf:
+        raise SystemExit("--collaborative-dim must not be negative and --collaborative-strength must be finite and "
+                         "not negative")
+    spec = SyntheticSpec(collaborative_dim=args.collaborative_dim, collaborative_strength=args.collaborative_strength)
     start = time.perf_counter()
-    sizes = generate(args.output, args.rows, args.seed, splits=DEFAULT_SPLITS, rows_per_file=args.rows_per_file,
-                     row_group_size=args.row_group_size, processes=args.processes)
+    sizes = generate(args.output, args.rows, args.seed, spec=spec, splits=DEFAULT_SPLITS,
+                     rows_per_file=args.rows_per_file, row_group_size=args.row_group_size, processes=args.processes)
     seconds = time.perf_counter() - start
     for split, rows in sizes.items():
         print(f"{os.path.join(args.output, split)}: {rows} rows")

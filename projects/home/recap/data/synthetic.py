@@ -5,7 +5,9 @@ by the seed. Each row draws a user, an author and hashtags from Zipf distributio
 continuous features and binary features that are noisy views of that context, upstream embeddings that are noisy
 projections of the latent vectors, and a display position that depends on relevance. Ten engagement tasks share
 latent factors (affinity, per-id biases, quality, social proof, media, spam) with multiplicative interactions; task
-biases are solved so each task hits its positive rate. Labels are Bernoulli draws from the true probabilities,
+biases are solved so each task hits its positive rate. With collaborative_dim > 0, hidden per-user and per-author
+vectors that no column carries add their dot product to every task's logit (projects/home/recap/data/collaborative.py).
+Labels are Bernoulli draws from the true probabilities,
 which are written as oracle.<label column> so evaluation can compare a model with the best achievable.
 """
 
@@ -21,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from projects.home.recap.data.collaborative import CollaborativeSignal, make_collaborative
 from projects.home.recap.data.layout import ORACLE_PREFIX
 
 LABEL_PREFIX = "recap.engagement."
@@ -94,6 +97,9 @@ class SyntheticSpec:
     # Fraction of continuous values written as NaN (features 0-3) and +-inf (feature 4): featurization must cope.
     missing_rate: float = 0.002
     infinite_rate: float = 0.0002
+    # Hidden dimensions of the collaborative signal (0: none) and the standard deviation of its dot product.
+    collaborative_dim: int = 0
+    collaborative_strength: float = 1.0
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -203,6 +209,7 @@ class World:
     embedding_tables: list[np.ndarray]
     loadings: np.ndarray  # [T, len(FACTORS)]
     task_bias: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    collaborative: CollaborativeSignal | None = None
 
     @property
     def task_names(self) -> list[str]:
@@ -250,6 +257,8 @@ def make_world(spec: SyntheticSpec, seed: int) -> World:
         binary_threshold=rng.uniform(0.0, 2.0, spec.num_binary).astype(np.float32),
         embedding_tables=[],
         loadings=np.array([[LOADINGS[t].get(f, 0.0) for f in FACTORS] for t, _ in spec.tasks], dtype=np.float32),
+        collaborative=make_collaborative(spec.num_users, spec.num_authors, spec.collaborative_dim,
+                                         spec.collaborative_strength, [t for t, _ in spec.tasks], seed),
     )
     for name, dim in spec.embeddings:
         proj = rng.normal(size=(proj_in.get(name, k), dim)).astype(np.float32) / math.sqrt(k)
@@ -293,7 +302,8 @@ def _solve_biases(logits: np.ndarray, rates: np.ndarray) -> np.ndarray:
 
 
 def _draw(world: World, rng: np.random.Generator, n: int) -> dict:
-    """n rows of features and the tasks' logits without their biases ([T, n])."""
+    """n rows of features and the tasks' logits without their biases ([T, n]); with a collaborative signal also
+    each row's hidden interaction ("collaborative", [n]), which no column carries."""
     spec = world.spec
     k = spec.latent_dim
     user = world.users.sample(rng, n)
@@ -386,6 +396,10 @@ def _draw(world: World, rng: np.random.Generator, n: int) -> dict:
     factors[12] = spam
     np.take(position_effect, position, out=factors[13])
     logits = _matmul(world.loadings, factors)
+    interaction = None
+    if world.collaborative is not None:
+        interaction = world.collaborative.interaction(user, author)
+        logits += world.collaborative.logits(interaction)
     # Active users amplify every signal: a multiplicative interaction no additive model captures.
     amplify = np.tanh(activity)
     amplify *= 0.25
@@ -416,6 +430,7 @@ def _draw(world: World, rng: np.random.Generator, n: int) -> dict:
         hashtag_counts=counts,
         embeddings=embeddings,
         logits=logits,
+        collaborative=interaction,
     )
 
 

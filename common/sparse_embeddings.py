@@ -8,6 +8,7 @@ stays outside the EmbeddingBagCollection, so a sharded collection (DistributedMo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,20 @@ class LargeTableSpec:
     embedding_dim: int
     pooling: str = "mean"
     id_transform: str = "hash"
+    # Initial weights: None keeps torchrec's uniform(+-sqrt(1/num_embeddings)); ("uniform", bound) or ("normal", std).
+    init: tuple[str, float] | None = None
+
+
+def _init_fn(table: LargeTableSpec):
+    """The in-place initializer torchrec applies to the table's weights (also to each shard of a sharded table)."""
+    if table.init is None:
+        return None
+    kind, value = table.init
+    if kind == "uniform":
+        return functools.partial(nn.init.uniform_, a=-value, b=value)
+    if kind == "normal":
+        return functools.partial(nn.init.normal_, mean=0.0, std=value)
+    raise ValueError(f"large embedding table {table.name!r}: init {kind!r} is not uniform or normal")
 
 
 def hash_ids(ids: torch.Tensor) -> torch.Tensor:
@@ -56,6 +71,7 @@ def build_embedding_bag_collection(
                 num_embeddings=t.num_embeddings,
                 embedding_dim=t.embedding_dim,
                 pooling=_POOLING[t.pooling],
+                init_fn=_init_fn(t),
             )
         )
     return EmbeddingBagCollection(tables=configs, device=torch.device(device))

@@ -198,16 +198,23 @@ def shard_model(
     ctx: DistributedContext,
     batch_size: int | None = None,
     static_graph: bool = True,
+    constraints: dict | None = None,
 ) -> nn.Module:
     """Wrap `model` in torchrec's DistributedModelParallel: the planner shards its embedding-bag collections over
     the ranks (the plan is logged), the rest is data-parallel (DDP). Embedding tables may be on device "meta";
-    they are materialized on their shard's device. Use static_graph=False with gradient accumulation (no_sync)."""
+    they are materialized on their shard's device. Use static_graph=False with gradient accumulation (no_sync).
+    `constraints` ({table name: torchrec ParameterConstraints}, core/table_placement.py) limit the planner's
+    choices per table."""
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
     from torchrec.distributed.planner import EmbeddingShardingPlanner
     from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
     from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
     from torchrec.distributed.sharding_plan import get_default_sharders
     from torchrec.distributed.types import ShardingEnv
+
+    from core.embedding_autograd import register_dense_lookup_backward
+    from core.table_placement import table_sharder
 
     if not dist.is_initialized():
         raise RuntimeError("shard_model needs a process group: call init_distributed() first")
@@ -217,9 +224,11 @@ def shard_model(
         kernel_config=KernelConfig(compute_device=ctx.device.type),
     )
     # A fixed share of each device's memory is kept for the dense part, activations and optimizer state.
-    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size,
+    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints,
                                        storage_reservation=FixedPercentageStorageReservation(0.15))
-    sharders = get_default_sharders()
+    # Data-parallel tables compute with fbgemm's dense kernel, which has no backward on CPU until this adds it.
+    register_dense_lookup_backward()
+    sharders = [table_sharder() if type(s) is EmbeddingBagCollectionSharder else s for s in get_default_sharders()]
     plan = planner.collective_plan(model, sharders, pg)
     if plan.plan:
         logger.info("sharding plan for %d rank(s):\n%s", ctx.world_size, plan)

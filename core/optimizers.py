@@ -1,5 +1,5 @@
-"""Optimizers: the dense Adam/AdamW with one learning-rate schedule per parameter group, and the sparse optimizer
-that torchrec fuses into the backward pass of the sharded embedding tables."""
+"""Optimizers: the dense Adam/AdamW with one learning-rate schedule per parameter group, and the tables' sparse
+optimizer settings as torchrec receives them (core/sparse_optimizers.py has their maths)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
-from torchrec.optim import SGD as FusedSGD
-from torchrec.optim import Adam as FusedAdam
-from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 from core.config import ConfigError
 from core.schedules import Schedule, build_schedule
-from core.train_config import DenseOptimizerConfig, SparseOptimizerConfig
+from core.sparse_optimizers import SparseOptimizerSettings, fused_optimizer
+from core.train_config import SPARSE_EPSILON_DEFAULT, DenseOptimizerConfig, SparseOptimizerConfig
 
 SHARED_GROUP = "shared"
 
@@ -149,25 +147,25 @@ def build_dense_optimizer(
     )
 
 
-# fbgemm's CPU embedding kernels implement these fused optimizers; GPU kernels implement all of them.
-CPU_SPARSE_OPTIMIZERS = ("rowwise_adagrad", "sgd")
+def sparse_settings(config: SparseOptimizerConfig, learning_rate: float | None = None) -> SparseOptimizerSettings:
+    """The plain settings of optimizer.sparse, with a table's own learning rate when it has one."""
+    return SparseOptimizerSettings(
+        type=config.type,
+        learning_rate=learning_rate if learning_rate is not None else config.learning_rate,
+        epsilon=config.epsilon if config.epsilon is not None else SPARSE_EPSILON_DEFAULT,
+        beta_1=config.beta_1 if config.beta_1 is not None else 0.9,
+        beta_2=config.beta_2 if config.beta_2 is not None else 0.999,
+        weight_decay=config.weight_decay,
+        weight_decay_mode=config.weight_decay_mode,
+    )
 
 
 def apply_sparse_optimizer(
-    params: Iterable[nn.Parameter], config: SparseOptimizerConfig, device: torch.device | str = "cpu"
+    tables: Mapping[str, nn.Parameter], settings: Mapping[str, SparseOptimizerSettings]
 ) -> None:
-    """Attach the configured optimizer to embedding-table parameters; DistributedModelParallel fuses it into the
-    backward pass of the sharded tables (rows are updated as their gradients are computed) on `device`."""
-    if torch.device(device).type == "cpu" and config.type not in CPU_SPARSE_OPTIMIZERS:
-        raise ConfigError(
-            f"optimizer.sparse.type: {config.type} runs only on GPU; on CPU use one of {', '.join(CPU_SPARSE_OPTIMIZERS)}"
-        )
-    if config.type == "rowwise_adagrad":
-        optimizer_class, kwargs = RowWiseAdagrad, {"lr": config.learning_rate, "eps": config.epsilon}
-    elif config.type == "adam":
-        optimizer_class, kwargs = FusedAdam, {"lr": config.learning_rate, "eps": config.epsilon}
-    else:
-        optimizer_class, kwargs = FusedSGD, {"lr": config.learning_rate}
-    params = list(params)
-    if params:
-        apply_optimizer_in_backward(optimizer_class, params, kwargs)
+    """Attach each table's optimizer to its (unsharded) weight; DistributedModelParallel fuses it into the backward
+    pass of the model-parallel tables. Data-parallel tables are updated by the RowSparseOptimizer instead
+    (core/sparse_optimizers.py), with the same settings."""
+    for name, weight in tables.items():
+        optimizer_class, kwargs = fused_optimizer(settings[name])
+        apply_optimizer_in_backward(optimizer_class, [weight], kwargs)

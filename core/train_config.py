@@ -94,23 +94,37 @@ SPARSE_EPSILON_DEFAULT = 1e-8
 
 
 class SparseOptimizerConfig(BaseConfig):
-    """The optimizer fused into the backward pass of the sharded embedding tables."""
+    """The optimizer of the large embedding tables: fused into the backward pass where fbgemm's kernel on the device
+    runs it, else applied after backward to the looked-up rows of data-parallel tables (core/sparse_optimizers.py)."""
 
-    type: Literal["rowwise_adagrad", "adam", "sgd"] = "rowwise_adagrad"
+    type: Literal["sgd", "adagrad", "rowwise_adagrad", "adam"] = "rowwise_adagrad"
     learning_rate: float = Field(default=0.05, gt=0.0)
-    # The denominator's epsilon of rowwise_adagrad and adam (default 1e-8). Plain SGD has no denominator, so an
-    # epsilon with type sgd is an error rather than a setting that is silently ignored; it resolves to null there,
+    # The denominator's epsilon of adagrad, rowwise_adagrad and adam (default 1e-8). Plain SGD has no denominator, so
+    # an epsilon with type sgd is an error rather than a setting that is silently ignored; it resolves to null there,
     # which keeps a dumped config loadable.
     epsilon: float | None = Field(default=None, gt=0.0)
+    # Adam's moment decay rates (adam only).
+    beta_1: float | None = Field(default=None, ge=0.0, lt=1.0)
+    beta_2: float | None = Field(default=None, ge=0.0, lt=1.0)
+    # Weight decay of the rows a step updates: "decoupled" subtracts learning_rate * weight_decay * w from each
+    # updated row, "l2" adds weight_decay * w to its gradient before the optimizer's maths.
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    weight_decay_mode: Literal["decoupled", "l2"] = "decoupled"
 
     @model_validator(mode="after")
-    def _epsilon_matches_type(self):
+    def _settings_match_type(self):
         if self.type == "sgd":
             if self.epsilon is not None:
                 raise ValueError("epsilon is meaningless for type sgd (plain SGD has no denominator): remove "
-                                 "epsilon, or choose type rowwise_adagrad or adam")
+                                 "epsilon, or choose type adagrad, rowwise_adagrad or adam")
         elif self.epsilon is None:
             self.epsilon = SPARSE_EPSILON_DEFAULT
+        if self.type != "adam":
+            if self.beta_1 is not None or self.beta_2 is not None:
+                raise ValueError(f"beta_1 and beta_2 are Adam's settings; type {self.type} has no moments")
+        else:
+            self.beta_1 = 0.9 if self.beta_1 is None else self.beta_1
+            self.beta_2 = 0.999 if self.beta_2 is None else self.beta_2
         return self
 
 

@@ -318,6 +318,9 @@ class TrainLoop:
             self._grad_norm = torch.nn.utils.clip_grad_norm_(self._dense_params, self.config.clip_grad_norm)
         self.dense_optimizer.step()
         self.dense_optimizer.zero_grad()
+        if self.sparse_optimizer is not None and hasattr(self.sparse_optimizer, "step"):
+            # Tables outside the fused backward (data-parallel ones) are updated here, once per optimizer step.
+            self.sparse_optimizer.step()
         self.step += 1
         return True
 

@@ -4,12 +4,14 @@ optimizer's type, learning rate and epsilon, and the config errors for settings 
 import pytest
 import torch
 import yaml
+from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 from torchrec.optim import SGD as FusedSGD
+from torchrec.optim import Adagrad as FusedAdagrad
 from torchrec.optim import Adam as FusedAdam
 from torchrec.optim import RowWiseAdagrad
 
 from core.config import ConfigError, dump_yaml, load_config
-from core.optimizers import apply_sparse_optimizer, build_dense_optimizer
+from core.optimizers import apply_sparse_optimizer, build_dense_optimizer, sparse_settings
 from core.train_config import OptimizerConfig, SparseOptimizerConfig
 
 DENSE = {"learning_rate": {"constant": 0.1}}
@@ -51,16 +53,19 @@ def test_dense_adam_step_uses_the_configured_betas_and_epsilon():
 @pytest.mark.parametrize(
     "sparse, fused_class, kwargs",
     [
-        ({"type": "adam", "learning_rate": 0.3, "epsilon": 1e-4}, FusedAdam, {"lr": 0.3, "eps": 1e-4}),
+        ({"type": "adam", "learning_rate": 0.3, "epsilon": 1e-4, "beta_2": 0.99}, FusedAdam,
+         {"lr": 0.3, "eps": 1e-4, "beta1": 0.9, "beta2": 0.99}),
         ({"type": "rowwise_adagrad", "learning_rate": 0.2}, RowWiseAdagrad, {"lr": 0.2, "eps": 1e-8}),
+        ({"type": "rowwise_adagrad", "learning_rate": 0.2, "weight_decay": 0.01, "weight_decay_mode": "l2"},
+         RowWiseAdagrad, {"lr": 0.2, "eps": 1e-8, "weight_decay": 0.01, "weight_decay_mode": WeightDecayMode.L2}),
+        ({"type": "adagrad", "learning_rate": 0.4}, FusedAdagrad, {"lr": 0.4, "eps": 1e-8}),
         ({"type": "sgd", "learning_rate": 0.7}, FusedSGD, {"lr": 0.7}),
     ],
 )
 def test_sparse_settings_are_handed_to_the_fused_optimizer(sparse, fused_class, kwargs):
     config = _optimizer({"dense": {"adam": {}, **DENSE}, "sparse": sparse}).sparse
     table = torch.nn.Parameter(torch.zeros(4, 2))
-    # The device only decides which types may run: adam has GPU kernels only.
-    apply_sparse_optimizer([table], config, "cuda")
+    apply_sparse_optimizer({"t": table}, {"t": sparse_settings(config)})
     # What DistributedModelParallel reads to build the fused optimizer of the sharded table.
     assert table._optimizer_classes == [fused_class]
     assert table._optimizer_kwargs == [kwargs]
@@ -74,3 +79,11 @@ def test_sparse_epsilon_with_sgd_is_a_config_error():
     # The resolved config (as training writes it next to its checkpoints) loads again.
     assert _optimizer(yaml.safe_load(dump_yaml(sgd))) == sgd
     assert SparseOptimizerConfig(type="adam").epsilon == 1e-8
+
+
+def test_adam_moments_with_another_type_are_a_config_error():
+    with pytest.raises(ConfigError, match="beta_1 and beta_2 are Adam's settings"):
+        _optimizer({"dense": {"adam": {}, **DENSE}, "sparse": {"type": "rowwise_adagrad", "beta_1": 0.8}})
+    adam = _optimizer({"dense": {"adam": {}, **DENSE}, "sparse": {"type": "adam"}})
+    assert (adam.sparse.beta_1, adam.sparse.beta_2) == (0.9, 0.999)
+    assert _optimizer(yaml.safe_load(dump_yaml(adam))) == adam

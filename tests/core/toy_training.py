@@ -14,7 +14,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from core.config import load_config
 from core.distributed import DistributedContext, shard_model
-from core.optimizers import SHARED_GROUP, apply_sparse_optimizer, build_dense_optimizer
+from core.optimizers import SHARED_GROUP, apply_sparse_optimizer, build_dense_optimizer, sparse_settings
+from core.sparse_optimizers import build_sparse_optimizers
+from core.table_placement import TablePlacement, planner_constraints
 from core.train_config import OptimizerConfig, TrainingConfig
 from core.train_loop import TrainLoop, seed_everything, total_train_steps
 
@@ -129,20 +131,27 @@ def optimizer_config(**dense) -> OptimizerConfig:
 
 
 def build_loop(ctx: DistributedContext, config: TrainingConfig, optim: OptimizerConfig | None = None,
-               data=None, evaluate=None, dropout: float = 0.0, with_table: bool = True) -> TrainLoop:
+               data=None, evaluate=None, dropout: float = 0.0, with_table: bool = True,
+               sharding: str = "auto") -> TrainLoop:
     """Seeded toy model sharded with DistributedModelParallel, its optimizers and a TrainLoop over ToyData."""
     optim = optim or optimizer_config()
     seed_everything(config.seed)
     model = ToyModel(with_table=with_table, dropout=dropout)
+    settings, constraints = {}, None
     if model.tables is not None:
-        apply_sparse_optimizer(model.tables.parameters(), optim.sparse, ctx.device)
-    dmp = shard_model(model, ctx, batch_size=16, static_graph=config.gradient_accumulation_steps == 1)
+        weights = {name: bag.weight for name, bag in model.tables.embedding_bags.items()}
+        settings = {name: sparse_settings(optim.sparse) for name in weights}
+        apply_sparse_optimizer(weights, settings)
+        constraints = planner_constraints({name: TablePlacement(sharding) for name in weights}, settings,
+                                          ctx.device.type)
+    dmp = shard_model(model, ctx, batch_size=16, static_graph=config.gradient_accumulation_steps == 1,
+                      constraints=constraints)
     data = data if data is not None else ToyData(rank=ctx.rank)
     # As the recap trainer does: the training's length (known from the data's epoch size) ends cosine schedules.
     steps_per_epoch = len(data)
     dense = build_dense_optimizer(dmp, toy_groups(dmp), optim.dense, total_train_steps(config, steps_per_epoch))
     return TrainLoop(dmp, dense, data, config, ctx, task_names=TASKS,
-                     sparse_optimizer=dmp.fused_optimizer if with_table else None, evaluate=evaluate,
+                     sparse_optimizer=build_sparse_optimizers(dmp, settings) if with_table else None, evaluate=evaluate,
                      steps_per_epoch=steps_per_epoch)
 
 

@@ -37,6 +37,7 @@ from projects.home.recap.data.config import DataConfig, DatasetConfig
 from projects.home.recap.data.loader import Mode, RecapDataLoader
 from projects.home.recap.model.factory import build_model_and_loss
 from projects.home.recap.model.loss import ModelAndLoss
+from projects.home.recap.model.tables import table_constraints
 from projects.home.recap.schema import RecapConfig
 
 __all__ = [
@@ -126,6 +127,7 @@ def load_sharded_for_inference(
         build_model_and_loss(config, sparse_device="meta"),
         ctx,
         batch_size=batch_size or config.data.eval_batch_size or config.data.batch_size,
+        constraints=table_constraints(config, ctx.device.type),
     )
     load_weights(model, found, ctx)
     return model, found

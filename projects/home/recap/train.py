@@ -17,11 +17,13 @@ from core.config import ConfigError, dump_yaml
 from core.distributed import DistributedContext, init_distributed, shard_model
 from core.log import get_logger
 from core.optimizers import apply_sparse_optimizer, build_dense_optimizer
+from core.sparse_optimizers import SparseOptimizers, build_sparse_optimizers
 from core.train_loop import TrainLoop, TrainResult, seed_everything, total_train_steps
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.evaluate import build_evaluator, validation_loaders
 from projects.home.recap.model.factory import build_model_and_loss
 from projects.home.recap.model.parameter_groups import dense_parameter_groups
+from projects.home.recap.model.tables import table_constraints, table_optimizer_settings
 from projects.home.recap.schema import RecapConfig
 
 logger = get_logger(__name__)
@@ -36,13 +38,15 @@ def build_training(
     model_and_loss = build_model_and_loss(config, sparse_device="meta")
     tasks = list(model_and_loss.task_names)
     tables = model_and_loss.model.large_embeddings
+    settings = table_optimizer_settings(config)
     if tables is not None:
-        apply_sparse_optimizer(tables.parameters(), config.optimizer.sparse, ctx.device)
+        apply_sparse_optimizer({name: bag.weight for name, bag in tables.embedding_bags.items()}, settings)
     model = shard_model(
         model_and_loss,
         ctx,
         batch_size=config.data.batch_size,
         static_graph=config.training.gradient_accumulation_steps == 1,
+        constraints=table_constraints(config, ctx.device.type),
     )
     groups = dense_parameter_groups(model)
     if total_steps is None:
@@ -53,6 +57,11 @@ def build_training(
     schedules = {repr(s) for s in dense_optimizer.schedules.values()}
     logger.info("dense learning rate: %s", schedules.pop() if len(schedules) == 1 else dense_optimizer.schedules)
     return model, dense_optimizer, tasks
+
+
+def build_sparse_optimizer(config: RecapConfig, model: nn.Module) -> SparseOptimizers:
+    """The sharded model's table optimizers: fused into backward, or row-sparse for data-parallel tables."""
+    return build_sparse_optimizers(model, table_optimizer_settings(config))
 
 
 def train(config: RecapConfig, ctx: DistributedContext | None = None) -> TrainResult:
@@ -90,7 +99,7 @@ def train(config: RecapConfig, ctx: DistributedContext | None = None) -> TrainRe
         config.training,
         ctx,
         task_names=tasks,
-        sparse_optimizer=model.fused_optimizer,
+        sparse_optimizer=build_sparse_optimizer(config, model),
         evaluate=evaluate,
         steps_per_epoch=len(train_data),
     )

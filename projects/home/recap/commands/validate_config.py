@@ -1,6 +1,7 @@
 """`recap validate-config FILE [--check]`: print the fully resolved config as YAML, or its errors (exit status 1).
-With --check, also build the model (on the meta device: statistics files are read, no weights are allocated) and
-check every dataset's files against the feature schema, as training would before its first step."""
+With --check, also build the model (on the meta device: statistics files are read, no weights are allocated), check
+that each large table's placement can train on the training device, and check every dataset's files against the
+feature schema, as training would before its first step."""
 
 from __future__ import annotations
 
@@ -25,11 +26,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     import sys
 
+    from core.distributed import resolve_device
     from projects.home.recap.data.errors import DataError
     from projects.home.recap.data.validation import validate_dataset
     from projects.home.recap.model.factory import build_model
+    from projects.home.recap.model.tables import table_constraints
 
     build_model(config, sparse_device="meta")
+    # Each table's pinned placement must be able to train with its optimizer settings on the training device.
+    table_constraints(config, resolve_device(config.training.device, 0).type)
     tasks = list(config.model.tasks)
     datasets = {"data.train": config.data.train} if config.data.train is not None else {}
     datasets.update({f"data.validation.{name}": d for name, d in config.data.validation.items()})

@@ -67,6 +67,15 @@ class SmallEmbeddingConfig(BaseConfig):
     embedding_dim: int = Field(ge=1)
 
 
+class EmbeddingInitConfig(BaseConfig):
+    """Initial weights of a large table: uniform in [-uniform_bound, uniform_bound] or normal(0, normal_std)."""
+
+    exactly_one_of = (("uniform_bound", "normal_std"),)
+
+    uniform_bound: float | None = Field(default=None, gt=0.0)
+    normal_std: float | None = Field(default=None, gt=0.0)
+
+
 class LargeEmbeddingConfig(BaseConfig):
     """A torchrec embedding-bag table over one or more sparse id columns (sharded across ranks)."""
 
@@ -77,6 +86,22 @@ class LargeEmbeddingConfig(BaseConfig):
     pooling: Literal["sum", "mean"] = "mean"
     # How raw ids are brought into [0, num_embeddings): modulo, or a multiplicative hash then modulo.
     id_transform: Literal["mod", "hash"] = "hash"
+    # Where the table is computed; auto lets torchrec's planner choose among what can train (core/table_placement.py).
+    sharding: Literal["auto", "data_parallel", "table_wise", "row_wise", "column_wise", "table_row_wise",
+                      "table_column_wise"] = "auto"
+    compute_kernel: Literal["auto", "fused", "dense", "fused_uvm", "fused_uvm_caching"] = "auto"
+    # This table's learning rate instead of optimizer.sparse.learning_rate.
+    learning_rate: float | None = Field(default=None, gt=0.0)
+    # Initial weights: torchrec's default, uniform in +-sqrt(1 / num_embeddings), unless set here.
+    init: EmbeddingInitConfig | None = None
+
+    @model_validator(mode="after")
+    def _kernel_matches_sharding(self):
+        if self.sharding == "data_parallel" and self.compute_kernel not in ("auto", "dense"):
+            raise ValueError(f"data_parallel tables compute with the dense kernel, not {self.compute_kernel}")
+        if self.compute_kernel == "dense" and self.sharding not in ("auto", "data_parallel"):
+            raise ValueError(f"the dense kernel computes data_parallel tables only, not {self.sharding}")
+        return self
 
     @field_validator("name")
     @classmethod

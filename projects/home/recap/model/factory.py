@@ -19,7 +19,7 @@ from common.sparse_embeddings import (
     pooled_embedding_dim,
 )
 from projects.home.recap.data.config import FeatureSchema
-from projects.home.recap.model.config import FeaturizationConfig, MlpConfig, TowerConfig
+from projects.home.recap.model.config import EmbeddingInitConfig, FeaturizationConfig, MlpConfig, TowerConfig
 from projects.home.recap.model.feature_stats import load_feature_stats
 from projects.home.recap.model.loss import ModelAndLoss
 from projects.home.recap.model.multi_task import AffineMap, DenseRankingModel, MultiTaskRankingModel, TaskHead
@@ -98,6 +98,12 @@ def build_featurizer(config: FeaturizationConfig, schema: FeatureSchema) -> nn.M
     return ZScoreLog(mean, std, b, z.clip_magnitude)
 
 
+def _table_init(init: EmbeddingInitConfig | None) -> tuple[str, float] | None:
+    if init is None:
+        return None
+    return ("uniform", init.uniform_bound) if init.uniform_bound is not None else ("normal", init.normal_std)
+
+
 def large_table_specs(config: RecapConfig) -> list[LargeTableSpec]:
     """The large embedding tables of the config."""
     return [
@@ -108,6 +114,7 @@ def large_table_specs(config: RecapConfig) -> list[LargeTableSpec]:
             embedding_dim=t.embedding_dim,
             pooling=t.pooling,
             id_transform=t.id_transform,
+            init=_table_init(t.init),
         )
         for t in config.model.large_embeddings
     ]

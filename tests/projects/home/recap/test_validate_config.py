@@ -141,3 +141,17 @@ def test_check_builds_the_model_and_checks_every_dataset_against_the_schema(tmp_
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "data.validation.test" in err and "author_id" in err and broken.name in err
+
+
+def test_table_placement_settings_are_checked(capsys):
+    with pytest.raises(ConfigError, match="data_parallel tables compute with the dense kernel, not fused"):
+        load_recap_config(DEMO, ["model.large_embeddings.0.sharding=data_parallel",
+                                 "model.large_embeddings.0.compute_kernel=fused"])
+    with pytest.raises(ConfigError, match="exactly one of uniform_bound, normal_std"):
+        load_recap_config(DEMO, ["model.large_embeddings.0.init={uniform_bound: 0.1, normal_std: 0.1}"])
+    # Adam on CPU runs only for data-parallel tables: a table pinned to table_wise cannot train with it.
+    pinned = ["--set", "training.device=cpu", "--set", "optimizer.sparse={type: adam}",
+              "--set", "model.large_embeddings.2.sharding=table_wise"]
+    with pytest.raises(ConfigError, match="'hashtag': table_wise updates the table inside fbgemm's fused kernel, "
+                                          "and fbgemm's CPU kernels have no Adam"):
+        main(["validate-config", str(DEMO), "--check", *pinned])

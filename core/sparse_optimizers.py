@@ -86,14 +86,16 @@ def fused_optimizer(settings: SparseOptimizerSettings) -> tuple[type, dict[str, 
 
 
 def _zero_state(settings: SparseOptimizerSettings, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    # Named as fbgemm names the fused kernels' state (momentum1: adagrad's sums or Adam's first moment, momentum2:
+    # Adam's second moment), prefixed with the table name below, so one checkpoint serves either kind of plan.
     if settings.type == "adagrad":
-        return {"sum": torch.zeros_like(weight)}
+        return {"momentum1": torch.zeros_like(weight)}
     if settings.type == "rowwise_adagrad":
-        return {"sum": torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)}
+        return {"momentum1": torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)}
     if settings.type == "adam":
         return {
-            "exp_avg": torch.zeros_like(weight),
-            "exp_avg_sq": torch.zeros_like(weight),
+            "momentum1": torch.zeros_like(weight),
+            "momentum2": torch.zeros_like(weight),
             "step": torch.zeros((), dtype=torch.float32, device=weight.device),
         }
     return {}
@@ -109,7 +111,11 @@ class RowSparseOptimizer(KeyedOptimizer):
         if missing:
             raise ValueError(f"no sparse optimizer settings for {missing}")
         self.settings = {p: settings[name] for name, p in params.items()}
-        state = {p: _zero_state(settings[name], p) for name, p in params.items()}
+        self.prefix = {p: f"{_table_of(name) or name}." for name, p in params.items()}
+        state = {
+            p: {self.prefix[p] + key: value for key, value in _zero_state(settings[name], p).items()}
+            for name, p in params.items()
+        }
         groups = [{"params": [p], "lr": settings[name].learning_rate} for name, p in params.items()]
         super().__init__(dict(params), state, groups)
 
@@ -125,7 +131,8 @@ class RowSparseOptimizer(KeyedOptimizer):
         rows = grad.ne(0).any(dim=1).nonzero().squeeze(1)
         if rows.numel() == 0:
             return
-        state = self.state[weight]
+        prefix, table_state = self.prefix[weight], self.state[weight]
+        state = {key[len(prefix):]: value for key, value in table_state.items()}
         w = weight[rows]
         g = grad[rows].to(w.dtype)
         if s.weight_decay > 0 and s.weight_decay_mode == "l2":
@@ -133,20 +140,20 @@ class RowSparseOptimizer(KeyedOptimizer):
         if s.type == "sgd":
             update = g
         elif s.type == "adagrad":
-            total = state["sum"][rows] + g * g
-            state["sum"][rows] = total
+            total = state["momentum1"][rows] + g * g
+            state["momentum1"][rows] = total
             update = g / (total.sqrt() + s.epsilon)
         elif s.type == "rowwise_adagrad":
-            total = state["sum"][rows] + (g * g).mean(dim=1)
-            state["sum"][rows] = total
+            total = state["momentum1"][rows] + (g * g).mean(dim=1)
+            state["momentum1"][rows] = total
             update = g / (total.sqrt() + s.epsilon)[:, None]
         else:
             state["step"] += 1
             t = float(state["step"])
-            m = state["exp_avg"][rows].mul_(s.beta_1).add_(g, alpha=1 - s.beta_1)
-            v = state["exp_avg_sq"][rows].mul_(s.beta_2).addcmul_(g, g, value=1 - s.beta_2)
-            state["exp_avg"][rows] = m
-            state["exp_avg_sq"][rows] = v
+            m = state["momentum1"][rows].mul_(s.beta_1).add_(g, alpha=1 - s.beta_1)
+            v = state["momentum2"][rows].mul_(s.beta_2).addcmul_(g, g, value=1 - s.beta_2)
+            state["momentum1"][rows] = m
+            state["momentum2"][rows] = v
             update = (m / (1 - s.beta_1**t)) / ((v / (1 - s.beta_2**t)).sqrt() + s.epsilon)
         if s.weight_decay > 0 and s.weight_decay_mode == "decoupled":
             update = update + s.weight_decay * w

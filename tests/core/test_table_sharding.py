@@ -247,3 +247,22 @@ def test_a_configured_initialisation_reaches_the_sharded_table(ctx, sharding, in
     else:
         assert weights.abs().max().item() <= 0.05 and weights.abs().max().item() > 0.049
         assert weights.std().item() == pytest.approx(0.05 / 3**0.5, rel=0.03)
+
+
+@pytest.mark.parametrize("first, second", [("table_wise", "data_parallel"), ("data_parallel", "column_wise")])
+def test_optimizer_state_carries_over_between_fused_and_row_sparse_plans(ctx, tmp_path, first, second):
+    settings = SparseOptimizerSettings(type="rowwise_adagrad", learning_rate=0.2)
+    dmp, optimizers = h.build(ctx, first, settings)
+    h.train_steps(dmp, optimizers, 0, 1)
+    manager = CheckpointManager(tmp_path, ctx)
+    manager.save(1, {"model": dmp.state_dict(), "sparse": optimizers.state_dict()["state"]})
+    resumed, resumed_optimizers = h.build(ctx, second, settings)
+    tensors = {"model": resumed.state_dict(), "sparse": resumed_optimizers.state_dict()["state"]}
+    manager.load(manager.latest(), tensors)
+    resumed.load_state_dict(tensors["model"])
+    resumed_optimizers.load_state_dict({"state": tensors["sparse"]})
+    for step in (1, 2):
+        resumed(h.kjt(0, step)).backward()
+        resumed_optimizers.step()
+    got = [h.read_table(resumed, name, r, d) for name, _, r, d, _ in h.TABLES]
+    _assert_tables(got, reference_update(settings, 3), looked_up(1, 3))

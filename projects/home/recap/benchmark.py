@@ -48,7 +48,7 @@ from projects.home.recap.inference import inference_mode, run_model
 from projects.home.recap.model.multi_task import DenseRankingModel
 from projects.home.recap.model.synthetic_batch import random_batch
 from projects.home.recap.schema import RecapConfig, load_recap_config
-from projects.home.recap.train import build_training
+from projects.home.recap.train import build_sparse_optimizer, build_training
 
 logger = get_logger(__name__)
 
@@ -242,7 +242,7 @@ class ConfigBenchmark:
             update={"mixed_precision": precision, "save_dir": str(self.workdir / "run")}
         )
         return TrainLoop(self.model, self.dense_optimizer, data, training, self.ctx, task_names=self.tasks,
-                         sparse_optimizer=getattr(self.model, "fused_optimizer", None))
+                         sparse_optimizer=build_sparse_optimizer(self.config, self.model))
 
     def _forward_backward(self, precision: str) -> Callable[[], None]:
         batch = self.batches[0]

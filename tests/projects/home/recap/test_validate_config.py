@@ -98,7 +98,7 @@ def test_num_eval_steps_needs_eval_every_n():
     assert load_recap_config(DEMO, ["training.eval_every_n=null", "training.num_eval_steps=null"])
 
 
-@pytest.mark.parametrize("name", ["demo", "census", "recap_scale"])
+@pytest.mark.parametrize("name", ["demo", "census", "recap_scale", "ids"])
 def test_shipped_configs_load(name):
     config = load_recap_config(DEMO.with_name(f"{name}.yaml"))
     assert config.training.eval_every_n is None or config.data.validation

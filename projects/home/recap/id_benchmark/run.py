@@ -32,7 +32,7 @@ IDS_CONFIG = Path(__file__).resolve().parents[1] / "config" / "ids.yaml"
 SPLITS = ("train", "validation", "test")
 # Rows generated when the data directory is empty: one epoch of both models, evaluation included, in about
 # 5-10 minutes on 2 CPU cores.
-DEFAULT_ROWS = 1_500_000
+DEFAULT_ROWS = 2_000_000
 OURS, REFERENCE = "ours", "reference"
 
 

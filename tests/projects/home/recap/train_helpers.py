@@ -73,13 +73,13 @@ def set_args(values: list[str]) -> list[str]:
 def checkpoint_state(config: RecapConfig, ctx: DistributedContext, path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint (model, dense and sparse optimizer states) loaded into a freshly built
     training setup, as CPU tensors keyed by name."""
-    from projects.home.recap.train import build_training
+    from projects.home.recap.train import build_sparse_optimizer, build_training
 
     model, dense, _ = build_training(config, ctx)
     tensors = {
         "model": model.state_dict(),
         "dense_optimizer": dense.state_tensors(),
-        "sparse_optimizer": model.fused_optimizer.state_dict()["state"],
+        "sparse_optimizer": build_sparse_optimizer(config, model).state_dict()["state"],
     }
     found = resolve_checkpoint(path)
     CheckpointManager(found.path.parent, ctx).load(found, tensors)

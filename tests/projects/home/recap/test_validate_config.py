@@ -155,3 +155,18 @@ def test_table_placement_settings_are_checked(capsys):
     assert main(["validate-config", str(DEMO), "--check", *pinned]) != 0
     assert ("large embedding table 'hashtag': table_wise updates the table inside fbgemm's fused kernel, and "
             "fbgemm's CPU kernels have no Adam") in capsys.readouterr().err
+
+
+def test_a_large_table_kept_data_parallel_is_named_in_a_warning(caplog):
+    from projects.home.recap.model.tables import table_constraints
+
+    config = load_recap_config(DEMO, ["optimizer.sparse={type: adam}", "model.large_embeddings.0.num_embeddings=1000000"])
+    with caplog.at_level("WARNING"):
+        constraints = table_constraints(config, "cpu")
+    assert constraints["user"].sharding_types == ["data_parallel"]
+    assert "'user' (1000000 x 16) is kept data_parallel because fbgemm's CPU kernels have no Adam" in caplog.text
+    assert "'author'" not in caplog.text  # 50,000 x 16 is small enough to replicate without a word
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert table_constraints(config, "cuda")["user"].sharding_types != ["data_parallel"]
+    assert caplog.text == ""

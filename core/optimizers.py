@@ -151,7 +151,7 @@ def sparse_settings(config: SparseOptimizerConfig, learning_rate: float | None =
     """The plain settings of optimizer.sparse, with a table's own learning rate when it has one."""
     return SparseOptimizerSettings(
         type=config.type,
-        learning_rate=learning_rate if learning_rate is not None else config.learning_rate,
+        learning_rate=learning_rate if learning_rate is not None else float(config.learning_rate),
         epsilon=config.epsilon if config.epsilon is not None else SPARSE_EPSILON_DEFAULT,
         beta_1=config.beta_1 if config.beta_1 is not None else 0.9,
         beta_2=config.beta_2 if config.beta_2 is not None else 0.999,

@@ -36,8 +36,8 @@ SPARSE_OPTIMIZER_TYPES = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 class SparseOptimizerSettings:
     """One table's optimizer: its type and hyper-parameters (see the module docstring for the maths)."""
 
-    type: str = "rowwise_adagrad"
-    learning_rate: float = 0.05
+    type: str = "adam"
+    learning_rate: float = 0.03
     epsilon: float = 1e-8
     beta_1: float = 0.9
     beta_2: float = 0.999

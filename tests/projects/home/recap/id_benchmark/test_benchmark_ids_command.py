@@ -45,7 +45,7 @@ def test_command_trains_both_models_and_prints_the_table(tmp_path, monkeypatch, 
     assert doc["generated"]["collaborative_dim"] == 4
     assert doc["ours"]["steps"] == doc["reference"]["steps"] == 5
     assert doc["reference"]["embedding_optimizer"] == {"type": "adam", "learning_rate": 0.02}
-    assert doc["ours"]["sparse_optimizer"]["type"] == "rowwise_adagrad"
+    assert doc["ours"]["sparse_optimizer"]["type"] == "adam"
     test = doc["datasets"]["test"]
     assert list(test) == TASKS
     for row in test.values():

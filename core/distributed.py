@@ -26,6 +26,7 @@ logger = get_logger(__name__)
 
 T = TypeVar("T")
 
+_BENIGN_TABLE_WARNINGS = ("caching params will be ignored", "Sharding spec not found for")
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -55,7 +56,12 @@ def quiet_library_logging() -> None:
     warnings.filterwarnings("ignore", message=".*deprecating ShardedTensor.*", category=FutureWarning)
 
     def not_library_info(record: logging.LogRecord) -> bool:
-        # fbgemm logs through the root logger itself.
+        # fbgemm logs through the root logger itself; torchrec warns about every data-parallel table (it has no
+        # sharding spec and no cache), which is how such a table is meant to be.
+        if record.name in ("root", "torchrec.distributed.utils") and any(
+            benign in record.getMessage() for benign in _BENIGN_TABLE_WARNINGS
+        ):
+            return False
         return record.name != "root" or record.levelno >= logging.WARNING
 
     for handler in logging.getLogger().handlers:

@@ -62,3 +62,15 @@ def test_library_info_is_quiet_and_project_logs_are_not(restored_logging):
     assert not restored_logging.filter(record("root", logging.INFO))
     assert restored_logging.filter(record("root", logging.WARNING))
     assert restored_logging.filter(record("projects.home.recap.train", logging.INFO))
+
+
+def test_torchrec_notices_about_data_parallel_tables_are_dropped(restored_logging):
+    quiet_library_logging()
+
+    def record(name, message):
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, message, None, None)
+
+    assert not restored_logging.filter(record("root", "Sharding spec not found for model.large_embeddings.user"))
+    assert not restored_logging.filter(record("torchrec.distributed.utils",
+                                              "Sharding Type is data_parallel, caching params will be ignored"))
+    assert restored_logging.filter(record("torchrec.distributed.utils", "something else"))

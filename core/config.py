@@ -85,8 +85,17 @@ def substitute_env(node: Any, path: str = "", env: Mapping[str, str] | None = No
 
     whole = _ENV_PATTERN.fullmatch(node)
     value = _ENV_PATTERN.sub(replace, node)
-    # A value that is nothing but ${NAME} takes the YAML type of what NAME holds (a number, a list, ...).
-    return yaml.safe_load(value) if whole and value.strip() else value
+    # A value that is nothing but ${NAME} stays the string NAME holds: the field's type decides (validation turns
+    # "12" into 12 for a number field, while "12:30", "0755" or "2024_01" stay as written for a string field).
+    # Only a list, a mapping or null written in YAML becomes that structure.
+    if whole and value.strip():
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if parsed is None or isinstance(parsed, (list, dict)):
+            return parsed
+    return value
 
 
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
@@ -118,13 +127,30 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key written twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line})",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML:\n  {exc}") from None
     if data is None:

@@ -59,12 +59,42 @@ def test_field_groups():
 def test_env_substitution(tmp_path):
     env = {"N": "3", "WHO": "me"}
     assert substitute_env({"x": "${N}", "y": "run-${WHO}", "z": ["${UNSET:-7}"]}, env=env) == {
-        "x": 3,
+        "x": "3",
         "y": "run-me",
-        "z": [7],
+        "z": ["7"],
     }
     with pytest.raises(ConfigError, match=r"\$\{MISSING\} is not set \(used at a.b\)"):
         substitute_env({"a": {"b": "${MISSING}"}}, env={})
+
+
+@pytest.mark.parametrize("value", ["12:30", "0755", "2024_01", "[unclosed", "1e3", "true", "007"])
+def test_a_substituted_string_stays_as_written(tmp_path, value, monkeypatch):
+    monkeypatch.setenv("ML_RUN", value)
+    path = write(tmp_path, "name: ${ML_RUN}\n")
+    assert load_config(path, Outer).name == value
+
+
+def test_a_substituted_value_takes_the_type_of_its_field(tmp_path, monkeypatch):
+    monkeypatch.setenv("N", "9")
+    monkeypatch.setenv("SIZES", "[4, 5]")
+    path = write(tmp_path, "name: x\ninner:\n  t:\n    a: ${N}\nlayer_sizes: ${SIZES}\n")
+    cfg = load_config(path, Outer)
+    assert cfg.inner["t"].a == 9 and cfg.layer_sizes == [4, 5]
+    monkeypatch.setenv("N", "12:30")
+    with pytest.raises(ConfigError, match="inner.t.a"):
+        load_config(path, Outer)
+
+
+def test_a_key_written_twice_is_an_error_naming_both_lines(tmp_path):
+    path = write(tmp_path, "name: a\ninner:\n  t: {a: 1}\nname: b\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: not valid YAML:[\s\S]*key 'name' appears twice in one mapping "
+                                          r"\(lines 1 and 4\)"):
+        load_config(path, Outer)
+
+
+def test_a_quoted_number_is_fine_for_a_number_field(tmp_path):
+    path = write(tmp_path, "name: x\nlayer_sizes: ['4', \"5\"]\n")
+    assert load_config(path, Outer).layer_sizes == [4, 5]
 
 
 def test_overrides_are_typed_by_schema(tmp_path):

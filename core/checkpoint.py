@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
@@ -44,6 +45,10 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, corrupt or does not fit the model; the message names its path."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A sound checkpoint whose tensors do not fit the model being trained (its config changed): never corruption."""
 
 
 @dataclass(frozen=True)
@@ -241,9 +246,30 @@ def _check_tensors_only(tensors: Mapping[str, Any]) -> None:
         raise TypeError(f"only tensors go into a checkpoint's DCP state; not tensors: {bad[:5]}")
 
 
+def check_compatible(path: Path, tensors: Mapping[str, Any]) -> None:
+    """Raise CheckpointMismatchError naming the first tensors that the checkpoint lacks or holds in another shape."""
+    saved = read_metadata(path).state_dict_metadata
+    problems = []
+    for name, tensor in _flatten_keys(tensors).items():
+        entry = saved.get(name)
+        if entry is None:
+            problems.append(f"{name} is not in it")
+        elif isinstance(entry, TensorStorageMetadata) and tuple(entry.size) != tuple(tensor.size()):
+            problems.append(f"{name} has shape {tuple(entry.size)}, this run has {tuple(tensor.size())}")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise CheckpointMismatchError(
+            f"checkpoint {path} does not fit this run's model and optimizers (was the config changed?): {shown}. "
+            "Resume with the config the run was started with (its save_dir holds it as config.yaml), or train in "
+            "a new save_dir (training.warm_start_from takes the weights that still fit)"
+        )
+
+
 def load_tensors(path: Path, tensors: dict[str, Any], allow_partial: bool = False) -> None:
     """Load a checkpoint's DCP state into `tensors` in place (a nested dict of tensors, ShardedTensors, DTensors)."""
     _check_tensors_only(tensors)
+    if not allow_partial:
+        check_compatible(path, tensors)
     try:
         dcp.load(
             tensors,
@@ -252,7 +278,7 @@ def load_tensors(path: Path, tensors: dict[str, Any], allow_partial: bool = Fals
         )
     except CheckpointError:
         raise
-    except Exception as exc:
+    except (Exception, CheckpointException) as exc:  # DCP's CheckpointException is a BaseException
         raise CheckpointError(f"checkpoint {path}: loading failed ({type(exc).__name__}: {exc})") from exc
 
 
@@ -347,26 +373,54 @@ class CheckpointManager:
         return record.get("info", {}), rank_info
 
     def load_latest(
-        self, tensors: dict[str, Any]
+        self, tensors: dict[str, Any], start_over: bool = False
     ) -> tuple[Checkpoint, dict[str, Any], dict[str, Any] | None] | None:
-        """Load the newest checkpoint that verifies and loads; a broken one is reported by path, renamed to
-        step_N.corrupt and the previous one is tried. None if there is none."""
+        """Load the newest checkpoint that verifies and loads. A broken one is reported by path and the previous one
+        is tried; once one loads, the broken newer ones are renamed step_N.corrupt. If every checkpoint is broken,
+        CheckpointError names each and why, unless `start_over` (then they are all moved aside and None returned).
+        A checkpoint that does not fit the model (CheckpointMismatchError) is raised at once and never moved.
+        None if there is no checkpoint."""
+        for stray in self._without_info():
+            logger.warning("%s has no %s: not a complete checkpoint, ignored", stray, INFO_FILE)
+        rejected: list[tuple[Checkpoint, CheckpointError]] = []
         for checkpoint in reversed(self.complete()):
             try:
                 info, rank_info = self.load(checkpoint, tensors)
+            except CheckpointMismatchError:
+                raise
             except CheckpointError as exc:
                 logger.error("%s; falling back to the previous checkpoint", exc)
-                barrier(self.ctx)
-                if self.ctx.is_main:
-                    aside = checkpoint.path.with_name(checkpoint.path.name + ".corrupt")
-                    shutil.rmtree(aside, ignore_errors=True)
-                    os.rename(checkpoint.path, aside)
-                    logger.error("moved %s to %s", checkpoint.path, aside.name)
-                barrier(self.ctx)
+                rejected.append((checkpoint, exc))
                 continue
+            self._move_aside([c for c, _ in rejected])
             return checkpoint, info, rank_info
+        if rejected and not start_over:
+            reasons = "\n".join(f"  {c.path.name}: {exc}" for c, exc in rejected)
+            raise CheckpointError(
+                f"every checkpoint in {self.directory} was rejected:\n{reasons}\n"
+                "nothing was moved; to train from step 0 anyway, pass --start-over (they are then moved aside as "
+                "step_N.corrupt)"
+            )
+        self._move_aside([c for c, _ in rejected])
         return None
 
+    def _without_info(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.iterdir()
+                      if _STEP_DIR.match(p.name) and p.is_dir() and not (p / INFO_FILE).is_file())
+
+    def _move_aside(self, checkpoints: list[Checkpoint]) -> None:
+        if not checkpoints:  # every rank holds the same list: verification is collective
+            return
+        barrier(self.ctx)
+        if self.ctx.is_main:
+            for checkpoint in checkpoints:
+                aside = checkpoint.path.with_name(checkpoint.path.name + ".corrupt")
+                shutil.rmtree(aside, ignore_errors=True)
+                os.rename(checkpoint.path, aside)
+                logger.error("moved %s to %s", checkpoint.path, aside.name)
+        barrier(self.ctx)
 
 def load_model_weights(
     source: str | os.PathLike, model_state: dict[str, Any], ctx: DistributedContext, key: str = "model"

@@ -158,6 +158,7 @@ class TrainLoop:
         sparse_optimizer: SparseOptimizer | None = None,
         evaluate: Evaluate | None = None,
         steps_per_epoch: int | None = None,
+        start_over: bool = False,
     ) -> None:
         self.model = model
         self.dense_optimizer = dense_optimizer
@@ -168,6 +169,8 @@ class TrainLoop:
         self.task_names = list(task_names)
         self.evaluate = evaluate
         self.steps_per_epoch = steps_per_epoch
+        # Train from step 0 when every checkpoint in save_dir is broken (they are moved aside) instead of stopping.
+        self.start_over = start_over
         self.save_dir = Path(config.save_dir)
         self.checkpoints = CheckpointManager(self.save_dir / CHECKPOINT_DIR, ctx, config.keep_last_k)
         self.step = 0
@@ -208,7 +211,7 @@ class TrainLoop:
         """Resume from the newest good checkpoint under save_dir, else warm start if configured; returns the
         checkpoint resumed from (None for a fresh or warm-started run)."""
         tensors = self._state_tensors()
-        loaded = self.checkpoints.load_latest(tensors)
+        loaded = self.checkpoints.load_latest(tensors, start_over=self.start_over)
         if loaded is None:
             if self.config.warm_start_from:
                 load_model_weights(self.config.warm_start_from, tensors["model"], self.ctx)

@@ -15,6 +15,7 @@ import core.checkpoint as checkpoint_module
 from core.checkpoint import (
     CheckpointError,
     CheckpointManager,
+    CheckpointMismatchError,
     list_checkpoints,
     load_model_weights,
     read_metadata,
@@ -118,6 +119,46 @@ def test_truncated_checkpoint_is_named_and_the_previous_one_is_used(ctx, tmp_pat
     assert torch.equal(target[0].weight, good[0].weight)
     assert (tmp_path / "step_00000002.corrupt").is_dir()
     assert manager.latest().step == 1
+
+
+def _truncate(checkpoint) -> None:
+    data = checkpoint.path / "__0_0.distcp"
+    data.write_bytes(data.read_bytes()[:100])
+
+
+def test_when_every_checkpoint_is_broken_training_stops_instead_of_starting_over(ctx, tmp_path):
+    manager = CheckpointManager(tmp_path, ctx)
+    for step in (1, 2):
+        _truncate(_save(manager, step, _model(step)))
+    state = {"model": _model(3).state_dict()}
+    with pytest.raises(CheckpointError, match=r"every checkpoint in .* was rejected:\n  step_00000002: .*100 bytes"
+                                              r".*\n  step_00000001: [\s\S]*--start-over"):
+        manager.load_latest(state)
+    assert [c.step for c in manager.complete()] == [1, 2]  # nothing moved
+    assert manager.load_latest(state, start_over=True) is None
+    assert manager.complete() == [] and (tmp_path / "step_00000001.corrupt").is_dir()
+
+
+def test_a_step_directory_without_its_checkpoint_json_is_reported(ctx, tmp_path, caplog):
+    manager = CheckpointManager(tmp_path, ctx)
+    _save(manager, 1, _model(1))
+    (tmp_path / "step_00000002").mkdir()
+    with caplog.at_level("WARNING"):
+        checkpoint, _, _ = manager.load_latest({"model": _model(2).state_dict()})
+    assert checkpoint.step == 1
+    assert "step_00000002 has no checkpoint.json: not a complete checkpoint, ignored" in caplog.text
+
+
+def test_a_checkpoint_of_another_model_is_a_clear_mismatch_and_is_never_moved_aside(ctx, tmp_path):
+    manager = CheckpointManager(tmp_path, ctx)
+    _save(manager, 1, _model(1))
+    other = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Linear(5, 2))
+    with pytest.raises(CheckpointMismatchError, match=r"step_00000001 does not fit this run's model .*: "
+                                                      r"model.0.weight has shape \(4, 3\), this run has \(5, 3\)"):
+        manager.load_latest({"model": other.state_dict()})
+    with pytest.raises(CheckpointMismatchError, match=r"model.extra is not in it"):
+        manager.load_latest({"model": {**_model(2).state_dict(), "extra": torch.zeros(2)}})
+    assert [c.step for c in manager.complete()] == [1]
 
 
 def test_corrupt_bytes_of_the_right_size_are_detected(ctx, tmp_path):

@@ -64,8 +64,9 @@ def build_sparse_optimizer(config: RecapConfig, model: nn.Module) -> SparseOptim
     return build_sparse_optimizers(model, table_optimizer_settings(config))
 
 
-def train(config: RecapConfig, ctx: DistributedContext | None = None) -> TrainResult:
-    """Train (resuming from save_dir if it holds checkpoints) and return where training ended."""
+def train(config: RecapConfig, ctx: DistributedContext | None = None, start_over: bool = False) -> TrainResult:
+    """Train (resuming from save_dir if it holds checkpoints) and return where training ended; with start_over, a
+    save_dir whose checkpoints are all broken trains from step 0 instead of stopping with an error."""
     if config.data.train is None:
         raise ConfigError("data.train: no training dataset is configured")
     ctx = ctx or init_distributed(config.training.device)
@@ -102,6 +103,7 @@ def train(config: RecapConfig, ctx: DistributedContext | None = None) -> TrainRe
         sparse_optimizer=build_sparse_optimizer(config, model),
         evaluate=evaluate,
         steps_per_epoch=len(train_data),
+        start_over=start_over,
     )
     logger.info("%d training batches of %d rows per rank and epoch", len(train_data), train_data.batch_size)
     return loop.run()

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-restarts", type=int, default=0, metavar="K",
                         help="with --nproc-per-node: restart all workers up to K times after a failure; "
                              "they resume from the last checkpoint")
+    parser.add_argument("--start-over", action="store_true",
+                        help="if every checkpoint in save_dir is broken, move them aside and train from step 0 "
+                             "(without it, training stops with an error naming each)")
 
 
 def worker_arguments(args: argparse.Namespace) -> list[str]:
@@ -30,6 +33,8 @@ def worker_arguments(args: argparse.Namespace) -> list[str]:
     out = ["train", "--config", args.config]
     for override in args.overrides:
         out += ["--set", override]
+    if args.start_over:
+        out.append("--start-over")
     return out
 
 
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from projects.home.recap.train import train
 
     try:
-        result = train(config)
+        result = train(config, start_over=args.start_over)
     except (NonFiniteLossError, CheckpointError, DataError) as exc:
         logger.error("%s", exc)
         return 1

@@ -131,3 +131,44 @@ def test_train_without_training_data_is_a_config_error(ctx, tmp_path):
     with pytest.raises(ConfigError, match="data.train: no training dataset"):
         train(config, ctx)
     assert not (tmp_path / "save").exists()
+
+
+def test_resuming_with_a_changed_model_is_one_clear_error_and_keeps_the_checkpoints(data_dir, ctx, tmp_path):
+    from core.checkpoint import CheckpointMismatchError
+    from projects.home.recap.schema import load_recap_config
+    from projects.home.recap.train import train
+
+    train(helpers.config(data_dir, tmp_path, 4), ctx)
+    changed = load_recap_config(helpers.DEMO, helpers.overrides(data_dir, tmp_path, 8)
+                                + ["model.large_embeddings.0.embedding_dim=8"])
+    with pytest.raises(CheckpointMismatchError, match=r"step_00000004 does not fit this run's model and optimizers "
+                                                      r"\(was the config changed\?\): model\.model\.dense\.\S+ has "
+                                                      r"shape \(128, 200\), this run has \(128, 192\); .* and \d+ more"):
+        train(changed, ctx)
+    assert [c.step for c in list_checkpoints(tmp_path / "checkpoints")] == [4]
+
+
+def test_broken_checkpoints_stop_training_unless_it_is_asked_to_start_over(data_dir, ctx, tmp_path):
+    from core.checkpoint import CheckpointError
+    from projects.home.recap.train import train
+
+    train(helpers.config(data_dir, tmp_path, 4), ctx)
+    for data in (tmp_path / "checkpoints").glob("step_*/*.distcp"):
+        data.write_bytes(data.read_bytes()[:10])
+    with pytest.raises(CheckpointError, match=r"every checkpoint in .* was rejected:\n  step_00000004: "):
+        train(helpers.config(data_dir, tmp_path, 8), ctx)
+    assert [c.step for c in list_checkpoints(tmp_path / "checkpoints")] == [4]
+    result = train(helpers.config(data_dir, tmp_path, 8), ctx, start_over=True)
+    assert result.step == 8 and result.resumed_from is None
+    assert (tmp_path / "checkpoints" / "step_00000004.corrupt").is_dir()
+
+
+def test_the_launcher_hands_start_over_to_its_workers():
+    import argparse
+
+    from projects.home.recap.commands.train import add_arguments, worker_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--config", "x.yaml", "--set", "a=1", "--nproc-per-node", "2", "--start-over"])
+    assert worker_arguments(args) == ["train", "--config", "x.yaml", "--set", "a=1", "--start-over"]

@@ -20,6 +20,7 @@ from core.optimizers import apply_sparse_optimizer, build_dense_optimizer
 from core.sparse_optimizers import SparseOptimizers, build_sparse_optimizers
 from core.train_loop import TrainLoop, TrainResult, seed_everything, total_train_steps
 from projects.home.recap.data.loader import RecapDataLoader
+from projects.home.recap.data.validation import scan_labels
 from projects.home.recap.evaluate import build_evaluator, validation_loaders
 from projects.home.recap.model.factory import build_model_and_loss
 from projects.home.recap.model.parameter_groups import dense_parameter_groups
@@ -89,7 +90,9 @@ def train(config: RecapConfig, ctx: DistributedContext | None = None, start_over
         # training.eval_datasets, else every validation set (evaluation.datasets picks only `recap evaluate`'s
         # defaults); the schema guarantees data.validation is not empty here.
         names = config.training.eval_datasets or list(config.data.validation)
-        loaders = validation_loaders(config, names, tasks, ctx)
+        loaders = validation_loaders(config, names, tasks, ctx)  # their files' schemas are checked here
+        for name in names:  # and their labels, so a bad set stops the run now rather than at its first evaluation
+            scan_labels(config.data, config.data.validation[name], tasks)
         evaluate = build_evaluator(config, model, ctx, tasks, loaders, config.training.num_eval_steps)
     # Distinct random streams per rank (dropout, position-debias drops) from here on; the model is initialized.
     seed_everything(config.training.seed * 1_000_003 + ctx.rank)

@@ -26,8 +26,8 @@ def _is_list(arr: pa.Array) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
-def check_values(layout: BatchLayout, table: pa.Table, path: str) -> None:
-    """Raise DataError naming the file and column for values the loader cannot use (bad labels, ragged lists)."""
+def check_labels(layout: BatchLayout, table: pa.Table, path: str) -> None:
+    """Raise DataError naming the file and column for a null label or a label outside {0, 1}."""
     for role in layout.labels:
         if role.name not in table.column_names:
             continue
@@ -38,6 +38,11 @@ def check_values(layout: BatchLayout, table: pa.Table, path: str) -> None:
         bad = (values != 0) & (values != 1)
         if bad.any():
             raise DataError(f"{int(bad.sum())} labels outside {{0, 1}} (first: {values[bad][0].item()!r})", path, role.name)
+
+
+def check_values(layout: BatchLayout, table: pa.Table, path: str) -> None:
+    """Raise DataError naming the file and column for values the loader cannot use (bad labels, ragged lists)."""
+    check_labels(layout, table, path)
     for role in (*layout.continuous, *layout.binary, *layout.discrete, *layout.embeddings):
         arr = _column(table, role.name)
         if role.length is None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import pyarrow as pa
 
 from core.log import get_logger
+from projects.home.recap.data.columns import check_labels
 from projects.home.recap.data.config import DataConfig, DatasetConfig
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.files import ScannedDataset, scan_dataset
 from projects.home.recap.data.layout import BatchLayout, ColumnRole, build_layout
 
-__all__ = ["check_schema", "detect_oracle", "validate_dataset", "validate_scanned"]
+__all__ = ["check_schema", "detect_oracle", "scan_labels", "validate_dataset", "validate_scanned"]
+
+# Label scans up front stop at this many rows: larger sets have their labels checked as batches are read.
+LABEL_SCAN_MAX_ROWS = 20_000_000
 
 logger = get_logger(__name__)
 
@@ -119,3 +123,19 @@ def validate_dataset(data: DataConfig, dataset: DatasetConfig, tasks: list[str],
     """
     layout = build_layout(data, tasks)
     validate_scanned(layout, scan_dataset(dataset.paths, data.ignore_data_errors), require_labels)
+
+
+def scan_labels(data: DataConfig, dataset: DatasetConfig, tasks: list[str],
+                max_rows: int = LABEL_SCAN_MAX_ROWS) -> int:
+    """Read only the label columns of every file and raise DataError (file, column) for a null label or one
+    outside {0, 1}, so a bad validation set stops a run before its first step rather than at its first evaluation.
+    Returns the rows scanned (0 for a dataset over max_rows, whose labels are checked as it is read)."""
+    layout = build_layout(data, tasks)
+    scanned = scan_dataset(dataset.paths, data.ignore_data_errors)
+    if scanned.num_rows > max_rows:
+        return 0
+    for source in scanned.files:
+        present = [r.name for r in layout.labels if r.name in source.schema.names]
+        if present:
+            check_labels(layout, source.open().read(columns=present), source.path)
+    return scanned.num_rows

@@ -172,3 +172,30 @@ def test_the_launcher_hands_start_over_to_its_workers():
     add_arguments(parser)
     args = parser.parse_args(["--config", "x.yaml", "--set", "a=1", "--nproc-per-node", "2", "--start-over"])
     assert worker_arguments(args) == ["train", "--config", "x.yaml", "--set", "a=1", "--start-over"]
+
+
+def test_a_bad_label_in_a_validation_set_stops_the_run_before_its_first_step(data_dir, ctx, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from projects.home.recap.data.errors import DataError
+    from projects.home.recap.train import train
+
+    bad_dir = tmp_path / "data"
+    shutil.copytree(data_dir, bad_dir)
+    bad = sorted((bad_dir / "validation").glob("*.parquet"))[0]
+    table = pq.read_table(bad)
+    column = "recap.engagement.is_replied"
+    labels = table[column].to_numpy().copy()
+    labels[3] = 2
+    pq.write_table(table.set_column(table.schema.get_field_index(column), column, pa.array(labels)), bad)
+    assert pc.max(pq.read_table(bad)[column]).as_py() == 2
+    # A checkpoint every 2 steps: had the run started, step 2 would be saved before the evaluation at step 4.
+    config = helpers.config(bad_dir, tmp_path / "run", 8, eval_every_n=4, checkpoint_every_n=2,
+                            eval_datasets="[validation]")
+    with pytest.raises(DataError, match=rf"{bad.name}.*{column}.*1 labels outside \{{0, 1\}} \(first: 2"):
+        train(config, ctx)
+    assert list_checkpoints(tmp_path / "run" / "checkpoints") == []

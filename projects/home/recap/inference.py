@@ -97,7 +97,8 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint, ctx: DistributedConte
         if mismatched:
             problems.append(f"shapes differ for {'; '.join(mismatched[:5])}")
         raise CheckpointError(f"checkpoint {checkpoint.path} does not fit this config's model: "
-                              + "; ".join(problems) + ". Use the config the checkpoint was trained with.")
+                              + "; ".join(problems) + ". Use the config the checkpoint was trained with: --run SAVE_DIR "
+                              "reads the run's own config.yaml, --set values included.")
     load_tensors(checkpoint.path, {_STATE_KEY: state})
     model.load_state_dict(state)
     logger.info("loaded %d weight tensors from %s (step %d)", len(state), checkpoint.path, checkpoint.step)

@@ -11,7 +11,12 @@ import sys
 
 from core.distributed import launch_workers, launched_by_torchrun, quiet_library_logging, shutdown_distributed
 from core.log import get_logger
-from projects.home.recap.schema import load_recap_config
+from projects.home.recap.commands.run_source import (
+    add_source_arguments,
+    checkpoint_of,
+    load_source_config,
+    source_arguments,
+)
 
 logger = get_logger(__name__)
 
@@ -19,10 +24,8 @@ MODULE = "projects.home.recap.main"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML the checkpoint was trained with")
-    parser.add_argument("--checkpoint", default="latest",
-                        help="a checkpoint directory, a run's save_dir or checkpoints dir (their latest), or "
-                             "'latest' (the latest under training.save_dir; the default)")
+    add_source_arguments(parser, "a checkpoint directory, a run's save_dir or checkpoints dir (their latest), or "
+                                 "'latest' (the latest under training.save_dir; the default)")
     parser.add_argument("--dataset", dest="datasets", action="append", default=None, metavar="NAME",
                         help="validation set to evaluate (repeatable; default evaluation.datasets, else all of "
                              "data.validation)")
@@ -41,8 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def worker_arguments(args: argparse.Namespace) -> list[str]:
     """The command line each worker runs (the same evaluation, without the launcher options)."""
-    out = ["evaluate", "--config", args.config, "--checkpoint", args.checkpoint,
-           "--poll-interval", str(args.poll_interval)]
+    out = ["evaluate", *source_arguments(args), "--poll-interval", str(args.poll_interval)]
     for name in args.datasets or []:
         out += ["--dataset", name]
     if args.watch:
@@ -55,7 +57,8 @@ def worker_arguments(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_recap_config(args.config, args.overrides)
+    config = load_source_config(args)
+    checkpoint = checkpoint_of(args, default="latest")
     if args.timeout is not None and not args.watch:
         raise SystemExit("--timeout applies to --watch only")
     if args.nproc_per_node is not None and not launched_by_torchrun():
@@ -75,14 +78,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         ctx = init_distributed(config.training.device)
         if args.watch:
-            directory = None if args.checkpoint == LATEST else args.checkpoint
+            directory = None if checkpoint == LATEST else checkpoint
             steps = watch_checkpoints(config, ctx, args.datasets, directory, args.poll_interval, args.timeout)
             if ctx.is_main:
                 print(f"evaluated steps: {', '.join(map(str, steps)) or 'none'}")
             if not steps:
                 print("recap evaluate: no checkpoint was evaluated before the timeout", file=sys.stderr)
             return 0 if steps else 1
-        checkpoint, documents = evaluate_checkpoint(config, args.checkpoint, args.datasets, ctx)
+        found, documents = evaluate_checkpoint(config, checkpoint, args.datasets, ctx)
     except (CheckpointError, DataError) as exc:
         print(f"recap evaluate: {exc}", file=sys.stderr)
         return 1
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if documents:
         print("\n".join(summary_lines(documents)))
         for name in documents:
-            print(f"report: {checkpoint_report(config.training.save_dir, name, checkpoint.step)}")
+            print(f"report: {checkpoint_report(config.training.save_dir, name, found.step)}")
     return 0
 
 

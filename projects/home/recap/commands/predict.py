@@ -9,7 +9,12 @@ import sys
 
 from core.distributed import launch_workers, launched_by_torchrun, quiet_library_logging, shutdown_distributed
 from core.log import get_logger
-from projects.home.recap.schema import load_recap_config
+from projects.home.recap.commands.run_source import (
+    add_source_arguments,
+    checkpoint_of,
+    load_source_config,
+    source_arguments,
+)
 
 logger = get_logger(__name__)
 
@@ -17,10 +22,8 @@ MODULE = "projects.home.recap.main"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML the checkpoint was trained with")
-    parser.add_argument("--checkpoint", required=True,
-                        help="a checkpoint directory, a run's save_dir or checkpoints dir (their latest), or "
-                             "'latest' (the latest under training.save_dir)")
+    add_source_arguments(parser, "a checkpoint directory, a run's save_dir or checkpoints dir (their latest), or "
+                                 "'latest' (the latest under training.save_dir); required with --config")
     parser.add_argument("--input", dest="inputs", nargs="+", required=True, metavar="PARQUET",
                         help="parquet files, directories or globs to score (label columns are not needed)")
     parser.add_argument("--output", required=True, metavar="DIR", help="directory for the part files")
@@ -35,8 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def worker_arguments(args: argparse.Namespace) -> list[str]:
     """The command line each worker runs (the same scoring, without the launcher options)."""
-    out = ["predict", "--config", args.config, "--checkpoint", args.checkpoint, "--input", *args.inputs,
-           "--output", args.output]
+    out = ["predict", *source_arguments(args), "--input", *args.inputs, "--output", args.output]
     if args.batch_size is not None:
         out += ["--batch-size", str(args.batch_size)]
     if args.overwrite:
@@ -47,7 +49,8 @@ def worker_arguments(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_recap_config(args.config, args.overrides)
+    config = load_source_config(args)
+    checkpoint = checkpoint_of(args)
     if args.batch_size is not None and args.batch_size < 1:
         raise SystemExit("--batch-size must be at least 1")
     if args.nproc_per_node is not None and not launched_by_torchrun():
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         ctx = init_distributed(config.training.device)
-        result = predict(config, args.checkpoint, args.inputs, args.output, ctx, args.batch_size, args.overwrite)
+        result = predict(config, checkpoint, args.inputs, args.output, ctx, args.batch_size, args.overwrite)
     except (CheckpointError, DataError, PredictError) as exc:
         print(f"recap predict: {exc}", file=sys.stderr)
         return 1

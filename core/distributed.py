@@ -282,7 +282,9 @@ def average_buffers(model: nn.Module, ctx: DistributedContext) -> None:
 
 def launch_workers(nproc_per_node: int, module: str, args: list[str], max_restarts: int = 0) -> int:
     """Run `python -m module args` in nproc_per_node workers on this machine through torch's elastic launcher
-    (what torchrun --standalone does); returns 0 when every worker succeeded."""
+    (what torchrun --standalone does); returns 0 when every worker succeeded, 128 + N when the launcher was
+    stopped by signal N (its workers got it too)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -298,6 +300,10 @@ def launch_workers(nproc_per_node: int, module: str, args: list[str], max_restar
     )
     try:
         run(launcher_args)
+    except SignalException as exc:
+        # The launcher forwarded the signal to its workers and waited for them: they checkpoint and exit.
+        logger.warning("launcher stopped by %s; the workers were asked to stop too", exc.sigval.name)
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         failures = "; ".join(f"rank {r}: exit code {f.exitcode}" for r, f in sorted(exc.failures.items()))
         logger.error("training workers failed (%s)", failures)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +67,42 @@ Evaluate = Callable[[int, Any], dict[str, float]]
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; training stopped without writing a checkpoint."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on a signal (a cluster's preemption SIGTERM, or SIGINT) after every rank finished its step
+    and a checkpoint of that step was written; a rerun with the same save_dir resumes from it."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        self.signal_name = signal.Signals(signum).name
+        self.step = step
+        self.checkpoint = checkpoint
+        # The shell's convention for a process ended by a signal: 128 + its number (SIGTERM 143, SIGINT 130).
+        self.exit_status = 128 + signum
+        super().__init__(f"stopped by {self.signal_name} at step {step}; checkpoint {checkpoint}")
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[dict[str, int]]:
+    """While active, SIGTERM and SIGINT only record themselves in the yielded dict ("signal": number), so training
+    can stop at a step boundary; a second SIGINT interrupts at once. Main thread only (elsewhere: no handlers)."""
+    requested: dict[str, int] = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and requested.get("signal") == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested["signal"] = signum
+        logger.warning("received %s: stopping after the current step", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @dataclass
@@ -403,6 +441,23 @@ class TrainLoop:
         return tqdm(total=self._total_steps(), initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                     leave=False)
 
+    def _stop_if_signalled(self, requested: dict[str, int], writer: MetricsWriter, progress: Any) -> None:
+        """After a step: if a stop signal reached any rank, checkpoint this step and raise TrainingStopped."""
+        signum = requested.get("signal", 0)
+        if self.ctx.world_size > 1:
+            # Every rank stops at the same step, whichever got the signal (a launcher forwards it to all of them).
+            flag = torch.tensor([float(signum)], device=self.ctx.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+        if not signum:
+            return
+        self._report(writer, progress)
+        if self._last_checkpoint is None or self._last_checkpoint.step != self.step:
+            self._save()
+        stopped = TrainingStopped(signum, self.step, self._last_checkpoint.path if self._last_checkpoint else None)
+        logger.warning("%s", stopped)
+        raise stopped
+
     # --- the loop --------------------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         """Resume or warm start, train to the end, checkpoint periodically and at the end."""
@@ -421,10 +476,11 @@ class TrainLoop:
         self.model.train()
         self._reset_window()
         try:
-            with redirect:
+            with redirect, stop_signals() as requested:
                 while cfg.num_train_steps is None or self.step < cfg.num_train_steps:
                     if not self._train_step(data):
                         break
+                    self._stop_if_signalled(requested, writer, progress)
                     if progress is not None:
                         progress.update(1)
                     finished = cfg.num_train_steps is not None and self.step >= cfg.num_train_steps

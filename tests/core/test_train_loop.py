@@ -4,6 +4,7 @@ bf16, schedules per group, non-finite losses, TensorBoard, evaluation and a real
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from core.config import ConfigError, load_config  # noqa: E402
 from core.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from core.schedules import LinearRampToConstant, LinearRampToCosine, PiecewiseConstant  # noqa: E402
 from core.train_config import OptimizerConfig  # noqa: E402
-from core.train_loop import NonFiniteLossError, rng_state, set_rng_state  # noqa: E402
+from core.train_loop import NonFiniteLossError, TrainingStopped, rng_state, set_rng_state  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,6 +64,40 @@ def test_resume_reproduces_the_straight_run_exactly(ctx, tmp_path):
     assert result.resumed_from == tmp_path / "b" / "checkpoints" / "step_00000005"
     assert (result.step, result.epoch) == (8, 1)
     _assert_same(_all_state(straight), _all_state(second))
+
+
+class _SignalAfter(toy.ToyData):
+    """ToyData that sends this process `signum` while handing out batch number `after` (counted from 1)."""
+
+    def __init__(self, signum: int, after: int) -> None:
+        super().__init__()
+        self.signum, self.after, self.handed = signum, after, 0
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.handed += 1
+            if self.handed == self.after:
+                os.kill(os.getpid(), self.signum)
+            yield batch
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_checkpoints_the_step_and_a_rerun_finishes_like_a_straight_run(ctx, tmp_path, signum, status):
+    handler_before = signal.getsignal(signum)
+    straight = toy.build_loop(ctx, toy.training_config(tmp_path / "a", num_train_steps=8), dropout=0.3)
+    straight.run()
+    stopped = toy.build_loop(ctx, toy.training_config(tmp_path / "b", num_train_steps=8), dropout=0.3,
+                             data=_SignalAfter(signum, after=3))
+    with pytest.raises(TrainingStopped) as info:
+        stopped.run()
+    name = signal.Signals(signum).name
+    assert (info.value.step, info.value.exit_status) == (3, status)
+    assert str(info.value) == f"stopped by {name} at step 3; checkpoint {tmp_path / 'b' / 'checkpoints' / 'step_00000003'}"
+    assert [c.step for c in list_checkpoints(tmp_path / "b" / "checkpoints")] == [3]
+    assert signal.getsignal(signum) == handler_before  # the loop's handlers are gone once it stops
+    rerun = toy.build_loop(ctx, toy.training_config(tmp_path / "b", num_train_steps=8), dropout=0.3)
+    assert rerun.run().resumed_from == tmp_path / "b" / "checkpoints" / "step_00000003"
+    _assert_same(_all_state(straight), _all_state(rerun))
 
 
 def test_checkpoints_are_periodic_final_and_only_the_last_k_kept(ctx, tmp_path):

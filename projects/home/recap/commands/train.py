@@ -49,12 +49,15 @@ def run(args: argparse.Namespace) -> int:
     quiet_library_logging()
     # Imported after the logging is quieted: loading torchrec and fbgemm logs at INFO.
     from core.checkpoint import CheckpointError
-    from core.train_loop import NonFiniteLossError
+    from core.train_loop import NonFiniteLossError, TrainingStopped
     from projects.home.recap.data.errors import DataError
     from projects.home.recap.train import train
 
     try:
         result = train(config, start_over=args.start_over)
+    except TrainingStopped as stopped:  # logged by the loop; the checkpoint is complete on every rank
+        shutdown_distributed()
+        return stopped.exit_status
     except (NonFiniteLossError, CheckpointError, DataError) as exc:
         logger.error("%s", exc)
         return 1

@@ -1,0 +1,69 @@
+"""Preemption: SIGTERM to `recap train --nproc-per-node 2` (the launcher, as a cluster sends it) makes every rank
+finish its step, checkpoint it, and exit with status 143; a rerun resumes and ends where an uninterrupted run ends."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import train_helpers as helpers  # noqa: E402
+
+from core.checkpoint import list_checkpoints  # noqa: E402
+from core.distributed import init_distributed, shutdown_distributed  # noqa: E402
+
+STEPS = 300
+
+
+def _train_command(data: Path, save_dir: Path) -> list[str]:
+    values = helpers.overrides(data, save_dir, STEPS, checkpoint_every_n=10_000, train_log_every_n=5)
+    return [sys.executable, "-m", "projects.home.recap.main", "train", "--config", str(helpers.DEMO),
+            "--nproc-per-node", "2", *helpers.set_args(values)]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_checkpoints_and_a_rerun_matches_an_uninterrupted_run(tmp_path):
+    data = helpers.make_data(tmp_path / "data")
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "stopped.log"
+    with open(log, "w") as err:
+        launcher = subprocess.Popen(_train_command(data, tmp_path / "run"), cwd=helpers.REPO, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 180
+        while not re.search(r"step \d\d+/%d" % STEPS, log.read_text()):
+            assert launcher.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "training did not reach step 10"
+            time.sleep(0.2)
+        launcher.send_signal(signal.SIGTERM)
+        status = launcher.wait(timeout=120)
+    text = log.read_text()
+    assert status == 143, text[-3000:]
+    stops = re.findall(r"stopped by SIGTERM at step (\d+); checkpoint (\S+)", text)
+    assert len(stops) == 2 and len({s for s, _ in stops}) == 1, text[-3000:]  # both ranks, at the same step
+    step = int(stops[0][0])
+    assert 10 <= step < STEPS
+    assert [c.step for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == [step]
+
+    rerun = subprocess.run(_train_command(data, tmp_path / "run"), cwd=helpers.REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resumed from {tmp_path / 'run' / 'checkpoints' / f'step_{step:08d}'}" in rerun.stderr
+    straight = subprocess.run(_train_command(data, tmp_path / "straight"), cwd=helpers.REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    ctx = init_distributed("cpu")
+    try:
+        config = helpers.config(data, tmp_path / "unused", 1)
+        a = helpers.checkpoint_state(config, ctx, tmp_path / "straight")
+        b = helpers.checkpoint_state(config, ctx, tmp_path / "run")
+    finally:
+        shutdown_distributed()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{key} differs")

@@ -35,7 +35,7 @@ def test_sigterm_to_the_launcher_checkpoints_and_a_rerun_matches_an_uninterrupte
         launcher = subprocess.Popen(_train_command(data, tmp_path / "run"), cwd=helpers.REPO, env=env,
                                     stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 180
-        while not re.search(r"step \d\d+/%d" % STEPS, log.read_text()):
+        while not re.search(rf"step \d\d+/{STEPS}", log.read_text()):
             assert launcher.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "training did not reach step 10"
             time.sleep(0.2)

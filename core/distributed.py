@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from core.log import get_logger
+from core.parent_watch import stop_with_parent
 
 logger = get_logger(__name__)
 
@@ -121,6 +122,8 @@ def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> 
     if not dist.is_initialized():
         kwargs = {"timeout": timeout} if timeout is not None else {}
         if launched_by_torchrun():
+            # A worker whose launcher is killed stops (with a checkpoint when training) instead of going on alone.
+            stop_with_parent()
             if resolved.type == "cuda":
                 kwargs["device_id"] = resolved
             dist.init_process_group(backend=backend, store=_attempt_store(rank, world_size, timeout),

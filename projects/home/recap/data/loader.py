@@ -26,6 +26,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from common.batch import RecapBatch
 from core.log import get_logger
+from core.parent_watch import exit_with_parent
 from projects.home.recap.data import sharding
 from projects.home.recap.data.columns import ArrayBlock, assemble, check_values, to_arrays
 from projects.home.recap.data.config import DataConfig, DatasetConfig
@@ -338,7 +339,8 @@ class RecapDataLoader:
         if self._loader is None:
             self._loader = DataLoader(self._stream, batch_size=None, collate_fn=_identity,
                                       num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                      persistent_workers=self.num_workers > 0)
+                                      persistent_workers=self.num_workers > 0,
+                                      worker_init_fn=exit_with_parent if self.num_workers > 0 else None)
         # Without workers, the next fill is read on a thread while the training step runs on this one's batches
         # (arrow's decoding and torch's kernels release the GIL), in the same order.
         chunks = self._from_workers(self._loader) if self.num_workers > 0 else prefetched(self._loader)

@@ -1,6 +1,7 @@
 """Preemption: SIGTERM to `recap train --nproc-per-node 2` (the launcher, as a cluster sends it) makes every rank
 finish its step, checkpoint it, and exit with status 143; a rerun resumes and ends where an uninterrupted run ends."""
 
+import os
 import re
 import signal
 import subprocess
@@ -14,10 +15,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import train_helpers as helpers  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parents[3] / "core"))
+from processes import alive, children  # noqa: E402
+
 from core.checkpoint import list_checkpoints  # noqa: E402
 from core.distributed import init_distributed, shutdown_distributed  # noqa: E402
 
 STEPS = 300
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return helpers.make_data(tmp_path_factory.mktemp("data"))
 
 
 def _train_command(data: Path, save_dir: Path) -> list[str]:
@@ -26,19 +36,24 @@ def _train_command(data: Path, save_dir: Path) -> list[str]:
             "--nproc-per-node", "2", *helpers.set_args(values)]
 
 
+def _launch_past_step_10(data: Path, save_dir: Path, env: dict, err, log: Path) -> subprocess.Popen:
+    """Start the 2-worker training with its log in `log`; return once it logged a step of two digits."""
+    launcher = subprocess.Popen(_train_command(data, save_dir), cwd=helpers.REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 180
+    while not re.search(rf"step \d\d+/{STEPS}", log.read_text()):
+        assert launcher.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "training did not reach step 10"
+        time.sleep(0.2)
+    return launcher
+
+
 @pytest.mark.slow
-def test_sigterm_to_the_launcher_checkpoints_and_a_rerun_matches_an_uninterrupted_run(tmp_path):
-    data = helpers.make_data(tmp_path / "data")
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+def test_sigterm_to_the_launcher_checkpoints_and_a_rerun_matches_an_uninterrupted_run(data, tmp_path):
+    env = ENV
     log = tmp_path / "stopped.log"
     with open(log, "w") as err:
-        launcher = subprocess.Popen(_train_command(data, tmp_path / "run"), cwd=helpers.REPO, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + 180
-        while not re.search(rf"step \d\d+/{STEPS}", log.read_text()):
-            assert launcher.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "training did not reach step 10"
-            time.sleep(0.2)
+        launcher = _launch_past_step_10(data, tmp_path / "run", env, err, log)
         launcher.send_signal(signal.SIGTERM)
         status = launcher.wait(timeout=120)
     text = log.read_text()
@@ -67,3 +82,23 @@ def test_sigterm_to_the_launcher_checkpoints_and_a_rerun_matches_an_uninterrupte
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{key} differs")
+
+
+@pytest.mark.slow
+def test_workers_of_a_killed_launcher_stop_with_a_checkpoint_instead_of_training_on(data, tmp_path):
+    env = ENV
+    log = tmp_path / "killed.log"
+    with open(log, "w") as err:
+        launcher = _launch_past_step_10(data, tmp_path / "run", env, err, log)
+        workers = children(launcher.pid)
+        assert len(workers) == 2
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 90
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert not any(alive(w) for w in workers), log.read_text()[-3000:]
+    text = log.read_text()
+    assert "the launcher (parent process) is gone: stopping this worker" in text
+    step = int(re.search(r"stopped by SIGTERM at step (\d+)", text).group(1))
+    assert [c.step for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == [step]

@@ -313,6 +313,14 @@ class CheckpointManager:
         _check_tensors_only(tensors)
         final = self.path_for(step)
         partial = self.directory / f".{final.name}.partial"
+        try:
+            return self._save(step, final, partial, tensors, info, rank_info)
+        except (OSError, CheckpointException) as exc:  # DCP's CheckpointException is a BaseException
+            raise CheckpointError(f"cannot write checkpoint {final} ({type(exc).__name__}: {exc}); the previous "
+                                  "checkpoints are untouched") from exc
+
+    def _save(self, step: int, final: Path, partial: Path, tensors: dict[str, Any],
+              info: Mapping[str, Any] | None, rank_info: Mapping[str, Any] | None) -> Checkpoint:
         if self.ctx.is_main:
             if partial.exists():
                 shutil.rmtree(partial)

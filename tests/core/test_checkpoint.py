@@ -222,3 +222,11 @@ def test_warm_start_loads_matching_weights_and_rejects_shape_mismatches(ctx, tmp
     wider = nn.Sequential(nn.Linear(3, 5))
     with pytest.raises(CheckpointError, match=r"model.0.weight has shape \(4, 3\), the model has \(5, 3\)"):
         load_model_weights(tmp_path, wider.state_dict(), ctx)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_clear_error(ctx, tmp_path):
+    (tmp_path / "taken").write_text("a file where the checkpoints directory should be")
+    manager = CheckpointManager(tmp_path / "taken", ctx)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*taken/step_00000003 \(NotADirectoryError: "
+                                              r".*\); the previous checkpoints are untouched"):
+        _save(manager, 3, _model(1))

@@ -14,9 +14,10 @@ from typing import Any
 from torch import nn
 
 from core.config import ConfigError, dump_yaml
-from core.distributed import DistributedContext, init_distributed, shard_model
+from core.distributed import DistributedContext, any_rank, init_distributed, shard_model
 from core.log import get_logger
 from core.optimizers import apply_sparse_optimizer, build_dense_optimizer
+from core.run_lock import RunLock, RunLockedError
 from core.sparse_optimizers import SparseOptimizers, build_sparse_optimizers
 from core.train_loop import TrainLoop, TrainResult, seed_everything, total_train_steps
 from projects.home.recap.data.loader import RecapDataLoader
@@ -72,9 +73,27 @@ def train(config: RecapConfig, ctx: DistributedContext | None = None, start_over
         raise ConfigError("data.train: no training dataset is configured")
     ctx = ctx or init_distributed(config.training.device)
     save_dir = Path(config.training.save_dir)
+    lock = RunLock(save_dir)
+    problem = None
     if ctx.is_main:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        (save_dir / "config.yaml").write_text(dump_yaml(config))
+        try:
+            save_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            (save_dir / "config.yaml").write_text(dump_yaml(config))
+        except OSError as exc:
+            problem = f"training.save_dir {save_dir}: cannot write there ({exc.strerror or exc})"
+        except RunLockedError as exc:
+            problem = f"training.save_dir: {exc}"
+    if any_rank(problem is not None, ctx):
+        lock.release()
+        raise ConfigError(problem or f"training.save_dir {save_dir}: rank 0 cannot use it (see its log)")
+    try:
+        return _train(config, ctx, start_over)
+    finally:
+        lock.release()
+
+
+def _train(config: RecapConfig, ctx: DistributedContext, start_over: bool) -> TrainResult:
     logger.info("training on %d rank(s), device %s, backend %s", ctx.world_size, ctx.device, ctx.backend)
     # The model's task order is the config's (the factory builds one head per model.tasks entry, in order).
     tasks = list(config.model.tasks)

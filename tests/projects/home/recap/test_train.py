@@ -199,3 +199,32 @@ def test_a_bad_label_in_a_validation_set_stops_the_run_before_its_first_step(dat
     with pytest.raises(DataError, match=rf"{bad.name}.*{column}.*1 labels outside \{{0, 1\}} \(first: 2"):
         train(config, ctx)
     assert list_checkpoints(tmp_path / "run" / "checkpoints") == []
+
+
+def test_a_save_dir_that_cannot_be_written_is_one_clear_error(data_dir, ctx, tmp_path):
+    from core.config import ConfigError
+    from projects.home.recap.train import train
+
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"training.save_dir .*file/run: cannot write there \(Not a directory\)"):
+        train(helpers.config(data_dir, tmp_path / "file" / "run", 2), ctx)
+
+
+def test_a_second_run_on_a_save_dir_in_use_is_refused_naming_the_holder(data_dir, ctx, tmp_path):
+    import os
+
+    from core.config import ConfigError
+    from core.run_lock import RunLock
+    from projects.home.recap.train import train
+
+    tmp_path.mkdir(exist_ok=True)
+    holder = RunLock(tmp_path)
+    holder.acquire()
+    try:
+        # flock locks belong to the open file: a second open in this process is refused like another process.
+        with pytest.raises(ConfigError, match=rf"is in use by another run \(pid {os.getpid()} on .*choose another "
+                                              r"training.save_dir"):
+            train(helpers.config(data_dir, tmp_path, 2), ctx)
+    finally:
+        holder.release()
+    assert train(helpers.config(data_dir, tmp_path, 2), ctx).step == 2  # free again

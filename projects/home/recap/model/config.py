@@ -150,6 +150,17 @@ class MlpConfig(BaseConfig):
     dropout: float | None = Field(default=None, gt=0.0, lt=1.0)
     final_layer_activation: bool = False
 
+    @model_validator(mode="after")
+    def _hidden_layer_settings_need_a_hidden_layer(self):
+        # A single size is one Linear: batch_norm and dropout act between layers, so they would silently do nothing.
+        unused = [name for name in ("batch_norm", "dropout") if getattr(self, name) is not None]
+        if len(self.layer_sizes) == 1 and unused:
+            raise ValueError(
+                f"{' and '.join(unused)} act on hidden layers, and layer_sizes {self.layer_sizes} is a single Linear "
+                "with none: add a hidden size (e.g. [256, 64]) or remove them"
+            )
+        return self
+
 
 class DcnConfig(BaseConfig):
     """DCN v2: poly_degree cross layers (low rank with projection_dim), stacked or parallel MLP, optional output MLP."""

@@ -70,7 +70,7 @@ def config_dict(data_dir: Path, save_dir: Path) -> dict:
             ],
             "position_debias": {"feature": "position", "num_positions": 32, "embedding_dim": 2},
             "multi_task_type": "share_all",
-            "backbone": {"mlp_config": {"layer_sizes": [8], "batch_norm": {}}},
+            "backbone": {"mlp_config": {"layer_sizes": [16, 8], "batch_norm": {}}},
             "tasks": {
                 "fav": {"mlp_config": {"layer_sizes": [4]}},
                 "reply": {"mlp_config": {"layer_sizes": [4]}},

@@ -170,3 +170,11 @@ def test_a_large_table_kept_data_parallel_is_named_in_a_warning(caplog):
     with caplog.at_level("WARNING"):
         assert table_constraints(config, "cuda")["user"].sharding_types != ["data_parallel"]
     assert caplog.text == ""
+
+
+def test_a_setting_with_no_effect_on_a_one_layer_mlp_is_an_error():
+    with pytest.raises(ConfigError, match=r"model.tasks.is_favorited.mlp_config: batch_norm and dropout act on hidden "
+                                          r"layers, and layer_sizes \[64\] is a single Linear with none"):
+        load_recap_config(DEMO, ["model.tasks.is_favorited.mlp_config={layer_sizes: [64], batch_norm: {}, "
+                                 "dropout: 0.1}"])
+    load_recap_config(DEMO, ["model.tasks.is_favorited.mlp_config={layer_sizes: [128, 64], dropout: 0.1}"])

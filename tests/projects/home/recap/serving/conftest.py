@@ -47,7 +47,7 @@ CONFIG = {
         ],
         "position_debias": {"feature": "position", "num_positions": 10, "embedding_dim": 2},
         "multi_task_type": "share_partial",
-        "backbone": {"mlp_config": {"layer_sizes": [8], "batch_norm": {}, "dropout": 0.2}},
+        "backbone": {"mlp_config": {"layer_sizes": [16, 8], "batch_norm": {}, "dropout": 0.2}},
         "tasks": {
             "fav": {"mlp_config": {"layer_sizes": [8, 4], "dropout": 0.3}},
             "report": {

@@ -69,6 +69,17 @@ def check_values(layout: BatchLayout, table: pa.Table, path: str) -> None:
             raise DataError("negative weights", path, layout.weight.name)
 
 
+def null_discrete_counts(layout: BatchLayout, table: pa.Table) -> dict[str, int]:
+    """{discrete column: its null values in `table`} for the columns that have any (they are read as id 0)."""
+    counts = {}
+    for role in layout.discrete:
+        arr = _column(table, role.name)
+        nulls = (arr.null_count + arr.flatten().null_count) if _is_list(arr) else arr.null_count
+        if nulls:
+            counts[role.name] = nulls
+    return counts
+
+
 def _matrix(arr: pa.Array, role: ColumnRole, dtype: np.dtype, fill: float) -> np.ndarray:
     values = arr.flatten() if _is_list(arr) else arr
     if values.null_count:

@@ -28,7 +28,13 @@ from common.batch import RecapBatch
 from core.log import get_logger
 from core.parent_watch import exit_with_parent
 from projects.home.recap.data import sharding
-from projects.home.recap.data.columns import ArrayBlock, assemble, check_values, to_arrays
+from projects.home.recap.data.columns import (
+    ArrayBlock,
+    assemble,
+    check_values,
+    null_discrete_counts,
+    to_arrays,
+)
 from projects.home.recap.data.config import DataConfig, DatasetConfig
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.files import READ_ERRORS, ScannedDataset, scan_dataset
@@ -49,11 +55,14 @@ def _identity(x):
 class UnitReader:
     """Reads row groups (checked, only the configured columns), keeping a few files open and the last group cached."""
 
-    def __init__(self, scanned: ScannedDataset, layout: BatchLayout, ignore_data_errors: bool, use_threads: bool):
+    def __init__(self, scanned: ScannedDataset, layout: BatchLayout, ignore_data_errors: bool, use_threads: bool,
+                 reported_nulls: set[tuple[str, str]] | None = None):
         self.scanned = scanned
         self.layout = layout
         self.ignore_data_errors = ignore_data_errors
         self.use_threads = use_threads
+        # (file, column) pairs whose null discrete values were logged; the stream keeps it across epochs.
+        self._reported_nulls = reported_nulls if reported_nulls is not None else set()
         self._open: OrderedDict[int, tuple[pq.ParquetFile, list[str]]] = OrderedDict()
         self._last: tuple[int, pa.Table | None] | None = None
 
@@ -86,8 +95,17 @@ class UnitReader:
             table = None
         if table is not None:
             check_values(self.layout, table, path)
+            self._report_null_discrete(table, path, row_group)
         self._last = (unit, table)
         return table
+
+    def _report_null_discrete(self, table: pa.Table, path: str, row_group: int) -> None:
+        # Null categories are read as id 0: said once per file and column, like non-finite continuous values.
+        for column, count in null_discrete_counts(self.layout, table).items():
+            if (path, column) not in self._reported_nulls:
+                self._reported_nulls.add((path, column))
+                logger.warning("%s: %d null values in discrete column %s (row group %d; more may follow in this "
+                               "file): read as id 0", path, count, column, row_group)
 
 
 class _EpochStream(IterableDataset):
@@ -109,6 +127,7 @@ class _EpochStream(IterableDataset):
         # still see every update the loader makes.
         self.position = torch.zeros(2, dtype=torch.int64).share_memory_()
         self.num_workers = 1
+        self._reported_nulls: set[tuple[str, str]] = set()
 
     @property
     def epoch(self) -> int:
@@ -137,7 +156,8 @@ class _EpochStream(IterableDataset):
         rows_in_order = self.scanned.units[order, 2]
         # Several workers already keep the cores busy. One worker, or the training process itself (which waits for
         # the batch while it is read, so its cores are idle), decodes with arrow's thread pool.
-        reader = UnitReader(self.scanned, self.layout, self.ignore_data_errors, use_threads=self.num_workers <= 1)
+        reader = UnitReader(self.scanned, self.layout, self.ignore_data_errors, use_threads=self.num_workers <= 1,
+                            reported_nulls=self._reported_nulls)
         shared = info is not None
 
         for i in range(first_fill, len(layouts[worker])):

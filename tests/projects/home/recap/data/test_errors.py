@@ -131,3 +131,19 @@ def test_truncated_file_is_named(uneven_dir):
     data = data_config([str(uneven_dir)])
     with pytest.raises(DataError, match=r"f2\.parquet: not a readable parquet file"):
         validate_dataset(data, data.train, ["a"])
+
+
+def test_null_discrete_values_are_read_as_id_0_and_said_once_per_file_and_column(tmp_path, caplog):
+    write_rows(tmp_path / "good.parquet", 0, 10, 5)
+    disc = pa.array([None if i in (1, 2, 7) else i % 5 for i in range(10)], type=pa.int64())
+    write_rows(tmp_path / "nulls.parquet", 10, 10, 5, disc=disc)
+    data = data_config([str(tmp_path)])
+    loader = RecapDataLoader(data, data.train, ["a"], "eval", batch_size=20, num_workers=0)
+    with caplog.at_level(logging.WARNING):
+        batches = list(loader) + list(loader)  # two epochs: still one message
+    column = 0  # disc is the only discrete column of the test schema
+    values = batches[0].discrete[10:, column].tolist()
+    assert [values[i] for i in (1, 2, 7)] == [0, 0, 0]
+    messages = [r.getMessage() for r in caplog.records if "null values in discrete column" in r.getMessage()]
+    assert len(messages) == 1
+    assert "nulls.parquet: 2 null values in discrete column disc (row group 0; more may follow" in messages[0]

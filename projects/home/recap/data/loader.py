@@ -83,7 +83,7 @@ class UnitReader:
         """The row group's table, or None when it is unreadable and data errors are ignored."""
         if self._last is not None and self._last[0] == unit:
             return self._last[1]
-        file_index, row_group, _ = (int(v) for v in self.scanned.units[unit])
+        file_index, row_group, num_rows = (int(v) for v in self.scanned.units[unit])
         path = self.scanned.files[file_index].path
         try:
             handle, columns = self._file(file_index)
@@ -91,7 +91,8 @@ class UnitReader:
         except READ_ERRORS as exc:
             if not self.ignore_data_errors:
                 raise DataError(f"row group {row_group} cannot be read ({exc})", path) from None
-            logger.warning("skipping unreadable row group %d of %s: %s", row_group, path, exc)
+            logger.warning("skipping unreadable row group %d of %s (%d rows dropped): %s", row_group, path, num_rows,
+                           exc)
             table = None
         if table is not None:
             check_values(self.layout, table, path)
@@ -181,6 +182,8 @@ class _EpochStream(IterableDataset):
         rng = np.random.default_rng([self.seed, epoch, start])
         if have < stop - start and self.drop_last:
             # Unreadable rows were skipped: resample read ones so every rank keeps its batch count.
+            logger.warning("epoch %d, rows %d-%d: %d unreadable rows replaced by repeats of %d readable ones (every "
+                           "rank keeps its batch count)", epoch, start, stop, stop - start - have, have)
             rows = np.concatenate([rows, rng.integers(0, have, stop - start - have)])
         if self.shuffle:
             rows = rng.permutation(rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -147,3 +148,25 @@ def test_null_discrete_values_are_read_as_id_0_and_said_once_per_file_and_column
     messages = [r.getMessage() for r in caplog.records if "null values in discrete column" in r.getMessage()]
     assert len(messages) == 1
     assert "nulls.parquet: 2 null values in discrete column disc (row group 0; more may follow" in messages[0]
+
+
+def test_skipped_rows_and_their_resampled_stand_ins_are_said(tmp_path, caplog):
+    import pyarrow.parquet as pq
+
+    write_rows(tmp_path / "good.parquet", 0, 40, 20)
+    write_rows(tmp_path / "bad.parquet", 40, 40, 20)
+    path = tmp_path / "bad.parquet"
+    raw = bytearray(path.read_bytes())
+    first = pq.ParquetFile(path).metadata.row_group(0)
+    # Overwrite the first row group's column data (the footer stays readable, so the file is scanned).
+    start = min(first.column(i).data_page_offset for i in range(first.num_columns))
+    raw[start : start + first.total_byte_size // 2] = b"\xff" * (first.total_byte_size // 2)
+    path.write_bytes(bytes(raw))
+    # Fills of all 80 rows: the unreadable row group leaves readable rows in its fill.
+    tolerant = data_config([str(tmp_path)], ignore_data_errors=True, shuffle_buffer_rows=80)
+    loader = RecapDataLoader(tolerant, tolerant.train, ["a"], "train", batch_size=8, num_workers=0)
+    with caplog.at_level(logging.WARNING):
+        batches = list(loader)
+    assert sum(b.batch_size for b in batches) == len(loader) * 8  # the batch count holds
+    assert re.search(r"skipping unreadable row group 0 of .*bad\.parquet \(20 rows dropped\)", caplog.text)
+    assert re.search(r"epoch 0, rows \d+-\d+: 20 unreadable rows replaced by repeats of \d+ readable ones", caplog.text)

@@ -218,6 +218,16 @@ class TaskModelConfig(TowerConfig):
     loss_weight: float = Field(default=1.0, ge=0.0)
 
 
+class MixtureConfig(BaseConfig):
+    """Expert counts of multi_task_type mmoe (num_experts) or ple (num_levels, num_task_experts,
+    num_shared_experts); each expert is a copy of model.backbone's architecture."""
+
+    num_experts: int | None = Field(default=None, ge=1)
+    num_levels: int | None = Field(default=None, ge=1)
+    num_task_experts: int | None = Field(default=None, ge=0)
+    num_shared_experts: int | None = Field(default=None, ge=0)
+
+
 class ModelConfig(BaseConfig):
     featurization: FeaturizationConfig = FeaturizationConfig(double_norm_log=DoubleNormLogConfig())
     small_embeddings: list[SmallEmbeddingConfig] = []
@@ -226,8 +236,10 @@ class ModelConfig(BaseConfig):
     dense_embedding_layer_norm: bool = True
     position_debias: PositionDebiasConfig | None = None
     numeric_embeddings: NumericEmbeddingsConfig | None = None
-    multi_task_type: Literal["share_none", "share_all", "share_partial"] = "share_none"
+    multi_task_type: Literal["share_none", "share_all", "share_partial", "mmoe", "ple"] = "share_none"
+    # share_all / share_partial: the shared backbone; mmoe / ple: the architecture of every expert.
     backbone: TowerConfig | None = None
+    mixture: MixtureConfig | None = None
     tasks: dict[str, TaskModelConfig] = Field(min_length=1)
 
     @field_validator("tasks")
@@ -257,4 +269,27 @@ class ModelConfig(BaseConfig):
             raise ValueError("multi_task_type share_none takes no backbone; remove model.backbone")
         if self.multi_task_type != "share_none" and self.backbone is None:
             raise ValueError(f"multi_task_type {self.multi_task_type} needs model.backbone")
+        return self
+
+    @model_validator(mode="after")
+    def _mixture_matches_type(self):
+        m, kind = self.mixture, self.multi_task_type
+        if kind not in ("mmoe", "ple"):
+            if m is not None:
+                raise ValueError(f"model.mixture applies to multi_task_type mmoe or ple, not {kind}")
+            return self
+        if m is None:
+            raise ValueError(f"multi_task_type {kind} needs model.mixture (its expert counts)")
+        ple_fields = ("num_levels", "num_task_experts", "num_shared_experts")
+        if kind == "mmoe":
+            if m.num_experts is None or any(getattr(m, f) is not None for f in ple_fields):
+                raise ValueError("multi_task_type mmoe takes model.mixture.num_experts only")
+        else:
+            if m.num_experts is not None or any(getattr(m, f) is None for f in ple_fields):
+                raise ValueError("multi_task_type ple takes model.mixture.num_levels, num_task_experts and "
+                                 "num_shared_experts")
+            if m.num_task_experts + m.num_shared_experts < 1:
+                raise ValueError("model.mixture: a ple task gate needs at least one expert")
+            if m.num_levels > 1 and m.num_shared_experts < 1:
+                raise ValueError("model.mixture: ple with several levels needs shared experts")
         return self

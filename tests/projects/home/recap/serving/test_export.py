@@ -151,3 +151,19 @@ def test_config_must_describe_the_model(model, make_config, tmp_path):
     other_tasks = make_config(["model.tasks={fav: {mlp_config: {layer_sizes: [2]}}}"])
     with pytest.raises(ExportError, match="the model's tasks \\['fav', 'report', 'reply'\\] are not the config's"):
         export_serving_artifact(model, other_tasks, tmp_path / "out")
+
+
+@pytest.mark.parametrize("mixture", [
+    ["model.multi_task_type=mmoe", "model.mixture={num_experts: 3}"],
+    ["model.multi_task_type=ple", "model.mixture={num_levels: 2, num_task_experts: 1, num_shared_experts: 1}"],
+])
+def test_an_expert_mixture_model_exports_and_scores_like_the_model(make_config, train, tmp_path, mixture):
+    config = make_config(["model.large_embeddings=[]", "data.features.sparse=[]", *mixture])
+    model = train(config, steps=3)
+    artifact = export_serving_artifact(model, config, tmp_path / "artifact")
+    program = torch.export.load(artifact / "model.pt2").module()
+    batch = random_batch(config, 4, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = model(batch)["calibrated_probabilities"]
+    got = program(*serving_inputs(batch, []))["calibrated_probabilities"]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

@@ -260,8 +260,9 @@ def check_compatible(path: Path, tensors: Mapping[str, Any]) -> None:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise CheckpointMismatchError(
             f"checkpoint {path} does not fit this run's model and optimizers (was the config changed?): {shown}. "
-            "Resume with the config the run was started with (its save_dir holds it as config.yaml), or train in "
-            "a new save_dir (training.warm_start_from takes the weights that still fit)"
+            "Use the config the checkpoint was trained with: its run's save_dir holds it as config.yaml (--run "
+            "SAVE_DIR reads it, --set values included); or train in a new save_dir (training.warm_start_from takes "
+            "the weights that still fit)"
         )
 
 

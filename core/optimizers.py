@@ -12,7 +12,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from core.config import ConfigError
 from core.schedules import Schedule, build_schedule
 from core.sparse_optimizers import SparseOptimizerSettings, fused_optimizer
-from core.train_config import SPARSE_EPSILON_DEFAULT, DenseOptimizerConfig, SparseOptimizerConfig
+from core.train_config import DenseOptimizerConfig, SparseOptimizerConfig
 
 SHARED_GROUP = "shared"
 
@@ -148,16 +148,11 @@ def build_dense_optimizer(
 
 
 def sparse_settings(config: SparseOptimizerConfig, learning_rate: float | None = None) -> SparseOptimizerSettings:
-    """The plain settings of optimizer.sparse, with a table's own learning rate when it has one."""
-    return SparseOptimizerSettings(
-        type=config.type,
-        learning_rate=learning_rate if learning_rate is not None else float(config.learning_rate),
-        epsilon=config.epsilon if config.epsilon is not None else SPARSE_EPSILON_DEFAULT,
-        beta_1=config.beta_1 if config.beta_1 is not None else 0.9,
-        beta_2=config.beta_2 if config.beta_2 is not None else 0.999,
-        weight_decay=config.weight_decay,
-        weight_decay_mode=config.weight_decay_mode,
-    )
+    """The plain settings of optimizer.sparse (resolved by its validator), with a table's own learning rate."""
+    values = {k: v for k, v in config.model_dump().items() if v is not None}
+    if learning_rate is not None:
+        values["learning_rate"] = learning_rate
+    return SparseOptimizerSettings(**values)
 
 
 def apply_sparse_optimizer(

@@ -21,10 +21,10 @@ from core.sparse_optimizers import SparseOptimizerSettings, fused_unsupported
 
 MODEL_PARALLEL = ("table_wise", "row_wise", "column_wise", "table_row_wise", "table_column_wise")
 SHARDING_TYPES = ("data_parallel", *MODEL_PARALLEL)
-# Compute kernels by device: fused (the fbgemm kernel with the optimizer in backward), its GPU variants that keep
-# the table in host memory (uvm) or cache its hot rows in GPU memory (uvm_caching), and dense (data_parallel).
 # Sharding types that run on CPU only when a table pins them.
 CPU_PINNED_ONLY = ("row_wise", "table_row_wise")
+# Compute kernels by device: fused (the fbgemm kernel with the optimizer in backward), its GPU variants that keep
+# the table in host memory (uvm) or cache its hot rows in GPU memory (uvm_caching), and dense (data_parallel).
 COMPUTE_KERNELS = {"cpu": ("fused", "dense"), "cuda": ("fused", "fused_uvm", "fused_uvm_caching", "dense")}
 
 

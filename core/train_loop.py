@@ -53,11 +53,14 @@ class ResumableData(Protocol):
 
 
 class SparseOptimizer(Protocol):
-    """torchrec's KeyedOptimizer interface, as DistributedModelParallel.fused_optimizer provides it."""
+    """The tables' optimizers (core/sparse_optimizers.py SparseOptimizers): state by parameter name, and a step for
+    the tables that are not updated inside backward."""
 
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+    def step(self) -> None: ...
 
 
 # evaluate(step, template_batch) -> {TensorBoard tag: value}; runs under no_grad with the model in eval mode.
@@ -219,6 +222,10 @@ class TrainLoop:
         self._last_checkpoint: Checkpoint | None = None
         self._autocast_dtype = torch.bfloat16 if config.mixed_precision == "bf16" else None
         self._dense_params = dense_optimizer.parameters()
+        # The per-step stop-signal flag lives on the host: under NCCL a gloo group carries it, so checking it costs
+        # no device synchronization (gloo runs already keep it on the CPU).
+        self._stop_group = (dist.new_group(backend="gloo")
+                            if ctx.world_size > 1 and ctx.backend != "gloo" else None)
         self._ddp = data_parallel_module(model)
         self._reset_window()
 
@@ -359,7 +366,7 @@ class TrainLoop:
             self._grad_norm = torch.nn.utils.clip_grad_norm_(self._dense_params, self.config.clip_grad_norm)
         self.dense_optimizer.step()
         self.dense_optimizer.zero_grad()
-        if self.sparse_optimizer is not None and hasattr(self.sparse_optimizer, "step"):
+        if self.sparse_optimizer is not None:
             # Tables outside the fused backward (data-parallel ones) are updated here, once per optimizer step.
             self.sparse_optimizer.step()
         self.step += 1
@@ -446,8 +453,8 @@ class TrainLoop:
         signum = requested.get("signal", 0)
         if self.ctx.world_size > 1:
             # Every rank stops at the same step, whichever got the signal (a launcher forwards it to all of them).
-            flag = torch.tensor([float(signum)], device=self.ctx.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            flag = torch.tensor([float(signum)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._stop_group)
             signum = int(flag.item())
         if not signum:
             return

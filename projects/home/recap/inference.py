@@ -27,7 +27,6 @@ from core.checkpoint import (
     CheckpointError,
     CheckpointManager,
     load_tensors,
-    read_metadata,
     resolve_checkpoint,
 )
 from core.distributed import DistributedContext, lockstep, shard_model
@@ -81,24 +80,8 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint, ctx: DistributedConte
     model must be in the checkpoint with the same shape. Collective when ctx spans several ranks."""
     ctx = ctx or _local_context()
     CheckpointManager(checkpoint.path.parent, ctx).verify(checkpoint)
-    saved = read_metadata(checkpoint.path).state_dict_metadata
     state = model.state_dict()
-    missing, mismatched = [], []
-    for name, tensor in state.items():
-        entry = saved.get(f"{_STATE_KEY}.{name}")
-        if entry is None:
-            missing.append(name)
-        elif tuple(entry.size) != tuple(tensor.size()):
-            mismatched.append(f"{name}: checkpoint {tuple(entry.size)}, model {tuple(tensor.size())}")
-    if missing or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} model tensors are not in it (first: {', '.join(missing[:5])})")
-        if mismatched:
-            problems.append(f"shapes differ for {'; '.join(mismatched[:5])}")
-        raise CheckpointError(f"checkpoint {checkpoint.path} does not fit this config's model: "
-                              + "; ".join(problems) + ". Use the config the checkpoint was trained with: --run SAVE_DIR "
-                              "reads the run's own config.yaml, --set values included.")
+    # load_tensors first checks every tensor is in the checkpoint with its shape (CheckpointMismatchError).
     load_tensors(checkpoint.path, {_STATE_KEY: state})
     model.load_state_dict(state)
     logger.info("loaded %d weight tensors from %s (step %d)", len(state), checkpoint.path, checkpoint.step)

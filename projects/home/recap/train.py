@@ -110,8 +110,8 @@ def _train(config: RecapConfig, ctx: DistributedContext, start_over: bool) -> Tr
         # defaults); the schema guarantees data.validation is not empty here.
         names = config.training.eval_datasets or list(config.data.validation)
         loaders = validation_loaders(config, names, tasks, ctx)  # their files' schemas are checked here
-        for name in names:  # and their labels, so a bad set stops the run now rather than at its first evaluation
-            scan_labels(config.data, config.data.validation[name], tasks)
+        for loader in loaders.values():  # and their labels: a bad set stops the run now, not at its first evaluation
+            scan_labels(loader.layout, loader.scanned)
         evaluate = build_evaluator(config, model, ctx, tasks, loaders, config.training.num_eval_steps)
     # Distinct random streams per rank (dropout, position-debias drops) from here on; the model is initialized.
     seed_everything(config.training.seed * 1_000_003 + ctx.rank)

@@ -299,6 +299,7 @@ class RecapDataLoader:
         validate_scanned(layout, scanned, require_labels=mode != "predict")
         # Batches carry oracle probabilities (RecapBatch.oracle) when every file has every task's oracle column.
         self.layout = detect_oracle(layout, scanned)
+        self.scanned = scanned
         if mode == "train" and sharding.train_batches_per_rank(scanned.num_rows, world_size, batch_size) == 0:
             raise DataError(f"{scanned.num_rows} rows are fewer than one batch of {batch_size} per rank on "
                             f"{world_size} ranks", scanned.describe())

@@ -125,13 +125,10 @@ def validate_dataset(data: DataConfig, dataset: DatasetConfig, tasks: list[str],
     validate_scanned(layout, scan_dataset(dataset.paths, data.ignore_data_errors), require_labels)
 
 
-def scan_labels(data: DataConfig, dataset: DatasetConfig, tasks: list[str],
-                max_rows: int = LABEL_SCAN_MAX_ROWS) -> int:
+def scan_labels(layout: BatchLayout, scanned: ScannedDataset, max_rows: int = LABEL_SCAN_MAX_ROWS) -> int:
     """Read only the label columns of every file and raise DataError (file, column) for a null label or one
     outside {0, 1}, so a bad validation set stops a run before its first step rather than at its first evaluation.
     Returns the rows scanned (0 for a dataset over max_rows, whose labels are checked as it is read)."""
-    layout = build_layout(data, tasks)
-    scanned = scan_dataset(dataset.paths, data.ignore_data_errors)
     if scanned.num_rows > max_rows:
         return 0
     for source in scanned.files:

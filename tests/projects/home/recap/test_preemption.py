@@ -36,10 +36,11 @@ def _train_command(data: Path, save_dir: Path) -> list[str]:
             "--nproc-per-node", "2", *helpers.set_args(values)]
 
 
-def _launch_past_step_10(data: Path, save_dir: Path, env: dict, err, log: Path) -> subprocess.Popen:
-    """Start the 2-worker training with its log in `log`; return once it logged a step of two digits."""
-    launcher = subprocess.Popen(_train_command(data, save_dir), cwd=helpers.REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
+def _launch_past_step_10(data: Path, save_dir: Path, log: Path) -> subprocess.Popen:
+    """Start the 2-worker training logging into `log`; return once it logged a step of two digits."""
+    with open(log, "w") as err:  # the launcher keeps its own copy of the descriptor
+        launcher = subprocess.Popen(_train_command(data, save_dir), cwd=helpers.REPO, env=ENV,
+                                    stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 180
     while not re.search(rf"step \d\d+/{STEPS}", log.read_text()):
         assert launcher.poll() is None, log.read_text()[-3000:]
@@ -50,12 +51,10 @@ def _launch_past_step_10(data: Path, save_dir: Path, env: dict, err, log: Path) 
 
 @pytest.mark.slow
 def test_sigterm_to_the_launcher_checkpoints_and_a_rerun_matches_an_uninterrupted_run(data, tmp_path):
-    env = ENV
     log = tmp_path / "stopped.log"
-    with open(log, "w") as err:
-        launcher = _launch_past_step_10(data, tmp_path / "run", env, err, log)
-        launcher.send_signal(signal.SIGTERM)
-        status = launcher.wait(timeout=120)
+    launcher = _launch_past_step_10(data, tmp_path / "run", log)
+    launcher.send_signal(signal.SIGTERM)
+    status = launcher.wait(timeout=120)
     text = log.read_text()
     assert status == 143, text[-3000:]
     stops = re.findall(r"stopped by SIGTERM at step (\d+); checkpoint (\S+)", text)
@@ -64,11 +63,11 @@ def test_sigterm_to_the_launcher_checkpoints_and_a_rerun_matches_an_uninterrupte
     assert 10 <= step < STEPS
     assert [c.step for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == [step]
 
-    rerun = subprocess.run(_train_command(data, tmp_path / "run"), cwd=helpers.REPO, env=env, capture_output=True,
+    rerun = subprocess.run(_train_command(data, tmp_path / "run"), cwd=helpers.REPO, env=ENV, capture_output=True,
                            text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resumed from {tmp_path / 'run' / 'checkpoints' / f'step_{step:08d}'}" in rerun.stderr
-    straight = subprocess.run(_train_command(data, tmp_path / "straight"), cwd=helpers.REPO, env=env,
+    straight = subprocess.run(_train_command(data, tmp_path / "straight"), cwd=helpers.REPO, env=ENV,
                               capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
@@ -86,17 +85,15 @@ def test_sigterm_to_the_launcher_checkpoints_and_a_rerun_matches_an_uninterrupte
 
 @pytest.mark.slow
 def test_workers_of_a_killed_launcher_stop_with_a_checkpoint_instead_of_training_on(data, tmp_path):
-    env = ENV
     log = tmp_path / "killed.log"
-    with open(log, "w") as err:
-        launcher = _launch_past_step_10(data, tmp_path / "run", env, err, log)
-        workers = children(launcher.pid)
-        assert len(workers) == 2
-        launcher.send_signal(signal.SIGKILL)
-        launcher.wait(timeout=30)
-        deadline = time.monotonic() + 90
-        while any(alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.5)
+    launcher = _launch_past_step_10(data, tmp_path / "run", log)
+    workers = children(launcher.pid)
+    assert len(workers) == 2
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait(timeout=30)
+    deadline = time.monotonic() + 90
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not any(alive(w) for w in workers), log.read_text()[-3000:]
     text = log.read_text()
     assert "the launcher (parent process) is gone: stopping this worker" in text

@@ -23,7 +23,7 @@ def test_a_run_trained_with_overrides_is_scored_through_run(tmp_path):
     refused = helpers.recap("evaluate", "--config", str(helpers.DEMO), "--checkpoint", str(run),
                             "--dataset", "validation", *helpers.set_args(data_only))
     assert refused.returncode == 1
-    assert "does not fit this config's model" in refused.stderr and "--run SAVE_DIR" in refused.stderr
+    assert "does not fit this run's model" in refused.stderr and "--run SAVE_DIR" in refused.stderr
 
     evaluated = helpers.recap("evaluate", "--run", str(run), "--dataset", "validation")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data census": ("data_census", "convert the UCI Census-Income (KDD) file to parquet splits"),
     "data stats": ("data_stats", "compute continuous-feature statistics for zscore_log featurization"),
     "data downsample": ("data_downsample", "drop a fraction of all-negative rows and reweight the rest"),
+    "data prepare": ("data_prepare", "rewrite a parquet dataset in the prepared layout (fast, memory-mapped)"),
     "data benchmark": ("data_benchmark", "measure loader throughput (rows/s) for a config's schema"),
     "train": ("train", "train a model (alone, under torchrun, or with --nproc-per-node)"),
     "evaluate": ("evaluate", "evaluate a checkpoint on the validation sets and write the report"),

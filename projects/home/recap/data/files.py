@@ -1,4 +1,6 @@
-"""Finding parquet files (paths, directories, globs, URLs) and reading their footers: schemas and row-group sizes."""
+"""Finding parquet files (paths, directories, globs, URLs) and reading their footers: schemas and row-group sizes.
+
+A directory written by `recap data prepare` (data/prepared.py) stands for its prepared files."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from core.log import get_logger
+from projects.home.recap.data import prepared
 from projects.home.recap.data.errors import DataError
 
 logger = get_logger(__name__)
@@ -46,7 +49,7 @@ class ScannedDataset:
     """The files of a dataset and its row groups (the unit of work the reader splits across ranks and workers)."""
 
     paths: list[str]
-    files: list[ParquetSource]
+    files: list[ParquetSource | prepared.PreparedSource]
     # One row per row group: (file index, row-group index, number of rows); only row groups with rows.
     units: np.ndarray
     skipped: list[str] = field(default_factory=list)
@@ -54,6 +57,11 @@ class ScannedDataset:
     @property
     def num_rows(self) -> int:
         return int(self.units[:, 2].sum()) if len(self.units) else 0
+
+    @property
+    def prepared(self) -> bool:
+        """Whether every file is a prepared one (data/prepared.py)."""
+        return bool(self.files) and all(isinstance(f, prepared.PreparedSource) for f in self.files)
 
     def describe(self) -> str:
         return ", ".join(self.paths)
@@ -95,8 +103,14 @@ def _list_directory(fs: pafs.FileSystem, directory: str) -> list[str]:
 
 
 def resolve_paths(paths: list[str]) -> list[tuple[pafs.FileSystem, str]]:
-    """Expand files, directories and globs (local or URL) into a sorted, de-duplicated list of parquet files."""
-    found: list[tuple[pafs.FileSystem, str]] = []
+    """Expand files, directories and globs (local or URL) into a sorted, de-duplicated list of parquet files (a
+    prepared directory is listed as itself)."""
+    return [(fs, path) for fs, path, _ in _resolve(paths)]
+
+
+def _resolve(paths: list[str]) -> list[tuple[pafs.FileSystem, str, bool]]:
+    """resolve_paths, saying which entries are prepared directories."""
+    found: list[tuple[pafs.FileSystem, str, bool]] = []
     seen: set[str] = set()
     for raw in paths:
         fs, path = _filesystem_for(raw)
@@ -104,23 +118,31 @@ def resolve_paths(paths: list[str]) -> list[tuple[pafs.FileSystem, str]]:
             matches = _expand_glob(fs, path)
             if not matches:
                 raise DataError("the glob matches no file", raw)
+            is_prepared = False
         else:
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.NotFound:
                 raise DataError("no such file or directory", raw)
-            matches = _list_directory(fs, path) if info.type == pafs.FileType.Directory else [path]
+            is_prepared = info.type == pafs.FileType.Directory and prepared.is_prepared(fs, path)
+            if info.type != pafs.FileType.Directory or is_prepared:
+                matches = [path]
+            else:
+                matches = _list_directory(fs, path)
         for m in matches:
             if m not in seen:
                 seen.add(m)
-                found.append((fs, m))
+                found.append((fs, m, is_prepared))
     return found
 
 
 def scan_dataset(paths: list[str], ignore_data_errors: bool = False) -> ScannedDataset:
     """Read every file's footer; a corrupt file is an error naming it, or with ignore_data_errors a warning."""
-    files: list[ParquetSource] = []
+    files: list[ParquetSource | prepared.PreparedSource] = []
     skipped: list[str] = []
-    for fs, path in resolve_paths(paths):
+    for fs, path, is_prepared in _resolve(paths):
+        if is_prepared:
+            files += prepared.scan_prepared(fs, path)
+            continue
         try:
             with fs.open_input_file(path) as handle:
                 metadata = pq.ParquetFile(handle).metadata

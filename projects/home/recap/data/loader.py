@@ -27,7 +27,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from common.batch import RecapBatch
 from core.log import get_logger
 from core.parent_watch import exit_with_parent
-from projects.home.recap.data import sharding
+from projects.home.recap.data import prepared, sharding
 from projects.home.recap.data.columns import (
     ArrayBlock,
     assemble,
@@ -129,6 +129,8 @@ class _EpochStream(IterableDataset):
         self.position = torch.zeros(2, dtype=torch.int64).share_memory_()
         self.num_workers = 1
         self._reported_nulls: set[tuple[str, str]] = set()
+        # Prepared files are read as row groups are (same tables, same conversion); only the final gather differs.
+        self._assemble = prepared.assemble if scanned.prepared else assemble
 
     @property
     def epoch(self) -> int:
@@ -165,7 +167,7 @@ class _EpochStream(IterableDataset):
             blocks, rows = self._read_fill(reader, rows_in_order, order, epoch, *layouts[worker][i])
             if i == first_fill and first_batch:
                 rows = rows[first_batch * self.batch_size :]
-            yield assemble(blocks, rows, self.batch_size, shared)
+            yield self._assemble(blocks, rows, self.batch_size, shared)
 
     def _read_fill(self, reader: UnitReader, rows_in_order: np.ndarray, order: np.ndarray, epoch: int, start: int,
                    stop: int) -> tuple[list[ArrayBlock], np.ndarray]:
@@ -299,6 +301,7 @@ class RecapDataLoader:
         validate_scanned(layout, scanned, require_labels=mode != "predict")
         # Batches carry oracle probabilities (RecapBatch.oracle) when every file has every task's oracle column.
         self.layout = detect_oracle(layout, scanned)
+        prepared.check_layout(self.layout, scanned.files)
         self.scanned = scanned
         if mode == "train" and sharding.train_batches_per_rank(scanned.num_rows, world_size, batch_size) == 0:
             raise DataError(f"{scanned.num_rows} rows are fewer than one batch of {batch_size} per rank on "

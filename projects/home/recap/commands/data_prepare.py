@@ -1,0 +1,177 @@
+"""`recap data prepare SRC DST --config FILE`: rewrite a parquet dataset in the prepared layout (data/prepared.py).
+
+The configured columns of every source file are checked as the loader checks them (missing or mistyped columns,
+labels, fixed list lengths, null weights or ids) and converted once, a row group at a time (memory: one row group),
+into DST/part-NNNNN.arrow. Each file is written under a temporary name and renamed when complete, and the progress is
+kept in DST/_recap_prepared.partial.json: an interrupted run, started again with the same arguments, keeps the files
+already written. The manifest DST/_recap_prepared.json, written last, is what makes DST a dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.ipc as ipc
+
+from core.log import get_logger
+from projects.home.recap.data import prepared
+from projects.home.recap.data.columns import check_values, null_discrete_counts
+from projects.home.recap.data.config import DataConfig
+from projects.home.recap.data.errors import DataError
+from projects.home.recap.data.files import READ_ERRORS, ParquetSource, scan_dataset
+from projects.home.recap.data.layout import BatchLayout, build_layout
+from projects.home.recap.data.validation import detect_oracle, validate_scanned
+from projects.home.recap.schema import load_recap_config
+
+logger = get_logger(__name__)
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC", help="parquet file, directory, glob or URL")
+    parser.add_argument("destination", metavar="DST", help="local directory to write the prepared dataset to")
+    parser.add_argument("--config", default=str(DEMO_CONFIG),
+                        help="experiment YAML whose data.features and data.tasks say which columns to prepare and "
+                             "how (default: the demo config)")
+    parser.add_argument("--compression", choices=["none", "lz4", "zstd"], default="none",
+                        help="IPC buffer compression (default none: read memory-mapped, without a copy; lz4 or "
+                             "zstd make smaller files that are decompressed as they are read)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+
+def _source_identity(source: ParquetSource) -> dict[str, Any]:
+    """What says a source is the one that was prepared: path, size, modification time."""
+    if isinstance(source.filesystem, pafs.LocalFileSystem):
+        stat = os.stat(source.path)
+        return {"path": source.path, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"path": source.path, "bytes": source.filesystem.get_file_info(source.path).size, "mtime_ns": None}
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    """Write atomically: a reader sees the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
+def _prepare_file(layout: BatchLayout, source: ParquetSource, target: Path, ignore_data_errors: bool,
+                  compression: str | None) -> dict[str, Any]:
+    """Convert one source file into `target` (via a temporary name); its manifest entry."""
+    handle = source.open()
+    names = set(handle.schema_arrow.names)
+    roles = [r for r in dict((r.name, r) for r in layout.roles()).values() if r.name in names]
+    columns = [r.name for r in roles]
+
+    def convert(table: pa.Table) -> pa.RecordBatch:
+        arrays = [prepared.convert_column(table, role) for role in roles]
+        return pa.RecordBatch.from_arrays(arrays, names=columns)
+
+    schema = convert(handle.schema_arrow.empty_table().select(columns)).schema
+    tmp = target.with_name(f".{target.name}.tmp")
+    row_groups: list[int] = []
+    nulls: dict[str, int] = {}
+    dropped = 0
+    options = ipc.IpcWriteOptions(compression=compression)
+    with ipc.new_file(str(tmp), schema, options=options) as writer:
+        for group in range(source.metadata.num_row_groups):
+            try:
+                table = handle.read_row_group(group, columns=columns)
+            except READ_ERRORS as exc:
+                if not ignore_data_errors:
+                    raise DataError(f"row group {group} cannot be read ({exc})", source.path) from None
+                rows = source.metadata.row_group(group).num_rows
+                logger.warning("skipping unreadable row group %d of %s (%d rows dropped): %s", group, source.path,
+                               rows, exc)
+                dropped += rows
+                batch = pa.RecordBatch.from_pylist([], schema=schema)
+            else:
+                check_values(layout, table, source.path)
+                for column, count in null_discrete_counts(layout, table).items():
+                    nulls[column] = nulls.get(column, 0) + count
+                batch = convert(table)
+            # One record batch per row group: the prepared dataset's units are the source's.
+            writer.write_batch(batch)
+            row_groups.append(batch.num_rows)
+    os.replace(tmp, target)
+    for column, count in nulls.items():
+        logger.warning("%s: %d null values in discrete column %s: read as id 0", source.path, count, column)
+    return {"name": target.name, "bytes": target.stat().st_size, "rows": sum(row_groups), "row_groups": row_groups,
+            "dropped_rows": dropped, "null_discrete": nulls, "source": _source_identity(source),
+            "source_schema": {c: str(handle.schema_arrow.field(c).type) for c in columns}}
+
+
+def prepare(data: DataConfig, source: str, destination: str, compression: str = "none") -> dict:
+    """Write the prepared layout of `source` (every task's label in data.tasks) to `destination`; its manifest.
+
+    A destination already prepared from the same source with the same columns is left as it is; one prepared from
+    something else, or a non-empty directory that is not a prepared dataset, is an error.
+    """
+    layout = build_layout(data, list(data.tasks))
+    scanned = scan_dataset([source], data.ignore_data_errors)
+    if scanned.prepared or any(isinstance(f, prepared.PreparedSource) for f in scanned.files):
+        raise DataError("already a prepared dataset", source)
+    validate_scanned(layout, scanned, require_labels=False)
+    layout = detect_oracle(layout, scanned)
+    columns = prepared.column_plan(layout)
+    identities = [_source_identity(f) for f in scanned.files]
+    out = Path(destination)
+    header = {"format": prepared.FORMAT, "version": prepared.VERSION, "source_paths": [source], "columns": columns,
+              "compression": compression, "num_source_files": len(scanned.files), "skipped_files": scanned.skipped}
+    final, partial = out / prepared.MANIFEST, out / prepared.PARTIAL_MANIFEST
+    done: dict[str, dict] = {}
+    if final.exists():
+        manifest = prepared.read_manifest(pafs.LocalFileSystem(), str(final))
+        if _same_job(manifest, header) and [e["source"] for e in manifest["files"]] == identities:
+            logger.info("%s is already prepared from %s", destination, source)
+            return manifest
+        raise DataError("holds a prepared dataset of another source or config; remove it or choose another "
+                        "directory", destination)
+    if partial.exists():
+        manifest = prepared.read_manifest(pafs.LocalFileSystem(), str(partial))
+        if _same_job(manifest, header):
+            done = {e["name"]: e for e in manifest["files"]}
+        else:
+            logger.warning("%s: an interrupted prepare of another source or config; starting over", destination)
+    elif out.exists() and any(out.iterdir()):
+        raise DataError("is not empty and not a prepared dataset; choose an empty or new directory", destination)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for index, (source_file, identity) in enumerate(zip(scanned.files, identities)):
+        target = out / f"part-{index:05d}.arrow"
+        kept = done.get(target.name)
+        if (kept is not None and kept["source"] == identity and target.exists()
+                and target.stat().st_size == kept["bytes"]):
+            entries.append(kept)
+            continue
+        entries.append(_prepare_file(layout, source_file, target, data.ignore_data_errors,
+                                     None if compression == "none" else compression))
+        _write_json(partial, {**header, "files": entries})
+    manifest = {**header, "files": entries, "num_rows": sum(e["rows"] for e in entries)}
+    _write_json(final, manifest)
+    partial.unlink(missing_ok=True)
+    return manifest
+
+
+def _same_job(manifest: dict, header: dict) -> bool:
+    keys = ("source_paths", "columns", "compression", "num_source_files")
+    return all(json.loads(json.dumps(manifest.get(k))) == json.loads(json.dumps(header[k])) for k in keys)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_recap_config(args.config, args.overrides)
+    start = time.perf_counter()
+    manifest = prepare(config.data, args.source, args.destination, args.compression)
+    seconds = time.perf_counter() - start
+    size = sum(e["bytes"] for e in manifest["files"])
+    print(f"{args.destination}: {manifest['num_rows']:,} rows in {len(manifest['files'])} files "
+          f"({size / 2**20:,.0f} MiB) in {seconds:.1f} s")
+    print(f"train on it with: --set data.train.paths=[{args.destination}]")
+    return 0

@@ -1,0 +1,330 @@
+"""The prepared layout: a dataset rewritten by `recap data prepare` for fast reading, and how the loader reads it.
+
+A prepared directory holds one Arrow IPC file per source parquet file (`part-00000.arrow`, ...), one record batch per
+source row group, and a manifest (`_recap_prepared.json`). Every configured column is stored already converted the way
+the loader converts it (`to_arrays`): continuous values as float32 with nulls as NaN, binary and embeddings as float32
+with nulls as 0, discrete as int64 with nulls as 0 (id 0), labels, weights and oracles as float32; fixed-length columns
+as fixed_size_list, so reading a batch is memory-mapping the file and viewing its buffers as numpy arrays (no decoding,
+no copy). Sparse and id columns are stored as read. Files, row groups and row counts equal the source's, so every
+rank, worker, shuffle and resume position sees the same rows as on the source: batches are equal.
+
+A prepared directory is used wherever a parquet directory is (data.train.paths, validation sets, stats): the manifest
+is how it is recognised. Writing one is `projects/home/recap/commands/data_prepare.py`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.ipc as ipc
+import torch
+
+from core.log import get_logger
+from projects.home.recap.data.columns import (
+    _DENSE,
+    ArrayBlock,
+    _nonfinite_per_row,
+    _row_view,
+    _sparse,
+    stack_columns,
+)
+from projects.home.recap.data.errors import DataError
+from projects.home.recap.data.layout import BatchLayout, ColumnRole
+
+logger = get_logger(__name__)
+
+MANIFEST = "_recap_prepared.json"
+# Written after every finished file while `prepare` runs, removed when MANIFEST is written: its presence alone means
+# an interrupted prepare (run it again to finish).
+PARTIAL_MANIFEST = "_recap_prepared.partial.json"
+FORMAT = "recap-prepared"
+VERSION = 1
+
+# Batch part -> (stored dtype, value of a null) as to_arrays converts it; None: stored as read. Labels and weights
+# cannot be null (the loader's value checks reject them), so their fill is never used.
+CONVERSIONS: dict[str, tuple[str, float] | None] = {
+    "continuous": ("float32", math.nan),
+    "binary": ("float32", 0.0),
+    "discrete": ("int64", 0),
+    "embeddings": ("float32", 0.0),
+    "label": ("float32", math.nan),
+    "weight": ("float32", math.nan),
+    "oracle": ("float32", math.nan),
+    "sparse": None,
+    "id": None,
+}
+
+
+def _describe(conversion: tuple[str, float] | None) -> str:
+    return "as read" if conversion is None else f"{conversion[0]}, nulls as {conversion[1]}"
+
+
+def column_plan(layout: BatchLayout) -> dict[str, dict[str, Any]]:
+    """{column: how it is stored} for every column the layout reads; a column two roles would convert differently
+    (say continuous and binary) is an error naming both."""
+    plan: dict[str, dict[str, Any]] = {}
+    for role in layout.roles():
+        conversion = CONVERSIONS[role.kind]
+        entry = {"kind": role.kind, "length": role.length, "dtype": None if conversion is None else conversion[0],
+                 "fill": None if conversion is None else _json_float(conversion[1])}
+        seen = plan.get(role.name)
+        if seen is not None and (seen["dtype"], seen["fill"]) != (entry["dtype"], entry["fill"]):
+            raise DataError(f"configured as {seen['kind']} and as {role.kind} ({role.key}), which convert it "
+                            "differently: a prepared dataset stores one form of each column", None, role.name)
+        plan.setdefault(role.name, entry)
+    return plan
+
+
+def _json_float(value: float) -> float | str:
+    return "nan" if isinstance(value, float) and math.isnan(value) else value
+
+
+def convert_column(table: pa.Table, role: ColumnRole) -> pa.Array:
+    """The column as the prepared layout stores it: to_arrays' conversion done once (same code, same values)."""
+    column = table.column(role.name)
+    conversion = CONVERSIONS[role.kind]
+    if conversion is None:
+        return column.combine_chunks()
+    dtype, fill = conversion
+    matrix = stack_columns(table, (role,), np.dtype(dtype), fill)
+    values = pa.array(matrix.reshape(-1))
+    return values if role.length is None else pa.FixedSizeListArray.from_arrays(values, role.length)
+
+
+def check_layout(layout: BatchLayout, files: list[Any]) -> None:
+    """Raise DataError (file, column) where a configured column was prepared in another form than this config reads
+    it in (the dataset was prepared with another config: prepare it again)."""
+    for source in files:
+        if not isinstance(source, PreparedSource):
+            continue
+        for role in layout.roles():
+            stored = source.columns.get(role.name)
+            wanted = CONVERSIONS[role.kind]
+            if stored is None or stored["dtype"] is None:
+                continue  # stored as read: the loader converts it as it does parquet
+            if wanted is None or (stored["dtype"], stored["fill"]) != (wanted[0], _json_float(wanted[1])):
+                raise DataError(f"prepared as {stored['kind']} ({stored['dtype']}, nulls as {stored['fill']}) but "
+                                f"configured as {role.kind} ({role.key}: {_describe(wanted)}); run `recap data "
+                                "prepare` again with this config", source.path, role.name)
+
+
+# --- reading ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _RowGroup:
+    num_rows: int
+
+
+@dataclass(frozen=True)
+class PreparedMetadata:
+    """The part of parquet's FileMetaData the readers use: row counts per record batch."""
+
+    row_groups: tuple[int, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.row_groups)
+
+    @property
+    def num_row_groups(self) -> int:
+        return len(self.row_groups)
+
+    def row_group(self, index: int) -> _RowGroup:
+        return _RowGroup(self.row_groups[index])
+
+
+class PreparedFile:
+    """An open prepared file, read like a pq.ParquetFile: a row group is a record batch, memory-mapped."""
+
+    def __init__(self, source: PreparedSource):
+        self.source = source
+        if isinstance(source.filesystem, pafs.LocalFileSystem):
+            handle = pa.memory_map(source.path)
+        else:
+            handle = source.filesystem.open_input_file(source.path)
+        self._reader = ipc.open_file(handle)
+        self.schema_arrow = self._reader.schema
+
+    def read_row_group(self, index: int, columns: list[str] | None = None, use_threads: bool = True) -> pa.Table:
+        """Record batch `index` (only `columns`), zero-copy."""
+        batch = self._reader.get_batch(index)
+        expected = self.source.metadata.row_groups[index]
+        if batch.num_rows != expected:
+            raise DataError(f"record batch {index} has {batch.num_rows} rows, the manifest says {expected}: the "
+                            "prepared file was modified; run `recap data prepare` again", self.source.path)
+        if columns is not None:
+            batch = batch.select(columns)
+        return pa.Table.from_batches([batch])
+
+    def read(self, columns: list[str] | None = None, use_threads: bool = True) -> pa.Table:
+        """Every record batch (only `columns`)."""
+        tables = [self.read_row_group(i, columns) for i in range(self._reader.num_record_batches)]
+        if tables:
+            return pa.concat_tables(tables)
+        schema = self.schema_arrow if columns is None else pa.schema([self.schema_arrow.field(c) for c in columns])
+        return schema.empty_table()
+
+
+@dataclass
+class PreparedSource:
+    """One prepared file and its manifest entry; used where a ParquetSource is (path, schema, metadata, open)."""
+
+    path: str
+    filesystem: pafs.FileSystem
+    metadata: PreparedMetadata
+    schema: pa.Schema
+    columns: dict[str, dict[str, Any]]
+
+    def open(self) -> PreparedFile:
+        return PreparedFile(self)
+
+
+def is_prepared(fs: pafs.FileSystem, directory: str) -> bool:
+    """Whether a directory is a prepared dataset, finished or not."""
+    infos = fs.get_file_info([f"{directory}/{MANIFEST}", f"{directory}/{PARTIAL_MANIFEST}"])
+    return any(i.type == pafs.FileType.File for i in infos)
+
+
+def read_manifest(fs: pafs.FileSystem, path: str) -> dict:
+    """A manifest's contents; an unreadable one is a DataError naming it."""
+    try:
+        with fs.open_input_stream(path) as f:
+            manifest = json.loads(f.read().decode())
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise DataError(f"unreadable prepared-dataset manifest ({exc})", path) from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise DataError(f"not a {FORMAT} manifest of version {VERSION} (format {manifest.get('format')!r}, version "
+                        f"{manifest.get('version')!r}); run `recap data prepare` again", path)
+    return manifest
+
+
+def source_changed(entry: dict) -> str | None:
+    """Why a prepared file's local source no longer matches what was prepared (None: unchanged, gone or remote)."""
+    recorded = entry["source"]
+    if recorded["mtime_ns"] is None:
+        return None  # a remote source: not checked (a stat per file would be a request per file)
+    try:
+        stat = os.stat(recorded["path"])
+    except OSError:
+        return None  # the source may be deleted (or remote) once prepared
+    if stat.st_size != recorded["bytes"] or stat.st_mtime_ns != recorded["mtime_ns"]:
+        return (f"its source {recorded['path']} changed since it was prepared (size {recorded['bytes']} -> "
+                f"{stat.st_size}, mtime {recorded['mtime_ns']} -> {stat.st_mtime_ns})")
+    return None
+
+
+def scan_prepared(fs: pafs.FileSystem, directory: str) -> list[PreparedSource]:
+    """The files of a prepared directory, checked against its manifest: an interrupted prepare, a missing or
+    truncated file, or a source that changed since is a DataError saying so."""
+    manifest_path = f"{directory}/{MANIFEST}"
+    if fs.get_file_info(manifest_path).type != pafs.FileType.File:
+        partial = read_manifest(fs, f"{directory}/{PARTIAL_MANIFEST}")
+        raise DataError(f"partially prepared ({len(partial['files'])} of {partial['num_source_files']} files "
+                        "written): run `recap data prepare` again to finish it", directory)
+    manifest = read_manifest(fs, manifest_path)
+    sources = []
+    nulls = []
+    for entry in manifest["files"]:
+        path = f"{directory}/{entry['name']}"
+        info = fs.get_file_info(path)
+        if info.type != pafs.FileType.File or info.size != entry["bytes"]:
+            found = "missing" if info.type != pafs.FileType.File else f"{info.size} bytes"
+            raise DataError(f"prepared file is {found}, the manifest says {entry['bytes']} bytes: the prepared "
+                            "directory is incomplete or was modified; run `recap data prepare` again", path)
+        changed = source_changed(entry)
+        if changed:
+            raise DataError(f"stale prepared file: {changed}; run `recap data prepare` again", path)
+        source = PreparedSource(path, fs, PreparedMetadata(tuple(entry["row_groups"])), pa.schema([]),
+                                manifest["columns"])
+        try:
+            handle = source.open()
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"unreadable prepared file ({exc}); run `recap data prepare` again", path) from None
+        if handle._reader.num_record_batches != len(entry["row_groups"]):
+            raise DataError(f"{handle._reader.num_record_batches} record batches, the manifest says "
+                            f"{len(entry['row_groups'])}; run `recap data prepare` again", path)
+        source.schema = handle.schema_arrow
+        sources.append(source)
+        nulls += [(entry["source"]["path"], column, count) for column, count in entry["null_discrete"].items()]
+    for source_path, column, count in nulls:
+        logger.warning("%s: %d null values in discrete column %s were read as id 0 when it was prepared (%s)",
+                       source_path, count, column, directory)
+    return sources
+
+
+# --- batches ---------------------------------------------------------------------------------------------------------
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+
+
+def _madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _madvise()
+
+
+def _empty(shape: tuple[int, ...], dtype: np.dtype, shared: bool) -> tuple[np.ndarray, torch.Tensor]:
+    """An output tensor (and its numpy view). In-process, a large one is asked for transparent huge pages: a fill's
+    output is fresh memory, and faulting it in 4 KB pages costs more than copying the rows into it."""
+    tensor = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype)
+    if shared and tensor.numel():
+        tensor.share_memory_()
+    elif _MADVISE is not None and tensor.numel() * tensor.element_size() >= 2 * _HUGE_PAGE:
+        start = -(-tensor.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+        stop = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // _HUGE_PAGE * _HUGE_PAGE
+        _MADVISE(start, stop - start, _MADV_HUGEPAGE)  # advice only: a kernel without THP ignores it
+    return tensor.numpy(), tensor
+
+
+def assemble(blocks: list[ArrayBlock], rows: np.ndarray, batch_size: int, shared: bool) -> dict:
+    """columns.assemble for blocks read from a prepared dataset (same tensors, same values): the dense parts are
+    gathered straight from the memory-mapped record batches into outputs on huge pages."""
+    n = len(rows)
+    starts = np.cumsum([0] + [b.num_rows for b in blocks])
+    if n == starts[-1] and (n == 0 or (rows[0] == 0 and (np.diff(rows) == 1).all())):
+        picks = [(slice(lo, lo + b.num_rows), None) for b, lo in zip(blocks, starts[:-1])]
+    elif n == starts[-1] and (np.bincount(rows, minlength=n) == 1).all():
+        destination = np.empty(n, dtype=np.int64)  # a permutation: scatter each block once
+        destination[rows] = np.arange(n)
+        picks = [(destination[lo : lo + b.num_rows], None) for b, lo in zip(blocks, starts[:-1])]
+    else:
+        picks = []
+        for b, lo in zip(blocks, starts[:-1]):
+            where = np.nonzero((rows >= lo) & (rows < lo + b.num_rows))[0]
+            picks.append((where, rows[where] - lo))
+    out: dict = {}
+    for f in _DENSE:
+        first = getattr(blocks[0], f)
+        if first is None:  # no oracle columns
+            continue
+        array, tensor = _empty((n, first.shape[1]), first.dtype, shared)
+        if first.shape[1]:
+            target = _row_view(array)
+            for b, (dst, src) in zip(blocks, picks):
+                part = _row_view(np.ascontiguousarray(getattr(b, f)))
+                target[dst] = part if src is None else part[src]
+        out[f] = tensor
+    merged = ArrayBlock.concat_sparse_and_ids(blocks)
+    if merged.sparse:
+        out.update(_sparse(merged.sparse, rows, batch_size, shared))
+    out["ids"] = merged.take_ids(rows)
+    out["nonfinite"] = torch.from_numpy(_nonfinite_per_row(out["continuous"].numpy()))
+    return out

@@ -8,7 +8,8 @@ For each config (the demo and the recap-scale model by default), in one process:
     memory, in fp32 and under bf16 autocast: examples/s, achieved GFLOP/s (forward+backward FLOPs counted by
     torch.utils.flop_counter) and MFU = achieved / peak;
   - evaluation: the evaluator's per-batch work (eval-mode forward without gradients, metrics accumulation);
-  - loader: rows/s of RecapDataLoader over a temporary parquet file with the config's schema;
+  - loader: rows/s of RecapDataLoader over a temporary parquet file with the config's schema, and over the same
+    data in the prepared layout (`recap data prepare`);
   - pipeline: the same training step fed by that loader, against the in-memory step;
   - peak resident memory of the process in each phase and of the loader's worker;
   - optionally the same training step on 2 ranks under torchrun against 1 rank.
@@ -42,6 +43,7 @@ from core.distributed import DistributedContext, init_distributed
 from core.log import get_logger
 from core.metrics_accumulator import MetricsAccumulator
 from core.train_loop import TrainLoop
+from projects.home.recap.commands.data_prepare import prepare
 from projects.home.recap.data.config import DatasetConfig
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.inference import inference_mode, run_model
@@ -318,6 +320,13 @@ class ConfigBenchmark:
         data = self.config.data.model_copy(update={"train": DatasetConfig(paths=[str(path.parent)])})
         return self.config.model_copy(update={"data": data}), rows
 
+    def prepare_data(self, config: RecapConfig) -> RecapConfig:
+        """The temporary data in the prepared layout (`recap data prepare`); the config pointed at it."""
+        target = self.workdir / "data" / "prepared"
+        prepare(config.data, config.data.train.paths[0], str(target))
+        data = config.data.model_copy(update={"train": DatasetConfig(paths=[str(target)])})
+        return config.model_copy(update={"data": data})
+
     def loader(self, config: RecapConfig) -> dict[str, Any]:
         """Rows/s of the training loader (the config's num_workers), best of a few epochs after the first."""
         loader = RecapDataLoader(config.data, config.data.train, self.tasks, "train", self.ctx.rank,
@@ -462,6 +471,10 @@ def benchmark_config(name: str, config: RecapConfig, settings: BenchmarkSettings
     with phase("loader"):
         out["loader"] = bench.loader(data_config)
     out["loader"]["rows_in_file"] = rows
+    with phase("loader on the prepared layout"):
+        prepared = bench.loader(bench.prepare_data(data_config))
+    prepared["vs_parquet"] = prepared["rows_per_second"] / out["loader"]["rows_per_second"]
+    out["loader"]["prepared"] = prepared
     out["loader"]["vs_train"] = {p: out["loader"]["rows_per_second"] / t["examples_per_second"]
                                  for p, t in out["train"].items()}
     with phase(f"{fastest} loader + training pipeline"):
@@ -629,6 +642,10 @@ def format_report(doc: dict[str, Any]) -> str:
             f"{opt['clip_grad_norm'] or 'off'}, loader num_workers {r['loader']['num_workers']}; measured in "
             f"{sum(r['phase_seconds'].values()):.0f} s"
         )
+        prepared = r["loader"].get("prepared")
+        if prepared:
+            lines.append(f"{name}: loader on the prepared layout (`recap data prepare`): "
+                         f"{prepared['rows_per_second']:,.0f} rows/s, {prepared['vs_parquet']:.1f}x parquet")
         if "error" in r.get("torchrun", {}):
             lines.append(f"{name}: torchrun failed: {r['torchrun']['error']}")
     lines.append(f"total {doc['seconds']:.0f} s")

@@ -1,8 +1,9 @@
 """Multi-task expert mixtures: MMoE (Ma et al. 2018) and PLE (Tang et al. 2020, a stack of CGC levels).
 
 Experts are any modules reporting `output_dim` (Mlp, Dcn, MaskNet; a tensor or {"output": tensor} out), built by a
-factory from their input width, so a mixture knows nothing of configs. Each returns one tensor per task (in task order) and the gate weights by gate name
-(for logging expert use: a gate whose weights collapse onto one expert shows it).
+factory from their input width, so a mixture knows nothing of configs. Each returns one tensor per task (in task
+order) and the gate weights [B, K] by gate name (`gate_names`, for logging expert use: a gate whose weights collapse
+onto one expert shows it).
 
 MMoE:  h_t = sum_k g_{t,k} E_k(x),   g_t = softmax(W_t x + b_t)
 PLE level l (x^1_t = x^1_s = x):
@@ -52,6 +53,8 @@ class MMoE(nn.Module):
         self.experts = _build_experts(make_expert, num_experts, in_features)
         self.gates = nn.ModuleList(nn.Linear(in_features, num_experts) for _ in range(num_tasks))
         self.output_dim = int(self.experts[0].output_dim)
+        # The keys of forward's gate weights, in order (known before any forward, e.g. for tracing).
+        self.gate_names = [f"task_{t}" for t in range(num_tasks)]
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         outputs = [expert_output(expert, x) for expert in self.experts]
@@ -120,6 +123,12 @@ class PLE(nn.Module):
         self.levels = nn.ModuleList(levels)
         self.num_tasks = num_tasks
         self.output_dim = width
+        # The keys of forward's gate weights, in order (known before any forward, e.g. for tracing).
+        self.gate_names = [
+            f"level_{level}/{name}"
+            for level in range(num_levels)
+            for name in [f"task_{t}" for t in range(num_tasks)] + (["shared"] if level < num_levels - 1 else [])
+        ]
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         task_inputs, shared_input = [x] * self.num_tasks, x

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from core.metrics import compute_metrics, metrics_document
 from core.metrics_curves import compute_curves, curves_document
+from core.ranking_metrics import ranking_block
 
 __all__ = ["MetricsAccumulator"]
 
@@ -24,7 +25,8 @@ _FLOAT_FIELDS = ("predictions", "labels", "weights", "oracle")
 
 
 class MetricsAccumulator:
-    """Per-rank buffers of (predictions, labels, weights, stratifiers, group ids, oracle) for exact metrics."""
+    """Per-rank buffers of (predictions, labels, weights, stratifiers, group ids, request ids, oracle) for exact
+    metrics."""
 
     def __init__(self, process_group: dist.ProcessGroup | None = None, storage_device: str | torch.device = "cpu"):
         self._group = process_group
@@ -34,11 +36,13 @@ class MetricsAccumulator:
     def reset(self) -> None:
         """Forget every row (start a new evaluation)."""
         self._chunks: dict[str, list[torch.Tensor]] = {
-            name: [] for name in ("predictions", "labels", "weights", "stratifiers", "group_ids", "oracle")
+            name: [] for name in ("predictions", "labels", "weights", "stratifiers", "group_ids", "request_ids",
+                                  "oracle")
         }
         self._num_tasks = -1
         self._num_stratifiers = -1
         self._has_groups: bool | None = None
+        self._has_requests: bool | None = None
         self._has_oracle: bool | None = None
         self._gathered: tuple[bool, dict[str, np.ndarray] | None] | None = None
 
@@ -55,8 +59,10 @@ class MetricsAccumulator:
         stratifiers: torch.Tensor | None = None,
         group_ids: torch.Tensor | None = None,
         oracle: torch.Tensor | None = None,
+        request_ids: torch.Tensor | None = None,
     ) -> None:
-        """Append a batch: predictions/labels/weights/oracle [B, T], stratifiers [B, S] int64, group_ids [B]."""
+        """Append a batch: predictions/labels/weights/oracle [B, T], stratifiers [B, S] int64, group_ids and
+        request_ids [B] int64."""
         if predictions.dim() != 2:
             raise ValueError(f"predictions must have shape [B, T], got {tuple(predictions.shape)}")
         batch, num_tasks = predictions.shape
@@ -66,20 +72,22 @@ class MetricsAccumulator:
                                  f"got {tuple(tensor.shape)}")
         if stratifiers is not None and (stratifiers.dim() != 2 or stratifiers.shape[0] != batch):
             raise ValueError(f"stratifiers must have shape [{batch}, S], got {tuple(stratifiers.shape)}")
-        if group_ids is not None and tuple(group_ids.shape) != (batch,):
-            raise ValueError(f"group_ids must have shape [{batch}], got {tuple(group_ids.shape)}")
+        for name, ids in (("group_ids", group_ids), ("request_ids", request_ids)):
+            if ids is not None and tuple(ids.shape) != (batch,):
+                raise ValueError(f"{name} must have shape [{batch}], got {tuple(ids.shape)}")
         num_stratifiers = 0 if stratifiers is None else int(stratifiers.shape[1])
+        kind = (num_tasks, num_stratifiers, group_ids is not None, request_ids is not None, oracle is not None)
         if self._num_tasks < 0:
             self._num_tasks, self._num_stratifiers = num_tasks, num_stratifiers
-            self._has_groups, self._has_oracle = group_ids is not None, oracle is not None
-        elif (num_tasks, num_stratifiers, group_ids is not None, oracle is not None) != (
-            self._num_tasks, self._num_stratifiers, self._has_groups, self._has_oracle
-        ):
+            self._has_groups, self._has_requests, self._has_oracle = kind[2:]
+        elif kind != (self._num_tasks, self._num_stratifiers, self._has_groups, self._has_requests,
+                      self._has_oracle):
             raise ValueError(
                 "every update must pass the same inputs: first batch had "
                 f"{self._num_tasks} tasks, {self._num_stratifiers} stratifiers, group_ids={self._has_groups}, "
-                f"oracle={self._has_oracle}; this one has {num_tasks} tasks, {num_stratifiers} stratifiers, "
-                f"group_ids={group_ids is not None}, oracle={oracle is not None}"
+                f"request_ids={self._has_requests}, oracle={self._has_oracle}; this one has {num_tasks} tasks, "
+                f"{num_stratifiers} stratifiers, group_ids={group_ids is not None}, "
+                f"request_ids={request_ids is not None}, oracle={oracle is not None}"
             )
         if weights is None:
             weights = torch.ones_like(predictions, dtype=torch.float32)
@@ -90,8 +98,9 @@ class MetricsAccumulator:
                 self._chunks[name].append(tensor.detach().to(self._storage, torch.float32, copy=True))
         if stratifiers is not None:
             self._chunks["stratifiers"].append(stratifiers.detach().to(self._storage, torch.int64, copy=True))
-        if group_ids is not None:
-            self._chunks["group_ids"].append(group_ids.detach().to(self._storage, torch.int64, copy=True))
+        for name, ids in (("group_ids", group_ids), ("request_ids", request_ids)):
+            if ids is not None:
+                self._chunks[name].append(ids.detach().to(self._storage, torch.int64, copy=True))
 
     def compute(
         self,
@@ -102,8 +111,14 @@ class MetricsAccumulator:
         step: int | None = None,
         checkpoint: str | None = None,
         all_ranks: bool = False,
+        ndcg_ks: Sequence[int] = (5, 10),
+        score_weights: Sequence[float] | None = None,
+        request_column: str | None = None,
     ) -> dict | None:
-        """Collective: the metrics.json document on group rank 0 (every rank with all_ranks), None elsewhere."""
+        """Collective: the metrics.json document on group rank 0 (every rank with all_ranks), None elsewhere. With
+        request ids it holds the "ranking" block (core.ranking_metrics): NDCG@k for each of ndcg_ks, of the score
+        Σ_t score_weights[t]·p_t (when given) and of each task alone, and each task's request AUC. Every row of a
+        request is gathered before it is computed, so a request spread over ranks counts once, whole."""
         data = self._gather(len(task_names), all_ranks)
         if data is None:
             return None
@@ -115,7 +130,12 @@ class MetricsAccumulator:
             stratifiers if stratifier_names else None, stratifier_names,
             data.get("group_ids"), data.get("oracle"),
         )
-        return metrics_document(tasks, dataset, step, checkpoint, stratifier_names)
+        document = metrics_document(tasks, dataset, step, checkpoint, stratifier_names)
+        if "request_ids" in data:
+            document["ranking"] = ranking_block(data["predictions"], data["labels"], data["weights"],
+                                                data["request_ids"], task_names, ndcg_ks, score_weights,
+                                                request_column)
+        return document
 
     def curves(
         self,
@@ -137,13 +157,15 @@ class MetricsAccumulator:
         return curves_document(tasks, header)
 
     # --- gathering -------------------------------------------------------------------------------------------------
-    def _local(self, num_tasks: int, num_stratifiers: int, has_groups: bool, has_oracle: bool) -> dict:
+    def _local(self, num_tasks: int, num_stratifiers: int, has_groups: bool, has_requests: bool,
+               has_oracle: bool) -> dict:
         """This rank's rows, concatenated; empty tensors of the agreed shapes when it saw none."""
         shapes = {"predictions": (num_tasks,), "labels": (num_tasks,), "weights": (num_tasks,),
-                  "stratifiers": (num_stratifiers,), "group_ids": (), "oracle": (num_tasks,)}
+                  "stratifiers": (num_stratifiers,), "group_ids": (), "request_ids": (), "oracle": (num_tasks,)}
         wanted = {"predictions", "labels", "weights"}
         wanted |= {"stratifiers"} if num_stratifiers > 0 else set()
         wanted |= {"group_ids"} if has_groups else set()
+        wanted |= {"request_ids"} if has_requests else set()
         wanted |= {"oracle"} if has_oracle else set()
         out = {}
         for name in wanted:
@@ -158,6 +180,7 @@ class MetricsAccumulator:
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size(self._group) > 1
         meta = [self.num_rows, self._num_tasks, self._num_stratifiers,
                 -1 if self._has_groups is None else int(self._has_groups),
+                -1 if self._has_requests is None else int(self._has_requests),
                 -1 if self._has_oracle is None else int(self._has_oracle)]
         if distributed:
             device = _collective_device(self._group)
@@ -168,8 +191,8 @@ class MetricsAccumulator:
             metas = [m.tolist() for m in metas_t]
         else:
             metas = [meta]
-        num_tasks, num_stratifiers, has_groups, has_oracle = _agree(metas, num_tasks_hint)
-        local = self._local(num_tasks, num_stratifiers, has_groups, has_oracle)
+        num_tasks, num_stratifiers, has_groups, has_requests, has_oracle = _agree(metas, num_tasks_hint)
+        local = self._local(num_tasks, num_stratifiers, has_groups, has_requests, has_oracle)
         if not distributed:
             result: dict[str, np.ndarray] | None = {k: v.cpu().numpy() for k, v in local.items()}
         else:
@@ -184,20 +207,21 @@ class MetricsAccumulator:
         return result
 
 
-def _agree(metas: list[list[int]], num_tasks_hint: int) -> tuple[int, int, bool, bool]:
+def _agree(metas: list[list[int]], num_tasks_hint: int) -> tuple[int, int, bool, bool, bool]:
     """The input shapes every rank that saw a batch agrees on (ranks that saw none adopt them)."""
     seen = [m for m in metas if m[1] >= 0]
     if not seen:
-        return num_tasks_hint, 0, False, False
+        return num_tasks_hint, 0, False, False, False
     kinds = {tuple(m[1:]) for m in seen}
     if len(kinds) > 1:
         described = "; ".join(
-            f"rank {r}: {m[1]} tasks, {m[2]} stratifiers, group_ids={bool(m[3])}, oracle={bool(m[4])}"
+            f"rank {r}: {m[1]} tasks, {m[2]} stratifiers, group_ids={bool(m[3])}, request_ids={bool(m[4])}, "
+            f"oracle={bool(m[5])}"
             for r, m in enumerate(metas) if m[1] >= 0
         )
         raise ValueError(f"ranks passed different inputs to MetricsAccumulator.update ({described})")
-    num_tasks, num_stratifiers, has_groups, has_oracle = seen[0][1:]
-    return num_tasks, num_stratifiers, bool(has_groups), bool(has_oracle)
+    num_tasks, num_stratifiers, has_groups, has_requests, has_oracle = seen[0][1:]
+    return num_tasks, num_stratifiers, bool(has_groups), bool(has_requests), bool(has_oracle)
 
 
 def _collective_device(group: dist.ProcessGroup | None) -> torch.device:

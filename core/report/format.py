@@ -6,6 +6,8 @@ import math
 
 __all__ = [
     "COMPARED_METRICS",
+    "gates_table",
+    "ranking_table",
     "cell_value",
     "column_label",
     "summary_columns",
@@ -45,7 +47,47 @@ DEFINITIONS = (
     ("log loss", "weighted binary cross-entropy."),
     ("calibration", "Σw·p / Σw·y: 1 is calibrated, above 1 over-predicts."),
     ("oracle", "the same metrics for the data's true probabilities (synthetic data): the best achievable."),
+    ("NDCG@k", "per request, DCG@k of the order by score over the DCG@k of the ideal order, gain max(Σ_t w_t·y_t, 0) "
+               "for the ranking score and y_t for a task alone; mean over requests with a positive gain."),
+    ("request AUC", "the task's AUC within each request holding both classes, averaged with impression weights."),
+    ("gate entropy", "of the mean gate weights (near 0: every row uses one expert, a collapse) and mean over rows "
+                     "of each row's entropy; at most log K for K experts."),
 )
+
+
+def _number(value: float | None, decimals: int = 4) -> str:
+    return "—" if value is None else f"{value:.{decimals}f}"
+
+
+def ranking_table(metrics: dict) -> tuple[list[str], list[list[str]], str] | None:
+    """(header, rows, caption) of a metrics document's per-request ranking block; None without one."""
+    ranking = metrics.get("ranking")
+    if not ranking:
+        return None
+    ks = ranking["k"]
+    header = ["ranked by", *(f"NDCG@{k}" for k in ks), *(f"requests@{k}" for k in ks), "request AUC", "requests"]
+    rows = []
+    entries = ([("score", ranking["score"])] if ranking.get("score") else []) + list(ranking["tasks"].items())
+    for name, block in entries:
+        rows.append([name, *(_number(block.get(f"ndcg@{k}")) for k in ks),
+                     *(str(block.get(f"requests@{k}", 0)) for k in ks),
+                     _number(block.get("request_auc")), str(block.get("request_auc_requests", "—"))])
+    caption = (f"{ranking['requests']} requests by `{ranking.get('request_column')}`"
+               + ("" if ranking.get("score") else "; no model.scoring weights, so no ranking-score row"))
+    return header, rows, caption
+
+
+def gates_table(metrics: dict) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows) of a metrics document's gate statistics (expert mixtures); None without gates."""
+    gates = metrics.get("gates")
+    if not gates:
+        return None
+    header = ["gate", "entropy of mean", "mean entropy", "max (log K)", "mean weight per expert"]
+    rows = [[name, _number(g.get("entropy_of_mean"), 3), _number(g.get("mean_entropy"), 3),
+             _number(g.get("max_entropy"), 3),
+             " ".join(f"{w:.2f}" for w in g.get("mean_weights") or [])]
+            for name, g in gates.items()]
+    return header, rows
 
 
 def format_value(key: str, value: object) -> str:

@@ -13,6 +13,8 @@ from core.report.format import (
     column_label,
     format_delta,
     format_value,
+    gates_table,
+    ranking_table,
     summary_columns,
 )
 from core.report.plots import histogram_chart, pr_chart, reliability_chart, roc_chart, training_charts
@@ -52,6 +54,13 @@ def _metrics_table(rows: Sequence[tuple[str, dict]], columns: list[str], first: 
         notes = "; ".join(block.get("notes") or [])
         body.append(f'<tr><td class="name">{escape(name)}</td>{cells}<td class="notes">{escape(notes)}</td></tr>')
     return "<table>" + head + "".join(body) + "</table>"
+
+
+def _plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = f'<tr><th class="name">{escape(header[0])}</th>' + "".join(f"<th>{escape(h)}</th>" for h in header[1:])
+    body = "".join(f'<tr><td class="name">{escape(row[0])}</td>' + "".join(f"<td>{escape(c)}</td>" for c in row[1:])
+                   + "</tr>" for row in rows)
+    return "<table>" + head + "</tr>" + body + "</table>"
 
 
 def _evaluation_section(evaluation: Evaluation, anchor: str) -> list[str]:
@@ -96,6 +105,13 @@ def _evaluation_section(evaluation: Evaluation, anchor: str) -> list[str]:
             out.append(f"<p><b>{escape(task)} by {escape(stratifier)}</b></p>")
             out.append(_metrics_table(list(values.items()), strata_columns, stratifier))
         out.append("</details>")
+    ranking = ranking_table(m)
+    if ranking is not None:
+        header, rows, caption = ranking
+        out += ["<h3>Ranking per request</h3>", f'<p class="meta">{escape(caption)}</p>', _plain_table(header, rows)]
+    gates = gates_table(m)
+    if gates is not None:
+        out += ["<h3>Expert gates</h3>", _plain_table(*gates)]
     return out
 
 

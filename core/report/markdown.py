@@ -12,6 +12,8 @@ from core.report.format import (
     column_label,
     format_delta,
     format_value,
+    gates_table,
+    ranking_table,
     summary_columns,
 )
 from core.report.run_files import Evaluation, RunResults
@@ -54,6 +56,13 @@ def _evaluation(evaluation: Evaluation) -> list[str]:
             out += _table([stratifier, *map(column_label, strata_columns)],
                           [[value, *(cell_value(sub, c) for c in strata_columns)] for value, sub in values.items()])
             out += _notes([(f"{stratifier}={value}", sub) for value, sub in values.items()])
+    ranking = ranking_table(m)
+    if ranking is not None:
+        header, rows, caption = ranking
+        out += ["### Ranking per request", "", caption, "", *_table(header, rows)]
+    gates = gates_table(m)
+    if gates is not None:
+        out += ["### Expert gates", "", *_table(*gates)]
     return out
 
 

@@ -69,7 +69,9 @@ def metrics_to_scalars(metrics: dict, prefix: str = "eval", include_strata: bool
     """A metrics.json document as {TensorBoard tag: value}; undefined (null) metrics are left out.
 
     Tags: <prefix>/<dataset>/<task>/<metric>, <prefix>/<dataset>/<task>/oracle/<metric> and, with include_strata,
-    <prefix>/<dataset>/<task>/<stratifier>=<value>/<metric>.
+    <prefix>/<dataset>/<task>/<stratifier>=<value>/<metric>. With per-request ranking metrics
+    <prefix>/<dataset>/ranking/<score or task>/<ndcg@k or request_auc>; with expert gates
+    <prefix>/<dataset>/gates/<gate>/<entropy_of_mean, mean_entropy or weight_<expert>>.
     """
     dataset = metrics.get("dataset") or "dataset"
     scalars: dict[str, float] = {}
@@ -88,6 +90,19 @@ def metrics_to_scalars(metrics: dict, prefix: str = "eval", include_strata: bool
             for stratifier, values in (block.get("strata") or {}).items():
                 for value, sub in values.items():
                     add(f"{base}/{stratifier}={value}", sub)
+    ranking = metrics.get("ranking") or {}
+    entries = ([("score", ranking["score"])] if ranking.get("score") else []) + list(ranking.get("tasks", {}).items())
+    for name, block in entries:
+        for key, value in block.items():
+            if (key.startswith("ndcg@") or key == "request_auc") and value is not None:
+                scalars[f"{prefix}/{dataset}/ranking/{name}/{key}"] = float(value)
+    for gate, stats in (metrics.get("gates") or {}).items():
+        base = f"{prefix}/{dataset}/gates/{gate}"
+        for key in ("entropy_of_mean", "mean_entropy"):
+            if stats.get(key) is not None:
+                scalars[f"{base}/{key}"] = float(stats[key])
+        for k, weight in enumerate(stats.get("mean_weights") or []):
+            scalars[f"{base}/weight_{k}"] = float(weight)
     return scalars
 
 

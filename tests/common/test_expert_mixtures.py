@@ -35,6 +35,7 @@ def test_mmoe_gates_sum_to_one_and_mix_the_experts_exactly():
             gate.bias.copy_(torch.tensor(bias))
     x = torch.tensor([[1.0, -2.0]])
     (h0, h1), gates = mmoe(x)
+    assert list(gates) == mmoe.gate_names == ["task_0", "task_1"]
     # Task 0: weights 1/2, 1/2 -> 1.5 x; task 1: weights 1/4, 3/4 -> (1/4 + 3/2) x = 1.75 x.
     torch.testing.assert_close(h0, 1.5 * x)
     torch.testing.assert_close(h1, 1.75 * x)
@@ -75,7 +76,8 @@ def test_ple_levels_feed_task_and_shared_paths_as_written():
     ple = PLE(3, num_tasks=2, num_levels=2, num_task_experts=1, num_shared_experts=1, make_expert=mlp_expert(3))
     x = torch.randn(4, 3)
     outputs, gates = ple(x)
-    assert set(gates) == {"level_0/task_0", "level_0/task_1", "level_0/shared", "level_1/task_0", "level_1/task_1"}
+    assert list(gates) == ple.gate_names == ["level_0/task_0", "level_0/task_1", "level_0/shared", "level_1/task_0",
+                                              "level_1/task_1"]
     first, second = ple.levels
     # Level 1 by hand: task t mixes [its expert, the shared expert]; the shared gate mixes all three.
     t_out = [expert_output(first.task_experts[t][0], x) for t in range(2)]

@@ -15,10 +15,12 @@ from core.metrics_accumulator import MetricsAccumulator
 
 TASKS = ["fav", "reply", "never"]
 STRATIFIERS = ["client", "hour"]
+SCORE_WEIGHTS = [1.0, 4.0, -2.0]
 
 
 def make_data(rows: int = 203, seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic rows with ties, weights, two stratifiers, group ids, an oracle and a single-class task."""
+    """Deterministic rows with ties, weights, two stratifiers, group ids, request ids, an oracle and a single-class
+    task."""
     rng = np.random.default_rng(seed)
     oracle = rng.uniform(0.05, 0.6, (rows, 3)).astype(np.float32)
     labels = (rng.uniform(size=(rows, 3)) < oracle).astype(np.float32)
@@ -30,6 +32,8 @@ def make_data(rows: int = 203, seed: int = 0) -> dict[str, np.ndarray]:
         "weights": rng.choice([1.0, 2.0, 5.0], (rows, 3)).astype(np.float32),
         "stratifiers": rng.integers(0, 3, (rows, 2)).astype(np.int64),
         "group_ids": rng.integers(0, 20, rows).astype(np.int64),
+        # Requests of 7 consecutive rows: the uneven split at row 150 cuts request 21 across the two ranks.
+        "request_ids": (np.arange(rows) // 7 * 1000 + 3).astype(np.int64),
         "oracle": oracle,
     }
 
@@ -51,7 +55,8 @@ def main() -> None:
     # Uneven shards: rank 0 holds 150 rows in batches of 32, rank 1 the other 53 in batches of 7.
     uneven = MetricsAccumulator()
     feed(uneven, data, *((0, 150, 32) if rank == 0 else (150, 203, 7)))
-    metrics = uneven.compute(TASKS, STRATIFIERS, dataset="valid", step=3, checkpoint="ckpt")
+    metrics = uneven.compute(TASKS, STRATIFIERS, dataset="valid", step=3, checkpoint="ckpt", ndcg_ks=(3, 5),
+                             score_weights=SCORE_WEIGHTS, request_column="request_id")
     curves = uneven.curves(TASKS, num_points=20)
     if rank == 0:
         (out / "uneven_metrics.json").write_text(json.dumps(metrics, allow_nan=False))

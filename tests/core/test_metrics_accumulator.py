@@ -14,6 +14,7 @@ import torch
 from core.metrics import compute_metrics
 from core.metrics_accumulator import MetricsAccumulator
 from core.metrics_curves import compute_curves
+from core.ranking_metrics import ranking_block
 
 WORKER = Path(__file__).with_name("metrics_torchrun_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,6 +107,11 @@ def test_two_rank_gloo_launch_equals_single_process(tmp_path):
     assert_same(reference, uneven["tasks"])
     assert uneven["tasks"]["fav"]["rows"] == 203 and "group_auc" in uneven["tasks"]["fav"]
     assert uneven["tasks"]["never"]["auc"] is None and uneven["tasks"]["never"]["notes"]
+    # The request cut by the rank split counts once, whole: the ranking block equals the one-process one.
+    ranking = ranking_block(data["predictions"], data["labels"], data["weights"], data["request_ids"], TASKS,
+                            (3, 5), [1.0, 4.0, -2.0], "request_id")
+    assert ranking["requests"] == 29 and ranking["score"]["requests@3"] > 0
+    assert_same(ranking, uneven["ranking"])
     curves = json.loads((tmp_path / "uneven_curves.json").read_text())
     ref_curves = compute_curves(data["predictions"], data["labels"], data["weights"], TASKS, data["oracle"], 20)
     assert_same(ref_curves, curves["tasks"])

@@ -34,6 +34,7 @@ from core.config import ConfigError
 from core.distributed import DistributedContext
 from core.log import get_logger
 from core.metrics_accumulator import MetricsAccumulator
+from core.ranking_metrics import gate_statistics
 from core.report import eval_step_dir, metrics_to_scalars, read_training_scalars, write_report
 from core.report.format import fixed_cell
 from core.tensorboard import MetricsWriter
@@ -91,19 +92,54 @@ def group_ids_of(values: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class GroupColumn:
-    """Where grouped AUC's group (user) ids come from: a scalar discrete column (its index) or an id column."""
+    """Where group ids come from (grouped AUC's users, ranking metrics' requests): a scalar discrete column (its
+    index) or an id column."""
 
     name: str
     discrete_index: int | None = None
+    setting: str = "evaluation.group_auc_column"
 
     def ids(self, batch: RecapBatch) -> torch.Tensor:
         """The batch's group ids, int64 [B]."""
         if self.discrete_index is not None:
             return batch.discrete[:, self.discrete_index]
         if self.name not in batch.ids:
-            raise KeyError(f"evaluation.group_auc_column {self.name!r} is not among the batch's id columns "
-                           f"{sorted(batch.ids)}")
+            raise KeyError(f"{self.setting} {self.name!r} is not among the batch's id columns {sorted(batch.ids)}")
         return group_ids_of(batch.ids[self.name])
+
+
+class GateTotals:
+    """Per gate of an expert mixture, the sums over evaluated rows of the gate weights and of each row's entropy."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, list] = {}  # gate -> [weight sum [K] float64, entropy sum, rows]
+
+    def update(self, outputs: dict[str, torch.Tensor]) -> None:
+        for key, weights in outputs.items():
+            if not key.startswith("gates/"):
+                continue
+            w = weights.detach().double()
+            entropy = -(w * torch.log(w.clamp_min(1e-30))).sum()
+            entry = self.sums.setdefault(key[len("gates/"):], [torch.zeros(w.shape[1], dtype=torch.float64), 0.0, 0])
+            entry[0] += w.sum(dim=0).cpu()
+            entry[1] += float(entropy)
+            entry[2] += int(w.shape[0])
+
+    def statistics(self, ctx: DistributedContext) -> dict[str, dict]:
+        """Collective: {gate: core.ranking_metrics.gate_statistics} over every rank's rows ({} without gates)."""
+        parts = [{k: (v[0].numpy(), v[1], v[2]) for k, v in self.sums.items()}]
+        if ctx.world_size > 1:
+            gathered: list = [None] * ctx.world_size
+            dist.all_gather_object(gathered, parts[0])
+            parts = gathered
+        totals: dict[str, list] = {}
+        for part in parts:
+            for gate, (weight_sum, entropy_sum, rows) in part.items():
+                entry = totals.setdefault(gate, [np.zeros_like(weight_sum), 0.0, 0])
+                entry[0] = entry[0] + weight_sum
+                entry[1] += entropy_sum
+                entry[2] += rows
+        return {gate: gate_statistics(*totals[gate]) for gate in sorted(totals)}
 
 
 # --- the evaluator ---------------------------------------------------------------------------------------------------
@@ -120,14 +156,19 @@ class Evaluator:
         loss_weights: list[float] | None = None,
         stratifiers: dict[str, int] | None = None,
         group_column: GroupColumn | None = None,
+        request_column: GroupColumn | None = None,
+        ndcg_k: list[int] | None = None,
+        score_weights: list[float] | None = None,
         curve_points: int = 200,
         bf16: bool = False,
         save_dir: str | os.PathLike | None = None,
         max_batches: int | None = None,
         padding: Callable[[str], RecapBatch] | None = None,
     ) -> None:
-        """stratifiers: {column name: index in batch.discrete}; padding(dataset) gives a batch for a rank with no
-        rows of that dataset; max_batches limits the collective steps per dataset (None: every row)."""
+        """stratifiers: {column name: index in batch.discrete}; request_column: the requests of the per-request
+        ranking metrics (NDCG@k for each ndcg_k, of the score with score_weights and of each task); padding(dataset)
+        gives a batch for a rank with no rows of that dataset; max_batches limits the collective steps per dataset
+        (None: every row)."""
         if loss_weights is not None and len(loss_weights) != len(task_names):
             raise ValueError(f"{len(task_names)} tasks but {len(loss_weights)} loss weights")
         self.model = model
@@ -137,6 +178,9 @@ class Evaluator:
         self.loss_weights = list(loss_weights) if loss_weights is not None else [1.0] * len(task_names)
         self.stratifiers = dict(stratifiers or {})
         self.group_column = group_column
+        self.request_column = request_column
+        self.ndcg_k = list(ndcg_k or [5, 10])
+        self.score_weights = None if score_weights is None else list(score_weights)
         self.curve_points = curve_points
         self.bf16 = bf16
         self.save_dir = Path(save_dir) if save_dir is not None else None
@@ -154,6 +198,7 @@ class Evaluator:
         """Collective: (metrics.json, curves.json) documents of one validation set on rank 0, (None, None)
         elsewhere."""
         accumulator = MetricsAccumulator()
+        gates = GateTotals()
         columns = torch.tensor(list(self.stratifiers.values()), dtype=torch.int64)
         with inference_mode(self.model, self.ctx.device, self.bf16):
             for batch, outputs in run_model(self.model, self.loaders[name], self.ctx,
@@ -166,9 +211,16 @@ class Evaluator:
                     if self.stratifiers else None,
                     group_ids=self.group_column.ids(batch) if self.group_column is not None else None,
                     oracle=batch.oracle,
+                    request_ids=self.request_column.ids(batch) if self.request_column is not None else None,
                 )
+                gates.update(outputs)
         names = list(self.stratifiers)
-        metrics = accumulator.compute(self.task_names, names, dataset=name, step=step, checkpoint=checkpoint)
+        gate_stats = gates.statistics(self.ctx)
+        metrics = accumulator.compute(self.task_names, names, dataset=name, step=step, checkpoint=checkpoint,
+                                      ndcg_ks=self.ndcg_k, score_weights=self.score_weights,
+                                      request_column=None if self.request_column is None else self.request_column.name)
+        if metrics is not None and gate_stats:
+            metrics["gates"] = gate_stats
         curves = accumulator.curves(self.task_names, self.curve_points, dataset=name, step=step,
                                     checkpoint=checkpoint)
         return metrics, curves
@@ -249,11 +301,12 @@ def build_evaluator(
     if loaders is None:
         loaders = validation_loaders(config, evaluation_datasets(config), task_names, ctx)
     schema = config.data.features
-    group = config.evaluation.group_auc_column
-    group_column = None
-    if group is not None:
-        scalar_discrete = {c.name for c in schema.discrete if c.length is None}
-        group_column = GroupColumn(group, schema.discrete_index(group) if group in scalar_discrete else None)
+    scalar_discrete = {c.name for c in schema.discrete if c.length is None}
+
+    def id_column(name: str | None, setting: str) -> GroupColumn | None:
+        if name is None:
+            return None
+        return GroupColumn(name, schema.discrete_index(name) if name in scalar_discrete else None, setting)
 
     def padding(name: str) -> RecapBatch:
         return padding_batch(config.data, config.data.validation[name], task_names, "eval")
@@ -265,7 +318,10 @@ def build_evaluator(
         ctx,
         loss_weights=[config.model.tasks[t].loss_weight for t in task_names],
         stratifiers={s: schema.discrete_index(s) for s in config.evaluation.stratifiers},
-        group_column=group_column,
+        group_column=id_column(config.evaluation.group_auc_column, "evaluation.group_auc_column"),
+        request_column=id_column(config.evaluation.request_column, "evaluation.request_column"),
+        ndcg_k=config.evaluation.ndcg_k,
+        score_weights=config.model.score_weights(),
         curve_points=config.evaluation.curve_points,
         bf16=config.training.mixed_precision == "bf16",
         save_dir=config.training.save_dir,
@@ -410,4 +466,13 @@ def summary_lines(documents: dict[str, dict]) -> list[str]:
             if with_oracle:
                 cells.append(fixed_cell((block.get("oracle") or {}).get("rce"), 12, 2))
             lines.append(f"  {task:<24}{block.get('rows', 0):>9}" + "".join(cells))
+        ranking = metrics.get("ranking")
+        if ranking and ranking.get("score"):
+            ndcg = "  ".join(f"NDCG@{k} {fixed_cell(ranking['score'].get(f'ndcg@{k}'), 0, 4).strip()}"
+                             for k in ranking["k"])
+            lines.append(f"  ranking score over {ranking['requests']} requests: {ndcg}")
+        for gate, stats in (metrics.get("gates") or {}).items():
+            lines.append(f"  gate {gate}: entropy of mean weights "
+                         f"{fixed_cell(stats.get('entropy_of_mean'), 0, 3).strip()} of at most "
+                         f"{stats['max_entropy']:.3f}")
     return lines

@@ -3,7 +3,7 @@ file OUTPUT/part-<rank>-of-<world>.parquet.
 
 Columns: the data.features.ids columns (as read), then for each task `<task>.probability` (sigmoid of the logit,
 the rate in the downsampled training data) and `<task>.calibrated` (corrected back to the true rate with the task's
-pos_rate/neg_rate). Label columns are not needed. Ranks that run out of rows first keep stepping with zero-weight
+pos_rate/neg_rate), then, with model.scoring, `score` (the weighted sum of the calibrated probabilities). Label columns are not needed. Ranks that run out of rows first keep stepping with zero-weight
 padding batches (the sharded lookups are collective); a rank without rows writes no file.
 """
 
@@ -32,6 +32,7 @@ logger = get_logger(__name__)
 
 PROBABILITY_SUFFIX = ".probability"
 CALIBRATED_SUFFIX = ".calibrated"
+SCORE_COLUMN = "score"
 _PART = re.compile(r"^part-\d+-of-\d+\.parquet$")
 # Rows buffered before a row group is written: large row groups read fast, and memory stays bounded.
 _ROW_GROUP_ROWS = 65_536
@@ -52,9 +53,11 @@ def part_name(rank: int, world_size: int) -> str:
     return f"part-{rank:05d}-of-{world_size:05d}.parquet"
 
 
-def prediction_columns(task_names: list[str]) -> list[str]:
-    """The score columns, in output order: <task>.probability and <task>.calibrated per task."""
-    return [f"{t}{suffix}" for t in task_names for suffix in (PROBABILITY_SUFFIX, CALIBRATED_SUFFIX)]
+def prediction_columns(task_names: list[str], scored: bool = False) -> list[str]:
+    """The prediction columns, in output order: <task>.probability and <task>.calibrated per task, then score when
+    the model has scoring weights."""
+    columns = [f"{t}{suffix}" for t in task_names for suffix in (PROBABILITY_SUFFIX, CALIBRATED_SUFFIX)]
+    return columns + ([SCORE_COLUMN] if scored else [])
 
 
 def check_output(output_dir: str | os.PathLike, overwrite: bool) -> Path:
@@ -78,6 +81,8 @@ def _table(batch, outputs: dict[str, torch.Tensor], task_names: list[str], id_co
     for t, task in enumerate(task_names):
         columns[task + PROBABILITY_SUFFIX] = pa.array(np.ascontiguousarray(probabilities[:, t]))
         columns[task + CALIBRATED_SUFFIX] = pa.array(np.ascontiguousarray(calibrated[:, t]))
+    if SCORE_COLUMN in outputs:
+        columns[SCORE_COLUMN] = pa.array(outputs[SCORE_COLUMN].float().cpu().numpy())
     return pa.table(columns)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from core.config import BaseConfig, load_config
 from core.log import get_logger
@@ -27,11 +27,24 @@ class EvaluationConfig(BaseConfig):
     stratifiers: list[str] = []
     # An id column (in data.features.ids or discrete) for AUC averaged within each group (user).
     group_auc_column: str | None = None
+    # An id column (in data.features.ids or discrete) naming each impression's request (the candidates shown
+    # together): the evaluation adds per-request ranking metrics (NDCG@k of model.scoring's score and of each task,
+    # and each task's AUC within requests).
+    request_column: str | None = None
+    # The NDCG cut-offs.
+    ndcg_k: list[int] = Field(default=[5, 10], min_length=1)
     # The sets `recap evaluate` (and --watch) evaluates when no --dataset is given; empty means all of
     # data.validation. Periodic evaluation during training runs on training.eval_datasets.
     datasets: list[str] = []
     # Points per curve in the report's plots.
     curve_points: int = Field(default=200, ge=10)
+
+    @field_validator("ndcg_k")
+    @classmethod
+    def _cut_offs(cls, value: list[int]) -> list[int]:
+        if any(k < 1 for k in value) or len(set(value)) != len(value):
+            raise ValueError(f"ndcg_k must be distinct positive cut-offs, got {value}")
+        return sorted(value)
 
 
 class RecapConfig(BaseConfig):
@@ -100,14 +113,19 @@ class RecapConfig(BaseConfig):
         group = self.evaluation.group_auc_column
         if group is not None and group not in discrete | set(features.ids):
             raise ValueError(f"evaluation.group_auc_column {group!r} must be a discrete or id column")
+        request = self.evaluation.request_column
+        if request is not None and request not in discrete | set(features.ids):
+            raise ValueError(f"evaluation.request_column {request!r} must be a scalar discrete column or an id column "
+                             f"(data.features.ids: {list(features.ids)})")
         used = {e.feature for e in self.model.small_embeddings} | set(self.evaluation.stratifiers)
         used |= {pos.feature} if pos is not None else set()
-        used |= {group} if group is not None else set()
+        used |= {c for c in (group, request) if c is not None}
         for i, col in enumerate(features.discrete):
             if col.name not in used:
                 # Not an error: a column may be kept in the schema for a later experiment.
                 logger.warning("data.features.discrete[%d] %r is read but unused: no model.small_embeddings entry, "
-                               "not model.position_debias.feature, not an evaluation stratifier or group_auc_column",
+                               "not model.position_debias.feature, not an evaluation stratifier, group_auc_column or "
+                               "request_column",
                                i, col.name)
         for name in self.evaluation.datasets:
             if name not in self.data.validation:

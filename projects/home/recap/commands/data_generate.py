@@ -31,15 +31,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(0: off, the default)")
     parser.add_argument("--collaborative-strength", type=float, default=1.0, metavar="S",
                         help="standard deviation of that dot product in logit units (1.0)")
+    parser.add_argument("--candidates-per-request", type=int, default=SyntheticSpec.candidates_per_request,
+                        metavar="N", help="consecutive rows sharing one request_id, user, client and hour "
+                                          f"({SyntheticSpec.candidates_per_request}; 1: one row per request)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.rows < 1 or args.rows_per_file < 1 or args.row_group_size < 1:
         raise SystemExit("--rows, --rows-per-file and --row-group-size must be positive")
+    if args.candidates_per_request < 1:
+        raise SystemExit("--candidates-per-request must be at least 1")
     if args.collaborative_dim < 0 or not 0 <= args.collaborative_strength < math.inf:
         raise SystemExit("--collaborative-dim must not be negative and --collaborative-strength must be finite and "
                          "not negative")
-    spec = SyntheticSpec(collaborative_dim=args.collaborative_dim, collaborative_strength=args.collaborative_strength)
+    spec = SyntheticSpec(collaborative_dim=args.collaborative_dim, collaborative_strength=args.collaborative_strength,
+                         candidates_per_request=args.candidates_per_request)
     start = time.perf_counter()
     sizes = generate(args.output, args.rows, args.seed, spec=spec, splits=DEFAULT_SPLITS,
                      rows_per_file=args.rows_per_file, row_group_size=args.row_group_size, processes=args.processes)

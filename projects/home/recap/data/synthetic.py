@@ -1,9 +1,10 @@
 """Synthetic recap-shaped impressions drawn from a known ground-truth model, with its probabilities as oracle columns.
 
 The world (per-id effects and latent vectors of users, authors and hashtags, feature loadings, task biases) is fixed
-by the seed. Each row draws a user, an author and hashtags from Zipf distributions, a per-row context, heavy-tailed
-continuous features and binary features that are noisy views of that context, upstream embeddings that are noisy
-projections of the latent vectors, and a display position that depends on relevance. Ten engagement tasks share
+by the seed. Rows come in requests: candidates_per_request consecutive rows share a request_id, a user, a client and
+an hour. Each request draws its user, each row an author and hashtags, from Zipf distributions, then a per-row
+context, heavy-tailed continuous features and binary features that are noisy views of that context, upstream
+embeddings that are noisy projections of the latent vectors, and a display position that depends on relevance. Ten engagement tasks share
 latent factors (affinity, per-id biases, quality, social proof, media, spam) with multiplicative interactions; task
 biases are solved so each task hits its positive rate. With collaborative_dim > 0, hidden per-user and per-author
 vectors that no column carries add their dot product to every task's logit (projects/home/recap/data/collaborative.py).
@@ -100,6 +101,13 @@ class SyntheticSpec:
     # Hidden dimensions of the collaborative signal (0: none) and the standard deviation of its dot product.
     collaborative_dim: int = 0
     collaborative_strength: float = 1.0
+    # Impressions per request: consecutive rows share one request_id, user, client and hour (the candidates shown
+    # to one user at one time; a file's last request may be shorter). 1: every row is its own request.
+    candidates_per_request: int = 8
+
+    def __post_init__(self) -> None:
+        if self.candidates_per_request < 1:
+            raise ValueError(f"candidates_per_request must be at least 1, got {self.candidates_per_request}")
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -306,7 +314,14 @@ def _draw(world: World, rng: np.random.Generator, n: int) -> dict:
     each row's hidden interaction ("collaborative", [n]), which no column carries."""
     spec = world.spec
     k = spec.latent_dim
-    user = world.users.sample(rng, n)
+    per_request = spec.candidates_per_request
+    num_requests = -(-n // per_request)
+
+    def by_request(values: np.ndarray) -> np.ndarray:
+        """One value per request -> one per row (a no-op with one candidate per request)."""
+        return values if per_request == 1 else np.repeat(values, per_request)[:n]
+
+    user = by_request(world.users.sample(rng, num_requests))
     author = world.authors.sample(rng, n)
     hashtag_cdf = _capped_poisson_cdf(spec.mean_hashtags, spec.max_hashtags)
     counts = np.searchsorted(hashtag_cdf, rng.random(n), side="right")
@@ -367,8 +382,8 @@ def _draw(world: World, rng: np.random.Generator, n: int) -> dict:
     binary = (b_noise > world.binary_threshold).view(np.int8)
     binary[:, 0], binary[:, 1] = following, has_video
 
-    client = rng.integers(0, spec.num_clients, n)
-    hour = rng.integers(0, spec.num_hours, n)
+    client = by_request(rng.integers(0, spec.num_clients, num_requests))
+    hour = by_request(rng.integers(0, spec.num_hours, num_requests))
     hour_effect = 0.3 * np.sin(2 * np.pi * np.arange(spec.num_hours) / spec.num_hours + world.hour_phase)
     ctx = world.client_effect[client] + hour_effect.astype(np.float32)[hour]
     relevance = affinity + world.user_bias[user] + world.author_bias[author] + 0.5 * quality
@@ -444,7 +459,7 @@ def _id_list(values: np.ndarray, counts: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def generate_table(world: World, rng: np.random.Generator, n: int, first_request_id: int) -> pa.Table:
+def generate_table(world: World, rng: np.random.Generator, n: int, first_row_id: int) -> pa.Table:
     """n rows with labels drawn from the ground truth and the true probabilities as oracle columns."""
     spec = world.spec
     d = _draw(world, rng, n)
@@ -454,7 +469,11 @@ def generate_table(world: World, rng: np.random.Generator, n: int, first_request
     labels = (rng.random(prob.shape, dtype=np.float32) < prob).view(np.int8)
     ones = np.ones(n, dtype=np.int32)
     columns: dict[str, pa.Array] = {
-        "request_id": pa.array(np.arange(first_request_id, first_request_id + n, dtype=np.int64)),
+        # Impressions are numbered from the file's first row number, requests from the number of their first row:
+        # both unique across files and splits.
+        "impression_id": pa.array(first_row_id + np.arange(n, dtype=np.int64)),
+        "request_id": pa.array(first_row_id + np.arange(n, dtype=np.int64) // spec.candidates_per_request
+                               * spec.candidates_per_request),
         CONTINUOUS: _fixed_list(d["continuous"]),
         BINARY: _fixed_list(d["binary"]),
         "client_id": pa.array(d["client_id"]),

@@ -62,8 +62,9 @@ def ensure_data(settings: IdBenchmarkSettings) -> dict | None:
     if has_data(settings.data_dir):
         logger.info("using the existing data in %s", settings.data_dir)
         return None
+    # One impression per request: the data its published figures were measured on.
     spec = SyntheticSpec(collaborative_dim=settings.collaborative_dim,
-                         collaborative_strength=settings.collaborative_strength)
+                         collaborative_strength=settings.collaborative_strength, candidates_per_request=1)
     logger.info("generating %d rows with a collaborative signal of %d dimensions (strength %g) in %s",
                 settings.rows, settings.collaborative_dim, settings.collaborative_strength, settings.data_dir)
     start = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -228,6 +229,21 @@ class MixtureConfig(BaseConfig):
     num_shared_experts: int | None = Field(default=None, ge=0)
 
 
+class ScoringConfig(BaseConfig):
+    """The ranking score: score = sum_t weights[t] * calibrated probability of task t (tasks not named weigh 0;
+    negative weights rank down, e.g. reports and negative feedback)."""
+
+    weights: dict[str, float] = Field(min_length=1)
+
+    @field_validator("weights")
+    @classmethod
+    def _finite(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {t: w for t, w in value.items() if not math.isfinite(w)}
+        if bad:
+            raise ValueError(f"scoring weights must be finite numbers, got {bad}")
+        return value
+
+
 class ModelConfig(BaseConfig):
     featurization: FeaturizationConfig = FeaturizationConfig(double_norm_log=DoubleNormLogConfig())
     small_embeddings: list[SmallEmbeddingConfig] = []
@@ -241,6 +257,23 @@ class ModelConfig(BaseConfig):
     backbone: TowerConfig | None = None
     mixture: MixtureConfig | None = None
     tasks: dict[str, TaskModelConfig] = Field(min_length=1)
+    # One ranking score from the task probabilities, in the model outputs, `recap predict` and the serving export.
+    scoring: ScoringConfig | None = None
+
+    @model_validator(mode="after")
+    def _scoring_names_tasks(self):
+        if self.scoring is not None:
+            unknown = [t for t in self.scoring.weights if t not in self.tasks]
+            if unknown:
+                raise ValueError(f"model.scoring.weights names {unknown}, which are not model.tasks "
+                                 f"({list(self.tasks)})")
+        return self
+
+    def score_weights(self) -> list[float] | None:
+        """The scoring weight of each task in model.tasks order (0 where not named); None without scoring."""
+        if self.scoring is None:
+            return None
+        return [float(self.scoring.weights.get(t, 0.0)) for t in self.tasks]
 
     @field_validator("tasks")
     @classmethod

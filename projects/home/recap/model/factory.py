@@ -214,6 +214,7 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
             backbone=backbone,
             numeric_embeddings=numeric_embeddings,
             mixture=mixture,
+            score_weights=model.score_weights(),
         )
     except KeyError as exc:
         raise ValueError(

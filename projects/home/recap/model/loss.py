@@ -31,8 +31,9 @@ def multi_task_bce(
 
 
 class ModelAndLoss(nn.Module):
-    """forward(batch) -> (total loss, outputs); outputs hold the model's predictions, labels, weights,
-    per-task losses and the stratifier columns [B, S] taken from batch.discrete."""
+    """forward(batch) -> (total loss, outputs); outputs hold the model's predictions (with the ranking score and gate
+    weights when the model has them), labels, weights, per-task losses and the stratifier columns [B, S] taken
+    from batch.discrete."""
 
     def __init__(
         self,
@@ -71,4 +72,6 @@ class ModelAndLoss(nn.Module):
             "task_losses": task_losses.detach(),
             "stratifiers": batch.discrete.index_select(1, self.stratifier_columns),
         }
+        for key in self.model.output_names:  # a list fixed at construction: traceable
+            outputs[key] = predictions[key]
         return loss, outputs

@@ -54,7 +54,9 @@ class DenseRankingModel(nn.Module):
     """Everything after the sparse lookup; plain tensors in, logits / probabilities / calibrated probabilities out.
 
     Inputs: continuous [B, C], binary [B, Nb], discrete [B, D] int64, embeddings [B, E] (the dense upstream vectors),
-    pooled_sparse [B, P] (the collection's pooled output). The input features are concatenated once in the order
+    pooled_sparse [B, P] (the collection's pooled output). Outputs: logits, probabilities, calibrated_probabilities
+    [B, T]; with scoring weights w also score [B] = calibrated_probabilities @ w; with an expert mixture the gate
+    weights [B, K] of each gate under "gates/<task>" (MMoE) or "gates/level_<l>/<task or shared>" (PLE). The input features are concatenated once in the order
     featurized continuous+binary, numeric embeddings (of the raw continuous values), dense embeddings, small
     embeddings, position debias, pooled sparse.
     """
@@ -72,6 +74,7 @@ class DenseRankingModel(nn.Module):
         backbone: nn.Module | None = None,
         numeric_embeddings: nn.Module | None = None,
         mixture: nn.Module | None = None,
+        score_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         mixed = multi_task_type in ("mmoe", "ple")
@@ -83,6 +86,8 @@ class DenseRankingModel(nn.Module):
             )
         if len(log_ratios) != len(tasks):
             raise ValueError(f"{len(tasks)} tasks but {len(log_ratios)} calibration ratios")
+        if score_weights is not None and len(score_weights) != len(tasks):
+            raise ValueError(f"{len(tasks)} tasks but {len(score_weights)} scoring weights")
         self.featurizer = featurizer
         self.numeric_embeddings = numeric_embeddings
         self.dense_embeddings = dense_embeddings
@@ -97,6 +102,28 @@ class DenseRankingModel(nn.Module):
         self.task_names = list(tasks)
         # From the data config, not the checkpoint: changing the sampling rates re-calibrates a trained model.
         self.register_buffer("log_ratio", torch.tensor(log_ratios, dtype=torch.float32), persistent=False)
+        # The ranking score's weights (model.scoring), also from the config: re-weighting needs no retraining.
+        self.has_score = score_weights is not None
+        self.register_buffer("score_weight", torch.tensor(score_weights or [], dtype=torch.float32),
+                             persistent=False)
+        # (the mixture's gate name, the output key of its weights): task_<t> becomes the task's name.
+        self.gate_outputs = [
+            (name, "gates/" + self._gate_label(name)) for name in getattr(mixture, "gate_names", [])
+        ]
+
+    def _gate_label(self, gate: str) -> str:
+        parts = gate.split("/")
+        if parts[-1].startswith("task_"):
+            parts[-1] = self.task_names[int(parts[-1][len("task_"):])]
+        elif parts[-1] == "shared" and "shared" in self.task_names:
+            parts[-1] = "shared_gate"  # a task named "shared" keeps its name
+        return "/".join(parts)
+
+    @property
+    def output_names(self) -> list[str]:
+        """The keys of forward's outputs beyond logits, probabilities and calibrated_probabilities: "score" (with
+        scoring weights) and "gates/..." (an expert mixture's gate weights [B, K] per gate)."""
+        return (["score"] if self.has_score else []) + [key for _, key in self.gate_outputs]
 
     @staticmethod
     def input_dim(
@@ -111,7 +138,7 @@ class DenseRankingModel(nn.Module):
         parts = [featurizer, numeric_embeddings, dense_embeddings, small_embeddings, position_debias]
         return sum(p.output_dim for p in parts if p is not None) + pooled_sparse_dim
 
-    __jit_unused_properties__ = ["input_width"]  # bookkeeping, not part of a scripted forward
+    __jit_unused_properties__ = ["input_width", "output_names"]
 
     @property
     def input_width(self) -> int:
@@ -142,18 +169,27 @@ class DenseRankingModel(nn.Module):
         if self.backbone is not None:
             shared = self.backbone(x)["output"]
             x = torch.cat([x, shared], dim=1) if self.share_partial else shared
+        gate_outputs: dict[str, torch.Tensor] = {}
         if self.mixture is not None:
-            task_inputs, _ = self.mixture(x)
+            task_inputs, gates = self.mixture(x)
+            for name, key in self.gate_outputs:
+                gate_outputs[key] = gates[name].float()
             heads = [head(h) for head, h in zip(self.task_modules.values(), task_inputs)]
         else:
             heads = [head(x) for head in self.task_modules.values()]
         # Logits and everything after them in float32, also under bf16 autocast.
         logits = torch.cat(heads, dim=1).float()
-        return {
+        calibrated = calibrate_logits(logits, self.log_ratio)
+        out = {
             "logits": logits,
             "probabilities": torch.sigmoid(logits),
-            "calibrated_probabilities": calibrate_logits(logits, self.log_ratio),
+            "calibrated_probabilities": calibrated,
         }
+        if self.has_score:
+            # score = sum_t w_t * p_t over the calibrated probabilities, [B].
+            out["score"] = calibrated @ self.score_weight
+        out.update(gate_outputs)
+        return out
 
 
 class MultiTaskRankingModel(nn.Module):
@@ -180,6 +216,11 @@ class MultiTaskRankingModel(nn.Module):
     @property
     def task_names(self) -> list[str]:
         return self.dense.task_names
+
+    @property
+    def output_names(self) -> list[str]:
+        """The outputs beyond logits and probabilities (DenseRankingModel.output_names)."""
+        return self.dense.output_names
 
     def pop_non_finite_count(self) -> int:
         """Non-finite continuous values replaced by 0 in training since the last call (a device sync)."""

@@ -41,6 +41,7 @@ README_FILE = "README.md"
 SCRIPT_FILE = "score_example.py"
 ARTIFACT_FILES = (MODEL_FILE, METADATA_FILE, README_FILE, SCRIPT_FILE)
 OUTPUTS = ("logits", "probabilities", "calibrated_probabilities")
+SCORE = "score"  # [batch], with model.scoring
 # The exported program must reproduce the model to this absolute tolerance on the export-time check batch.
 TOLERANCE = 1e-5
 
@@ -182,10 +183,17 @@ def _check_agreement(model: MultiTaskRankingModel, program: torch.nn.Module, inp
     with torch.no_grad():
         expected = model(_as_batch(inputs, [f.name for f in features], len(model.task_names)))
         got = program(*inputs)
-    for key in OUTPUTS:
+    for key in _outputs(model):
         diff = (got[key] - expected[key]).abs().max().item()
-        if not diff <= TOLERANCE:
-            raise ExportError(f"the exported program's {key} differ from the model's by {diff:.3g} (> {TOLERANCE})")
+        # The score sums weighted probabilities: its rounding grows with the weights.
+        tolerance = TOLERANCE * (max(1.0, model.dense.score_weight.abs().sum().item()) if key == SCORE else 1.0)
+        if not diff <= tolerance:
+            raise ExportError(f"the exported program's {key} differ from the model's by {diff:.3g} (> {tolerance:.3g})")
+
+
+def _outputs(model: MultiTaskRankingModel) -> tuple[str, ...]:
+    """The outputs the artifact documents and checks: the per-task ones, and the score when the model has one."""
+    return OUTPUTS + ((SCORE,) if model.dense.has_score else ())
 
 
 def _check_config(model: MultiTaskRankingModel, config: RecapConfig) -> None:
@@ -201,6 +209,12 @@ def _check_config(model: MultiTaskRankingModel, config: RecapConfig) -> None:
                 f"downsampling_correction {config.data.downsampling_correction} (pos_rate {pos_rate}, neg_rate "
                 f"{neg_rate}) gives {log_ratio(pos_rate, neg_rate):.6g}; build the model from this config"
             )
+    weights = config.model.score_weights()
+    got = model.dense.score_weight.tolist() if model.dense.has_score else None
+    if (weights is None) != (got is None) or (got is not None and not all(
+            math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) for a, b in zip(got, weights))):
+        raise ExportError(f"the model scores with weights {got}, but the config's model.scoring gives {weights}; "
+                          "build the model from this config")
 
 
 def _version(package: str) -> str | None:
@@ -247,7 +261,11 @@ def serving_metadata(
         "format": FORMAT,
         "model_file": MODEL_FILE,
         "tasks": tasks,
-        "outputs": {key: ["batch", len(tasks)] for key in OUTPUTS},
+        "outputs": {key: ["batch", len(tasks)] if key != SCORE else ["batch"] for key in _outputs(model)},
+        "scoring": None if config.model.scoring is None else {
+            "weights": dict(zip(tasks, config.model.score_weights(), strict=True)),
+            "formula": "score = sum over tasks of weights[task] * calibrated_probabilities[:, task]",
+        },
         "inputs": inputs,
         "sparse_features": [
             {
@@ -331,7 +349,15 @@ Sparse features:
 A dict of float32 [batch, tasks] tensors: `logits`, `probabilities` (sigmoid of the logits) and
 `calibrated_probabilities` (corrected for the training data's per-task downsampling, see `calibration`).
 Tasks, in column order: {', '.join(metadata['tasks'])}.
-"""
+{_score_line(metadata)}"""
+
+
+def _score_line(metadata: dict[str, Any]) -> str:
+    scoring = metadata.get("scoring")
+    if not scoring:
+        return ""
+    terms = " + ".join(f"{w:g} * {t}" for t, w in scoring["weights"].items())
+    return f"`score` [batch]: the ranking score, {terms} (calibrated probabilities).\n"
 
 
 def export_serving_artifact(

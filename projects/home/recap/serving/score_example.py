@@ -6,7 +6,7 @@ The artifact directory holds model.pt2 and metadata.json (written by `recap expo
 are turned into the model's input tensors the way the training data loader does: list columns flattened in the
 order metadata.json gives, nulls filled (continuous NaN, others 0), a null sparse list counted as empty. The output
 holds the id columns listed in the metadata (when present in the file), then, for each output and task,
-a column `<output>.<task>` (e.g. `calibrated_probabilities.fav`).
+a column `<output>.<task>` (e.g. `calibrated_probabilities.fav`), and `score` when the model has a ranking score.
 
 This file deliberately does not import the recap package: copy it next to a serving system as it is.
 """
@@ -121,6 +121,9 @@ def score_file(artifact: str | Path, input_path: str | Path, output_path: str | 
             columns = {c: table.column(c) for c in ids}
             for key in outputs:
                 matrix = scores[key].numpy()
+                if matrix.ndim == 1:  # one value per row (the ranking score)
+                    columns[key] = pa.array(matrix)
+                    continue
                 for j, task in enumerate(tasks):
                     columns[f"{key}.{task}"] = pa.array(matrix[:, j])
             out = pa.table(columns)
@@ -130,7 +133,9 @@ def score_file(artifact: str | Path, input_path: str | Path, output_path: str | 
             rows += table.num_rows
         if writer is None:
             empty = {c: pa.array([], type=source.schema_arrow.field(c).type) for c in ids}
-            empty.update({f"{k}.{t}": pa.array([], type=pa.float32()) for k in outputs for t in tasks})
+            for key in outputs:
+                names = [key] if len(metadata["outputs"][key]) == 1 else [f"{key}.{t}" for t in tasks]
+                empty.update({name: pa.array([], type=pa.float32()) for name in names})
             pq.write_table(pa.table(empty), output_path)
     finally:
         if writer is not None:

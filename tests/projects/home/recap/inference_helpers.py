@@ -43,7 +43,7 @@ def config_dict(data_dir: Path, save_dir: Path) -> dict:
                 "discrete": ["client_id", "author_type", "hour_of_day", "position"],
                 "sparse": ["user_id", "author_id", "hashtags"],
                 "embeddings": [{"name": "user_embedding", "dim": 4}],
-                "ids": ["request_id"],
+                "ids": ["impression_id", "request_id"],
             },
             "tasks": {
                 "fav": {"label": LABEL_PREFIX + "is_favorited", "neg_rate": 0.5},
@@ -75,6 +75,7 @@ def config_dict(data_dir: Path, save_dir: Path) -> dict:
                 "fav": {"mlp_config": {"layer_sizes": [4]}},
                 "reply": {"mlp_config": {"layer_sizes": [4]}},
             },
+            "scoring": {"weights": {"fav": 1.0, "reply": 5.0}},
         },
         "training": {
             "save_dir": str(save_dir),
@@ -87,6 +88,8 @@ def config_dict(data_dir: Path, save_dir: Path) -> dict:
         "evaluation": {
             "stratifiers": ["client_id"],
             "group_auc_column": "hour_of_day",
+            "request_column": "request_id",
+            "ndcg_k": [3, 5],
             "datasets": ["validation", "test"],
             "curve_points": 20,
         },

@@ -21,6 +21,7 @@ import inference_helpers as helpers  # noqa: E402
 
 from core.distributed import DistributedContext  # noqa: E402
 from core.metrics import METRIC_KEYS, compute_metrics  # noqa: E402
+from core.ranking_metrics import ranking_block  # noqa: E402
 from core.report import read_training_scalars  # noqa: E402
 from projects.home.recap.data.loader import RecapDataLoader  # noqa: E402
 from projects.home.recap.evaluate import Evaluator, GroupColumn, final_step, group_ids_of  # noqa: E402
@@ -44,7 +45,7 @@ def reference_metrics(config, dataset: str) -> tuple[dict, bool]:
     whether the batches carried oracle probabilities."""
     model = load_for_inference(config, "latest")
     loader = RecapDataLoader(config.data, config.data.validation[dataset], TASKS, "eval")
-    parts: dict[str, list] = {"p": [], "y": [], "w": [], "s": [], "g": []}
+    parts: dict[str, list] = {"p": [], "y": [], "w": [], "s": [], "g": [], "r": []}
     oracles = []
     with torch.no_grad():
         for batch in loader:
@@ -53,11 +54,15 @@ def reference_metrics(config, dataset: str) -> tuple[dict, bool]:
             parts["w"].append(batch.weights)
             parts["s"].append(batch.discrete[:, :1])  # client_id
             parts["g"].append(batch.discrete[:, 2])  # hour_of_day
+            parts["r"].append(torch.from_numpy(np.asarray(batch.ids["request_id"])))
             if batch.oracle is not None:
                 oracles.append(batch.oracle)
-    p, y, w, s, g = (torch.cat(v).numpy() for v in parts.values())
+    p, y, w, s, g, r = (torch.cat(v).numpy() for v in parts.values())
     oracle = torch.cat(oracles).numpy() if oracles else None
-    return compute_metrics(p, y, w, TASKS, s, ["client_id"], g, oracle), oracle is not None
+    tasks = compute_metrics(p, y, w, TASKS, s, ["client_id"], g, oracle)
+    # The ranking block from the same predictions, by hand-picked settings of the test config.
+    tasks["(ranking)"] = ranking_block(p, y, w, r, TASKS, (3, 5), [1.0, 5.0], "request_id")
+    return tasks, oracle is not None
 
 
 def assert_close_documents(a: dict, b: dict, path: str = "") -> None:
@@ -84,7 +89,11 @@ def test_evaluate_writes_exact_metrics_reports_and_tensorboard(run):
         assert metrics["checkpoint"] == str(save_dir / "checkpoints" / "step_00000006")
         assert metrics["stratifiers"] == ["client_id"]
         expected, has_oracle = reference_metrics(config, dataset)
-        assert list(metrics["tasks"]) == TASKS
+        assert_close_documents(metrics["ranking"], expected.pop("(ranking)"))
+        # Generated requests of 8 candidates: 201 rows are 26 requests (the split starts mid-request).
+        assert metrics["ranking"]["requests"] in (26, 27) and metrics["ranking"]["k"] == [3, 5]
+        assert metrics["ranking"]["score"]["requests@3"] > 0
+        assert "gates" not in metrics  # share_all: no expert mixture
         for task in TASKS:
             block = metrics["tasks"][task]
             assert block["rows"] == rows
@@ -100,7 +109,12 @@ def test_evaluate_writes_exact_metrics_reports_and_tensorboard(run):
             for chart in ("ROC", "Precision-recall", "Reliability", "Scores"):
                 assert f'class="chart-title">{chart} — {task}<' in html
         assert 'id="training"' in html and "train/loss" in html
-        assert (step_dir / "report.md").read_text().count("| fav |") >= 1
+        markdown = (step_dir / "report.md").read_text()
+        assert markdown.count("| fav |") >= 2  # the metrics table and the ranking table
+        assert "### Ranking per request" in markdown and "| score |" in markdown
+        assert "<h3>Ranking per request</h3>" in html
+        ndcg = dict(scalars[f"eval/{dataset}/ranking/score/ndcg@5"])[helpers.NUM_TRAIN_STEPS]
+        assert ndcg == pytest.approx(metrics["ranking"]["score"]["ndcg@5"], rel=1e-6)
         auc = dict(scalars[f"eval/{dataset}/fav/auc"])[helpers.NUM_TRAIN_STEPS]
         assert auc == pytest.approx(metrics["tasks"]["fav"]["auc"], rel=1e-6)
         loss = dict(scalars[f"eval/{dataset}/loss"])[helpers.NUM_TRAIN_STEPS]
@@ -149,7 +163,7 @@ def test_evaluator_uses_oracle_stratifiers_string_groups_and_max_batches(run):
     g = torch.Generator().manual_seed(0)
     for batch in loader:
         batch.oracle = torch.rand(batch.batch_size, 2, generator=g)
-        batch.ids["user"] = np.array([f"u{i % 7}" for i in batch.ids["request_id"]], dtype=object)
+        batch.ids["user"] = np.array([f"u{i % 7}" for i in batch.ids["impression_id"]], dtype=object)
         batches.append(batch)
     evaluator = Evaluator(model, {"valid": batches}, TASKS, LOCAL, stratifiers={"hour": 2},
                           group_column=GroupColumn("user"), curve_points=10, max_batches=3)
@@ -160,7 +174,7 @@ def test_evaluator_uses_oracle_stratifiers_string_groups_and_max_batches(run):
     expected = compute_metrics(
         p, torch.cat([b.labels for b in used]).numpy(), torch.cat([b.weights for b in used]).numpy(), TASKS,
         torch.cat([b.discrete[:, 2:3] for b in used]).numpy(), ["hour"],
-        np.concatenate([[f"u{i % 7}" for i in b.ids["request_id"]] for b in used]),
+        np.concatenate([[f"u{i % 7}" for i in b.ids["impression_id"]] for b in used]),
         torch.cat([b.oracle for b in used]).numpy(),
     )
     assert documents["valid"]["step"] == 4 and documents["valid"]["tasks"]["fav"]["rows"] == 120
@@ -289,14 +303,14 @@ def test_curve_points_and_an_id_column_for_group_auc_come_from_the_config(run, d
     table = pq.read_table(data_dir / "validation")
     grouped = tmp_path / "grouped"
     grouped.mkdir()
-    pq.write_table(table.append_column("session", pa.array(table["request_id"].to_numpy() % 4)),
+    pq.write_table(table.append_column("session", pa.array(table["impression_id"].to_numpy() % 4)),
                    grouped / "part.parquet")
     curve_lengths = {}
     for points in (10, 40):
         out = tmp_path / f"points_{points}"
         assert main(["evaluate", "--config", str(config_file), "--checkpoint", str(save_dir), "--dataset", "grouped",
                      "--set", f"data.validation.grouped.paths=[{grouped}]",
-                     "--set", "data.features.ids=[request_id, session]",
+                     "--set", "data.features.ids=[impression_id, request_id, session]",
                      "--set", "evaluation.group_auc_column=session",
                      "--set", f"evaluation.curve_points={points}", "--set", f"training.save_dir={out}"]) == 0
         step_dir = out / "eval" / "grouped" / f"step_{helpers.NUM_TRAIN_STEPS}"
@@ -328,3 +342,33 @@ def test_summary_lines_show_each_task_and_the_oracle_when_there_is_one():
     assert plain[2].split() == ["rare", "10", "-", "-", "-"]
     with_oracle = summary_lines({"test": {"step": 7, "tasks": {"fav": {**block, "oracle": {"rce": 20.0}}}}})
     assert with_oracle[0].endswith("oracle RCE") and with_oracle[1].split()[-1] == "20.00"
+
+
+def test_expert_gates_are_in_metrics_the_report_and_tensorboard(data_dir, tmp_path):
+    config_file = helpers.write_config(
+        tmp_path / "mmoe.yaml", data_dir, tmp_path / "save",
+        model={"multi_task_type": "mmoe", "mixture": {"num_experts": 3},
+               "backbone": {"mlp_config": {"layer_sizes": [8, 6]}}},
+        training={"num_train_steps": 3, "checkpoint_every_n": 3},
+    )
+    save_dir = helpers.train_run(config_file)
+    assert main(["evaluate", "--config", str(config_file), "--dataset", "validation"]) == 0
+    step_dir = save_dir / "eval" / "validation" / "step_3"
+    gates = json.loads((step_dir / "metrics.json").read_text())["gates"]
+    assert list(gates) == ["fav", "reply"]
+    config = helpers.load(config_file)
+    model = load_for_inference(config, "latest")
+    loader = RecapDataLoader(config.data, config.data.validation["validation"], TASKS, "eval")
+    with torch.no_grad():
+        weights = torch.cat([model(batch)[1]["gates/fav"] for batch in loader]).double()
+    fav = gates["fav"]
+    assert fav["rows"] == 201 and fav["max_entropy"] == pytest.approx(math.log(3))
+    assert fav["mean_weights"] == pytest.approx(weights.mean(0).tolist(), rel=1e-6)
+    assert sum(fav["mean_weights"]) == pytest.approx(1.0)
+    entropy = -(weights * weights.log()).sum(1).mean().item()
+    assert fav["mean_entropy"] == pytest.approx(entropy, rel=1e-6)
+    assert 0 < fav["mean_entropy"] <= fav["entropy_of_mean"] <= math.log(3) + 1e-9
+    assert "### Expert gates" in (step_dir / "report.md").read_text()
+    scalars = read_training_scalars(save_dir)
+    assert dict(scalars["eval/validation/gates/fav/entropy_of_mean"])[3] == pytest.approx(fav["entropy_of_mean"])
+    assert dict(scalars["eval/validation/gates/reply/weight_2"])[3] == pytest.approx(gates["reply"]["mean_weights"][2])

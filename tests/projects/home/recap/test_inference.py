@@ -27,13 +27,13 @@ def state(model) -> dict[str, torch.Tensor]:
 
 
 def scores(model, config, path: Path) -> dict[int, np.ndarray]:
-    """request_id -> [probabilities..., calibrated probabilities...] of the in-process model."""
+    """impression_id -> [probabilities..., calibrated probabilities...] of the in-process model."""
     out = {}
     with torch.no_grad():
         for batch in RecapDataLoader(config.data, DatasetConfig(paths=[str(path)]), ["fav", "reply"], "predict"):
             o = model(batch)[1]
             both = torch.cat([o["probabilities"], o["calibrated_probabilities"]], 1)
-            out.update(zip(batch.ids["request_id"].tolist(), both.numpy()))
+            out.update(zip(batch.ids["impression_id"].tolist(), both.numpy()))
     return out
 
 
@@ -91,7 +91,7 @@ def test_a_two_rank_checkpoint_scores_like_two_rank_predict_and_its_export(data_
     config = helpers.load(config_file)
     model = load_for_inference(config, str(step_dir))
     expected = scores(model, config, data_dir / "validation")
-    ids = predicted["request_id"].to_pylist()
+    ids = predicted["impression_id"].to_pylist()
     columns = [f"{t}.probability" for t in ("fav", "reply")] + [f"{t}.calibrated" for t in ("fav", "reply")]
     got = np.stack([predicted[c].to_numpy() for c in columns], 1)
     np.testing.assert_allclose(got, np.stack([expected[i] for i in ids]), rtol=0, atol=1e-5)
@@ -103,6 +103,6 @@ def test_a_two_rank_checkpoint_scores_like_two_rank_predict_and_its_export(data_
     table = pq.read_table(data_dir / "validation")
     with torch.no_grad():
         out = served(*table_inputs(table, metadata))
-    rows = np.stack([expected[i] for i in table["request_id"].to_pylist()])
+    rows = np.stack([expected[i] for i in table["impression_id"].to_pylist()])
     np.testing.assert_allclose(out["probabilities"].numpy(), rows[:, :2], rtol=0, atol=1e-5)
     np.testing.assert_allclose(out["calibrated_probabilities"].numpy(), rows[:, 2:], rtol=0, atol=1e-5)

@@ -18,7 +18,8 @@ from projects.home.recap.data.loader import RecapDataLoader  # noqa: E402
 from projects.home.recap.inference import load_for_inference  # noqa: E402
 from projects.home.recap.main import main  # noqa: E402
 
-COLUMNS = ["request_id", "fav.probability", "fav.calibrated", "reply.probability", "reply.calibrated"]
+COLUMNS = ["impression_id", "request_id", "fav.probability", "fav.calibrated", "reply.probability",
+           "reply.calibrated", "score"]
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +33,15 @@ def unlabeled(data_dir, tmp_path_factory):
 
 
 def in_process_scores(config, path: Path) -> dict[int, np.ndarray]:
-    """request_id -> [fav p, fav calibrated, reply p, reply calibrated] from the unsharded model."""
+    """impression_id -> [fav p, fav calibrated, reply p, reply calibrated, score] from the unsharded model."""
     model = load_for_inference(config, "latest")
     out = {}
     with torch.no_grad():
         for batch in RecapDataLoader(config.data, DatasetConfig(paths=[str(path)]), ["fav", "reply"], "predict"):
             o = model(batch)[1]
             scores = torch.stack([o["probabilities"][:, 0], o["calibrated_probabilities"][:, 0],
-                                  o["probabilities"][:, 1], o["calibrated_probabilities"][:, 1]], 1)
-            out.update(zip(batch.ids["request_id"].tolist(), scores.numpy()))
+                                  o["probabilities"][:, 1], o["calibrated_probabilities"][:, 1], o["score"]], 1)
+            out.update(zip(batch.ids["impression_id"].tolist(), scores.numpy()))
     return out
 
 
@@ -56,13 +57,15 @@ def test_predict_scores_every_row_without_labels(trained_run, unlabeled, tmp_pat
     assert table.num_rows == pq.read_metadata(unlabeled).num_rows == 202
     assert table.column_names == COLUMNS
     assert table.schema.field("fav.calibrated").type == pa.float32()
-    ids = table["request_id"].to_pylist()
-    assert sorted(ids) == sorted(pq.read_table(unlabeled, columns=["request_id"])["request_id"].to_pylist())
+    ids = table["impression_id"].to_pylist()
+    assert sorted(ids) == sorted(pq.read_table(unlabeled, columns=["impression_id"])["impression_id"].to_pylist())
     expected = in_process_scores(helpers.load(config_file), unlabeled)
-    got = np.stack([table[c].to_numpy() for c in COLUMNS[1:]], 1)
+    got = np.stack([table[c].to_numpy() for c in COLUMNS[2:]], 1)
     np.testing.assert_allclose(got, np.stack([expected[i] for i in ids]), rtol=0, atol=1e-5)
     # fav was trained at neg_rate 0.5: its calibrated probability is lower; reply was not downsampled.
     assert (got[:, 1] < got[:, 0]).all() and np.array_equal(got[:, 2], got[:, 3])
+    # score = 1 * fav + 5 * reply (model.scoring of the test config), over the calibrated probabilities.
+    np.testing.assert_allclose(got[:, 4], got[:, 1] + 5 * got[:, 3], rtol=1e-6, atol=1e-6)
 
 
 def test_existing_output_needs_overwrite(trained_run, data_dir, tmp_path, capsys):

@@ -28,7 +28,7 @@ from projects.home.recap.data.synthetic import (
 from projects.home.recap.main import main
 
 ON = SyntheticSpec(collaborative_dim=4, collaborative_strength=1.0)
-INTEGER_COLUMNS = ("request_id", "client_id", "hour_of_day", "user_id", "author_id", "hashtags")
+INTEGER_COLUMNS = ("impression_id", "client_id", "hour_of_day", "user_id", "author_id", "hashtags")
 # The default generator's output for seed 11 before the collaborative signal existed: a digest of the columns drawn
 # as integers (exact on any machine) and each task's mean oracle probability (float sums may differ in the last
 # bits between CPUs; any change to the draws moves them by far more than the tolerance).
@@ -48,9 +48,10 @@ def integer_digest(table: pa.Table) -> str:
     return digest.hexdigest()
 
 
-def test_off_by_default_leaves_the_demo_data_unchanged():
+def test_off_by_default_leaves_the_data_unchanged():
+    # One candidate per request draws exactly what the generator drew before requests existed.
     assert SyntheticSpec().collaborative_dim == 0
-    world = make_world(SyntheticSpec(), 11)
+    world = make_world(SyntheticSpec(candidates_per_request=1), 11)
     assert world.collaborative is None
     table = generate_table(world, _rng(11, 3, 0, 0), 3000, 0)
     assert integer_digest(table) == INTEGER_DIGEST

@@ -48,7 +48,7 @@ def config(data_dir, **extra) -> DataConfig:
             "discrete": ["client_id", "position"],
             "sparse": ["user_id", "hashtags"],
             "embeddings": [{"name": "user_embedding", "dim": 3}],
-            "ids": ["request_id"],
+            "ids": ["impression_id"],
         },
         "tasks": {t: {"label": LABEL_PREFIX + label} for t, label in LABELS.items()},
         "train": {"paths": [str(data_dir / "train")]},
@@ -61,10 +61,10 @@ def config(data_dir, **extra) -> DataConfig:
 
 
 def oracle_by_id(path) -> dict[int, list[float]]:
-    """request_id -> the oracle columns of its row, in TASKS order, read straight from the parquet files."""
+    """impression_id -> the oracle columns of its row, in TASKS order, read straight from the parquet files."""
     table = ds.dataset(path).to_table()
     columns = [table.column(ORACLE_PREFIX + LABEL_PREFIX + LABELS[t]).to_numpy() for t in TASKS]
-    return {int(r): [float(c[i]) for c in columns] for i, r in enumerate(table.column("request_id").to_numpy())}
+    return {int(r): [float(c[i]) for c in columns] for i, r in enumerate(table.column("impression_id").to_numpy())}
 
 
 def check_oracle(batches: list[RecapBatch], expected: dict[int, list[float]]) -> list[int]:
@@ -72,7 +72,7 @@ def check_oracle(batches: list[RecapBatch], expected: dict[int, list[float]]) ->
     for batch in batches:
         assert batch.oracle is not None and batch.oracle.dtype == torch.float32
         assert batch.oracle.shape == (batch.batch_size, len(TASKS))
-        for rid, row in zip(batch.ids["request_id"].tolist(), batch.oracle.tolist()):
+        for rid, row in zip(batch.ids["impression_id"].tolist(), batch.oracle.tolist()):
             assert row == expected[rid], rid
             ids.append(rid)
     return ids

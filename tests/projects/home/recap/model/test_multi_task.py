@@ -307,3 +307,57 @@ def test_mixture_settings_are_checked(make_config, section, message):
     full = {"tasks": {"fav": TOWERS["mlp"], "report": TOWERS["mlp"]}, "backbone": TOWERS["mlp"], **section}
     with pytest.raises(ConfigError, match=message):
         make_config(full)
+
+
+@pytest.mark.parametrize("sharing", ["share_all", "mmoe", "ple"])
+def test_ranking_score_is_the_weighted_sum_of_calibrated_probabilities(make_config, sharing):
+    torch.manual_seed(0)
+    section = _model_section(sharing, "mlp")
+    section["scoring"] = {"weights": {"fav": 0.5, "report": -234.0}}
+    config = make_config(section)
+    model_and_loss = build_model_and_loss(config)
+    batch = random_batch(config, 16, torch.Generator().manual_seed(2))
+    _, out = model_and_loss(batch)
+    p = out["calibrated_probabilities"]
+    torch.testing.assert_close(out["score"], 0.5 * p[:, 0] - 234.0 * p[:, 1])
+    assert out["score"].shape == (16,)
+    # The score weights come from the config, like the calibration: not saved with the weights.
+    assert "model.dense.score_weight" not in model_and_loss.state_dict()
+
+
+def test_unscored_model_has_no_score_and_a_task_left_out_weighs_zero(make_config):
+    config = make_config()
+    assert "score" not in build_model(config)(random_batch(config, 4))
+    config = make_config({"scoring": {"weights": {"report": 2.0}}})
+    model = build_model(config)
+    assert model.dense.score_weight.tolist() == [0.0, 2.0]
+    out = model(random_batch(config, 4))
+    torch.testing.assert_close(out["score"], 2.0 * out["calibrated_probabilities"][:, 1])
+
+
+@pytest.mark.parametrize("scoring, message", [
+    ({"weights": {"fav": 1.0, "favorite": 0.5}}, r"names \['favorite'\], which are not model.tasks"),
+    ({"weights": {}}, "at least 1"),
+    ({"weights": {"fav": float("nan")}}, "finite"),
+])
+def test_scoring_weights_are_checked(make_config, scoring, message):
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        make_config({"scoring": scoring})
+
+
+@pytest.mark.parametrize("sharing, gates", [
+    ("mmoe", {"gates/fav": 3, "gates/report": 3}),
+    ("ple", {"gates/level_0/fav": 3, "gates/level_0/report": 3, "gates/level_0/shared": 4,
+             "gates/level_1/fav": 3, "gates/level_1/report": 3}),
+])
+def test_mixture_gate_weights_are_outputs_named_by_task(make_config, sharing, gates):
+    torch.manual_seed(0)
+    config = make_config(_model_section(sharing, "mlp"))
+    model_and_loss = build_model_and_loss(config)
+    assert model_and_loss.model.output_names == list(gates)
+    _, out = model_and_loss(random_batch(config, 8))
+    for key, experts in gates.items():
+        assert out[key].shape == (8, experts), key
+        torch.testing.assert_close(out[key].sum(dim=1), torch.ones(8))

@@ -18,7 +18,7 @@ CONFIG = {
             # unused_ids is read by no table: it is not a serving input.
             "sparse": ["user_id", "unused_ids", "hashtags", "author_id"],
             "embeddings": [{"name": "user_embedding", "dim": 4}, {"name": "tweet_embedding", "dim": 3}],
-            "ids": ["request_id"],
+            "ids": ["impression_id"],
         },
         "tasks": {
             "reply": {"label": "label.reply"},
@@ -56,6 +56,7 @@ CONFIG = {
             },
             "reply": {"mask_net_config": {"mask_blocks": [{"output_size": 4, "aggregation_size": 3}]}},
         },
+        "scoring": {"weights": {"fav": 0.5, "reply": 5.0, "report": -234.0}},
     },
     "training": {"save_dir": "unused", "num_train_steps": 1},
     "optimizer": {"dense": {"adam": {}, "learning_rate": {"constant": 0.001}}},

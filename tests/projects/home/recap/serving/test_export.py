@@ -13,7 +13,7 @@ from projects.home.recap.model.synthetic_batch import random_batch
 from projects.home.recap.serving.export import ExportError, export_serving_artifact
 from projects.home.recap.serving.serving_model import serving_inputs
 
-OUTPUTS = ("logits", "probabilities", "calibrated_probabilities")
+OUTPUTS = ("logits", "probabilities", "calibrated_probabilities", "score")
 FEATURES = ["user_id", "author_id", "hashtags"]
 
 
@@ -47,8 +47,11 @@ torch.save(outputs, {str(tmp_path / "outputs.pt")!r})
         for (name, batch), got in zip(cases, outputs, strict=True):
             expected = model(batch)
             for key in OUTPUTS:
-                assert got[key].shape == (batch.batch_size, 3), (name, key)
-                torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5, msg=f"{name}: {key}")
+                shape = (batch.batch_size,) if key == "score" else (batch.batch_size, 3)
+                assert got[key].shape == shape, (name, key)
+                # The score weighs a probability by up to 234: the same relative tolerance as the probabilities.
+                atol = 234 * 1e-5 if key == "score" else 1e-5
+                torch.testing.assert_close(got[key], expected[key], rtol=0, atol=atol, msg=f"{name}: {key}")
 
 
 def test_metadata_describes_the_inputs(model, artifact):
@@ -72,7 +75,9 @@ def test_metadata_describes_the_inputs(model, artifact):
     }
     assert (sparse["hashtags"]["pooling"], sparse["hashtags"]["id_transform"]) == ("sum", "mod")
     assert metadata["calibration"]["report"] == {"pos_rate": 0.5, "neg_rate": 0.2}
-    assert metadata["ignored_at_serving"] == ["position"] and metadata["id_columns"] == ["request_id"]
+    assert metadata["outputs"]["score"] == ["batch"] and metadata["outputs"]["logits"] == ["batch", 3]
+    assert metadata["scoring"]["weights"] == {"fav": 0.5, "report": -234.0, "reply": 5.0}
+    assert metadata["ignored_at_serving"] == ["position"] and metadata["id_columns"] == ["impression_id"]
     assert metadata["versions"]["torch"] == torch.__version__
     # The same metadata travels inside model.pt2.
     extra = {"metadata.json": ""}
@@ -80,6 +85,7 @@ def test_metadata_describes_the_inputs(model, artifact):
     assert json.loads(extra["metadata.json"]) == metadata
     readme = (artifact / "README.md").read_text()
     assert "torch.export.load" in readme and "fav, report, reply" in readme
+    assert "`score` [batch]: the ranking score, 0.5 * fav + -234 * report + 5 * reply" in readme
 
 
 def test_artifact_rejects_inconsistent_sparse_inputs(artifact, config):
@@ -148,9 +154,12 @@ def test_config_must_describe_the_model(model, make_config, tmp_path):
     resampled = make_config(["data.tasks.fav.neg_rate=0.5"])
     with pytest.raises(ExportError, match="task 'fav': the model calibrates with log ratio -2.30259, but data.tasks.fav"):
         export_serving_artifact(model, resampled, tmp_path / "out")
-    other_tasks = make_config(["model.tasks={fav: {mlp_config: {layer_sizes: [2]}}}"])
+    other_tasks = make_config(["model.tasks={fav: {mlp_config: {layer_sizes: [2]}}}", "model.scoring=null"])
     with pytest.raises(ExportError, match="the model's tasks \\['fav', 'report', 'reply'\\] are not the config's"):
         export_serving_artifact(model, other_tasks, tmp_path / "out")
+    reweighted = make_config(["model.scoring.weights.fav=2.0"])
+    with pytest.raises(ExportError, match="the model scores with weights \\[0.5, -234.0, 5.0\\], but the config's"):
+        export_serving_artifact(model, reweighted, tmp_path / "out")
 
 
 @pytest.mark.parametrize("mixture", [

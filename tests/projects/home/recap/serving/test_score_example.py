@@ -37,7 +37,7 @@ def _table(rows: int = ROWS) -> pa.Table:
     author_ids[6] = None
     return pa.table(
         {
-            "request_id": [f"r{i}" for i in range(rows)],
+            "impression_id": [f"r{i}" for i in range(rows)],
             "counts": pa.FixedSizeListArray.from_arrays(pa.array(counts.ravel()), 5),
             "ratio": pa.array(ratio, type=pa.float64()),
             "flags": pa.array((rng.random((rows, 3)) < 0.4).astype(np.float32).tolist(), type=pa.list_(pa.float32())),
@@ -72,12 +72,12 @@ assert_torch_only()
     assert done.returncode == 0, done.stderr
     assert f"scored {ROWS} rows" in done.stdout
     scores = pq.read_table(tmp_path / "scores.parquet")
-    assert scores.column_names == ["request_id"] + [
+    assert scores.column_names == ["impression_id"] + [
         f"{key}.{task}"
         for key in ("logits", "probabilities", "calibrated_probabilities")
         for task in ("fav", "report", "reply")
-    ]
-    assert scores.column("request_id").to_pylist() == table.column("request_id").to_pylist()
+    ] + ["score"]
+    assert scores.column("impression_id").to_pylist() == table.column("impression_id").to_pylist()
 
     # The training loader's reading of the same rows, through the trained model.
     dataset = DatasetConfig(paths=[str(tmp_path / "input.parquet")])
@@ -87,6 +87,8 @@ assert_torch_only()
     for key in ("logits", "probabilities", "calibrated_probabilities"):
         got = np.stack([scores.column(f"{key}.{t}").to_numpy() for t in model.task_names], axis=1)
         torch.testing.assert_close(torch.from_numpy(got), expected[key], rtol=0, atol=1e-5, msg=key)
+    torch.testing.assert_close(torch.from_numpy(scores.column("score").to_numpy()), expected["score"], rtol=0,
+                               atol=234 * 1e-5)
 
 
 def test_example_script_names_bad_columns(artifact):

@@ -91,18 +91,32 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in _TORCHRUN_VARS)
 
 
-def _attempt_store(rank: int, world_size: int, timeout: timedelta | None) -> dist.Store:
-    """The rendezvous store torchrun points to, with keys private to this restart attempt.
+def _attempt_store(rank: int, world_size: int, local_world_size: int, timeout: timedelta | None) -> dist.Store:
+    """The store the process group meets in, fresh for every restart attempt.
 
-    After a worker failure, torchrun restarts every worker against the same store; the process-group addresses
-    published by the previous attempt would still be there and the new workers would try to connect to dead ones.
-    A prefix per attempt (TORCHELASTIC_RESTART_COUNT) keeps each attempt's rendezvous separate."""
+    Under torchrun's default, the node-rank-0 agent hosts one store for the whole job (TORCHELASTIC_USE_AGENT_STORE)
+    and every restart meets in it again: the process-group addresses published by the previous attempt are still
+    there, and new workers would connect to dead ones. On one machine a prefix per attempt
+    (TORCHELASTIC_RESTART_COUNT) keeps attempts apart. Across machines it cannot: each agent counts its own restarts
+    (a replaced node starts again at 0, and an agent whose workers were healthy restarts them without counting), and
+    torchrun's own rendezvous cannot take a replaced node into a shared store (the new agent waits for the store's
+    address, which the surviving agent does not publish again). So multi-node launches (`recap train --nnodes`, or
+    torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1) have rank 0 host a new store, on a port the rendezvous picks
+    for each round, and need no prefix."""
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     wait = timeout or timedelta(minutes=30)
-    # Under torchrun's agent the agent hosts the store; with a bare environment rank 0 hosts it.
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if agent_hosts and world_size > local_world_size and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+        raise RuntimeError(
+            "torchrun with --max-restarts on several nodes shares one store across restarts, and the nodes' restart "
+            "counts can differ, so restarted workers would not find each other: launch with `recap train --nnodes "
+            "...` or set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun on every node"
+        )
+    # Without an agent's store (a bare environment, or sharing turned off) rank 0 hosts one for this attempt alone.
     store = dist.TCPStore(host, port, world_size, is_master=not agent_hosts and rank == 0, timeout=wait,
                           multi_tenant=not agent_hosts)
+    if not agent_hosts:
+        return store
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return dist.PrefixStore(f"recap/attempt_{attempt}", store)
 
@@ -126,7 +140,7 @@ def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> 
             stop_with_parent()
             if resolved.type == "cuda":
                 kwargs["device_id"] = resolved
-            dist.init_process_group(backend=backend, store=_attempt_store(rank, world_size, timeout),
+            dist.init_process_group(backend=backend, store=_attempt_store(rank, world_size, local_world_size, timeout),
                                     rank=rank, world_size=world_size, **kwargs)
         else:
             # One process, no rendezvous: an in-memory store is enough and needs no free port.
@@ -283,23 +297,58 @@ def average_buffers(model: nn.Module, ctx: DistributedContext) -> None:
             offset += b.numel()
 
 
-def launch_workers(nproc_per_node: int, module: str, args: list[str], max_restarts: int = 0) -> int:
+@dataclass(frozen=True)
+class Rendezvous:
+    """How the launchers of a multi-node job find each other: torchrun's c10d rendezvous, hosted at `endpoint`
+    (HOST:PORT on one of the nodes, reachable from all) for the job named `run_id`, which waits for `nnodes`
+    launchers. Losing the node at `endpoint` ends the job; any other node can be replaced by starting its launcher
+    again."""
+
+    nnodes: int
+    endpoint: str
+    run_id: str
+
+    def __post_init__(self) -> None:
+        if self.nnodes < 2:
+            raise ValueError(f"a multi-node rendezvous needs at least 2 nodes, not {self.nnodes}")
+        host, _, port = self.endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"rendezvous endpoint {self.endpoint!r} is not HOST:PORT (a port from 1 to 65535)")
+        if not self.run_id or not all(c.isalnum() or c in "-_." for c in self.run_id):
+            raise ValueError(f"rendezvous id {self.run_id!r} must be letters, digits, '-', '_' or '.'")
+
+
+def launcher_arguments(
+    nproc_per_node: int, module: str, args: list[str], max_restarts: int = 0, rendezvous: Rendezvous | None = None
+) -> list[str]:
+    """torchrun's command line (after `torchrun`) for `launch_workers`."""
+    if nproc_per_node < 1:
+        raise ValueError(f"nproc_per_node must be at least 1, not {nproc_per_node}")
+    if max_restarts < 0:
+        raise ValueError(f"max_restarts must be at least 0, not {max_restarts}")
+    if rendezvous is None:
+        where = ["--standalone"]
+    else:
+        where = [f"--nnodes={rendezvous.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rendezvous.endpoint}",
+                 f"--rdzv-id={rendezvous.run_id}"]
+    return [*where, f"--nproc-per-node={nproc_per_node}", f"--max-restarts={max_restarts}", "--module", module, *args]
+
+
+def launch_workers(
+    nproc_per_node: int, module: str, args: list[str], max_restarts: int = 0, rendezvous: Rendezvous | None = None
+) -> int:
     """Run `python -m module args` in nproc_per_node workers on this machine through torch's elastic launcher
-    (what torchrun --standalone does); returns 0 when every worker succeeded, 128 + N when the launcher was
-    stopped by signal N (its workers got it too)."""
+    (what torchrun --standalone does, or torchrun's c10d rendezvous with the other nodes' launchers); returns 0 when
+    every worker succeeded, 128 + N when the launcher was stopped by signal N (its workers got it too)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    if rendezvous is not None:
+        # Each restart round gets a new store hosted by its rank 0 instead of the agents' one (see _attempt_store).
+        os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     launcher_args = get_args_parser().parse_args(
-        [
-            "--standalone",
-            f"--nproc-per-node={nproc_per_node}",
-            f"--max-restarts={max_restarts}",
-            "--module",
-            module,
-            *args,
-        ]
+        launcher_arguments(nproc_per_node, module, args, max_restarts, rendezvous)
     )
     try:
         run(launcher_args)

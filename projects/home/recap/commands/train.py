@@ -1,11 +1,18 @@
-"""`recap train --config FILE [--set k=v ...] [--nproc-per-node N]`: train alone, under torchrun, or on N local
-workers started through torch's elastic launcher."""
+"""`recap train --config FILE [--set k=v ...] [--nproc-per-node N [--nnodes M --rdzv-endpoint HOST:PORT --rdzv-id ID]]`:
+train alone, under torchrun, on N local workers started through torch's elastic launcher, or on N workers on each of
+M machines whose launchers meet at HOST:PORT."""
 
 from __future__ import annotations
 
 import argparse
 
-from core.distributed import launch_workers, launched_by_torchrun, quiet_library_logging, shutdown_distributed
+from core.distributed import (
+    Rendezvous,
+    launch_workers,
+    launched_by_torchrun,
+    quiet_library_logging,
+    shutdown_distributed,
+)
 from core.log import get_logger
 from projects.home.recap.schema import load_recap_config
 
@@ -23,6 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-restarts", type=int, default=0, metavar="K",
                         help="with --nproc-per-node: restart all workers up to K times after a failure; "
                              "they resume from the last checkpoint")
+    parser.add_argument("--nnodes", type=int, default=1, metavar="M",
+                        help="with --nproc-per-node: train on M machines; run the same command on each (needs "
+                             "--rdzv-endpoint and --rdzv-id)")
+    parser.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                        help="with --nnodes: where the launchers meet, a free port on one of the machines (it hosts "
+                             "the rendezvous: losing that machine ends the job)")
+    parser.add_argument("--rdzv-id", default=None, metavar="ID",
+                        help="with --nnodes: a name for this job, the same on every machine")
     parser.add_argument("--start-over", action="store_true",
                         help="if every checkpoint in save_dir is broken, move them aside and train from step 0 "
                              "(without it, training stops with an error naming each)")
@@ -38,14 +53,43 @@ def worker_arguments(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def launcher_options(args: argparse.Namespace) -> Rendezvous | None:
+    """Check the launcher options together; the multi-node rendezvous, or None on one machine. SystemExit names the
+    option that is wrong."""
+    if args.nproc_per_node is not None and args.nproc_per_node < 1:
+        raise SystemExit("--nproc-per-node must be at least 1")
+    if args.max_restarts < 0:
+        raise SystemExit("--max-restarts must be at least 0")
+    if args.nnodes < 1:
+        raise SystemExit("--nnodes must be at least 1")
+    launcher_only = {"--max-restarts": args.max_restarts != 0, "--nnodes": args.nnodes != 1,
+                     "--rdzv-endpoint": args.rdzv_endpoint is not None, "--rdzv-id": args.rdzv_id is not None}
+    given = [name for name, set_ in launcher_only.items() if set_]
+    if given and args.nproc_per_node is None:
+        raise SystemExit(f"{', '.join(given)} needs --nproc-per-node (the workers to start on this machine)")
+    if args.nnodes == 1:
+        rendezvous_only = [name for name in ("--rdzv-endpoint", "--rdzv-id") if name in given]
+        if rendezvous_only:
+            raise SystemExit(f"{' and '.join(rendezvous_only)} needs --nnodes of 2 or more (one machine needs no "
+                             "rendezvous)")
+        return None
+    missing = [name for name in ("--rdzv-endpoint", "--rdzv-id") if name not in given]
+    if missing:
+        raise SystemExit(f"--nnodes {args.nnodes} needs {' and '.join(missing)}: the same on every machine")
+    try:
+        return Rendezvous(args.nnodes, args.rdzv_endpoint, args.rdzv_id)
+    except ValueError as exc:
+        raise SystemExit(f"--rdzv-endpoint / --rdzv-id: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_recap_config(args.config, args.overrides)  # a config error stops here, before any launch
-    if args.nproc_per_node is not None and not launched_by_torchrun():
-        if args.nproc_per_node < 1:
-            raise SystemExit("--nproc-per-node must be at least 1")
-        return launch_workers(args.nproc_per_node, MODULE, worker_arguments(args), args.max_restarts)
-    if args.nproc_per_node is not None:
-        logger.warning("--nproc-per-node is ignored under torchrun")
+    if not launched_by_torchrun():
+        rendezvous = launcher_options(args)
+        if args.nproc_per_node is not None:
+            return launch_workers(args.nproc_per_node, MODULE, worker_arguments(args), args.max_restarts, rendezvous)
+    elif args.nproc_per_node is not None:
+        logger.warning("--nproc-per-node and the other launcher options are ignored under torchrun")
     quiet_library_logging()
     # Imported after the logging is quieted: loading torchrec and fbgemm logs at INFO.
     from core.checkpoint import CheckpointError

@@ -160,15 +160,48 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+EXTENDS = "extends"
+
+
+def merge_configs(base: dict, update: dict) -> dict:
+    """`update` over `base`: mappings merge key by key, any other value (list, scalar, null) replaces."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_configs(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A YAML file with its `extends: BASE.yaml` (a path relative to the file) merged under it, recursively."""
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ConfigError(f"{path}: `{EXTENDS}` forms a cycle ({cycle})")
+    data = _read_yaml(path)
+    base = data.pop(EXTENDS, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: `{EXTENDS}` must be the path of a base config file, got {base!r}")
+    base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: `{EXTENDS}: {base}` names no file ({base_path} not found)")
+    return merge_configs(_read_with_bases(base_path, (*chain, resolved)), data)
+
+
 def load_config(
     path: str | os.PathLike | None,
     schema: type[C],
     overrides: Iterable[str] = (),
     data: dict | None = None,
 ) -> C:
-    """Load, substitute ${ENV}, apply --set overrides and validate a YAML config against `schema`."""
+    """Load (with `extends: BASE.yaml`, the base file's keys under this file's), substitute ${ENV}, apply --set
+    overrides and validate a YAML config against `schema`."""
     source = Path(path) if path is not None else Path("<dict>")
-    raw = _read_yaml(source) if path is not None else dict(data or {})
+    raw = _read_with_bases(source) if path is not None else dict(data or {})
     raw = substitute_env(raw)
     raw = apply_overrides(raw, overrides)
     try:

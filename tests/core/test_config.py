@@ -112,3 +112,29 @@ def test_dump_is_loadable(tmp_path):
     cfg = load_config(write(tmp_path, "name: x\n"), Outer)
     again = load_config(write(tmp_path, dump_yaml(cfg)), Outer)
     assert again == cfg
+
+
+def test_extends_merges_mappings_and_replaces_other_values(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYER", "7")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "base.yaml").write_text(
+        "name: base\nlayer_sizes: [1, 2]\ninner:\n  t1: {a: 1, c: x}\n  t2: {b: 2}\n")
+    (tmp_path / "configs" / "middle.yaml").write_text("extends: base.yaml\ninner:\n  t1: {c: null, d: y}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: configs/middle.yaml\nlayer_sizes: ['${LAYER}']\ninner:\n  t3: {a: 3}\n")
+    config = load_config(child, Outer, ["inner.t2.b=5"])
+    assert config.name == "base" and config.layer_sizes == [7]
+    assert config.inner["t1"] == Inner(a=1, d="y")
+    assert config.inner["t2"].b == 5 and config.inner["t3"].a == 3
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    loop = write(tmp_path, "extends: c.yaml\nname: x\n")
+    with pytest.raises(ConfigError, match="`extends` forms a cycle"):
+        load_config(loop, Outer)
+    missing = write(tmp_path, "extends: nowhere.yaml\nname: x\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: `extends: nowhere.yaml` names no file"):
+        load_config(missing, Outer)
+    wrong = write(tmp_path, "extends: [a.yaml]\nname: x\n")
+    with pytest.raises(ConfigError, match="must be the path of a base config file"):
+        load_config(wrong, Outer)

@@ -12,6 +12,7 @@ from core.distributed import init_distributed, launch_workers, quiet_library_log
 from core.log import get_logger
 from core.report import eval_step_dir
 from core.report.format import fixed_cell, rce_share_of_oracle
+from projects.home.recap.data.layout import build_layout
 from projects.home.recap.schema import load_recap_config
 
 logger = get_logger(__name__)
@@ -37,8 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=DEMO_ROWS, help=f"rows to generate if absent ({DEMO_ROWS:,})")
 
 
-def _has_data(data_dir: Path) -> bool:
-    return all(any((data_dir / split).glob("*.parquet")) for split in SPLITS)
+def _has_data(data_dir: Path, columns: list[str]) -> bool:
+    """Whether data_dir holds every split, written with every column the config reads (data from an older
+    generator lacks some and is generated again)."""
+    if not all(any((data_dir / split).glob("*.parquet")) for split in SPLITS):
+        return False
+    import pyarrow.parquet as pq
+
+    first = sorted((data_dir / SPLITS[0]).glob("*.parquet"))[0]
+    missing = [c for c in columns if c not in pq.read_schema(first).names]
+    if missing:
+        logger.info("the data in %s has no column %s (an older generator wrote it): generating it again", data_dir,
+                    ", ".join(missing))
+    return not missing
 
 
 def _generate(data_dir: Path, rows: int) -> None:
@@ -66,19 +78,24 @@ def print_comparison(dataset: str, metrics: dict) -> bool:
         if targeted:
             line += "  ok" if share >= 100 * TARGET_SHARE else "  below target"
         print(line)
+    ranking = metrics.get("ranking")
+    if ranking and ranking.get("score"):
+        ndcg = "  ".join(f"NDCG@{k} {ranking['score'][f'ndcg@{k}']:.4f}" for k in ranking["k"]
+                         if ranking["score"].get(f"ndcg@{k}") is not None)
+        print(f"  ranking score (model.scoring) over {ranking['requests']} requests: {ndcg}")
     return met
 
 
 def run(args: argparse.Namespace) -> int:
     data_dir, save_dir = Path(args.data_dir), Path(args.save_dir)
-    if not _has_data(data_dir):
-        _generate(data_dir, args.rows)
-    else:
-        logger.info("using the existing data in %s", data_dir)
     # The demo config reads its paths from these variables; the training workers inherit them.
     os.environ["RECAP_DATA_DIR"] = str(data_dir)
     os.environ["RECAP_SAVE_DIR"] = str(save_dir)
     config = load_recap_config(args.config, args.overrides)
+    if not _has_data(data_dir, build_layout(config.data, list(config.model.tasks)).columns):
+        _generate(data_dir, args.rows)
+    else:
+        logger.info("using the existing data in %s", data_dir)
     train_args = ["train", "--config", args.config] + [a for o in args.overrides for a in ("--set", o)]
     logger.info("training %s on %d ranks; outputs in %s", args.config, args.nproc_per_node, save_dir)
     status = launch_workers(args.nproc_per_node, "projects.home.recap.main", train_args)

@@ -152,6 +152,7 @@ class PreparedFile:
             handle = source.filesystem.open_input_file(source.path)
         self._reader = ipc.open_file(handle)
         self.schema_arrow = self._reader.schema
+        self.num_record_batches = self._reader.num_record_batches
 
     def read_row_group(self, index: int, columns: list[str] | None = None, use_threads: bool = True) -> pa.Table:
         """Record batch `index` (only `columns`), zero-copy."""
@@ -166,7 +167,7 @@ class PreparedFile:
 
     def read(self, columns: list[str] | None = None, use_threads: bool = True) -> pa.Table:
         """Every record batch (only `columns`)."""
-        tables = [self.read_row_group(i, columns) for i in range(self._reader.num_record_batches)]
+        tables = [self.read_row_group(i, columns) for i in range(self.num_record_batches)]
         if tables:
             return pa.concat_tables(tables)
         schema = self.schema_arrow if columns is None else pa.schema([self.schema_arrow.field(c) for c in columns])
@@ -248,8 +249,8 @@ def scan_prepared(fs: pafs.FileSystem, directory: str) -> list[PreparedSource]:
             handle = source.open()
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"unreadable prepared file ({exc}); run `recap data prepare` again", path) from None
-        if handle._reader.num_record_batches != len(entry["row_groups"]):
-            raise DataError(f"{handle._reader.num_record_batches} record batches, the manifest says "
+        if handle.num_record_batches != len(entry["row_groups"]):
+            raise DataError(f"{handle.num_record_batches} record batches, the manifest says "
                             f"{len(entry['row_groups'])}; run `recap data prepare` again", path)
         source.schema = handle.schema_arrow
         sources.append(source)

@@ -229,3 +229,13 @@ def test_destination_must_be_empty_or_prepared(source, tmp_path):
     prepare(data_config([str(source)]), str(source), str(out))
     with pytest.raises(DataError, match="already a prepared dataset"):
         prepare(data_config([str(out)]), str(out), str(tmp_path / "again"))
+
+
+def test_compressed_prepared_layout_gives_the_same_batches(source, tmp_path):
+    dst = tmp_path / "lz4"
+    prepare(data_config([str(source)]), str(source), str(dst), compression="lz4")
+    old, _ = _batches([source], "train", num_workers=0, epochs=1)
+    new, _ = _batches([dst], "train", num_workers=0, epochs=1)
+    assert len(old) == len(new) > 0
+    for a, b in zip(old, new):
+        _equal(a, b)

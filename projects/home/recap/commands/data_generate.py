@@ -1,5 +1,5 @@
-"""`recap data generate --output DIR [--rows N] [--seed S] [--collaborative-dim K]`: synthetic recap-shaped parquet
-with oracle columns."""
+"""`recap data generate --output DIR [--rows N] [--seed S] [--collaborative-dim K] [--history-length L]`: synthetic
+recap-shaped parquet with oracle columns (and, with --history-length, engagement history list columns)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates-per-request", type=int, default=SyntheticSpec.candidates_per_request,
                         metavar="N", help="consecutive rows sharing one request_id, user, client and hour "
                                           f"({SyntheticSpec.candidates_per_request}; 1: one row per request)")
+    parser.add_argument("--history-length", type=int, default=0, metavar="L",
+                        help="write each row's user engagement history, at most L items, most recent first, as the "
+                             "list columns history.author_id, history.hashtag (raw ids), history.action (0 favorite, "
+                             "1 reply, 2 retweet, 3 share) and history.age_hours; candidates often match it and it "
+                             "moves every task's logit, so the oracle needs it (0: off, the default)")
+    parser.add_argument("--history-strength", type=float, default=SyntheticSpec.history_strength, metavar="S",
+                        help="scale of the history term in every task's logit "
+                             f"({SyntheticSpec.history_strength}; 0: candidates still match the history, which "
+                             "then moves nothing)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,8 +53,12 @@ def run(args: argparse.Namespace) -> int:
     if args.collaborative_dim < 0 or not 0 <= args.collaborative_strength < math.inf:
         raise SystemExit("--collaborative-dim must not be negative and --collaborative-strength must be finite and "
                          "not negative")
+    if args.history_length < 0 or not math.isfinite(args.history_strength):
+        raise SystemExit(f"--history-length must not be negative (got {args.history_length}) and --history-strength "
+                         f"must be finite (got {args.history_strength})")
     spec = SyntheticSpec(collaborative_dim=args.collaborative_dim, collaborative_strength=args.collaborative_strength,
-                         candidates_per_request=args.candidates_per_request)
+                         candidates_per_request=args.candidates_per_request, history_length=args.history_length,
+                         history_strength=args.history_strength)
     start = time.perf_counter()
     sizes = generate(args.output, args.rows, args.seed, spec=spec, splits=DEFAULT_SPLITS,
                      rows_per_file=args.rows_per_file, row_group_size=args.row_group_size, processes=args.processes)

@@ -8,6 +8,13 @@ embeddings that are noisy projections of the latent vectors, and a display posit
 latent factors (affinity, per-id biases, quality, social proof, media, spam) with multiplicative interactions; task
 biases are solved so each task hits its positive rate. With collaborative_dim > 0, hidden per-user and per-author
 vectors that no column carries add their dot product to every task's logit (projects/home/recap/data/collaborative.py).
+With history_length L > 0, every request also draws its user's engagement history (at most L items, most recent
+first; every row of the request carries the same lists): history.author_id and history.hashtag (raw ids in the
+author_id and hashtags columns' id spaces), history.action (0 favorite, 1 reply, 2 retweet, 3 share) and
+history.age_hours (non-decreasing). Items come mostly from a per-user pool of preferred authors and hashtags, a
+candidate's author and first hashtag often come from its request's history, and every task's logit gains
+history_strength * loading * log1p(match), where match sums action weight * exp(-age / 24 h) over the history items
+whose author is the candidate's (1) or whose hashtag is one of the candidate's (0.5): the oracle needs the history.
 Labels are Bernoulli draws from the true probabilities,
 which are written as oracle.<label column> so evaluation can compare a model with the best achievable.
 """
@@ -72,6 +79,30 @@ LOADINGS: dict[str, dict[str, float]] = {
 
 _CONTEXT = 8  # per-row context dimensions the continuous and binary features are noisy views of
 
+# Engagement history: the action types of history.action, their weights in the match term, and each task's loading
+# on log1p(match) (engagements respond positively, negative feedback and reports negatively).
+HISTORY_ACTIONS = ("favorite", "reply", "retweet", "share")
+NUM_ACTIONS = len(HISTORY_ACTIONS)
+HISTORY_COLUMNS = ("history.author_id", "history.hashtag", "history.action", "history.age_hours")
+_ACTION_WEIGHTS = np.array([1.0, 1.5, 1.2, 1.3], dtype=np.float32)
+_ACTION_RATES = np.array([0.6, 0.1, 0.2, 0.1])
+HISTORY_LOADINGS: dict[str, float] = {
+    "is_favorited": 1.0,
+    "is_retweeted": 1.0,
+    "is_replied": 0.9,
+    "is_quoted": 0.7,
+    "is_good_clicked": 0.6,
+    "is_profile_clicked": 0.8,
+    "is_video_playback_50": 0.4,
+    "is_shared": 1.0,
+    "is_negative_feedback": -0.5,
+    "is_report_tweet_clicked": -0.5,
+}
+_HISTORY_TAU_HOURS = 24.0  # decay of an engagement's weight with its age
+_HISTORY_GAP_HOURS = 4.0  # mean time between a user's engagements
+_INTEREST_POOL = 8  # preferred authors and hashtags per user
+_FROM_POOL = 0.75  # share of history items from the user's pools (the rest: the global popularity)
+
 
 @dataclass(frozen=True)
 class SyntheticSpec:
@@ -104,10 +135,22 @@ class SyntheticSpec:
     # Impressions per request: consecutive rows share one request_id, user, client and hour (the candidates shown
     # to one user at one time; a file's last request may be shorter). 1: every row is its own request.
     candidates_per_request: int = 8
+    # Engagement history items per row at most (0: no history columns, the data as without them), the scale of the
+    # history term in every task's logit, and the chance that a candidate's author (and, independently, its first
+    # hashtag) is drawn from its request's history instead of the global popularity.
+    history_length: int = 0
+    history_strength: float = 1.5
+    history_match_rate: float = 0.35
 
     def __post_init__(self) -> None:
         if self.candidates_per_request < 1:
             raise ValueError(f"candidates_per_request must be at least 1, got {self.candidates_per_request}")
+        if self.history_length < 0:
+            raise ValueError(f"history_length must not be negative, got {self.history_length}")
+        if not math.isfinite(self.history_strength):
+            raise ValueError(f"history_strength must be finite, got {self.history_strength}")
+        if not 0.0 <= self.history_match_rate <= 1.0:
+            raise ValueError(f"history_match_rate must be in [0, 1], got {self.history_match_rate}")
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -187,6 +230,32 @@ def _capped_poisson_cdf(mean: float, cap: int) -> np.ndarray:
     return np.cumsum(pmf)[:cap]
 
 
+@dataclass(frozen=True)
+class Interests:
+    """Each user's preferred authors and hashtags (indices, [U, pool]), which their engagement history mostly comes
+    from, and each task's loading on the history term ([T])."""
+
+    authors: np.ndarray
+    hashtags: np.ndarray
+    loadings: np.ndarray
+
+
+def _make_interests(spec: SyntheticSpec, seed: int) -> Interests | None:
+    """The users' interests, drawn from a stream of their own (None without history)."""
+    if spec.history_length == 0:
+        return None
+    unknown = [t for t, _ in spec.tasks if t not in HISTORY_LOADINGS]
+    if unknown:
+        raise ValueError(f"no history loadings for tasks {unknown}; known: {sorted(HISTORY_LOADINGS)}")
+    rng = _rng(seed, 5)
+    # Flatter than the impressions' popularity: users share favourites less than they share a feed of hits.
+    authors = _Zipf.make(spec.num_authors, 0.7, 1, 0).sample(rng, spec.num_users * _INTEREST_POOL)
+    hashtags = _Zipf.make(spec.num_hashtags, 0.7, 1, 0).sample(rng, spec.num_users * _INTEREST_POOL)
+    return Interests(authors.astype(np.int32).reshape(spec.num_users, _INTEREST_POOL),
+                     hashtags.astype(np.int32).reshape(spec.num_users, _INTEREST_POOL),
+                     np.array([HISTORY_LOADINGS[t] for t, _ in spec.tasks], dtype=np.float32))
+
+
 @dataclass
 class World:
     """The ground truth: everything fixed by the seed that rows are drawn from."""
@@ -218,6 +287,7 @@ class World:
     loadings: np.ndarray  # [T, len(FACTORS)]
     task_bias: np.ndarray = field(default_factory=lambda: np.zeros(0))
     collaborative: CollaborativeSignal | None = None
+    interests: Interests | None = None
 
     @property
     def task_names(self) -> list[str]:
@@ -267,6 +337,7 @@ def make_world(spec: SyntheticSpec, seed: int) -> World:
         loadings=np.array([[LOADINGS[t].get(f, 0.0) for f in FACTORS] for t, _ in spec.tasks], dtype=np.float32),
         collaborative=make_collaborative(spec.num_users, spec.num_authors, spec.collaborative_dim,
                                          spec.collaborative_strength, [t for t, _ in spec.tasks], seed),
+        interests=_make_interests(spec, seed),
     )
     for name, dim in spec.embeddings:
         proj = rng.normal(size=(proj_in.get(name, k), dim)).astype(np.float32) / math.sqrt(k)
@@ -280,6 +351,7 @@ def make_world(spec: SyntheticSpec, seed: int) -> World:
         table = 0.1 * rng.standard_normal((len(src), dim), dtype=np.float32)
         table += _matmul(src, proj)
         world.embedding_tables.append(table)
+    # The reference rows carry every term of the logits, the history's included, so the rates hold with it on.
     reference = _draw(world, _rng(seed, 2), 50_000)
     world.task_bias = _solve_biases(reference["logits"], np.array([r for _, r in spec.tasks]))
     return world
@@ -309,9 +381,111 @@ def _solve_biases(logits: np.ndarray, rates: np.ndarray) -> np.ndarray:
     return bias
 
 
+class _History(NamedTuple):
+    """Each request's engagement history as [R, L] arrays (indices; entries at or past its length are padding)."""
+
+    length: np.ndarray
+    author: np.ndarray
+    hashtag: np.ndarray
+    action: np.ndarray
+    age: np.ndarray
+
+    def recency(self) -> np.ndarray:
+        """exp(-age / tau) per item, 0 for padding, [R, L]."""
+        weight = np.exp(self.age * np.float32(-1.0 / _HISTORY_TAU_HOURS))
+        weight[np.arange(weight.shape[1]) >= self.length[:, None]] = 0.0
+        return weight
+
+
+def _draw_history(world: World, rng: np.random.Generator, user: np.ndarray) -> _History:
+    """One engagement history per request of these users, most recent item first."""
+    interests, max_length = world.interests, world.spec.history_length
+    r = len(user)
+    # Geometric lengths around L/2, longer for active users, capped at L: some users have only a few items or none.
+    mean = np.float32(0.5 * max_length) * np.exp(0.5 * world.user_activity[user] - 0.125)
+    length = np.minimum(np.floor(-mean * np.log1p(-rng.random(r, dtype=np.float32))), max_length).astype(np.int64)
+    real = np.arange(max_length) < length[:, None]
+
+    def items(pool: np.ndarray, popularity: _Zipf) -> np.ndarray:
+        # Slot floor(pool * u^2): the first slots, a user's favourites, are the likeliest (35%, 15%, ... 6.5%).
+        slots = rng.random((r, max_length), dtype=np.float32)
+        slots *= slots
+        slots *= _INTEREST_POOL
+        slots = np.minimum(slots.astype(np.int64), _INTEREST_POOL - 1)
+        values = np.take_along_axis(pool[user], slots, axis=1).astype(np.int64)
+        outside = rng.random((r, max_length), dtype=np.float32) >= _FROM_POOL
+        outside &= real  # padding needs no draws of its own
+        values[outside] = popularity.sample(rng, int(outside.sum()))
+        return values
+
+    author = items(interests.authors, world.authors)
+    hashtag = items(interests.hashtags, world.hashtags)
+    uniform = rng.random((r, max_length), dtype=np.float32)
+    action = np.zeros((r, max_length), dtype=np.int64)
+    for threshold in np.cumsum(_ACTION_RATES)[:-1]:  # the inverse cdf of the action rates, one comparison a type
+        action += uniform >= threshold
+    gaps = -np.log1p(-rng.random((r, max_length), dtype=np.float32))
+    gaps *= np.float32(_HISTORY_GAP_HOURS)
+    return _History(length, author, hashtag, action, np.cumsum(gaps, axis=1, dtype=np.float32))
+
+
+def _pick_recent(rng: np.random.Generator, history: _History, cdf: np.ndarray, request: np.ndarray) -> np.ndarray:
+    """For rows of these requests, an item index drawn in proportion to its recency (cdf: cumulative recency)."""
+    target = rng.random(len(request)) * cdf[request, -1]
+    index = (cdf[request] < target[:, None]).sum(axis=1)
+    return np.minimum(index, history.length[request] - 1)
+
+
+def _match_candidates(world: World, rng: np.random.Generator, history: _History, request: np.ndarray,
+                      author: np.ndarray, tags: np.ndarray, counts: np.ndarray) -> None:
+    """Draw some rows' author and first hashtag from their request's history instead (in place)."""
+    cdf = np.cumsum(history.recency(), axis=1)
+    rate = world.spec.history_match_rate
+    has_history = history.length[request] > 0
+    rows = np.flatnonzero(has_history & (rng.random(len(request)) < rate))
+    author[rows] = history.author[request[rows], _pick_recent(rng, history, cdf, request[rows])]
+    first = np.cumsum(counts) - counts
+    rows = np.flatnonzero(has_history & (counts > 0) & (rng.random(len(request)) < rate))
+    tags[first[rows]] = history.hashtag[request[rows], _pick_recent(rng, history, cdf, request[rows])]
+
+
+def _history_match(world: World, history: _History, request: np.ndarray, author: np.ndarray, tags: np.ndarray,
+                   counts: np.ndarray) -> np.ndarray:
+    """Per row, sum over its history of action weight * exp(-age / tau) * ([same author] + 0.5 [hashtag among the
+    candidate's]), float32 [n]."""
+    n = len(request)
+    candidate_tags = np.full((n, max(world.spec.max_hashtags, 1)), -1, dtype=np.int64)
+    row_of_tag = np.repeat(np.arange(n), counts)
+    candidate_tags[row_of_tag, np.arange(len(tags)) - np.repeat(np.cumsum(counts) - counts, counts)] = tags
+    item_author, item_tag = history.author[request], history.hashtag[request]
+    same = (item_author == author[:, None]).astype(np.float32)
+    tagged = item_tag == candidate_tags[:, :1]
+    for k in range(1, candidate_tags.shape[1]):
+        tagged |= item_tag == candidate_tags[:, k : k + 1]
+    same += 0.5 * tagged
+    weight = history.recency()
+    weight *= _ACTION_WEIGHTS[history.action]
+    return np.einsum("ij,ij->i", same, weight[request])
+
+
+def _history_lists(world: World, history: _History, request: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows' history columns as flat values (each row its request's items) and per-row lengths."""
+    lengths = history.length[request]
+    keep = np.arange(history.author.shape[1]) < lengths[:, None]
+    return {
+        "history.author_id": world.authors.raw_id(history.author[request][keep]),
+        "history.hashtag": world.hashtags.raw_id(history.hashtag[request][keep]),
+        "history.action": history.action[request][keep],
+        "history.age_hours": history.age[request][keep],
+        "lengths": lengths,
+    }
+
+
 def _draw(world: World, rng: np.random.Generator, n: int) -> dict:
     """n rows of features and the tasks' logits without their biases ([T, n]); with a collaborative signal also
-    each row's hidden interaction ("collaborative", [n]), which no column carries."""
+    each row's hidden interaction ("collaborative", [n]), which no column carries; with a history also the rows'
+    history lists ("history") and the history term before its task loadings and the activity amplification
+    ("history_term", [n])."""
     spec = world.spec
     k = spec.latent_dim
     per_request = spec.candidates_per_request
@@ -321,11 +495,23 @@ def _draw(world: World, rng: np.random.Generator, n: int) -> dict:
         """One value per request -> one per row (a no-op with one candidate per request)."""
         return values if per_request == 1 else np.repeat(values, per_request)[:n]
 
-    user = by_request(world.users.sample(rng, num_requests))
+    request_user = world.users.sample(rng, num_requests)
+    user = by_request(request_user)
     author = world.authors.sample(rng, n)
     hashtag_cdf = _capped_poisson_cdf(spec.mean_hashtags, spec.max_hashtags)
     counts = np.searchsorted(hashtag_cdf, rng.random(n), side="right")
     tags = world.hashtags.sample(rng, int(counts.sum()))
+    extra = {}
+    if world.interests is not None:
+        # A child stream: the row stream's own draws stay exactly those of the data without history.
+        history_rng = rng.spawn(1)[0]
+        history = _draw_history(world, history_rng, request_user)
+        request = np.arange(n) // per_request
+        _match_candidates(world, history_rng, history, request, author, tags, counts)
+        term = _history_match(world, history, request, author, tags, counts)
+        np.log1p(term, out=term)
+        term *= np.float32(spec.history_strength)
+        extra = dict(history=_history_lists(world, history, request), history_term=term)
     # Mean latent vector and bias of each row's hashtags (zero without any); tags are grouped by row.
     tagged = counts > 0
     starts = (np.cumsum(counts) - counts)[tagged]
@@ -415,6 +601,8 @@ def _draw(world: World, rng: np.random.Generator, n: int) -> dict:
     if world.collaborative is not None:
         interaction = world.collaborative.interaction(user, author)
         logits += world.collaborative.logits(interaction)
+    if extra:
+        logits += np.outer(world.interests.loadings, extra["history_term"])
     # Active users amplify every signal: a multiplicative interaction no additive model captures.
     amplify = np.tanh(activity)
     amplify *= 0.25
@@ -446,6 +634,7 @@ def _draw(world: World, rng: np.random.Generator, n: int) -> dict:
         embeddings=embeddings,
         logits=logits,
         collaborative=interaction,
+        **extra,
     )
 
 
@@ -484,6 +673,10 @@ def generate_table(world: World, rng: np.random.Generator, n: int, first_row_id:
         "author_id": _id_list(d["author_id"], ones),
         "hashtags": _id_list(d["hashtags"], d["hashtag_counts"]),
     }
+    if "history" in d:
+        lists = d["history"]
+        for name in HISTORY_COLUMNS:
+            columns[name] = _id_list(lists[name], lists["lengths"])
     for (name, _), values in zip(spec.embeddings, d["embeddings"]):
         columns[name] = _fixed_list(values.astype(np.float32, copy=False))
     for j, task in enumerate(world.task_names):

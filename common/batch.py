@@ -7,12 +7,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-from torchrec.streamable import Pipelineable
+
+try:
+    # torchrec's train pipelines take only Pipelineable batches; without torchrec (a dense-only install) a batch
+    # is a plain class and holds no KeyedJaggedTensor.
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+    from torchrec.streamable import Pipelineable
+
+    _MOVABLE: tuple[type, ...] = (torch.Tensor, KeyedJaggedTensor)
+except ImportError:
+    Pipelineable = object
+    _MOVABLE = (torch.Tensor,)
 
 
 def _map(value: Any, fn) -> Any:
-    if isinstance(value, (torch.Tensor, KeyedJaggedTensor)):
+    if isinstance(value, _MOVABLE):
         return fn(value)
     if isinstance(value, dict):
         return {k: _map(v, fn) for k, v in value.items()}
@@ -60,6 +69,10 @@ class RecapBatch(DataclassBatch):
     ids: dict[str, Any] = field(default_factory=dict)
     # [B, T] true probabilities when the data carries them (synthetic data's oracle.<label> columns), else None.
     oracle: torch.Tensor | None = None
+    # Engagement histories by group, jagged: "lengths" [B] int64 (items per row, at most the group's max_length),
+    # the rows' items one after another, most recent first ("id:<column>" [N] int64, "actions" [N] int64,
+    # "continuous" [N, C] float32), and "candidate:<column>" [B] int64, the candidate's id for each id column.
+    sequences: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:

@@ -64,6 +64,14 @@ class RecapConfig(BaseConfig):
     optimizer: OptimizerConfig
     evaluation: EvaluationConfig = EvaluationConfig()
 
+    def _sequences_agree(self) -> None:
+        groups = self.data.features.sequences
+        extra = [g for g in self.model.sequences if g not in groups]
+        if extra:
+            raise ValueError(f"model.sequences {extra} are not data.features.sequences groups ({list(groups)})")
+        for name, group in groups.items():
+            _check_sequence_group(name, group, self.model.sequences.get(name))
+
     @model_validator(mode="after")
     def _sections_agree(self):
         data_tasks = set(self.data.tasks)
@@ -104,6 +112,7 @@ class RecapConfig(BaseConfig):
                 if name not in continuous:
                     raise ValueError(f"model.numeric_embeddings.features: {name!r} is not a continuous column "
                                      f"(known: {continuous})")
+        self._sequences_agree()
         pos = self.model.position_debias
         if pos is not None and pos.feature not in discrete:
             raise ValueError(f"model.position_debias.feature {pos.feature!r} is not a scalar discrete column")
@@ -146,6 +155,28 @@ class RecapConfig(BaseConfig):
                 raise ValueError(f"training.eval_datasets: {name!r} is not in data.validation "
                                  f"(known: {sorted(self.data.validation)})")
         return self
+
+
+def _check_sequence_group(name: str, group, model) -> None:
+    """A data history group and its model entry describe the same columns."""
+    if model is None:
+        raise ValueError(f"data.features.sequences.{name} has no model.sequences.{name} (its encoder and tables)")
+    columns = [c.name for c in group.ids]
+    if set(model.tables) != set(columns):
+        raise ValueError(f"model.sequences.{name}.tables must name exactly the group's id columns {columns}, got "
+                         f"{sorted(model.tables)}")
+    if (group.actions is None) != (model.num_actions is None):
+        raise ValueError(f"model.sequences.{name}.num_actions is "
+                         + ("set but the group has no actions column" if group.actions is None else
+                            f"needed: the group reads action types from {group.actions!r}"))
+    transformer = model.encoder.transformer
+    if transformer is not None and model.embedding_dim % transformer.num_heads:
+        raise ValueError(f"model.sequences.{name}: embedding_dim {model.embedding_dim} is not a multiple of "
+                         f"transformer.num_heads {transformer.num_heads}")
+    if transformer is not None and transformer.positions == "rotary" and (model.embedding_dim
+                                                                           // transformer.num_heads) % 2:
+        raise ValueError(f"model.sequences.{name}: rotary positions need an even head width "
+                         "(embedding_dim / num_heads)")
 
 
 def load_recap_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> RecapConfig:

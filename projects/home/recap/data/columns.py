@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -11,7 +11,7 @@ import torch
 
 from projects.home.recap.data.downsampling import downsampling_weights
 from projects.home.recap.data.errors import DataError
-from projects.home.recap.data.layout import BatchLayout, ColumnRole
+from projects.home.recap.data.layout import BatchLayout, ColumnRole, SequenceLayout
 
 
 def _column(table: pa.Table, name: str) -> pa.Array:
@@ -61,12 +61,125 @@ def check_values(layout: BatchLayout, table: pa.Table, path: str) -> None:
         inner_nulls = arr.flatten().null_count if _is_list(arr) else 0
         if inner_nulls:
             raise DataError(f"{inner_nulls} null ids inside lists", path, role.name)
+    for group in layout.sequences:
+        check_sequence_values(group, table, path)
     if layout.weight is not None:
         arr = _column(table, layout.weight.name)
         if arr.null_count:
             raise DataError(f"{arr.null_count} null weights", path, layout.weight.name)
         if len(arr) and pc.min(arr).as_py() < 0:
             raise DataError("negative weights", path, layout.weight.name)
+
+
+def _list_lengths(arr: pa.Array) -> np.ndarray:
+    """Items per row of a list column, 0 for a null list."""
+    lengths = pc.list_value_length(arr)
+    if lengths.null_count:
+        lengths = pc.fill_null(lengths, 0)
+    return lengths.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def check_sequence_values(group: SequenceLayout, table: pa.Table, path: str) -> None:
+    """Raise DataError (file, column) for a null inside a history list, or a row whose lists in the group differ
+    in length."""
+    roles = group.list_roles()
+    first = None
+    for role in roles:
+        arr = _column(table, role.name)
+        inner_nulls = arr.flatten().null_count
+        if inner_nulls:
+            raise DataError(f"{inner_nulls} null values inside history lists (group {group.group!r})", path,
+                            role.name)
+        lengths = _list_lengths(arr)
+        if first is None:
+            first = lengths
+            continue
+        bad = np.flatnonzero(lengths != first)
+        if len(bad):
+            row = int(bad[0])
+            raise DataError(f"{len(bad)} rows whose list length differs from {roles[0].name}'s in history group "
+                            f"{group.group!r} (first: row {row}, {int(lengths[row])} against {int(first[row])})",
+                            path, role.name)
+
+
+def _recent_first(offsets: np.ndarray, max_length: int, most_recent: str) -> tuple[np.ndarray, np.ndarray]:
+    """(new offsets, positions into the values) keeping each row's max_length most recent items, most recent
+    first."""
+    lengths = np.minimum(offsets[1:] - offsets[:-1], max_length)
+    new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    within = np.arange(int(new_offsets[-1]), dtype=np.int64) - np.repeat(new_offsets[:-1], lengths)
+    if most_recent == "first":
+        positions = np.repeat(offsets[:-1], lengths) + within
+    else:  # the last stored item is the most recent one: read each row backwards from its end
+        positions = np.repeat(offsets[1:] - 1, lengths) - within
+    return new_offsets, positions
+
+
+def _candidate_ids(arr: pa.Array) -> np.ndarray:
+    """One id per row of a candidate column: the scalar, or a list's first id; 0 for a null or an empty list."""
+    if not _is_list(arr):
+        return pc.fill_null(arr, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    offsets, values = _jagged(arr)
+    out = np.zeros(len(arr), dtype=np.int64)
+    has = offsets[1:] > offsets[:-1]
+    out[has] = values[offsets[:-1][has]]
+    return out
+
+
+def sequence_arrays(group: SequenceLayout, table: pa.Table) -> dict[str, np.ndarray]:
+    """One history group of a table: "offsets" [N+1] after keeping the max_length most recent items, then per
+    id column "id:<col>" int64 values, "actions" int64, "continuous" [M, C] float32 (most recent first), and
+    per id column with a candidate "candidate:<col>" [N] int64."""
+    first = _column(table, group.ids[0].name)
+    offsets = np.zeros(len(first) + 1, dtype=np.int64)
+    np.cumsum(_list_lengths(first), out=offsets[1:])
+    new_offsets, positions = _recent_first(offsets, group.max_length, group.most_recent)
+    out: dict[str, np.ndarray] = {"offsets": new_offsets}
+
+    def values(role: ColumnRole, dtype) -> np.ndarray:
+        arr = _column(table, role.name)
+        # The list's own offsets may start past 0 (a sliced table): flatten() gives the values of these rows only.
+        return np.take(arr.flatten().to_numpy(zero_copy_only=False), positions).astype(dtype, copy=False)
+
+    for role in group.ids:
+        out["id:" + role.name] = values(role, np.int64)
+    if group.actions is not None:
+        out["actions"] = values(group.actions, np.int64)
+    if group.continuous:
+        out["continuous"] = np.stack([values(r, np.float32) for r in group.continuous], axis=1)
+    for role, candidate in zip(group.ids, group.candidates):
+        if candidate is not None:
+            out["candidate:" + role.name] = _candidate_ids(_column(table, candidate.name))
+    return out
+
+
+def assemble_sequences(blocks: list[ArrayBlock], rows: np.ndarray, shared: bool) -> dict[str, dict[str, torch.Tensor]]:
+    """The history groups of rows `rows` (indices into the blocks one after another), in output row order: per group
+    "lengths" [n] and "offsets" [n+1] int64, the per-item values concatenated row by row, and the per-row
+    candidate ids."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for group in blocks[0].sequences:
+        parts = [b.sequences[group] for b in blocks]
+        lengths_all = np.concatenate([p["offsets"][1:] - p["offsets"][:-1] for p in parts])
+        starts_all = np.concatenate([p["offsets"][:-1] + shift for p, shift in
+                                     zip(parts, np.cumsum([0] + [int(p["offsets"][-1]) for p in parts[:-1]]))])
+        lengths = lengths_all[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        gather = np.repeat(starts_all[rows] - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
+        fields: dict[str, torch.Tensor] = {"lengths": torch.from_numpy(lengths), "offsets": torch.from_numpy(offsets)}
+        for key in parts[0]:
+            if key == "offsets":
+                continue
+            pooled = np.concatenate([p[key] for p in parts]) if len(parts) > 1 else parts[0][key]
+            source = pooled[rows] if key.startswith("candidate:") else pooled[gather]
+            array, tensor = _empty(source.shape, source.dtype, shared)
+            array[...] = source
+            fields[key] = tensor
+        out[group] = fields
+    return out
 
 
 def null_discrete_counts(layout: BatchLayout, table: pa.Table) -> dict[str, int]:
@@ -128,6 +241,8 @@ class ArrayBlock:
     sparse: list[tuple[np.ndarray, np.ndarray]]  # per sparse column: (offsets [N+1] int64, values int64)
     ids: dict[str, np.ndarray]
     oracle: np.ndarray | None = None  # [N, T] float32 true probabilities, when the layout reads them
+    # History groups (sequence_arrays): {group: {"offsets", "id:<col>", "actions", "continuous", "candidate:<col>"}}
+    sequences: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
@@ -266,6 +381,8 @@ def assemble(blocks: list[ArrayBlock], rows: np.ndarray, batch_size: int, shared
         out.update(_sparse(merged.sparse, rows, batch_size, shared))
     out["ids"] = merged.take_ids(rows)
     out["nonfinite"] = torch.from_numpy(_nonfinite_per_row(out["continuous"].numpy()))
+    if blocks[0].sequences:
+        out["sequences"] = assemble_sequences(blocks, rows, shared)
     return out
 
 
@@ -300,4 +417,5 @@ def to_arrays(layout: BatchLayout, table: pa.Table) -> ArrayBlock:
         sparse=sparse,
         ids={r.name: _column(table, r.name).to_numpy(zero_copy_only=False) for r in layout.ids},
         oracle=stack_columns(table, layout.oracle, np.float32, np.nan) if layout.oracle else None,
+        sequences={group.group: sequence_arrays(group, table) for group in layout.sequences},
     )

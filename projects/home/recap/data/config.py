@@ -34,6 +34,38 @@ class DenseEmbeddingSpec(BaseConfig):
     dim: int = Field(ge=1)
 
 
+class SequenceIdSpec(BaseConfig):
+    """A list<int64> id column of an engagement history, and the candidate's column its ids are compared with (a
+    scalar integer or list<int64> column of the same id space; a list gives its first id, an empty one id 0)."""
+
+    name: str
+    candidate: str | None = None
+
+
+class SequenceGroupSpec(BaseConfig):
+    """A history group: list columns of equal length per row, one item per engagement.
+
+    `most_recent` says which end of the stored lists is the most recent item; batches always hold the `max_length`
+    most recent items, most recent first. A null list is an empty history; a null inside a list is an error."""
+
+    max_length: int = Field(ge=1)
+    most_recent: Literal["first", "last"] = "first"
+    ids: list[SequenceIdSpec] = Field(min_length=1)
+    # A list<int> column of small action types (favorite, reply, ...), ids in [0, model num_actions).
+    actions: str | None = None
+    # list<float> columns of per-item values (e.g. the engagement's age in hours).
+    continuous: list[str] = []
+
+    @field_validator("ids", mode="before")
+    @classmethod
+    def _id_shorthand(cls, value: Any) -> Any:
+        return _columns(value)
+
+    def list_columns(self) -> list[str]:
+        """The group's list columns: ids, then actions, then continuous."""
+        return [c.name for c in self.ids] + ([self.actions] if self.actions else []) + list(self.continuous)
+
+
 class FeatureSchema(BaseConfig):
     """Which parquet columns feed the model, by kind."""
 
@@ -48,6 +80,8 @@ class FeatureSchema(BaseConfig):
     weight: str | None = None
     # Columns copied through to predictions (request id, user id, ...).
     ids: list[str] = []
+    # Engagement histories by group name: list columns per row (model.sequences encodes them).
+    sequences: dict[str, SequenceGroupSpec] = {}
 
     @field_validator("continuous", "binary", "discrete", mode="before")
     @classmethod
@@ -99,7 +133,17 @@ class FeatureSchema(BaseConfig):
         names += list(self.sparse) + [e.name for e in self.embeddings] + list(self.ids)
         if self.weight:
             names.append(self.weight)
+        # A history's candidate columns are usually other features too: only its list columns count here.
+        names += [c for group in self.sequences.values() for c in group.list_columns()]
         return names
+
+    @field_validator("sequences")
+    @classmethod
+    def _group_names(cls, value: dict[str, SequenceGroupSpec]) -> dict[str, SequenceGroupSpec]:
+        bad = [g for g in value if not g.isidentifier()]
+        if bad:
+            raise ValueError(f"sequence group names {bad} must be letters, digits and underscores")
+        return value
 
     @model_validator(mode="after")
     def _unique(self):

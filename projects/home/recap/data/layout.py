@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from projects.home.recap.data.config import DataConfig
 
 # The parts of a RecapBatch a column can feed.
-KINDS = ("continuous", "binary", "discrete", "sparse", "embeddings", "label", "weight", "id", "oracle")
+KINDS = ("continuous", "binary", "discrete", "sparse", "embeddings", "label", "weight", "id", "oracle",
+         "sequence_id", "sequence_action", "sequence_continuous", "candidate")
 # A task's true probability, when the data knows it (synthetic data), is the column ORACLE_PREFIX + its label column.
 ORACLE_PREFIX = "oracle."
 
@@ -28,6 +29,25 @@ class ColumnRole:
 
 
 @dataclass(frozen=True)
+class SequenceLayout:
+    """One history group: its list columns (ids, optional actions, continuous) and each id column's candidate."""
+
+    group: str
+    max_length: int
+    most_recent: str  # "first" or "last": the end of the stored lists holding the most recent item
+    ids: tuple[ColumnRole, ...]
+    actions: ColumnRole | None
+    continuous: tuple[ColumnRole, ...]
+    candidates: tuple[ColumnRole | None, ...]  # per id column
+
+    def list_roles(self) -> tuple[ColumnRole, ...]:
+        return (*self.ids, *((self.actions,) if self.actions else ()), *self.continuous)
+
+    def roles(self) -> list[ColumnRole]:
+        return [*self.list_roles(), *(c for c in self.candidates if c is not None)]
+
+
+@dataclass(frozen=True)
 class BatchLayout:
     """The columns a loader reads, grouped by batch part; labels are in the model's task order."""
 
@@ -44,12 +64,14 @@ class BatchLayout:
     neg_rates: tuple[float, ...]
     # The tasks' oracle.<label> columns in task order (keyed by the task's label key), or () for batches without.
     oracle: tuple[ColumnRole, ...] = ()
+    sequences: tuple[SequenceLayout, ...] = ()
 
     def roles(self) -> list[ColumnRole]:
         """Every column in reading order."""
         out = [*self.continuous, *self.binary, *self.discrete, *self.sparse, *self.embeddings, *self.labels]
         if self.weight is not None:
             out.append(self.weight)
+        out += [r for group in self.sequences for r in group.roles()]
         return out + list(self.ids) + list(self.oracle)
 
     def oracle_candidates(self) -> tuple[ColumnRole, ...]:
@@ -95,4 +117,20 @@ def build_layout(data: DataConfig, tasks: list[str]) -> BatchLayout:
         tasks=tuple(tasks),
         pos_rates=tuple(data.weight_rates(t)[0] for t in tasks),
         neg_rates=tuple(data.weight_rates(t)[1] for t in tasks),
+        sequences=tuple(_sequence_layout(name, group) for name, group in f.sequences.items()),
+    )
+
+
+def _sequence_layout(name: str, group) -> SequenceLayout:
+    key = f"data.features.sequences.{name}"
+    return SequenceLayout(
+        group=name,
+        max_length=group.max_length,
+        most_recent=group.most_recent,
+        ids=tuple(ColumnRole(c.name, "sequence_id", None, f"{key}.ids[{i}]") for i, c in enumerate(group.ids)),
+        actions=ColumnRole(group.actions, "sequence_action", None, f"{key}.actions") if group.actions else None,
+        continuous=tuple(ColumnRole(c, "sequence_continuous", None, f"{key}.continuous[{i}]")
+                         for i, c in enumerate(group.continuous)),
+        candidates=tuple(ColumnRole(c.candidate, "candidate", None, f"{key}.ids[{i}].candidate")
+                         if c.candidate else None for i, c in enumerate(group.ids)),
     )

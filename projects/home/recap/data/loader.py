@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from common.batch import RecapBatch
 from core.log import get_logger
@@ -199,10 +198,15 @@ def split_batches(chunk: dict, batch_size: int, sparse_keys: list[str]) -> Itera
     k = len(sparse_keys)
     bounds = chunk["sparse_value_bounds"].tolist() if k else None
     oracle = chunk.get("oracle")
+    sequences = chunk.get("sequences") or {}
+    offsets = {group: fields["offsets"].tolist() for group, fields in sequences.items()}
     for j, a in enumerate(range(0, n, batch_size)):
         b = min(a + batch_size, n)
         sparse = None
         if k:
+            # torchrec only for data with sparse columns: dense-only data loads without it.
+            from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
             # The chunk holds each batch's ids and lengths in KeyedJaggedTensor order: both are plain slices.
             sparse = KeyedJaggedTensor(keys=sparse_keys, values=chunk["sparse_values"][bounds[j] : bounds[j + 1]],
                                        lengths=chunk["sparse_lengths"][k * a : k * b], stride=b - a)
@@ -216,8 +220,20 @@ def split_batches(chunk: dict, batch_size: int, sparse_keys: list[str]) -> Itera
             weights=chunk["weights"][a:b],
             ids={name: v[a:b] for name, v in chunk["ids"].items()},
             oracle=None if oracle is None else oracle[a:b],
+            sequences={group: _sequence_slice(fields, offsets[group], a, b) for group, fields in sequences.items()},
         )
         yield batch, int(nonfinite[b] - nonfinite[a])
+
+
+def _sequence_slice(fields: dict[str, torch.Tensor], offsets: list[int], a: int, b: int) -> dict[str, torch.Tensor]:
+    """Rows a..b of a history group: per-row lengths and candidate ids, and the rows' items (views, no copies)."""
+    out = {}
+    for key, tensor in fields.items():
+        if key == "offsets":
+            continue
+        per_row = key == "lengths" or key.startswith("candidate:")
+        out[key] = tensor[a:b] if per_row else tensor[offsets[a] : offsets[b]]
+    return out
 
 
 _END = object()

@@ -35,6 +35,7 @@ from projects.home.recap.data.columns import (
     _nonfinite_per_row,
     _row_view,
     _sparse,
+    assemble_sequences,
     stack_columns,
 )
 from projects.home.recap.data.errors import DataError
@@ -61,6 +62,10 @@ CONVERSIONS: dict[str, tuple[str, float] | None] = {
     "oracle": ("float32", math.nan),
     "sparse": None,
     "id": None,
+    "sequence_id": None,
+    "sequence_action": None,
+    "sequence_continuous": None,
+    "candidate": None,
 }
 
 
@@ -328,4 +333,6 @@ def assemble(blocks: list[ArrayBlock], rows: np.ndarray, batch_size: int, shared
         out.update(_sparse(merged.sparse, rows, batch_size, shared))
     out["ids"] = merged.take_ids(rows)
     out["nonfinite"] = torch.from_numpy(_nonfinite_per_row(out["continuous"].numpy()))
+    if blocks[0].sequences:
+        out["sequences"] = assemble_sequences(blocks, rows, shared)
     return out

@@ -40,7 +40,12 @@ _VALUE_CHECKS = {
     "label": (_is_number, "0/1 numbers or booleans"),
     "weight": (lambda t: pa.types.is_integer(t) or pa.types.is_floating(t), "numbers"),
     "oracle": (pa.types.is_floating, "floats (probabilities)"),
+    "sequence_id": (pa.types.is_integer, "integer ids"),
+    "sequence_action": (pa.types.is_integer, "integer action types"),
+    "sequence_continuous": (_is_number, "numbers"),
+    "candidate": (pa.types.is_integer, "integer ids"),
 }
+_SEQUENCE_KINDS = ("sequence_id", "sequence_action", "sequence_continuous")
 
 
 def check_column_type(role: ColumnRole, dtype: pa.DataType) -> str | None:
@@ -48,9 +53,13 @@ def check_column_type(role: ColumnRole, dtype: pa.DataType) -> str | None:
     if role.kind == "id":
         return None
     is_value, wanted = _VALUE_CHECKS[role.kind]
-    if role.kind == "sparse":
+    if role.kind in ("sparse", "candidate"):
         inner = dtype.value_type if _is_list(dtype) else dtype
-        return None if is_value(inner) else f"type {dtype} cannot hold sparse ids: need list<int64> or int64"
+        return None if is_value(inner) else f"type {dtype} cannot hold {role.kind} ids: need list<int64> or int64"
+    if role.kind in _SEQUENCE_KINDS:
+        if not _is_list(dtype) or pa.types.is_fixed_size_list(dtype):
+            return f"type {dtype} is not a variable-length list; {role.key} is a history column (list per row)"
+        return None if is_value(dtype.value_type) else f"type {dtype} does not hold {wanted}"
     if role.length is None:
         if _is_list(dtype):
             return f"type {dtype} is a list column but {role.key} declares a scalar column (set its length)"

@@ -229,6 +229,57 @@ class MixtureConfig(BaseConfig):
     num_shared_experts: int | None = Field(default=None, ge=0)
 
 
+class HistoryTableConfig(BaseConfig):
+    """The embedding table of one history id column, shared with its candidate column's ids."""
+
+    num_embeddings: int = Field(ge=1)
+    id_transform: Literal["mod", "hash"] = "hash"
+
+
+class PoolingEncoderConfig(BaseConfig):
+    """Masked sum or mean of the item tokens."""
+
+    mode: Literal["sum", "mean"] = "mean"
+
+
+class TargetAttentionConfig(BaseConfig):
+    """DIN: an MLP over [e_j, c, e_j - c, e_j * c] weighs each item; softmax-normalised weights optional."""
+
+    hidden_dims: list[int] = [64, 32]
+    activation: Activation = "relu"
+    softmax: bool = False
+
+
+class TransformerEncoderConfig(BaseConfig):
+    """Pre-norm self-attention over [history, candidate] with candidate isolation (common/sequence_encoders.py)."""
+
+    num_layers: int = Field(default=2, ge=1)
+    num_heads: int = Field(default=2, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    positions: Literal["learned", "rotary", "none"] = "learned"
+    causal: bool = False
+    ffn_multiplier: int = Field(default=4, ge=1)
+
+
+class HistoryEncoderConfig(BaseConfig):
+    exactly_one_of = (("pooling", "target_attention", "transformer"),)
+
+    pooling: PoolingEncoderConfig | None = None
+    target_attention: TargetAttentionConfig | None = None
+    transformer: TransformerEncoderConfig | None = None
+
+
+class SequenceModelConfig(BaseConfig):
+    """How one data.features.sequences group is encoded: token width, a table per id column, the action types and
+    the encoder. The group's [encoder output, candidate token] (2 * embedding_dim values) joins the model input."""
+
+    embedding_dim: int = Field(default=32, ge=1)
+    tables: dict[str, HistoryTableConfig] = Field(min_length=1)
+    # Action types of the group's actions column (ids 0..num_actions-1); the candidate's token uses one more.
+    num_actions: int | None = Field(default=None, ge=1)
+    encoder: HistoryEncoderConfig
+
+
 class ScoringConfig(BaseConfig):
     """The ranking score: score = sum_t weights[t] * calibrated probability of task t (tasks not named weigh 0;
     negative weights rank down, e.g. reports and negative feedback)."""
@@ -259,6 +310,8 @@ class ModelConfig(BaseConfig):
     tasks: dict[str, TaskModelConfig] = Field(min_length=1)
     # One ranking score from the task probabilities, in the model outputs, `recap predict` and the serving export.
     scoring: ScoringConfig | None = None
+    # Engagement-history encoders, one per data.features.sequences group.
+    sequences: dict[str, SequenceModelConfig] = {}
 
     @model_validator(mode="after")
     def _scoring_names_tasks(self):

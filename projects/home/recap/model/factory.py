@@ -10,9 +10,11 @@ from common.dcn import Dcn
 from common.embeddings import DenseEmbeddingNorm, PositionDebias, SmallEmbeddings
 from common.expert_mixtures import PLE, MMoE
 from common.featurization import ClipLog1pAbs, DoubleNormLog, Log1pAbs, ZScoreLog
+from common.history import HistoryEncoder, HistoryTokens
 from common.mask_net import MaskBlockSpec, MaskNet
 from common.mlp import MlpSpec
 from common.numeric_embeddings import NumericEmbeddings
+from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention
 from common.sparse_embeddings import (
     LargeTableSpec,
     SparseIdTransform,
@@ -93,6 +95,37 @@ def build_mixture(model: ModelConfig, in_features: int) -> nn.Module:
     if model.multi_task_type == "mmoe":
         return MMoE(in_features, tasks, m.num_experts, make_expert)
     return PLE(in_features, tasks, m.num_levels, m.num_task_experts, m.num_shared_experts, make_expert)
+
+
+def build_histories(config: RecapConfig) -> nn.ModuleDict | None:
+    """One HistoryEncoder per data.features.sequences group (common/history.py), or None without groups."""
+    groups = config.data.features.sequences
+    if not groups:
+        return None
+    encoders = {}
+    for name, group in groups.items():
+        spec = config.model.sequences[name]
+        dim = spec.embedding_dim
+        tokens = HistoryTokens(
+            dim,
+            {c.name: (spec.tables[c.name].num_embeddings, spec.tables[c.name].id_transform == "hash")
+             for c in group.ids},
+            spec.num_actions,
+            len(group.continuous),
+        )
+        encoder = spec.encoder
+        if encoder.pooling is not None:
+            module: nn.Module = HistoryPooling(encoder.pooling.mode, dim)
+        elif encoder.target_attention is not None:
+            t = encoder.target_attention
+            module = TargetAttention(dim, t.hidden_dims, t.activation, t.softmax)
+        else:
+            t = encoder.transformer
+            assert t is not None  # HistoryEncoderConfig validates exactly one encoder
+            module = CandidateIsolatedTransformer(dim, t.num_layers, t.num_heads, t.dropout, t.positions,
+                                                  group.max_length, t.causal, t.ffn_multiplier)
+        encoders[name] = HistoryEncoder(name, tokens, module)
+    return nn.ModuleDict(encoders)
 
 
 def build_featurizer(config: FeaturizationConfig, schema: FeatureSchema) -> nn.Module:
@@ -179,8 +212,9 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
     )
     tables = large_table_specs(config)
     pooled_dim = pooled_embedding_dim(tables)
+    histories = build_histories(config)
     in_features = DenseRankingModel.input_dim(
-        featurizer, dense_embeddings, small_embeddings, position_debias, pooled_dim, numeric_embeddings
+        featurizer, dense_embeddings, small_embeddings, position_debias, pooled_dim, numeric_embeddings, histories
     )
     if in_features == 0:
         raise ValueError("the model has no input features: data.features and model embeddings are all empty")
@@ -215,6 +249,8 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
             numeric_embeddings=numeric_embeddings,
             mixture=mixture,
             score_weights=model.score_weights(),
+            histories=histories,
+            history_lengths={name: g.max_length for name, g in config.data.features.sequences.items()},
         )
     except KeyError as exc:
         raise ValueError(

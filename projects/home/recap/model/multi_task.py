@@ -7,16 +7,19 @@ can be exported with torch.export (or scripted) for serving.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from common.batch import RecapBatch
 from common.calibration import calibrate_logits
+from common.history import padded_history
 from common.sparse_embeddings import SparseIdTransform
+
+if TYPE_CHECKING:  # only the sparse lookup needs torchrec: DenseRankingModel runs without it
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 MultiTaskType = Literal["share_none", "share_all", "share_partial", "mmoe", "ple"]
 
@@ -75,6 +78,8 @@ class DenseRankingModel(nn.Module):
         numeric_embeddings: nn.Module | None = None,
         mixture: nn.Module | None = None,
         score_weights: list[float] | None = None,
+        histories: nn.ModuleDict | None = None,
+        history_lengths: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         mixed = multi_task_type in ("mmoe", "ple")
@@ -94,6 +99,12 @@ class DenseRankingModel(nn.Module):
         self.small_embeddings = small_embeddings
         self.position_debias = position_debias
         self.pooled_sparse_dim = pooled_sparse_dim
+        # Engagement-history encoders by group (common/history.py); each adds [encoded, candidate token].
+        self.histories = histories
+        self.history_lengths = dict(history_lengths or {})
+        if histories is not None and set(self.history_lengths) != set(histories.keys()):
+            raise ValueError(f"history_lengths {sorted(self.history_lengths)} must name the history groups "
+                             f"{sorted(histories.keys())}")
         self.backbone = backbone
         # MMoE or PLE (common/expert_mixtures.py): one mixture of experts per task, read by that task's tower.
         self.mixture = mixture
@@ -133,9 +144,11 @@ class DenseRankingModel(nn.Module):
         position_debias: nn.Module | None,
         pooled_sparse_dim: int,
         numeric_embeddings: nn.Module | None = None,
+        histories: nn.ModuleDict | None = None,
     ) -> int:
         """Width of the concatenated input features."""
         parts = [featurizer, numeric_embeddings, dense_embeddings, small_embeddings, position_debias]
+        parts += list(histories.values()) if histories is not None else []
         return sum(p.output_dim for p in parts if p is not None) + pooled_sparse_dim
 
     __jit_unused_properties__ = ["input_width", "output_names"]
@@ -144,7 +157,7 @@ class DenseRankingModel(nn.Module):
     def input_width(self) -> int:
         """Width of this model's concatenated input features."""
         return self.input_dim(self.featurizer, self.dense_embeddings, self.small_embeddings, self.position_debias,
-                              self.pooled_sparse_dim, self.numeric_embeddings)
+                              self.pooled_sparse_dim, self.numeric_embeddings, self.histories)
 
     def forward(
         self,
@@ -153,6 +166,7 @@ class DenseRankingModel(nn.Module):
         discrete: torch.Tensor,
         embeddings: torch.Tensor,
         pooled_sparse: torch.Tensor,
+        histories: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         parts = [self.featurizer(continuous, binary)]
         if self.numeric_embeddings is not None:
@@ -165,6 +179,11 @@ class DenseRankingModel(nn.Module):
             parts.append(self.position_debias(discrete))
         if self.pooled_sparse_dim > 0:
             parts.append(pooled_sparse.float())
+        if self.histories is not None:
+            if histories is None:
+                raise ValueError(f"the model encodes the histories {list(self.history_lengths)}: pass histories")
+            for encoder in self.histories.values():
+                parts.append(encoder(histories))
         x = torch.cat(parts, dim=1)
         if self.backbone is not None:
             shared = self.backbone(x)["output"]
@@ -234,11 +253,27 @@ class MultiTaskRankingModel(nn.Module):
             raise ValueError(
                 f"the model has large embeddings for {self.id_transform.feature_names} but batch.sparse is None"
             )
+        from torchrec.sparse.jagged_tensor import KeyedTensor
+
         pooled = self.large_embeddings(self.id_transform(sparse))
         # A sharded collection orders its output by sharding plan, not by table config: regroup by feature name so
         # the dense part sees the same columns whatever the world size.
         return KeyedTensor.regroup([pooled], [list(self.id_transform.feature_names)])[0]
 
+    def padded_histories(self, batch: RecapBatch) -> dict[str, torch.Tensor] | None:
+        """The batch's jagged history groups padded to their max_length on the batch's device (common/history.py)."""
+        lengths = self.dense.history_lengths
+        if not lengths:
+            return None
+        missing = [g for g in lengths if g not in batch.sequences]
+        if missing:
+            raise ValueError(f"the model encodes the histories {missing}, which the batch does not carry")
+        out: dict[str, torch.Tensor] = {}
+        for group, max_length in lengths.items():
+            out.update(padded_history(batch.sequences[group], max_length, group + "/"))
+        return out
+
     def forward(self, batch: RecapBatch) -> dict[str, torch.Tensor]:
         pooled = self.embed_sparse(batch.sparse, batch.batch_size)
-        return self.dense(batch.continuous, batch.binary, batch.discrete, batch.embeddings, pooled)
+        return self.dense(batch.continuous, batch.binary, batch.discrete, batch.embeddings, pooled,
+                          self.padded_histories(batch))

@@ -36,4 +36,25 @@ def random_batch(
     num_tasks = len(config.model.tasks)
     labels = (torch.rand(b, num_tasks, generator=g) < 0.2).float()
     weights = torch.ones(b, num_tasks)
-    return RecapBatch(continuous, binary, discrete, sparse, embeddings, labels, weights)
+    sequences = {name: random_history(group, b, g, id_range) for name, group in schema.sequences.items()}
+    return RecapBatch(continuous, binary, discrete, sparse, embeddings, labels, weights, sequences=sequences)
+
+
+def random_history(group, batch_size: int, generator: torch.Generator | None = None, id_range: int = 1 << 40,
+                   num_actions: int = 4) -> dict[str, torch.Tensor]:
+    """A jagged history group as the loader gives it: 0..max_length items per row (some rows empty), raw ids,
+    action types in [0, num_actions), continuous ages, and a candidate id per id column that has one."""
+    g = generator
+    lengths = torch.randint(0, group.max_length + 1, (batch_size,), generator=g)
+    lengths[:: 4] = 0
+    n = int(lengths.sum())
+    out = {"lengths": lengths}
+    for column in group.ids:
+        out["id:" + column.name] = torch.randint(-id_range, id_range, (n,), generator=g)
+        if column.candidate:
+            out["candidate:" + column.name] = torch.randint(-id_range, id_range, (batch_size,), generator=g)
+    if group.actions:
+        out["actions"] = torch.randint(0, num_actions, (n,), generator=g)
+    if group.continuous:
+        out["continuous"] = torch.rand(n, len(group.continuous), generator=g) * 100
+    return out

@@ -1,6 +1,8 @@
 """MultiTaskRankingModel: every sharing mode x tower type runs forward and backward; exportable dense part;
 calibration from the sampling rates; bf16 autocast; eval mode; parameter groups; sparse ids of any value."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -361,3 +363,78 @@ def test_mixture_gate_weights_are_outputs_named_by_task(make_config, sharing, ga
     for key, experts in gates.items():
         assert out[key].shape == (8, experts), key
         torch.testing.assert_close(out[key].sum(dim=1), torch.ones(8))
+
+
+def _history_config(make_config, encoder: dict, sharing: str = "share_all"):
+    section = _model_section(sharing, "mlp")
+    section["sequences"] = {"history": {
+        "embedding_dim": 8, "num_actions": 4, "encoder": encoder,
+        "tables": {"hist_author": {"num_embeddings": 50}, "hist_tag": {"num_embeddings": 30, "id_transform": "mod"}},
+    }}
+    group = {"max_length": 6, "ids": [{"name": "hist_author", "candidate": "user_id"}, "hist_tag"],
+             "actions": "hist_action", "continuous": ["hist_age"]}
+    return make_config(section, overrides=[f"data.features.sequences={{history: {group}}}"])
+
+
+ENCODERS = {
+    "pooling": {"pooling": {"mode": "mean"}},
+    "target_attention": {"target_attention": {"hidden_dims": [8], "softmax": True}},
+    "transformer": {"transformer": {"num_layers": 2, "num_heads": 2, "positions": "rotary", "causal": True}},
+}
+
+
+@pytest.mark.parametrize("sharing", ["share_all", "mmoe"])
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+def test_history_encoders_join_the_model_input_and_learn(make_config, encoder, sharing):
+    torch.manual_seed(0)
+    config = _history_config(make_config, ENCODERS[encoder], sharing)
+    model_and_loss = build_model_and_loss(config)
+    dense = model_and_loss.model.dense
+    assert list(dense.histories) == ["history"] and dense.histories["history"].output_dim == 16
+    batch = random_batch(config, 12, torch.Generator().manual_seed(3))
+    assert batch.sequences["history"]["lengths"].max() <= 6
+    loss, out = model_and_loss(batch)
+    assert out["logits"].shape == (12, 2)
+    loss.backward()
+    history = dense.histories["history"]
+    for name, param in history.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    # The history moves the scores: other histories, other predictions.
+    other = random_batch(config, 12, torch.Generator().manual_seed(4))
+    changed = dataclasses.replace(batch, sequences=other.sequences)
+    model_and_loss.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model_and_loss(batch)[1]["logits"], model_and_loss(changed)[1]["logits"])
+
+
+def test_history_padding_and_candidate_come_from_the_batch(make_config):
+    from common.history import pad_jagged
+
+    values = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    padded = pad_jagged(values, torch.tensor([2, 0, 1, 1]), 3)
+    assert padded[..., 0].tolist() == [[1, 2, 0], [0, 0, 0], [3, 0, 0], [4, 0, 0]]
+    config = _history_config(make_config, ENCODERS["pooling"])
+    model = build_model(config)
+    batch = random_batch(config, 5, torch.Generator().manual_seed(1))
+    inputs = model.padded_histories(batch)
+    assert inputs["history/mask"].sum(1).tolist() == batch.sequences["history"]["lengths"].tolist()
+    assert inputs["history/continuous"].shape == (5, 6, 1) and inputs["history/candidate:hist_author"].shape == (5,)
+    # A row whose items are all padding pools to 0, its candidate token stays.
+    encoded = model.dense.histories["history"](inputs)
+    empty = batch.sequences["history"]["lengths"] == 0
+    assert empty.any() and encoded[empty, :8].abs().sum() == 0 and encoded[empty, 8:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model.sequences": "{}"}, "has no model.sequences.history"),
+    ({"model.sequences.history.tables": "{hist_author: {num_embeddings: 5}}"}, "must name exactly the group's id"),
+    ({"model.sequences.history.num_actions": "null"}, "num_actions is needed"),
+    ({"model.sequences.history.encoder": "{transformer: {num_heads: 3}}"}, "not a multiple of"),
+])
+def test_history_settings_are_checked(make_config, change, message):
+    from core.config import ConfigError, load_config
+    from projects.home.recap.schema import RecapConfig
+
+    data = _history_config(make_config, ENCODERS["pooling"]).model_dump(mode="json")
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, RecapConfig, [f"{k}={v}" for k, v in change.items()], data=data)

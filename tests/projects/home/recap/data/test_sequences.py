@@ -1,0 +1,139 @@
+"""History groups in the loader: jagged per-row lists kept to the max_length most recent items (most recent first,
+whichever end the file stores them at), candidate ids, the same rows whatever the shuffling, workers or prepared
+layout, and named errors for unequal lengths, nulls inside lists and wrong types."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from projects.home.recap.data.config import DatasetConfig
+from projects.home.recap.data.errors import DataError
+from projects.home.recap.data.loader import RecapDataLoader
+
+from .conftest import data_config, write_rows
+
+N = 40
+
+
+def history(rid: int) -> list[int]:
+    """Row r's stored history: r % 6 items (row 5k+1 has a null list), oldest first: 100r+0, 100r+1, ..."""
+    return [100 * rid + j for j in range(rid % 6)]
+
+
+def history_columns(start: int, n: int) -> dict:
+    rows = [history(r) for r in range(start, start + n)]
+    null = [r % 5 == 1 for r in range(start, start + n)]
+    def lists(fn, kind):
+        return pa.array([None if z else [fn(v) for v in h] for h, z in zip(rows, null)], type=pa.list_(kind))
+    return {
+        "hist_author": lists(lambda v: v, pa.int64()),
+        "hist_action": lists(lambda v: v % 4, pa.int32()),
+        "hist_age": lists(lambda v: float(v % 100) * 0.5, pa.float32()),
+        "author": pa.array(np.arange(start, start + n) * 7, type=pa.int64()),
+    }
+
+
+def sequence_config(paths, most_recent="last", max_length=3, **extra):
+    config = data_config(paths, **extra).model_dump()
+    config["features"]["sequences"] = {"hist": {
+        "max_length": max_length, "most_recent": most_recent,
+        "ids": [{"name": "hist_author", "candidate": "author"}], "actions": "hist_action",
+        "continuous": ["hist_age"]}}
+    return type(data_config(paths)).model_validate(config)
+
+
+@pytest.fixture
+def files(tmp_path):
+    out = []
+    for i, start in enumerate((0, N // 2)):
+        path = tmp_path / f"part-{i}.parquet"
+        write_rows(path, start, N // 2, row_group_size=7, **history_columns(start, N // 2))
+        out.append(str(path))
+    return out
+
+
+def expected(rid: int, most_recent: str, max_length: int) -> list[int]:
+    items = [] if rid % 5 == 1 else history(rid)
+    if most_recent == "last":
+        items = items[::-1]
+    return items[:max_length]
+
+
+def rows_of(loader) -> dict[int, tuple]:
+    out = {}
+    for batch in loader:
+        group = batch.sequences["hist"]
+        lengths = group["lengths"].tolist()
+        assert group["id:hist_author"].shape == (sum(lengths),) and group["continuous"].shape == (sum(lengths), 1)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        for i, rid in enumerate(batch.ids["row_id"].tolist()):
+            a, b = offsets[i], offsets[i + 1]
+            out[rid] = (group["id:hist_author"][a:b].tolist(), group["actions"][a:b].tolist(),
+                        group["continuous"][a:b, 0].tolist(), int(group["candidate:hist_author"][i]))
+    return out
+
+
+@pytest.mark.parametrize("most_recent", ["first", "last"])
+def test_each_row_gets_its_most_recent_items_first(files, most_recent):
+    config = sequence_config(files, most_recent=most_recent)
+    got = rows_of(RecapDataLoader(config, DatasetConfig(paths=files), ["a", "b"], "eval", batch_size=6))
+    assert sorted(got) == list(range(N))
+    for rid, (authors, actions, ages, candidate) in got.items():
+        want = expected(rid, most_recent, 3)
+        assert authors == want, rid
+        assert actions == [v % 4 for v in want] and ages == [float(v % 100) * 0.5 for v in want]
+        assert candidate == 7 * rid
+
+
+def test_train_mode_with_workers_keeps_each_row_with_its_history(files):
+    config = sequence_config(files)
+    loader = RecapDataLoader(config, DatasetConfig(paths=files), ["a", "b"], "train", batch_size=5, num_workers=1)
+    got = rows_of(loader)
+    assert len(got) == N
+    for rid, (authors, _, _, candidate) in got.items():
+        assert authors == expected(rid, "last", 3) and candidate == 7 * rid
+
+
+def _write(tmp_path, **columns):
+    path = tmp_path / "bad.parquet"
+    write_rows(path, 0, 6, row_group_size=6, **{**history_columns(0, 6), **columns})
+    return [str(path)]
+
+
+def test_unequal_lengths_nulls_inside_lists_and_wrong_types_are_named(tmp_path):
+    ragged = pa.array([[1], [2, 3], [], [4], [5], [6]], type=pa.list_(pa.int32()))
+    paths = _write(tmp_path, hist_action=ragged)
+    loader = RecapDataLoader(sequence_config(paths), DatasetConfig(paths=paths), ["a", "b"], "eval")
+    with pytest.raises(DataError, match=r"hist_action.*rows whose list length differs from hist_author's"):
+        list(loader)
+    holes = pa.array([[1], [2, None], [], [], [], []], type=pa.list_(pa.int64()))
+    paths = _write(tmp_path, hist_author=holes)
+    loader = RecapDataLoader(sequence_config(paths), DatasetConfig(paths=paths), ["a", "b"], "eval")
+    with pytest.raises(DataError, match=r"hist_author.*1 null values inside history lists"):
+        list(loader)
+    words = pa.array([["x"]] * 6, type=pa.list_(pa.string()))
+    paths = _write(tmp_path, hist_author=words)
+    with pytest.raises(DataError, match=r"hist_author.*does not hold integer ids"):
+        RecapDataLoader(sequence_config(paths), DatasetConfig(paths=paths), ["a", "b"], "eval")
+    paths = _write(tmp_path, hist_age=pa.array(np.ones(6)))
+    with pytest.raises(DataError, match=r"hist_age.*not a variable-length list"):
+        RecapDataLoader(sequence_config(paths), DatasetConfig(paths=paths), ["a", "b"], "eval")
+
+
+def test_prepared_data_gives_the_same_histories(files, tmp_path):
+    from projects.home.recap.commands.data_prepare import prepare
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for f in files:
+        (source / f.rsplit("/", 1)[1]).write_bytes(open(f, "rb").read())
+    config = sequence_config([str(source)])
+    prepare(config, str(source), str(tmp_path / "prepared"))
+    loaders = [RecapDataLoader(config, DatasetConfig(paths=[str(p)]), ["a", "b"], "train", batch_size=5)
+               for p in (source, tmp_path / "prepared")]
+    batches = [list(loader) for loader in loaders]
+    assert len(batches[0]) == len(batches[1]) == N // 5
+    for a, b in zip(*batches):
+        assert a.ids["row_id"].tolist() == b.ids["row_id"].tolist()
+        for key, tensor in a.sequences["hist"].items():
+            assert tensor.equal(b.sequences["hist"][key]), key

@@ -23,12 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchrec.modules.embedding_configs import pooling_type_to_str
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from common.batch import RecapBatch
 from common.calibration import log_ratio
+from common.history import padded_history
 from common.sparse_embeddings import HASH_MULTIPLIER  # re-exported for metadata and tests
 from projects.home.recap.model.multi_task import MultiTaskRankingModel
 from projects.home.recap.schema import RecapConfig
@@ -72,7 +70,12 @@ def _check_model(model: MultiTaskRankingModel) -> None:
     elsewhere = [f"{name} ({t.device})" for name, t in tensors if t.device.type != "cpu"]
     if elsewhere:
         raise ExportError(f"export needs the model on CPU; {elsewhere[:3]} are not; call model.cpu() first")
-    if model.large_embeddings is not None and type(model.large_embeddings) is not EmbeddingBagCollection:
+    if model.large_embeddings is None:
+        return
+    # torchrec only where there are tables: a model without them exports without torchrec installed.
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    if type(model.large_embeddings) is not EmbeddingBagCollection:
         raise ExportError(
             f"large_embeddings is a {type(model.large_embeddings).__name__}; export needs the unsharded torchrec "
             "EmbeddingBagCollection with every table fully on this process"
@@ -85,6 +88,8 @@ def build_serving_model(model: MultiTaskRankingModel) -> ServingRanker:
     ebc = model.large_embeddings
     if ebc is None:
         return ServingRanker(model.dense, {}, [])
+    from torchrec.modules.embedding_configs import pooling_type_to_str
+
     if ebc.is_weighted():
         raise ExportError("large_embeddings is a weighted EmbeddingBagCollection, which serving does not support")
     transform = model.id_transform
@@ -159,29 +164,59 @@ def _example_inputs(config: RecapConfig, features: list[ServedSparseFeature], ba
         row[1] += total - int(row.sum())
         lengths.append(row)
         values.append(torch.randint(-(1 << 62), 1 << 62, (total,), generator=g))
-    return continuous, binary, discrete, embeddings, values, lengths
+    if not schema.sequences:
+        return continuous, binary, discrete, embeddings, values, lengths
+    from projects.home.recap.model.synthetic_batch import random_history
+
+    histories: dict[str, torch.Tensor] = {}
+    for name, group in schema.sequences.items():
+        jagged = random_history(group, b, g, num_actions=config.model.sequences[name].num_actions or 1)
+        histories.update(padded_history(jagged, group.max_length, name + "/"))
+    return continuous, binary, discrete, embeddings, values, lengths, histories
 
 
-def _dynamic_shapes(num_features: int) -> tuple:
+def _dynamic_shapes(num_features: int, history_inputs: list[str] | None = None) -> tuple:
     batch = torch.export.Dim("batch", min=1)
     ids = [{0: torch.export.Dim(f"num_ids_{i}", min=0)} for i in range(num_features)]
-    return ({0: batch}, {0: batch}, {0: batch}, {0: batch}, ids, [{0: batch} for _ in range(num_features)])
+    shapes = ({0: batch}, {0: batch}, {0: batch}, {0: batch}, ids, [{0: batch} for _ in range(num_features)])
+    # Histories come padded to max_length: only the batch size varies.
+    return shapes if not history_inputs else (*shapes, {key: {0: batch} for key in history_inputs})
 
 
-def _as_batch(inputs: tuple, feature_names: list[str], num_tasks: int) -> RecapBatch:
-    continuous, binary, discrete, embeddings, values, lengths = inputs
+def _jagged_histories(histories: dict[str, torch.Tensor], groups: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """Padded serving histories back in the batch's jagged form."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for group in groups:
+        prefix = group + "/"
+        mask = histories[prefix + "mask"]
+        fields = {"lengths": mask.sum(dim=1)}
+        for key, tensor in histories.items():
+            if key.startswith(prefix) and key != prefix + "mask":
+                name = key[len(prefix):]
+                fields[name] = tensor if name.startswith("candidate:") else tensor[mask]
+        out[group] = fields
+    return out
+
+
+def _as_batch(inputs: tuple, feature_names: list[str], num_tasks: int, groups: list[str]) -> RecapBatch:
+    continuous, binary, discrete, embeddings, values, lengths = inputs[:6]
+    sequences = _jagged_histories(inputs[6], groups) if len(inputs) > 6 else {}
     b = continuous.shape[0]
     sparse = None
     if feature_names:
+        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
         sparse = KeyedJaggedTensor(keys=feature_names, values=torch.cat(values), lengths=torch.cat(lengths))
     return RecapBatch(
-        continuous, binary, discrete, sparse, embeddings, torch.zeros(b, num_tasks), torch.ones(b, num_tasks)
+        continuous, binary, discrete, sparse, embeddings, torch.zeros(b, num_tasks), torch.ones(b, num_tasks),
+        sequences=sequences,
     )
 
 
 def _check_agreement(model: MultiTaskRankingModel, program: torch.nn.Module, inputs: tuple, features) -> None:
     with torch.no_grad():
-        expected = model(_as_batch(inputs, [f.name for f in features], len(model.task_names)))
+        expected = model(_as_batch(inputs, [f.name for f in features], len(model.task_names),
+                                   list(model.dense.history_lengths)))
         got = program(*inputs)
     for key in _outputs(model):
         diff = (got[key] - expected[key]).abs().max().item()
@@ -256,6 +291,9 @@ def serving_metadata(
     # Lists with one tensor per feature, in `features` order.
     inputs.append({"name": "sparse_values", "dtype": "int64", "features": names, "shape_per_feature": ["num_ids"]})
     inputs.append({"name": "sparse_lengths", "dtype": "int64", "features": names, "shape_per_feature": ["batch"]})
+    if schema.sequences:
+        inputs.append({"name": "histories", "groups": {name: _history_spec(name, group)
+                                                       for name, group in schema.sequences.items()}})
     position = config.model.position_debias
     return {
         "format": FORMAT,
@@ -294,6 +332,27 @@ def serving_metadata(
     }
 
 
+def _history_spec(name: str, group) -> dict[str, Any]:
+    """metadata.json's description of one history group's padded inputs."""
+    length = group.max_length
+    tensors = {f"{name}/mask": {"dtype": "bool", "shape": ["batch", length]}}
+    columns: dict[str, str] = {}
+    for column in group.ids:
+        tensors[f"{name}/id:{column.name}"] = {"dtype": "int64", "shape": ["batch", length]}
+        columns[f"{name}/id:{column.name}"] = column.name
+    if group.actions:
+        tensors[f"{name}/actions"] = {"dtype": "int64", "shape": ["batch", length]}
+        columns[f"{name}/actions"] = group.actions
+    if group.continuous:
+        tensors[f"{name}/continuous"] = {"dtype": "float32", "shape": ["batch", length, len(group.continuous)],
+                                         "columns": list(group.continuous)}
+    for column in group.ids:
+        if column.candidate:
+            tensors[f"{name}/candidate:{column.name}"] = {"dtype": "int64", "shape": ["batch"]}
+            columns[f"{name}/candidate:{column.name}"] = column.candidate
+    return {"max_length": length, "most_recent": group.most_recent, "tensors": tensors, "columns": columns}
+
+
 def _readme(metadata: dict[str, Any]) -> str:
     """The artifact's README.md: this model's inputs and outputs and a torch-only scoring snippet."""
     rows = []
@@ -301,6 +360,10 @@ def _readme(metadata: dict[str, Any]) -> str:
         if "columns" in spec:
             cols = ", ".join(c["name"] + (f"[{c['length']}]" if c["length"] else "") for c in spec["columns"])
             rows.append(f"| `{spec['name']}` | {spec['dtype']} [batch, {spec['shape'][1]}] | {cols or '(none)'} |")
+        elif "groups" in spec:
+            groups = "; ".join(f"{g}: {len(v['tensors'])} tensors padded to {v['max_length']} items"
+                               for g, v in spec["groups"].items())
+            rows.append(f"| `{spec['name']}` | dict of tensors, most recent item first | {groups} |")
         else:
             rows.append(f"| `{spec['name']}` | list of {spec['dtype']} tensors | {', '.join(spec['features']) or '(none)'} |")
     sparse = "\n".join(
@@ -378,7 +441,8 @@ def export_serving_artifact(
     model.eval()
     serving.eval()
     try:
-        program = torch.export.export(serving, inputs, dynamic_shapes=_dynamic_shapes(len(features)))
+        history_inputs = list(inputs[6]) if len(inputs) > 6 else None
+        program = torch.export.export(serving, inputs, dynamic_shapes=_dynamic_shapes(len(features), history_inputs))
         _check_agreement(model, program.module(), inputs, features)
     finally:
         model.train(was_training)

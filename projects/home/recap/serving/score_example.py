@@ -101,7 +101,61 @@ def table_inputs(table: pa.Table, metadata: dict, where: str = "input") -> tuple
         v, n = _jagged(table, name, where)
         values.append(torch.from_numpy(v))
         lengths.append(torch.from_numpy(n))
-    return (*dense, values, lengths)
+    if "histories" not in specs:
+        return (*dense, values, lengths)
+    histories: dict[str, torch.Tensor] = {}
+    for group in specs["histories"]["groups"].values():
+        histories.update(_history(table, group, where))
+    return (*dense, values, lengths, histories)
+
+
+def _padded(arr: pa.Array, keep: np.ndarray, positions: np.ndarray, rows: np.ndarray, shape: tuple,
+            dtype) -> np.ndarray:
+    out = np.zeros(shape, dtype=dtype)
+    out[rows, positions] = arr.flatten().to_numpy(zero_copy_only=False)[keep].astype(dtype, copy=False)
+    return out
+
+
+def _history(table: pa.Table, group: dict, where: str) -> dict[str, torch.Tensor]:
+    """One history group's padded inputs: each row's max_length most recent items, most recent first."""
+    n, length = table.num_rows, group["max_length"]
+    list_columns = {key: name for key, name in group["columns"].items() if "/candidate:" not in key}
+    first = _column(table, next(iter(list_columns.values())), where)
+    counts = pc.fill_null(pc.list_value_length(first), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    within = np.arange(int(counts.sum())) - np.repeat(starts, counts)
+    rows = np.repeat(np.arange(n), counts)
+    # Index within the row counted from the most recent item.
+    recent = within if group["most_recent"] == "first" else np.repeat(counts, counts) - 1 - within
+    keep = recent < length
+    rows, positions = rows[keep], recent[keep]
+    out = {}
+    prefix = next(iter(group["tensors"])).split("/")[0] + "/"
+    mask = np.zeros((n, length), dtype=bool)
+    mask[rows, positions] = True
+    out[prefix + "mask"] = torch.from_numpy(mask)
+    for key, name in list_columns.items():
+        arr = _column(table, name, where)
+        if pc.list_value_length(arr).to_numpy(zero_copy_only=False).tolist() != counts.tolist():
+            raise ValueError(f"{where}: column {name!r} has other list lengths than {first}")
+        out[key] = torch.from_numpy(_padded(arr, keep, positions, rows, (n, length), np.int64))
+    spec = group["tensors"].get(prefix + "continuous")
+    if spec is not None:
+        parts = [_padded(_column(table, c, where), keep, positions, rows, (n, length), np.float32)
+                 for c in spec["columns"]]
+        out[prefix + "continuous"] = torch.from_numpy(np.stack(parts, axis=-1))
+    for key, name in group["columns"].items():
+        if "/candidate:" in key:
+            arr = _column(table, name, where)
+            if _is_list(arr.type):
+                v, c = _jagged(table, name, where)
+                ids = np.zeros(n, dtype=np.int64)
+                has = c > 0
+                ids[has] = v[np.concatenate([[0], np.cumsum(c)[:-1]])[has]]
+            else:
+                ids = pc.fill_null(arr, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+            out[key] = torch.from_numpy(ids)
+    return out
 
 
 def score_file(artifact: str | Path, input_path: str | Path, output_path: str | Path, batch_size: int = 4096) -> int:

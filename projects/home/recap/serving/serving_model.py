@@ -7,6 +7,9 @@ Signature (the exported program's inputs, in this order):
 The F sparse features are the ones the embedding tables read, in table order (`feature_names`). Raw ids go through
 the same id transform as in training (common.sparse_embeddings), then F.embedding_bag pools them with the trained
 weights, and the DenseRankingModel maps everything to logits, probabilities and calibrated probabilities [B, T].
+A model with engagement histories takes a 7th input, `histories`: {"<group>/mask": [B, L] bool, "<group>/id:<col>",
+"<group>/actions": [B, L] int64, "<group>/continuous": [B, L, C] float32, "<group>/candidate:<col>": [B] int64},
+each group padded to its max_length, most recent item first (common/history.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.batch import RecapBatch
+from common.history import padded_history
 from common.sparse_embeddings import hash_ids
 
 
@@ -71,6 +75,7 @@ class ServingRanker(nn.Module):
         embeddings: torch.Tensor,
         sparse_values: list[torch.Tensor],
         sparse_lengths: list[torch.Tensor],
+        histories: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         pooled = []
         for f, values, lengths in zip(self.features, sparse_values, sparse_lengths, strict=True):
@@ -95,13 +100,14 @@ class ServingRanker(nn.Module):
             pooled_sparse = torch.cat(pooled, dim=1)
         else:
             pooled_sparse = continuous.new_zeros(continuous.shape[0], 0)
-        return self.dense(continuous, binary, discrete, embeddings, pooled_sparse)
+        return self.dense(continuous, binary, discrete, embeddings, pooled_sparse, histories)
 
 
 def serving_inputs(
-    batch: RecapBatch, feature_names: list[str]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """The ServingRanker's positional inputs for a RecapBatch (sparse features picked by name from its KJT)."""
+    batch: RecapBatch, feature_names: list[str], history_lengths: dict[str, int] | None = None
+) -> tuple:
+    """The ServingRanker's positional inputs for a RecapBatch (sparse features picked by name from its KJT); with
+    history groups ({group: max_length}) also the padded histories, as a 7th input."""
     values: list[torch.Tensor] = []
     lengths: list[torch.Tensor] = []
     if feature_names:
@@ -114,4 +120,10 @@ def serving_inputs(
         for name in feature_names:
             values.append(jagged[name].values().to(torch.int64))
             lengths.append(jagged[name].lengths().to(torch.int64))
-    return batch.continuous, batch.binary, batch.discrete, batch.embeddings, values, lengths
+    inputs = (batch.continuous, batch.binary, batch.discrete, batch.embeddings, values, lengths)
+    if not history_lengths:
+        return inputs
+    histories: dict[str, torch.Tensor] = {}
+    for group, max_length in history_lengths.items():
+        histories.update(padded_history(batch.sequences[group], max_length, group + "/"))
+    return (*inputs, histories)

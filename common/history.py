@@ -23,7 +23,8 @@ from torch import nn
 from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention
 from common.sparse_embeddings import hash_ids
 
-__all__ = ["HistoryEncoder", "HistoryTokens", "history_input_names", "pad_jagged", "padded_history"]
+__all__ = ["HistoryEncoder", "HistoryTokens", "history_input_names", "pad_jagged", "padded_history",
+           "request_groups"]
 
 
 def pad_jagged(values: torch.Tensor, lengths: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -113,7 +114,10 @@ class HistoryTokens(nn.Module):
 class HistoryEncoder(nn.Module):
     """One history group: tokens, then pooling / target attention / the isolated transformer; output [B, 2D]."""
 
-    def __init__(self, name: str, tokens: HistoryTokens, encoder: nn.Module) -> None:
+    def __init__(self, name: str, tokens: HistoryTokens, encoder: nn.Module, share_requests: bool = True) -> None:
+        """share_requests: consecutive rows with the same history (the candidates of one request, as they sit
+        together in the files) encode it once and score their candidates in one pass; exact, since no candidate
+        reads another (eager mode only: an exported or scripted model scores row by row)."""
         super().__init__()
         if not isinstance(encoder, (HistoryPooling, TargetAttention, CandidateIsolatedTransformer)):
             raise TypeError(f"unknown history encoder {type(encoder).__name__}")
@@ -121,17 +125,62 @@ class HistoryEncoder(nn.Module):
         self.tokens = tokens
         self.encoder = encoder
         self.pooling = isinstance(encoder, HistoryPooling)
+        self.share_requests = share_requests
         self.output_dim = 2 * tokens.dim
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = inputs[self.prefix + "mask"]
-        history = self.tokens.items(inputs, self.prefix)
         candidate = self.tokens.candidate(inputs, self.prefix, mask)
+        if self.share_requests and not self.pooling and not _tracing():
+            groups = request_groups(inputs, self.prefix)
+            if groups is not None:
+                return torch.cat([self._per_request(inputs, mask, candidate, *groups), candidate], dim=1)
+        history = self.tokens.items(inputs, self.prefix)
         if self.pooling:
             encoded = self.encoder(history, mask)
         else:
             encoded = self.encoder(history, mask, candidate)
         return torch.cat([encoded, candidate], dim=1)
+
+    def _per_request(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor, candidate: torch.Tensor,
+                     first: torch.Tensor, request: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Each distinct history once ([R, L, D]), its rows' candidates as [R, C, D]; back to one row each."""
+        rows = {k: v.index_select(0, first) for k, v in inputs.items()
+                if k.startswith(self.prefix) and not k.startswith(self.prefix + "candidate:")}
+        history = self.tokens.items(rows, self.prefix)
+        width = int(slot.max()) + 1
+        candidates = candidate.new_zeros(first.shape[0], width, candidate.shape[1])
+        candidates[request, slot] = candidate
+        present = torch.zeros(first.shape[0], width, dtype=torch.bool, device=mask.device)
+        present[request, slot] = True
+        out = self.encoder.forward_request(history, rows[self.prefix + "mask"], candidates, present)
+        return out[request, slot]
+
+
+def _tracing() -> bool:
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def request_groups(inputs: dict[str, torch.Tensor], prefix: str
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Runs of consecutive rows with identical history inputs: (first row of each run [R], run of each row [B],
+    position of each row in its run [B]); None when no two neighbouring rows share a history."""
+    mask = inputs[prefix + "mask"]
+    batch = mask.shape[0]
+    if batch < 2:
+        return None
+    same = torch.ones(batch - 1, dtype=torch.bool, device=mask.device)
+    for key, tensor in inputs.items():
+        if key.startswith(prefix) and not key.startswith(prefix + "candidate:"):
+            flat = tensor.reshape(batch, -1)
+            same &= (flat[1:] == flat[:-1]).all(dim=1)
+    if not bool(same.any()):
+        return None
+    starts = torch.cat([torch.ones(1, dtype=torch.bool, device=mask.device), ~same])
+    request = torch.cumsum(starts.to(torch.int64), 0) - 1
+    first = torch.nonzero(starts).reshape(-1)
+    slot = torch.arange(batch, device=mask.device) - first[request]
+    return first, request, slot
 
 
 def history_input_names(group: str, ids: list[str], candidates: list[str], actions: bool,

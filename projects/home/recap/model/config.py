@@ -278,6 +278,9 @@ class SequenceModelConfig(BaseConfig):
     # Action types of the group's actions column (ids 0..num_actions-1); the candidate's token uses one more.
     num_actions: int | None = Field(default=None, ge=1)
     encoder: HistoryEncoderConfig
+    # Consecutive rows with the same history (one request's candidates) encode it once and score their candidates
+    # in one pass (target attention and transformer; exact: no candidate reads another). Off: row by row.
+    share_requests: bool = True
 
 
 class ScoringConfig(BaseConfig):

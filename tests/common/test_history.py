@@ -1,0 +1,78 @@
+"""History inputs and the request path: padding, tokens, and one encoding per request equal to row by row."""
+
+import pytest
+import torch
+
+from common.history import HistoryEncoder, HistoryTokens, pad_jagged, padded_history, request_groups
+from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention
+
+L, D = 6, 8
+
+
+def _encoder(kind: str, share: bool) -> HistoryEncoder:
+    torch.manual_seed(0)
+    tokens = HistoryTokens(D, {"a": (50, True), "t": (20, False)}, num_actions=3, num_continuous=1)
+    module = {"transformer": CandidateIsolatedTransformer(D, num_layers=2, num_heads=2, max_length=L),
+              "target_attention": TargetAttention(D, (8,), softmax=True),
+              "pooling": HistoryPooling("mean", D)}[kind]
+    return HistoryEncoder("h", tokens, module, share).eval()
+
+
+def _requests(sizes: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Padded inputs of requests with sizes[r] candidates each: one history per request, repeated on its rows."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, L + 1, (len(sizes),), generator=g)
+    lengths[0] = 0
+    n = int(lengths.sum())
+    group = {"lengths": lengths, "id:a": torch.randint(-1000, 1000, (n,), generator=g),
+             "id:t": torch.randint(0, 100, (n,), generator=g), "actions": torch.randint(0, 3, (n,), generator=g),
+             "continuous": torch.rand(n, 1, generator=g) * 50}
+    per_request = padded_history(group, L, "h/")
+    repeat = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    inputs = {k: v[repeat] for k, v in per_request.items()}
+    rows = int(sum(sizes))
+    inputs["h/candidate:a"] = torch.randint(-1000, 1000, (rows,), generator=g)
+    inputs["h/candidate:t"] = torch.randint(0, 100, (rows,), generator=g)
+    return inputs
+
+
+@pytest.mark.parametrize("kind", ["transformer", "target_attention"])
+def test_one_encoding_per_request_equals_row_by_row(kind):
+    inputs = _requests([3, 1, 5, 2])
+    groups = request_groups(inputs, "h/")
+    assert groups is not None and groups[0].tolist() == [0, 3, 4, 9]
+    assert groups[2].tolist() == [0, 1, 2, 0, 0, 1, 2, 3, 4, 0, 1]
+    with torch.no_grad():
+        shared = _encoder(kind, True)(inputs)
+        alone = _encoder(kind, False)(inputs)
+    torch.testing.assert_close(shared, alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "target_attention"])
+def test_a_candidates_score_does_not_depend_on_the_other_candidates(kind):
+    inputs = _requests([4, 3])
+    encoder = _encoder(kind, True)
+    with torch.no_grad():
+        full = encoder(inputs)
+        # Reverse the first request's candidates and drop two rows of the second one.
+        keep = torch.tensor([3, 2, 1, 0, 5])
+        part = encoder({k: v[keep] for k, v in inputs.items()})
+    torch.testing.assert_close(part, full[keep], rtol=0, atol=1e-5)
+
+
+def test_rows_without_shared_histories_take_the_row_path():
+    inputs = _requests([1, 1, 1], seed=3)
+    assert request_groups(inputs, "h/") is None
+    encoder = _encoder("pooling", True)
+    with torch.no_grad():
+        out = encoder(inputs)
+    assert out.shape == (3, 2 * D) and out[0, :D].abs().sum() == 0  # request 0 has an empty history
+
+
+def test_pad_jagged_and_the_candidate_action_index():
+    padded = pad_jagged(torch.tensor([5, 6, 7]), torch.tensor([0, 2, 1]), 3)
+    assert padded.tolist() == [[0, 0, 0], [5, 6, 0], [7, 0, 0]]
+    tokens = HistoryTokens(4, {"a": (10, False)}, num_actions=2)
+    inputs = {"p/candidate:a": torch.tensor([3])}
+    expected = tokens.tables[0].weight[3] + tokens.actions.weight[2] + tokens.bias
+    torch.testing.assert_close(tokens.candidate(inputs, "p/", torch.zeros(1, 1))[0], expected)

@@ -198,6 +198,19 @@ def write_schema_parquet(config: RecapConfig, path: Path, rows: int, seed: int =
         columns[emb.name] = _fixed_list(rng.standard_normal((rows, emb.dim), dtype=np.float32))
     for name in f.ids:
         columns[name] = pa.array(np.arange(rows, dtype=np.int64))
+    for group in f.sequences.values():
+        # Full histories: every row holds max_length items (the loader's worst case).
+        offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * group.max_length)
+        n = rows * group.max_length
+        for spec in group.ids:
+            columns[spec.name] = pa.ListArray.from_arrays(offsets, pa.array(rng.integers(0, 1 << 40, n)))
+            if spec.candidate and spec.candidate not in columns:
+                columns[spec.candidate] = pa.array(rng.integers(0, 1 << 40, rows))
+        if group.actions:
+            columns[group.actions] = pa.ListArray.from_arrays(offsets, pa.array(rng.integers(0, 4, n)))
+        for name in group.continuous:
+            ages = np.sort(rng.exponential(24.0, (rows, group.max_length)).astype(np.float32), axis=1)
+            columns[name] = pa.ListArray.from_arrays(offsets, pa.array(ages.reshape(-1)))
     if f.weight:
         columns[f.weight] = pa.array(rng.random(rows, dtype=np.float32) + 0.5)
     for task in config.data.tasks.values():

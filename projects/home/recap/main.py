@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "export a checkpoint to a self-contained serving artifact"),
     "benchmark": ("benchmark", "measure throughput and MFU against the machine's matmul peak"),
     "benchmark ids": ("benchmark_ids", "id learning: our model vs a plain-PyTorch reference vs the oracle"),
+    "benchmark history": ("benchmark_history", "history transformer: one encoding per request vs per row, MFU"),
     "demo": ("demo", "generate data, train on 2 ranks, evaluate: the two-command start"),
 }
 

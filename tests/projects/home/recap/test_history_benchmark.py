@@ -1,0 +1,39 @@
+"""`recap benchmark history` runs and reports both paths; the data benchmark's schema writer fills history groups."""
+
+import json
+
+from projects.home.recap.benchmark import write_schema_parquet
+from projects.home.recap.data.config import DatasetConfig
+from projects.home.recap.data.loader import RecapDataLoader
+from projects.home.recap.main import main
+from projects.home.recap.schema import load_recap_config
+
+
+def test_history_benchmark_reports_both_paths(tmp_path, capsys):
+    out = tmp_path / "history.json"
+    assert main(["benchmark", "history", "--lengths", "16", "--candidates", "1", "4", "--rows", "8", "--dim", "8",
+                 "--heads", "2", "--seconds", "0.05", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "request path rows/s" in printed and "speed-up" in printed
+    results = json.loads(out.read_text())["results"]
+    assert [(r["history_length"], r["candidates_per_request"]) for r in results] == [(16, 1), (16, 4)]
+    for r in results:
+        assert r["max_abs_difference"] < 1e-5
+        for path in ("request_path", "row_path"):
+            assert r[path]["flops"] > 0 and 0 < r[path]["mfu"] and r[path]["rows_per_second"] > 0
+    # Four candidates share one history encoding: fewer FLOPs than four copies of it.
+    assert results[1]["request_path"]["flops"] < results[1]["row_path"]["flops"]
+
+
+def test_schema_writer_fills_history_groups(tmp_path):
+    from projects.home.recap.commands.demo import DEMO_CONFIG
+
+    config = load_recap_config(DEMO_CONFIG.with_name("demo_history.yaml"),
+                               ["data.features.sequences.history.max_length=7"])
+    path = write_schema_parquet(config, tmp_path / "train" / "part.parquet", 40)
+    loader = RecapDataLoader(config.data, DatasetConfig(paths=[str(path)]), list(config.model.tasks), "eval",
+                             batch_size=10)
+    batch = next(iter(loader))
+    group = batch.sequences["history"]
+    assert group["lengths"].tolist() == [7] * 10 and group["id:history.author_id"].shape == (70,)
+    assert group["continuous"].shape == (70, 1) and group["candidate:history.hashtag"].shape == (10,)

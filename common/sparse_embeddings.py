@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+if TYPE_CHECKING:  # torchrec is imported where a table is built or looked up: the dense model runs without it
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 # The 64-bit golden-ratio constant as a signed int64 (multiplication wraps around in two's complement).
 HASH_MULTIPLIER = 0x9E3779B97F4A7C15 - (1 << 64)
-_POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,13 @@ def build_embedding_bag_collection(
     tables: list[LargeTableSpec], device: torch.device | str = "cpu"
 ) -> EmbeddingBagCollection:
     """The torchrec EmbeddingBagCollection of `tables` (device "meta" to let DistributedModelParallel shard it)."""
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    poolings = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
     configs = []
     for t in tables:
-        if t.pooling not in _POOLING:
+        if t.pooling not in poolings:
             raise ValueError(
                 f"large embedding table {t.name!r}: pooling {t.pooling!r} is not one of sum, mean"
             )
@@ -70,7 +75,7 @@ def build_embedding_bag_collection(
                 feature_names=list(t.feature_names),
                 num_embeddings=t.num_embeddings,
                 embedding_dim=t.embedding_dim,
-                pooling=_POOLING[t.pooling],
+                pooling=poolings[t.pooling],
                 init_fn=_init_fn(t),
             )
         )
@@ -131,6 +136,8 @@ class SparseIdTransform(nn.Module):
         return self._key_of_length[cache_key]
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
         device = features.values().device
         select, sizes, hashed, all_hashed = self._plan(features.keys(), device)
         if select is not None:

@@ -17,10 +17,11 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -30,9 +31,11 @@ from torch import nn
 from core.checkpoint import Checkpoint, CheckpointManager, load_model_weights
 from core.distributed import DistributedContext, all_reduce_sum, average_buffers, data_parallel_module
 from core.log import get_logger
-from core.optimizers import DenseOptimizer
 from core.tensorboard import MetricsWriter
 from core.train_config import TrainingConfig
+
+if TYPE_CHECKING:  # core.optimizers imports torchrec; the loop itself runs dense-only models without it
+    from core.optimizers import DenseOptimizer
 
 logger = get_logger(__name__)
 
@@ -185,6 +188,62 @@ def total_train_steps(config: TrainingConfig, steps_per_epoch: int | None) -> in
     return None
 
 
+class _PipelineFeed:
+    """The loop's batches as torchrec's pipeline pulls them: up to two ahead of the batch being trained. It notes the
+    data position (epoch, data state) before each batch it hands out, so a checkpoint records the first batch not
+    yet trained on, as the unpipelined loop does; batches given back (when evaluation pauses the pipeline) are
+    handed out again first, in order."""
+
+    def __init__(self, loop: TrainLoop, batches: Iterator[Any]) -> None:
+        self._loop = loop
+        self._batches = batches
+        self._given_back: deque[Any] = deque()
+        self.positions: deque[tuple[int, dict]] = deque()  # one per batch handed out and not trained on yet
+
+    def __iter__(self) -> _PipelineFeed:
+        return self
+
+    def __next__(self) -> Any:
+        if self._given_back:
+            return self._given_back.popleft()
+        position = (self._loop.epoch, self._loop.train_data.state_dict())
+        batch = self._loop._next_batch(self._batches)
+        if batch is None:
+            raise StopIteration
+        self.positions.append(position)
+        return batch
+
+    def give_back(self, batches: list[Any]) -> None:
+        """Batches the pipeline held (older than any given back before and not handed out again yet)."""
+        self._given_back.extendleft(reversed(batches))
+
+
+class _StepAfterBackward:
+    """What torchrec's pipeline calls its optimizer: zero_grad before each forward (a no-op: the loop's update leaves
+    the gradients zeroed) and step after backward (the loop's whole update: clipping, dense and row-sparse steps)."""
+
+    def __init__(self, update: Callable[[], None]) -> None:
+        self._update = update
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def step(self) -> None:
+        self._update()
+
+
+@dataclass
+class _PipelinedSteps:
+    """Training through torchrec's TrainPipelineSparseDist (CUDA, a DistributedModelParallel, no accumulation):
+    batch i+1's sparse input all-to-all and batch i+2's host-to-device copy run on side streams while batch i
+    trains. The loop keeps its own per-step work: the forward runs under the loop's autocast and adds to its
+    reporting window, the pipeline's optimizer is the loop's update, and checkpoints, stop signals and logging
+    happen between steps as without the pipeline. Evaluation pauses the pipeline (TrainLoop._pause_pipeline)."""
+
+    pipeline: Any
+    feed: _PipelineFeed
+
+
 class TrainLoop:
     """Runs training to the configured step or epoch count; see the module docstring."""
 
@@ -200,6 +259,7 @@ class TrainLoop:
         evaluate: Evaluate | None = None,
         steps_per_epoch: int | None = None,
         start_over: bool = False,
+        use_train_pipeline: bool | None = None,
     ) -> None:
         self.model = model
         self.dense_optimizer = dense_optimizer
@@ -227,6 +287,10 @@ class TrainLoop:
         self._stop_group = (dist.new_group(backend="gloo")
                             if ctx.world_size > 1 and ctx.backend != "gloo" else None)
         self._ddp = data_parallel_module(model)
+        # torchrec's TrainPipelineSparseDist: None uses it where it helps (CUDA and a DistributedModelParallel),
+        # True insists (an error says why it cannot), False never; see _PipelinedSteps.
+        self.use_train_pipeline = use_train_pipeline
+        self._pipelined: _PipelinedSteps | None = None
         self._reset_window()
 
     # --- state ---------------------------------------------------------------------------------------------------------
@@ -240,14 +304,15 @@ class TrainLoop:
         return tensors
 
     def _save(self) -> Checkpoint:
+        epoch, data_state = self._data_position()
         info = {
             "step": self.step,
-            "epoch": self.epoch,
+            "epoch": epoch,
             "examples": self.examples,
             "seed": self.config.seed,
             "learning_rates": self.dense_optimizer.learning_rates,
         }
-        rank_info = {"data": self.train_data.state_dict(), "rng": rng_state()}
+        rank_info = {"data": data_state, "rng": rng_state()}
         average_buffers(self.model, self.ctx)
         self._last_checkpoint = self.checkpoints.save(self.step, self._state_tensors(), info, rank_info)
         return self._last_checkpoint
@@ -314,6 +379,13 @@ class TrainLoop:
             return batch
         return batch.to(self.ctx.device, non_blocking=True)
 
+    def _data_position(self) -> tuple[int, dict]:
+        """(epoch, data state) of the first batch not trained on yet: what a checkpoint records. The pipeline pulls
+        batches ahead of training; their positions were noted when they were pulled."""
+        if self._pipelined is not None and self._pipelined.feed.positions:
+            return self._pipelined.feed.positions[0]
+        return self.epoch, self.train_data.state_dict()
+
     # --- one optimizer step ------------------------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self._autocast_dtype is None:
@@ -344,14 +416,7 @@ class TrainLoop:
                 with self._autocast():
                     loss, outputs = self.model(batch)
                 (loss / accumulation).backward()
-            loss = loss.detach().float()
-            self._window[0] += loss
-            self._window[1] += (~torch.isfinite(loss)).float()
-            if self.task_names:
-                self._window[2:] += outputs["task_losses"].detach().float()
-            self._window_micro += 1
-            self._window_examples += _batch_size(batch)
-            self._last_batch = batch
+            self._account(batch, loss, outputs)
             micro += 1
         if micro == 0:
             return False
@@ -361,6 +426,22 @@ class TrainLoop:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad.div_(self.ctx.world_size)
+        self._update()
+        return True
+
+    def _account(self, batch: Any, loss: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        """Add one batch's loss and size to the reporting window (no device synchronization)."""
+        loss = loss.detach().float()
+        self._window[0] += loss
+        self._window[1] += (~torch.isfinite(loss)).float()
+        if self.task_names:
+            self._window[2:] += outputs["task_losses"].detach().float()
+        self._window_micro += 1
+        self._window_examples += _batch_size(batch)
+        self._last_batch = batch
+
+    def _update(self) -> None:
+        """The optimizer step after backward: clipping, the dense optimizer, the row-sparse tables; step += 1."""
         self.dense_optimizer.set_step(self.step + 1)
         if self.config.clip_grad_norm is not None:
             self._grad_norm = torch.nn.utils.clip_grad_norm_(self._dense_params, self.config.clip_grad_norm)
@@ -370,7 +451,67 @@ class TrainLoop:
             # Tables outside the fused backward (data-parallel ones) are updated here, once per optimizer step.
             self.sparse_optimizer.step()
         self.step += 1
+
+    # --- torchrec's train pipeline (CUDA) ----------------------------------------------------------------------------
+    def pipeline_problem(self) -> str | None:
+        """Why this loop cannot train through torchrec's TrainPipelineSparseDist, or None when it can."""
+        dmp = sys.modules.get("torchrec.distributed.model_parallel")  # loaded whenever a model was sharded
+        if dmp is None or not isinstance(self.model, dmp.DistributedModelParallel):
+            return "the model is not a torchrec DistributedModelParallel"
+        if self.config.gradient_accumulation_steps > 1:
+            # The pipeline runs the optimizer after every batch's backward and cannot hold DDP's gradient sync.
+            return "gradient_accumulation_steps > 1"
+        return None
+
+    def _wants_pipeline(self) -> bool:
+        if self.use_train_pipeline is False:
+            return False
+        problem = self.pipeline_problem()
+        if problem is not None:
+            if self.use_train_pipeline:
+                raise ValueError(f"torchrec's train pipeline was asked for, but {problem}")
+            if self.ctx.device.type == "cuda":
+                logger.info("training without torchrec's train pipeline: %s", problem)
+            return False
+        return bool(self.use_train_pipeline) or self.ctx.device.type == "cuda"
+
+    def _start_pipeline(self, batches: Iterator[Any]) -> _PipelinedSteps:
+        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+        def forward(batch: Any) -> tuple[torch.Tensor, Any]:
+            with self._autocast():
+                loss, outputs = self.model(batch)
+            self._account(batch, loss, outputs)
+            return loss, outputs
+
+        pipeline = TrainPipelineSparseDist(self.model, _StepAfterBackward(self._update), self.ctx.device,
+                                           execute_all_batches=True, custom_model_fwd=forward,
+                                           # Lets an id transform between batch and tables run pipelined too.
+                                           pipeline_postproc=True)
+        logger.info("training through torchrec's TrainPipelineSparseDist: host-to-device copies and sparse "
+                    "all-to-alls of the next batches overlap each step")
+        return _PipelinedSteps(pipeline, _PipelineFeed(self, batches))
+
+    def _pipelined_step(self) -> bool:
+        """One optimizer step through the pipeline; False when the data has ended and nothing is left in flight."""
+        assert self._pipelined is not None
+        try:
+            self._pipelined.pipeline.progress(self._pipelined.feed)
+        except StopIteration:
+            return False
+        self._pipelined.feed.positions.popleft()
         return True
+
+    def _pause_pipeline(self) -> None:
+        """Before the model is called outside the pipeline (evaluation): give it back its own forwards; the batches
+        in flight are fed again, from their host-to-device copy on, at the next step."""
+        if self._pipelined is None:
+            return
+        pipeline = self._pipelined.pipeline
+        pipeline.detach()
+        self._pipelined.feed.give_back(list(pipeline.batches))
+        pipeline.reset()
+        pipeline.attach()  # nothing in flight: the model's forwards are rewritten again at the next step
 
     # --- reporting -------------------------------------------------------------------------------------------------------
     def _report(self, writer: MetricsWriter, progress: Any) -> dict[str, float]:
@@ -422,6 +563,7 @@ class TrainLoop:
 
     def _run_evaluation(self, writer: MetricsWriter) -> dict[str, float]:
         assert self.evaluate is not None
+        self._pause_pipeline()
         average_buffers(self.model, self.ctx)
         self.model.eval()
         start = time.perf_counter()
@@ -482,10 +624,12 @@ class TrainLoop:
         data = self._batches()
         self.model.train()
         self._reset_window()
+        if self._wants_pipeline():
+            self._pipelined = self._start_pipeline(data)
         try:
             with redirect, stop_signals() as requested:
                 while cfg.num_train_steps is None or self.step < cfg.num_train_steps:
-                    if not self._train_step(data):
+                    if not (self._pipelined_step() if self._pipelined is not None else self._train_step(data)):
                         break
                     self._stop_if_signalled(requested, writer, progress)
                     if progress is not None:
@@ -505,11 +649,13 @@ class TrainLoop:
                 if self.evaluate is not None and cfg.eval_every_n and self.step % cfg.eval_every_n != 0:
                     result.last_eval_metrics = self._run_evaluation(writer)
         finally:
+            if self._pipelined is not None:
+                self._pipelined.pipeline.detach()  # the model keeps its own forwards after training
             if progress is not None:
                 progress.refresh()  # the final count, even when the last update fell inside tqdm's mininterval
                 progress.close()
             writer.close()
-        result.step, result.epoch = self.step, self.epoch
+        result.step, result.epoch = self.step, self._data_position()[0]
         result.checkpoint = self._last_checkpoint.path if self._last_checkpoint else None
         logger.info("training finished at step %d (epoch %d); checkpoint %s", self.step, self.epoch,
                     result.checkpoint)

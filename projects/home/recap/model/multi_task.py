@@ -226,6 +226,8 @@ class MultiTaskRankingModel(nn.Module):
         self.dense = dense
         self.large_embeddings = large_embeddings
         self.id_transform = id_transform
+        # Kept here: torchrec's train pipeline wraps id_transform (a PipelinedPostproc without its attributes).
+        self.sparse_feature_names = list(id_transform.feature_names) if id_transform is not None else []
 
     @property
     def task_modules(self) -> nn.ModuleDict:
@@ -251,14 +253,14 @@ class MultiTaskRankingModel(nn.Module):
             return torch.zeros(batch_size, 0, device=self.dense.log_ratio.device)
         if sparse is None:
             raise ValueError(
-                f"the model has large embeddings for {self.id_transform.feature_names} but batch.sparse is None"
+                f"the model has large embeddings for {self.sparse_feature_names} but batch.sparse is None"
             )
         from torchrec.sparse.jagged_tensor import KeyedTensor
 
         pooled = self.large_embeddings(self.id_transform(sparse))
         # A sharded collection orders its output by sharding plan, not by table config: regroup by feature name so
         # the dense part sees the same columns whatever the world size.
-        return KeyedTensor.regroup([pooled], [list(self.id_transform.feature_names)])[0]
+        return KeyedTensor.regroup([pooled], [list(self.sparse_feature_names)])[0]
 
     def padded_histories(self, batch: RecapBatch) -> dict[str, torch.Tensor] | None:
         """The batch's jagged history groups padded to their max_length on the batch's device (common/history.py)."""

@@ -27,31 +27,33 @@ __all__ = ["HistoryEncoder", "HistoryTokens", "history_input_names", "pad_jagged
            "request_groups"]
 
 
+def _padding_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, L, ...] zeros with `values` (the rows' items one after another) written where mask is True, row by row."""
+    out = values.new_zeros((*mask.shape, *values.shape[1:]))
+    out[mask] = values
+    return out
+
+
 def pad_jagged(values: torch.Tensor, lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     """[B, max_length, ...] with row b's first lengths[b] items from `values` (the rows' items one after another),
     zeros after them."""
-    lengths = lengths.to(torch.int64)
-    batch = lengths.shape[0]
-    out = values.new_zeros((batch, max_length, *values.shape[1:]))
-    if values.shape[0] == 0:
-        return out
-    rows = torch.repeat_interleave(torch.arange(batch, device=lengths.device), lengths)
-    starts = torch.cumsum(lengths, 0) - lengths
-    positions = torch.arange(values.shape[0], device=lengths.device) - torch.repeat_interleave(starts, lengths)
-    out[rows, positions] = values
-    return out
+    return _scatter(values, _padding_mask(lengths.to(torch.int64), max_length))
 
 
 def padded_history(group: dict[str, torch.Tensor], max_length: int, prefix: str) -> dict[str, torch.Tensor]:
     """A batch's jagged history group as the padded inputs of HistoryEncoder, keys prefixed with `prefix`: "mask"
     [B, L] bool, each "id:<col>" and "actions" [B, L] int64, "continuous" [B, L, C] float32, and each
     "candidate:<col>" [B] as given."""
-    lengths = group["lengths"]
-    out = {prefix + "mask": torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]}
+    mask = _padding_mask(group["lengths"].to(torch.int64), max_length)
+    out = {prefix + "mask": mask}
     for key, tensor in group.items():
         if key == "lengths":
             continue
-        out[prefix + key] = tensor if key.startswith("candidate:") else pad_jagged(tensor, lengths, max_length)
+        out[prefix + key] = tensor if key.startswith("candidate:") else _scatter(tensor, mask)
     return out
 
 

@@ -92,8 +92,13 @@ class TargetAttention(nn.Module):
             mask = mask.unsqueeze(1)  # [R, 1, L]
         else:
             e = history  # [B, L, D]
-        c = candidate.unsqueeze(-2).expand_as(e)
-        logits = self.mlp(torch.cat([e, c, e - c, e * c], dim=-1)).squeeze(-1)
+        c = candidate.unsqueeze(-2)
+        # The first Linear on [e, c, e - c, e * c] without building it: with W = [W_e, W_c, W_d, W_p] (each [h, D]),
+        # W [e, c, e - c, e c] = (W_e + W_d) e + (W_c - W_d) c + W_p (e c); the candidate's part once per candidate.
+        first = self.mlp[0]
+        w_e, w_c, w_d, w_p = first.weight.split(e.shape[-1], dim=1)
+        hidden = F.linear(e, w_e + w_d, first.bias) + F.linear(c, w_c - w_d) + F.linear(e * c, w_p)
+        logits = self.mlp[1:](hidden).squeeze(-1)
         if not self.softmax:
             return logits * mask.to(logits.dtype)
         # The most negative finite value instead of -inf: exp(min - max) is exactly 0 wherever a real item

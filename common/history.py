@@ -1,11 +1,14 @@
 """Engagement history as model input: jagged lists padded once per batch, item tokens, and one encoder per group.
 
-An item's token is the sum of its id embeddings (one table per id column), its action-type embedding and a Linear
-projection of its continuous values (sign(x)·log1p|x|, so an age in hours or a count enters on a log scale):
+An item's token is its id embeddings (one table per id column), its action-type embedding and a Linear projection
+of its continuous values (sign(x)·log1p|x|, so an age in hours or a count enters on a log scale), side by side:
 
-    e_j = sum_c E_c[id_c(j)] + A[action_j] + W · slog(x_j) + b
-    c   = sum_c E_c[candidate_c] + A[num_actions] + b       (the candidate: its ids in the same tables, the dedicated
-                                                           "candidate" action index, no continuous values)
+    e_j = [E_1[id_1(j)], ..., E_n[id_n(j)], A[action_j], W · slog(x_j) + b]
+    c   = [E_1[cand_1], ..., E_n[cand_n], A[num_actions], b]     (the candidate: its ids in the same tables, the
+                                                                  dedicated "candidate" action, no continuous values)
+
+Side by side rather than summed, a candidate whose author is a history item's author shows it as a block where
+e_j - c is zero and e_j * c is large, which the target-attention MLP reads directly.
 
 Ids are hashed (or taken modulo) into each table like the large embedding tables' ids. The encoder (pooling,
 target attention or the candidate-isolated transformer, common/sequence_encoders.py) turns the padded tokens and
@@ -58,7 +61,8 @@ def padded_history(group: dict[str, torch.Tensor], max_length: int, prefix: str)
 
 
 class HistoryTokens(nn.Module):
-    """Item and candidate tokens of one history group (see the module docstring)."""
+    """Item and candidate tokens of one history group (see the module docstring): blocks of `dim` values side by
+    side, one per id column, then the action block and the continuous block when the group has them."""
 
     def __init__(self, dim: int, tables: dict[str, tuple[int, bool]], num_actions: int | None = None,
                  num_continuous: int = 0) -> None:
@@ -77,8 +81,8 @@ class HistoryTokens(nn.Module):
         # The last index is the candidate's "action".
         self.actions = nn.Embedding(num_actions + 1, dim) if num_actions is not None else None
         self.continuous = nn.Linear(num_continuous, dim) if num_continuous else None
-        self.bias = nn.Parameter(torch.zeros(dim))
-        self.dim = dim
+        self.block = dim
+        self.dim = dim * (len(self.tables) + (self.actions is not None) + (self.continuous is not None))
 
     def _lookup(self, index: int, ids: torch.Tensor) -> torch.Tensor:
         ids = ids.to(torch.int64)
@@ -87,34 +91,36 @@ class HistoryTokens(nn.Module):
         return self.tables[index](torch.remainder(ids, self.sizes[index]))
 
     def items(self, inputs: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
-        """[B, L, D] tokens of the padded history."""
-        out = self.bias
-        for i, column in enumerate(self.columns):
-            out = out + self._lookup(i, inputs[prefix + "id:" + column])
+        """[B, L, dim] tokens of the padded history."""
+        blocks = [self._lookup(i, inputs[prefix + "id:" + column]) for i, column in enumerate(self.columns)]
         if self.actions is not None:
             actions = inputs[prefix + "actions"].to(torch.int64).clamp(0, self.num_actions - 1)
-            out = out + self.actions(actions)
+            blocks.append(self.actions(actions))
         if self.continuous is not None:
             x = inputs[prefix + "continuous"].float()
             x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
-            out = out + self.continuous(torch.sign(x) * torch.log1p(x.abs()))
-        return out
+            blocks.append(self.continuous(torch.sign(x) * torch.log1p(x.abs())))
+        return torch.cat(blocks, dim=-1)
 
     def candidate(self, inputs: dict[str, torch.Tensor], prefix: str, like: torch.Tensor) -> torch.Tensor:
-        """[B, D] candidate tokens (columns without a candidate id contribute nothing)."""
-        out = self.bias.expand(like.shape[0], -1)
+        """[B, dim] candidate tokens: its ids' embeddings (zeros for an id column without a candidate column), the
+        "candidate" action and the continuous block of zero values."""
+        batch = like.shape[0]
+        blocks = []
         for i, column in enumerate(self.columns):
             key = prefix + "candidate:" + column
-            if key in inputs:
-                out = out + self._lookup(i, inputs[key])
+            blocks.append(self._lookup(i, inputs[key]) if key in inputs
+                          else self.tables[i].weight.new_zeros(batch, self.block))
         if self.actions is not None:
-            index = torch.full((like.shape[0],), self.num_actions, dtype=torch.int64, device=like.device)
-            out = out + self.actions(index)
-        return out
+            index = torch.full((batch,), self.num_actions, dtype=torch.int64, device=like.device)
+            blocks.append(self.actions(index))
+        if self.continuous is not None:
+            blocks.append(self.continuous.bias.expand(batch, -1))
+        return torch.cat(blocks, dim=-1)
 
 
 class HistoryEncoder(nn.Module):
-    """One history group: tokens, then pooling / target attention / the isolated transformer; output [B, 2D]."""
+    """One history group: tokens, then pooling / target attention / the isolated transformer; output [B, 2 dim]."""
 
     def __init__(self, name: str, tokens: HistoryTokens, encoder: nn.Module, share_requests: bool = True) -> None:
         """share_requests: consecutive rows with the same history (the candidates of one request, as they sit

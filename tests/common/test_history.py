@@ -12,9 +12,10 @@ L, D = 6, 8
 def _encoder(kind: str, share: bool) -> HistoryEncoder:
     torch.manual_seed(0)
     tokens = HistoryTokens(D, {"a": (50, True), "t": (20, False)}, num_actions=3, num_continuous=1)
-    module = {"transformer": CandidateIsolatedTransformer(D, num_layers=2, num_heads=2, max_length=L),
-              "target_attention": TargetAttention(D, (8,), softmax=True),
-              "pooling": HistoryPooling("mean", D)}[kind]
+    width = tokens.dim
+    module = {"transformer": CandidateIsolatedTransformer(width, num_layers=2, num_heads=2, max_length=L),
+              "target_attention": TargetAttention(width, (8,), softmax=True),
+              "pooling": HistoryPooling("mean", width)}[kind]
     return HistoryEncoder("h", tokens, module, share).eval()
 
 
@@ -66,13 +67,23 @@ def test_rows_without_shared_histories_take_the_row_path():
     encoder = _encoder("pooling", True)
     with torch.no_grad():
         out = encoder(inputs)
-    assert out.shape == (3, 2 * D) and out[0, :D].abs().sum() == 0  # request 0 has an empty history
+    width = 4 * D  # two id blocks, the action block and the continuous block
+    assert out.shape == (3, 2 * width) and out[0, :width].abs().sum() == 0  # request 0 has an empty history
 
 
 def test_pad_jagged_and_the_candidate_action_index():
     padded = pad_jagged(torch.tensor([5, 6, 7]), torch.tensor([0, 2, 1]), 3)
     assert padded.tolist() == [[0, 0, 0], [5, 6, 0], [7, 0, 0]]
-    tokens = HistoryTokens(4, {"a": (10, False)}, num_actions=2)
-    inputs = {"p/candidate:a": torch.tensor([3])}
-    expected = tokens.tables[0].weight[3] + tokens.actions.weight[2] + tokens.bias
+    tokens = HistoryTokens(4, {"a": (10, False), "b": (7, False)}, num_actions=2, num_continuous=1)
+    assert tokens.dim == 16
+    inputs = {"p/candidate:a": torch.tensor([13])}  # 13 mod 10; column b has no candidate
+    expected = torch.cat([tokens.tables[0].weight[3], torch.zeros(4), tokens.actions.weight[2],
+                          tokens.continuous.bias])
     torch.testing.assert_close(tokens.candidate(inputs, "p/", torch.zeros(1, 1))[0], expected)
+    # An item whose id equals the candidate's shows it as a block where the tokens agree.
+    items = {"p/id:a": torch.tensor([[3, 4]]), "p/id:b": torch.tensor([[1, 1]]), "p/actions": torch.tensor([[0, 1]]),
+             "p/continuous": torch.tensor([[[5.0], [-1.0]]])}
+    e = tokens.items(items, "p/")
+    assert e.shape == (1, 2, 16)
+    torch.testing.assert_close(e[0, 0, :4], expected[:4])
+    torch.testing.assert_close(e[0, 1, 12:], tokens.continuous(torch.tensor([-torch.log1p(torch.tensor(1.0))])))

@@ -170,13 +170,14 @@ def _check_sequence_group(name: str, group, model) -> None:
                          + ("set but the group has no actions column" if group.actions is None else
                             f"needed: the group reads action types from {group.actions!r}"))
     transformer = model.encoder.transformer
-    if transformer is not None and model.embedding_dim % transformer.num_heads:
-        raise ValueError(f"model.sequences.{name}: embedding_dim {model.embedding_dim} is not a multiple of "
-                         f"transformer.num_heads {transformer.num_heads}")
-    if transformer is not None and transformer.positions == "rotary" and (model.embedding_dim
-                                                                           // transformer.num_heads) % 2:
-        raise ValueError(f"model.sequences.{name}: rotary positions need an even head width "
-                         "(embedding_dim / num_heads)")
+    # A token is one embedding_dim block per id column, action column and continuous set.
+    width = model.embedding_dim * (len(group.ids) + (group.actions is not None) + bool(group.continuous))
+    if transformer is not None and width % transformer.num_heads:
+        raise ValueError(f"model.sequences.{name}: the token width {width} (embedding_dim x {width // model.embedding_dim}"
+                         f" blocks) is not a multiple of transformer.num_heads {transformer.num_heads}")
+    if transformer is not None and transformer.positions == "rotary" and (width // transformer.num_heads) % 2:
+        raise ValueError(f"model.sequences.{name}: rotary positions need an even head width (token width {width} / "
+                         f"num_heads {transformer.num_heads})")
 
 
 def load_recap_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> RecapConfig:

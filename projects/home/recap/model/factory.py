@@ -113,6 +113,7 @@ def build_histories(config: RecapConfig) -> nn.ModuleDict | None:
             spec.num_actions,
             len(group.continuous),
         )
+        dim = tokens.dim  # the blocks side by side
         encoder = spec.encoder
         if encoder.pooling is not None:
             module: nn.Module = HistoryPooling(encoder.pooling.mode, dim)

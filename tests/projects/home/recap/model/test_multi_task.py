@@ -390,7 +390,8 @@ def test_history_encoders_join_the_model_input_and_learn(make_config, encoder, s
     config = _history_config(make_config, ENCODERS[encoder], sharing)
     model_and_loss = build_model_and_loss(config)
     dense = model_and_loss.model.dense
-    assert list(dense.histories) == ["history"] and dense.histories["history"].output_dim == 16
+    # Tokens: 8 values per id column (2), the action and the continuous block; output [encoded, candidate].
+    assert list(dense.histories) == ["history"] and dense.histories["history"].output_dim == 64
     batch = random_batch(config, 12, torch.Generator().manual_seed(3))
     assert batch.sequences["history"]["lengths"].max() <= 6
     loss, out = model_and_loss(batch)
@@ -422,7 +423,7 @@ def test_history_padding_and_candidate_come_from_the_batch(make_config):
     # A row whose items are all padding pools to 0, its candidate token stays.
     encoded = model.dense.histories["history"](inputs)
     empty = batch.sequences["history"]["lengths"] == 0
-    assert empty.any() and encoded[empty, :8].abs().sum() == 0 and encoded[empty, 8:].abs().sum() > 0
+    assert empty.any() and encoded[empty, :32].abs().sum() == 0 and encoded[empty, 32:].abs().sum() > 0
 
 
 @pytest.mark.parametrize("change, message", [

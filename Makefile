@@ -41,3 +41,47 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs data
+
+# --- make gpu-check: the ranker on a single-GPU machine in under 8 minutes (README "GPU check") --------------------
+# GPU_PYTHON is the interpreter that holds the machine's CUDA PyTorch; nothing is installed into it. The few extra
+# packages (pydantic, pytest and their dependencies, versions from requirements/lock.txt) come from GPU_WHEELS, which
+# `make gpu-wheels` fills on a machine that reaches a package registry, into GPU_SITE (put first on PYTHONPATH).
+GPU_PYTHON ?= python3
+GPU_WHEELS ?= wheels/gpu
+GPU_SITE ?= .gpu-site
+GPU_CHECK_DIR ?= runs/gpu-check
+GPU_CHECK_PACKAGES := pydantic pytest
+GPU_CHECK_PY := 3.12
+
+.PHONY: gpu-wheels gpu-check
+
+gpu-wheels:
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+		--python-version $(GPU_CHECK_PY) --implementation cp --abi cp$(subst .,,$(GPU_CHECK_PY)) \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+		-c requirements/lock.txt -d $(GPU_WHEELS) $(GPU_CHECK_PACKAGES)
+	@ls $(GPU_WHEELS)
+	@size=$$(du -sm $(GPU_WHEELS) | cut -f1); echo "$(GPU_WHEELS): $$size MB"; \
+		test $$size -lt 50 || { echo "$(GPU_WHEELS) is over 50 MB: check GPU_CHECK_PACKAGES"; exit 1; }
+
+# Without CUDA (or without torch) the check prints "no CUDA device" and exits 0; otherwise GPU_SITE is filled from
+# the wheels (pip install --target, or, where the interpreter has no pip, each wheel unzipped there) unless the
+# packages already import, and the check runs.
+gpu-check:
+	@if ! $(GPU_PYTHON) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' >/dev/null 2>&1; then \
+		exec $(GPU_PYTHON) -m projects.home.recap.gpu_check --out $(GPU_CHECK_DIR); fi; \
+	export PYTHONPATH="$(abspath $(GPU_SITE))$${PYTHONPATH:+:$$PYTHONPATH}"; \
+	if ! $(GPU_PYTHON) -c 'import pydantic, pytest, sys; sys.exit(int(pydantic.VERSION.split(".")[0]) < 2)' >/dev/null 2>&1; then \
+		if [ ! -d $(GPU_WHEELS) ]; then \
+			echo "gpu-check needs $(GPU_CHECK_PACKAGES): run 'make gpu-wheels' where a package registry is reachable" \
+				"and copy $(GPU_WHEELS) here"; exit 2; fi; \
+		echo "installing $(GPU_CHECK_PACKAGES) from $(GPU_WHEELS) into $(GPU_SITE)"; \
+		if $(GPU_PYTHON) -m pip --version >/dev/null 2>&1; then \
+			$(GPU_PYTHON) -m pip install --quiet --disable-pip-version-check --no-index --find-links $(GPU_WHEELS) \
+				--target $(GPU_SITE) --upgrade $(GPU_CHECK_PACKAGES) || exit 2; \
+		else \
+			for wheel in $(GPU_WHEELS)/*.whl; do $(GPU_PYTHON) -m zipfile -e $$wheel $(GPU_SITE) || exit 2; done; \
+		fi; \
+	fi; \
+	exec $(GPU_PYTHON) -m projects.home.recap.gpu_check --out $(GPU_CHECK_DIR)

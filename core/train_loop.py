@@ -6,6 +6,10 @@ optionally the sparse optimizer fused into backward, and resumable training data
 Between log steps the loop never waits for the device: losses accumulate in a tensor and are read (with one
 all-reduce) only when a line is logged, a checkpoint is written or evaluation runs. A non-finite loss is therefore
 noticed at the next of those points, always before a checkpoint could record it.
+
+On CUDA, a torchrec DistributedModelParallel trains through torchrec's TrainPipelineSparseDist, which overlaps the
+next batches' host-to-device copies and sparse all-to-alls with the current step (_PipelinedSteps); the loop's own
+per-step work is unchanged. CPU training takes the plain path.
 """
 
 from __future__ import annotations

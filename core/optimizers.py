@@ -7,7 +7,6 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
-from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 from core.config import ConfigError
 from core.schedules import Schedule, build_schedule
@@ -161,6 +160,10 @@ def apply_sparse_optimizer(
     """Attach each table's optimizer to its (unsharded) weight; DistributedModelParallel fuses it into the backward
     pass of the model-parallel tables. Data-parallel tables are updated by the RowSparseOptimizer instead
     (core/sparse_optimizers.py), with the same settings."""
+    from torchrec.optim.apply_optimizer_in_backward import (
+        apply_optimizer_in_backward,  # only where tables exist
+    )
+
     for name, weight in tables.items():
         optimizer_class, kwargs = fused_optimizer(settings[name])
         apply_optimizer_in_backward(optimizer_class, [weight], kwargs)

@@ -7,12 +7,16 @@ of its continuous values (sign(x)·log1p|x|, so an age in hours or a count enter
     c   = [E_1[cand_1], ..., E_n[cand_n], A[num_actions], b]     (the candidate: its ids in the same tables, the
                                                                   dedicated "candidate" action, no continuous values)
 
+Beside the encoder, exact id matches between the candidate and the history (how often and how recently the user
+engaged with this author or topic, and by which action) are counted from the raw ids (`match_features`).
+
 Side by side rather than summed, a candidate whose author is a history item's author shows it as a block where
 e_j - c is zero and e_j * c is large, which the target-attention MLP reads directly.
 
 Ids are hashed (or taken modulo) into each table like the large embedding tables' ids. The encoder (pooling,
 target attention or the candidate-isolated transformer, common/sequence_encoders.py) turns the padded tokens and
-the candidate token into one vector; the group's output is [encoder output, c], which joins the model input.
+the candidate token into one vector; the group's output is [encoder output, c, match features], which joins the
+model input.
 
 Inputs of `HistoryEncoder.forward` are padded [B, L] tensors keyed as in `history_input_names`; `pad_jagged` makes
 them from a batch's jagged group (lengths [B] and the rows' items one after another).
@@ -122,10 +126,12 @@ class HistoryTokens(nn.Module):
 class HistoryEncoder(nn.Module):
     """One history group: tokens, then pooling / target attention / the isolated transformer; output [B, 2 dim]."""
 
-    def __init__(self, name: str, tokens: HistoryTokens, encoder: nn.Module, share_requests: bool = True) -> None:
+    def __init__(self, name: str, tokens: HistoryTokens, encoder: nn.Module, share_requests: bool = True,
+                 candidate_columns: list[str] | None = None) -> None:
         """share_requests: consecutive rows with the same history (the candidates of one request, as they sit
         together in the files) encode it once and score their candidates in one pass; exact, since no candidate
-        reads another (eager mode only: an exported or scripted model scores row by row)."""
+        reads another (eager mode only: an exported or scripted model scores row by row). candidate_columns: the
+        id columns whose candidate id is matched exactly against the history's ids (match features)."""
         super().__init__()
         if not isinstance(encoder, (HistoryPooling, TargetAttention, CandidateIsolatedTransformer)):
             raise TypeError(f"unknown history encoder {type(encoder).__name__}")
@@ -134,21 +140,46 @@ class HistoryEncoder(nn.Module):
         self.encoder = encoder
         self.pooling = isinstance(encoder, HistoryPooling)
         self.share_requests = share_requests
-        self.output_dim = 2 * tokens.dim
+        # Exact id matches between the candidate and the history, per id column with a candidate id.
+        self.match_columns = [c for c in tokens.columns if c in (candidate_columns or [])]
+        self.match_width = 2 + (tokens.num_actions or 0)
+        self.output_dim = 2 * tokens.dim + self.match_width * len(self.match_columns)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = inputs[self.prefix + "mask"]
         candidate = self.tokens.candidate(inputs, self.prefix, mask)
+        matches = self.match_features(inputs)
         if self.share_requests and not self.pooling and not _tracing():
             groups = request_groups(inputs, self.prefix)
             if groups is not None:
-                return torch.cat([self._per_request(inputs, mask, candidate, *groups), candidate], dim=1)
+                return torch.cat([self._per_request(inputs, mask, candidate, *groups), candidate, *matches], dim=1)
         history = self.tokens.items(inputs, self.prefix)
         if self.pooling:
             encoded = self.encoder(history, mask)
         else:
             encoded = self.encoder(history, mask, candidate)
-        return torch.cat([encoded, candidate], dim=1)
+        return torch.cat([encoded, candidate, *matches], dim=1)
+
+    def match_features(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per id column with a candidate: how often and how recently the user engaged with the candidate's id,
+        from exact raw-id matches m_j = [id_j = candidate id] over the real items: log1p(Σ_j m_j),
+        Σ_j m_j / (j + 1) (item j is the j-th most recent), and log1p(Σ_j m_j [action_j = a]) per action type a."""
+        if not self.match_columns:
+            return []
+        mask = inputs[self.prefix + "mask"]
+        recency = 1.0 / torch.arange(1, mask.shape[1] + 1, device=mask.device, dtype=torch.float32)
+        actions = inputs.get(self.prefix + "actions")
+        out = []
+        for column in self.match_columns:
+            ids = inputs[self.prefix + "id:" + column]
+            match = ((ids == inputs[self.prefix + "candidate:" + column][:, None]) & mask).float()
+            parts = [torch.log1p(match.sum(dim=1, keepdim=True)), (match * recency).sum(dim=1, keepdim=True)]
+            if actions is not None and self.tokens.num_actions is not None:
+                kinds = torch.arange(self.tokens.num_actions, device=mask.device)
+                per_action = (match[:, :, None] * (actions[:, :, None] == kinds).float()).sum(dim=1)
+                parts.append(torch.log1p(per_action))
+            out.append(torch.cat(parts, dim=1))
+        return out
 
     def _per_request(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor, candidate: torch.Tensor,
                      first: torch.Tensor, request: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:

@@ -87,3 +87,24 @@ def test_pad_jagged_and_the_candidate_action_index():
     assert e.shape == (1, 2, 16)
     torch.testing.assert_close(e[0, 0, :4], expected[:4])
     torch.testing.assert_close(e[0, 1, 12:], tokens.continuous(torch.tensor([-torch.log1p(torch.tensor(1.0))])))
+
+
+def test_match_features_count_exact_id_matches_by_recency_and_action():
+    tokens = HistoryTokens(4, {"a": (10, True), "t": (5, False)}, num_actions=3)
+    encoder = HistoryEncoder("h", tokens, HistoryPooling("sum", tokens.dim), candidate_columns=["a"])
+    assert encoder.output_dim == 2 * 12 + 5
+    inputs = {
+        "h/mask": torch.tensor([[True, True, True, False], [True, False, False, False]]),
+        # Row 0: the candidate id 7 is the most recent and the third item (a reply, then a favorite); the padding
+        # slot also holds 7 but does not count. Row 1: no match.
+        "h/id:a": torch.tensor([[7, 2, 7, 7], [3, 0, 0, 0]]),
+        "h/id:t": torch.zeros(2, 4, dtype=torch.int64),
+        "h/actions": torch.tensor([[1, 0, 0, 2], [0, 0, 0, 0]]),
+        "h/candidate:a": torch.tensor([7, 9]),
+    }
+    [features] = encoder.match_features(inputs)
+    log2 = torch.log1p(torch.tensor(2.0))
+    log1 = torch.log1p(torch.tensor(1.0))
+    torch.testing.assert_close(features[0], torch.stack([log2, torch.tensor(1 + 1 / 3), log1, log1, torch.tensor(0.0)]))
+    assert features[1].abs().sum() == 0
+    assert encoder(inputs).shape == (2, 29)

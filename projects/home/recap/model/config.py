@@ -281,6 +281,9 @@ class SequenceModelConfig(BaseConfig):
     # Consecutive rows with the same history (one request's candidates) encode it once and score their candidates
     # in one pass (target attention and transformer; exact: no candidate reads another). Off: row by row.
     share_requests: bool = True
+    # Per id column with a candidate column: how often and how recently (and by which action) the history holds the
+    # candidate's exact id, as 2 + num_actions more inputs (common/history.py).
+    match_features: bool = True
 
 
 class ScoringConfig(BaseConfig):

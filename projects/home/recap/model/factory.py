@@ -125,7 +125,8 @@ def build_histories(config: RecapConfig) -> nn.ModuleDict | None:
             assert t is not None  # HistoryEncoderConfig validates exactly one encoder
             module = CandidateIsolatedTransformer(dim, t.num_layers, t.num_heads, t.dropout, t.positions,
                                                   group.max_length, t.causal, t.ffn_multiplier)
-        encoders[name] = HistoryEncoder(name, tokens, module, spec.share_requests)
+        matched = [c.name for c in group.ids if c.candidate] if spec.match_features else []
+        encoders[name] = HistoryEncoder(name, tokens, module, spec.share_requests, matched)
     return nn.ModuleDict(encoders)
 
 

@@ -390,8 +390,9 @@ def test_history_encoders_join_the_model_input_and_learn(make_config, encoder, s
     config = _history_config(make_config, ENCODERS[encoder], sharing)
     model_and_loss = build_model_and_loss(config)
     dense = model_and_loss.model.dense
-    # Tokens: 8 values per id column (2), the action and the continuous block; output [encoded, candidate].
-    assert list(dense.histories) == ["history"] and dense.histories["history"].output_dim == 64
+    # Tokens: 8 values per id column (2), the action and the continuous block; output [encoded, candidate] and the
+    # match features of the one id column with a candidate (2 + 4 actions).
+    assert list(dense.histories) == ["history"] and dense.histories["history"].output_dim == 70
     batch = random_batch(config, 12, torch.Generator().manual_seed(3))
     assert batch.sequences["history"]["lengths"].max() <= 6
     loss, out = model_and_loss(batch)

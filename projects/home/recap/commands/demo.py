@@ -53,12 +53,12 @@ def _has_data(data_dir: Path, columns: list[str]) -> bool:
     return not missing
 
 
-def _generate(data_dir: Path, rows: int) -> None:
+def _generate(data_dir: Path, rows: int, history_length: int = 0) -> None:
     from projects.home.recap.commands import data_generate
 
     parser = argparse.ArgumentParser()
     data_generate.add_arguments(parser)
-    argv = ["--output", str(data_dir), "--rows", str(rows)]
+    argv = ["--output", str(data_dir), "--rows", str(rows), "--history-length", str(history_length)]
     logger.info("generating the synthetic data in %s", data_dir)
     data_generate.run(parser.parse_args(argv))
 
@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     os.environ["RECAP_SAVE_DIR"] = str(save_dir)
     config = load_recap_config(args.config, args.overrides)
     if not _has_data(data_dir, build_layout(config.data, list(config.model.tasks)).columns):
-        _generate(data_dir, args.rows)
+        # A config with engagement histories (demo_history.yaml) gets data with histories as long as it reads.
+        history = max((g.max_length for g in config.data.features.sequences.values()), default=0)
+        _generate(data_dir, args.rows, history)
     else:
         logger.info("using the existing data in %s", data_dir)
     train_args = ["train", "--config", args.config] + [a for o in args.overrides for a in ("--set", o)]

@@ -127,7 +127,7 @@ class HistoryEncoder(nn.Module):
     """One history group: tokens, then pooling / target attention / the isolated transformer; output [B, 2 dim]."""
 
     def __init__(self, name: str, tokens: HistoryTokens, encoder: nn.Module, share_requests: bool = True,
-                 candidate_columns: list[str] | None = None) -> None:
+                 candidate_columns: list[str] | None = None, output_dim: int | None = None) -> None:
         """share_requests: consecutive rows with the same history (the candidates of one request, as they sit
         together in the files) encode it once and score their candidates in one pass; exact, since no candidate
         reads another (eager mode only: an exported or scripted model scores row by row). candidate_columns: the
@@ -143,9 +143,16 @@ class HistoryEncoder(nn.Module):
         # Exact id matches between the candidate and the history, per id column with a candidate id.
         self.match_columns = [c for c in tokens.columns if c in (candidate_columns or [])]
         self.match_width = 2 + (tokens.num_actions or 0)
-        self.output_dim = 2 * tokens.dim + self.match_width * len(self.match_columns)
+        width = 2 * tokens.dim + self.match_width * len(self.match_columns)
+        # Optionally a Linear down to output_dim: a wide output would widen every layer reading the model input.
+        self.projection = nn.Linear(width, output_dim) if output_dim is not None else None
+        self.output_dim = output_dim if output_dim is not None else width
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self._encode(inputs)
+        return self.projection(out) if self.projection is not None else out
+
+    def _encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = inputs[self.prefix + "mask"]
         candidate = self.tokens.candidate(inputs, self.prefix, mask)
         matches = self.match_features(inputs)

@@ -108,3 +108,13 @@ def test_match_features_count_exact_id_matches_by_recency_and_action():
     torch.testing.assert_close(features[0], torch.stack([log2, torch.tensor(1 + 1 / 3), log1, log1, torch.tensor(0.0)]))
     assert features[1].abs().sum() == 0
     assert encoder(inputs).shape == (2, 29)
+
+
+def test_an_output_projection_sets_the_groups_width():
+    tokens = HistoryTokens(4, {"a": (10, True)}, num_actions=2)
+    encoder = HistoryEncoder("h", tokens, TargetAttention(tokens.dim, (4,)), candidate_columns=["a"], output_dim=5)
+    inputs = {"h/mask": torch.tensor([[True, False]]), "h/id:a": torch.tensor([[1, 2]]),
+              "h/actions": torch.tensor([[0, 1]]), "h/candidate:a": torch.tensor([1])}
+    out = encoder(inputs)
+    assert encoder.output_dim == 5 and out.shape == (1, 5)
+    torch.testing.assert_close(out, encoder.projection(encoder._encode(inputs)))

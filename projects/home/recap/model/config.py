@@ -284,6 +284,9 @@ class SequenceModelConfig(BaseConfig):
     # Per id column with a candidate column: how often and how recently (and by which action) the history holds the
     # candidate's exact id, as 2 + num_actions more inputs (common/history.py).
     match_features: bool = True
+    # A Linear from the group's [encoder output, candidate token, match features] down to this many inputs (None:
+    # they join the model input as they are; every layer that reads the input grows with them).
+    output_dim: int | None = Field(default=None, ge=1)
 
 
 class ScoringConfig(BaseConfig):

@@ -126,7 +126,7 @@ def build_histories(config: RecapConfig) -> nn.ModuleDict | None:
             module = CandidateIsolatedTransformer(dim, t.num_layers, t.num_heads, t.dropout, t.positions,
                                                   group.max_length, t.causal, t.ffn_multiplier)
         matched = [c.name for c in group.ids if c.candidate] if spec.match_features else []
-        encoders[name] = HistoryEncoder(name, tokens, module, spec.share_requests, matched)
+        encoders[name] = HistoryEncoder(name, tokens, module, spec.share_requests, matched, spec.output_dim)
     return nn.ModuleDict(encoders)
 
 

@@ -83,6 +83,11 @@ class ReferenceRankingModel(nn.Module):
     def task_names(self) -> list[str]:
         return self.dense.task_names
 
+    @property
+    def output_names(self) -> list[str]:
+        """The dense model's outputs beyond the per-task ones (the score, gate weights)."""
+        return self.dense.output_names
+
     def forward(self, batch: RecapBatch) -> dict[str, torch.Tensor]:
         if self.tables is None:
             pooled = batch.continuous.new_zeros(batch.batch_size, 0)

@@ -100,6 +100,8 @@ class ServingRanker(nn.Module):
             pooled_sparse = torch.cat(pooled, dim=1)
         else:
             pooled_sparse = continuous.new_zeros(continuous.shape[0], 0)
+        if histories is None:
+            return self.dense(continuous, binary, discrete, embeddings, pooled_sparse)
         return self.dense(continuous, binary, discrete, embeddings, pooled_sparse, histories)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -342,12 +343,15 @@ def _nonfinite_per_row(continuous: np.ndarray) -> np.ndarray:
     return out
 
 
-def assemble(blocks: list[ArrayBlock], rows: np.ndarray, batch_size: int, shared: bool) -> dict:
+def assemble(blocks: list[ArrayBlock], rows: np.ndarray, batch_size: int, shared: bool,
+             empty: Callable[[tuple[int, ...], np.dtype, bool], tuple[np.ndarray, torch.Tensor]] | None = None) -> dict:
     """Rows `rows` (indices into the blocks one after another) as the tensors a chunk of batches travels in.
 
     Dense parts are written straight from each block into the output (one copy, no intermediate concatenation);
-    sparse ids are laid out batch by batch (see _sparse). Batches are views of these tensors.
+    sparse ids are laid out batch by batch (see _sparse). Batches are views of these tensors. `empty` allocates the
+    dense outputs (default: ordinary, or shared-memory, tensors; the prepared layout uses huge pages).
     """
+    empty = empty or _empty
     n = len(rows)
     starts = np.cumsum([0] + [b.num_rows for b in blocks])
     is_range = n == starts[-1] and (n == 0 or (rows[0] == 0 and (np.diff(rows) == 1).all()))
@@ -369,7 +373,7 @@ def assemble(blocks: list[ArrayBlock], rows: np.ndarray, batch_size: int, shared
         first = getattr(blocks[0], f)
         if first is None:  # no oracle columns
             continue
-        array, tensor = _empty((n, first.shape[1]), first.dtype, shared)
+        array, tensor = empty((n, first.shape[1]), first.dtype, shared)
         if first.shape[1]:
             target = _row_view(array)
             for b, (dst, src) in zip(blocks, picks):

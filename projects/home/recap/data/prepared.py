@@ -29,13 +29,9 @@ import pyarrow.ipc as ipc
 import torch
 
 from core.log import get_logger
+from projects.home.recap.data import columns
 from projects.home.recap.data.columns import (
-    _DENSE,
     ArrayBlock,
-    _nonfinite_per_row,
-    _row_view,
-    _sparse,
-    assemble_sequences,
     stack_columns,
 )
 from projects.home.recap.data.errors import DataError
@@ -303,36 +299,4 @@ def _empty(shape: tuple[int, ...], dtype: np.dtype, shared: bool) -> tuple[np.nd
 def assemble(blocks: list[ArrayBlock], rows: np.ndarray, batch_size: int, shared: bool) -> dict:
     """columns.assemble for blocks read from a prepared dataset (same tensors, same values): the dense parts are
     gathered straight from the memory-mapped record batches into outputs on huge pages."""
-    n = len(rows)
-    starts = np.cumsum([0] + [b.num_rows for b in blocks])
-    if n == starts[-1] and (n == 0 or (rows[0] == 0 and (np.diff(rows) == 1).all())):
-        picks = [(slice(lo, lo + b.num_rows), None) for b, lo in zip(blocks, starts[:-1])]
-    elif n == starts[-1] and (np.bincount(rows, minlength=n) == 1).all():
-        destination = np.empty(n, dtype=np.int64)  # a permutation: scatter each block once
-        destination[rows] = np.arange(n)
-        picks = [(destination[lo : lo + b.num_rows], None) for b, lo in zip(blocks, starts[:-1])]
-    else:
-        picks = []
-        for b, lo in zip(blocks, starts[:-1]):
-            where = np.nonzero((rows >= lo) & (rows < lo + b.num_rows))[0]
-            picks.append((where, rows[where] - lo))
-    out: dict = {}
-    for f in _DENSE:
-        first = getattr(blocks[0], f)
-        if first is None:  # no oracle columns
-            continue
-        array, tensor = _empty((n, first.shape[1]), first.dtype, shared)
-        if first.shape[1]:
-            target = _row_view(array)
-            for b, (dst, src) in zip(blocks, picks):
-                part = _row_view(np.ascontiguousarray(getattr(b, f)))
-                target[dst] = part if src is None else part[src]
-        out[f] = tensor
-    merged = ArrayBlock.concat_sparse_and_ids(blocks)
-    if merged.sparse:
-        out.update(_sparse(merged.sparse, rows, batch_size, shared))
-    out["ids"] = merged.take_ids(rows)
-    out["nonfinite"] = torch.from_numpy(_nonfinite_per_row(out["continuous"].numpy()))
-    if blocks[0].sequences:
-        out["sequences"] = assemble_sequences(blocks, rows, shared)
-    return out
+    return columns.assemble(blocks, rows, batch_size, shared, empty=_empty)

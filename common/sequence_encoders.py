@@ -97,8 +97,19 @@ class TargetAttention(nn.Module):
         # W [e, c, e - c, e c] = (W_e + W_d) e + (W_c - W_d) c + W_p (e c); the candidate's part once per candidate.
         first = self.mlp[0]
         w_e, w_c, w_d, w_p = first.weight.split(e.shape[-1], dim=1)
-        hidden = F.linear(e, w_e + w_d, first.bias) + F.linear(c, w_c - w_d) + F.linear(e * c, w_p)
-        logits = self.mlp[1:](hidden).squeeze(-1)
+        own = F.linear(c, w_c - w_d, first.bias)
+        if torch.compiler.is_compiling() or torch.jit.is_scripting():
+            hidden = F.linear(torch.cat([e, e * c], dim=-1), torch.cat([w_e + w_d, w_p], dim=1)) + own
+            logits = self.mlp[1:](hidden).squeeze(-1)
+        else:
+            # Eager: the MLP on the real items only (padding's weight is 0 or masked out either way).
+            full = mask.expand(e.shape[:-1])
+            items = e[full]
+            pair = c.expand(e.shape)[full]
+            hidden = F.linear(torch.cat([items, items * pair], dim=-1), torch.cat([w_e + w_d, w_p], dim=1))
+            hidden = hidden + own.expand(*e.shape[:-1], own.shape[-1])[full]
+            logits = e.new_zeros(full.shape)
+            logits[full] = self.mlp[1:](hidden).squeeze(-1).to(logits.dtype)
         if not self.softmax:
             return logits * mask.to(logits.dtype)
         # The most negative finite value instead of -inf: exp(min - max) is exactly 0 wherever a real item

@@ -18,8 +18,8 @@ target attention or the candidate-isolated transformer, common/sequence_encoders
 the candidate token into one vector; the group's output is [encoder output, c, match features], which joins the
 model input.
 
-Inputs of `HistoryEncoder.forward` are padded [B, L] tensors keyed as in `history_input_names`; `pad_jagged` makes
-them from a batch's jagged group (lengths [B] and the rows' items one after another).
+Inputs of `HistoryEncoder.forward` are padded [B, L] tensors keyed "<group>/<field>"; `padded_history` makes them
+from a batch's jagged group (lengths [B] and the rows' items one after another).
 """
 
 from __future__ import annotations
@@ -30,37 +30,52 @@ from torch import nn
 from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention
 from common.sparse_embeddings import hash_ids
 
-__all__ = ["HistoryEncoder", "HistoryTokens", "history_input_names", "pad_jagged", "padded_history",
-           "request_groups"]
+__all__ = ["HistoryEncoder", "HistoryTokens", "pad_jagged", "padded_history", "request_groups"]
 
 
 def _padding_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B, L, ...] zeros with `values` (the rows' items one after another) written where mask is True, row by row."""
-    out = values.new_zeros((*mask.shape, *values.shape[1:]))
-    out[mask] = values
-    return out
+def _slots(lengths: torch.Tensor, num_items: int, max_length: int) -> torch.Tensor:
+    """The flat [B * max_length] slot of each of the rows' items (the rows' items one after another): computed from
+    the lengths alone, with no device synchronization."""
+    ends = torch.cumsum(lengths, 0)
+    item = torch.arange(num_items, device=lengths.device)
+    row = torch.searchsorted(ends, item, right=True)
+    return row * max_length + item - (ends - lengths)[row]
+
+
+def _scatter(values: torch.Tensor, slots: torch.Tensor, batch: int, max_length: int) -> torch.Tensor:
+    """[B, L, ...] zeros with `values` written at their slots."""
+    out = values.new_zeros((batch * max_length, *values.shape[1:]))
+    out.index_copy_(0, slots, values)
+    return out.view(batch, max_length, *values.shape[1:])
 
 
 def pad_jagged(values: torch.Tensor, lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     """[B, max_length, ...] with row b's first lengths[b] items from `values` (the rows' items one after another),
     zeros after them."""
-    return _scatter(values, _padding_mask(lengths.to(torch.int64), max_length))
+    lengths = lengths.to(torch.int64)
+    return _scatter(values, _slots(lengths, values.shape[0], max_length), lengths.shape[0], max_length)
 
 
 def padded_history(group: dict[str, torch.Tensor], max_length: int, prefix: str) -> dict[str, torch.Tensor]:
     """A batch's jagged history group as the padded inputs of HistoryEncoder, keys prefixed with `prefix`: "mask"
     [B, L] bool, each "id:<col>" and "actions" [B, L] int64, "continuous" [B, L, C] float32, and each
     "candidate:<col>" [B] as given."""
-    mask = _padding_mask(group["lengths"].to(torch.int64), max_length)
-    out = {prefix + "mask": mask}
+    lengths = group["lengths"].to(torch.int64)
+    out = {prefix + "mask": _padding_mask(lengths, max_length)}
+    slots = None
     for key, tensor in group.items():
         if key == "lengths":
             continue
-        out[prefix + key] = tensor if key.startswith("candidate:") else _scatter(tensor, mask)
+        if key.startswith("candidate:"):
+            out[prefix + key] = tensor
+            continue
+        if slots is None:  # every list of the group has the same lengths
+            slots = _slots(lengths, tensor.shape[0], max_length)
+        out[prefix + key] = _scatter(tensor, slots, lengths.shape[0], max_length)
     return out
 
 
@@ -126,9 +141,10 @@ class HistoryTokens(nn.Module):
 class HistoryEncoder(nn.Module):
     """One history group: tokens, then pooling / target attention / the isolated transformer; output [B, 2 dim]."""
 
-    def __init__(self, name: str, tokens: HistoryTokens, encoder: nn.Module, share_requests: bool = True,
-                 candidate_columns: list[str] | None = None, output_dim: int | None = None) -> None:
-        """share_requests: consecutive rows with the same history (the candidates of one request, as they sit
+    def __init__(self, name: str, tokens: HistoryTokens, encoder: nn.Module, max_length: int,
+                 share_requests: bool = True, candidate_columns: list[str] | None = None,
+                 output_dim: int | None = None) -> None:
+        """max_length: the history length the inputs are padded to. share_requests: consecutive rows with the same history (the candidates of one request, as they sit
         together in the files) encode it once and score their candidates in one pass; exact, since no candidate
         reads another (eager mode only: an exported or scripted model scores row by row). candidate_columns: the
         id columns whose candidate id is matched exactly against the history's ids (match features)."""
@@ -136,6 +152,7 @@ class HistoryEncoder(nn.Module):
         if not isinstance(encoder, (HistoryPooling, TargetAttention, CandidateIsolatedTransformer)):
             raise TypeError(f"unknown history encoder {type(encoder).__name__}")
         self.prefix = name + "/"
+        self.max_length = max_length
         self.tokens = tokens
         self.encoder = encoder
         self.pooling = isinstance(encoder, HistoryPooling)
@@ -156,7 +173,9 @@ class HistoryEncoder(nn.Module):
         mask = inputs[self.prefix + "mask"]
         candidate = self.tokens.candidate(inputs, self.prefix, mask)
         matches = self.match_features(inputs)
-        if self.share_requests and not self.pooling and not _tracing():
+        # Only outside training: training rows are shuffled, so neighbours rarely share a history, and the check
+        # would cost a device synchronization per step.
+        if self.share_requests and not self.pooling and not self.training and not _tracing():
             groups = request_groups(inputs, self.prefix)
             if groups is not None:
                 return torch.cat([self._per_request(inputs, mask, candidate, *groups), candidate, *matches], dim=1)
@@ -227,13 +246,3 @@ def request_groups(inputs: dict[str, torch.Tensor], prefix: str
     first = torch.nonzero(starts).reshape(-1)
     slot = torch.arange(batch, device=mask.device) - first[request]
     return first, request, slot
-
-
-def history_input_names(group: str, ids: list[str], candidates: list[str], actions: bool,
-                        continuous: bool) -> list[str]:
-    """The padded input keys of one group, as padded_history writes them."""
-    prefix = group + "/"
-    names = [prefix + "mask"] + [prefix + "id:" + c for c in ids]
-    names += [prefix + "actions"] if actions else []
-    names += [prefix + "continuous"] if continuous else []
-    return names + [prefix + "candidate:" + c for c in candidates]

@@ -98,11 +98,12 @@ class TargetAttention(nn.Module):
         first = self.mlp[0]
         w_e, w_c, w_d, w_p = first.weight.split(e.shape[-1], dim=1)
         own = F.linear(c, w_c - w_d, first.bias)
-        if torch.compiler.is_compiling() or torch.jit.is_scripting():
+        # Packing the real items pays on CPU; on a GPU (and under export) the padded form avoids a synchronization.
+        if e.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_scripting():
             hidden = F.linear(torch.cat([e, e * c], dim=-1), torch.cat([w_e + w_d, w_p], dim=1)) + own
             logits = self.mlp[1:](hidden).squeeze(-1)
         else:
-            # Eager: the MLP on the real items only (padding's weight is 0 or masked out either way).
+            # The MLP on the real items only (padding's weight is 0 or masked out either way).
             full = mask.expand(e.shape[:-1])
             items = e[full]
             pair = c.expand(e.shape)[full]

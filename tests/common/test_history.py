@@ -16,7 +16,7 @@ def _encoder(kind: str, share: bool) -> HistoryEncoder:
     module = {"transformer": CandidateIsolatedTransformer(width, num_layers=2, num_heads=2, max_length=L),
               "target_attention": TargetAttention(width, (8,), softmax=True),
               "pooling": HistoryPooling("mean", width)}[kind]
-    return HistoryEncoder("h", tokens, module, share).eval()
+    return HistoryEncoder("h", tokens, module, L, share).eval()
 
 
 def _requests(sizes: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -91,7 +91,7 @@ def test_pad_jagged_and_the_candidate_action_index():
 
 def test_match_features_count_exact_id_matches_by_recency_and_action():
     tokens = HistoryTokens(4, {"a": (10, True), "t": (5, False)}, num_actions=3)
-    encoder = HistoryEncoder("h", tokens, HistoryPooling("sum", tokens.dim), candidate_columns=["a"])
+    encoder = HistoryEncoder("h", tokens, HistoryPooling("sum", tokens.dim), 4, candidate_columns=["a"])
     assert encoder.output_dim == 2 * 12 + 5
     inputs = {
         "h/mask": torch.tensor([[True, True, True, False], [True, False, False, False]]),
@@ -112,7 +112,8 @@ def test_match_features_count_exact_id_matches_by_recency_and_action():
 
 def test_an_output_projection_sets_the_groups_width():
     tokens = HistoryTokens(4, {"a": (10, True)}, num_actions=2)
-    encoder = HistoryEncoder("h", tokens, TargetAttention(tokens.dim, (4,)), candidate_columns=["a"], output_dim=5)
+    encoder = HistoryEncoder("h", tokens, TargetAttention(tokens.dim, (4,)), 2, candidate_columns=["a"],
+                             output_dim=5)
     inputs = {"h/mask": torch.tensor([[True, False]]), "h/id:a": torch.tensor([[1, 2]]),
               "h/actions": torch.tensor([[0, 1]]), "h/candidate:a": torch.tensor([1])}
     out = encoder(inputs)

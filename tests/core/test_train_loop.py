@@ -32,24 +32,6 @@ def ctx():
     shutdown_distributed()
 
 
-def _all_state(loop) -> dict[str, torch.Tensor]:
-    state = {f"param/{k}": v for k, v in toy.parameters(loop).items()}
-    for name, entries in loop.dense_optimizer.state_tensors().items():
-        for key, value in entries.items():
-            state[f"dense/{name}/{key}"] = value.detach().cpu().clone()
-    if loop.sparse_optimizer is not None:
-        for name, entries in loop.sparse_optimizer.state_dict()["state"].items():
-            for key, value in entries.items():
-                state[f"sparse/{name}/{key}"] = torch.cat([s.tensor for s in value.local_shards()]).clone()
-    return state
-
-
-def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{key} differs")
-
-
 def test_resume_reproduces_the_straight_run_exactly(ctx, tmp_path):
     # 8 steps straight vs 5 steps, stop, resume to 8: the same weights, optimizer states and RNG-driven dropout.
     # Six batches per epoch, so the resumed part also crosses an epoch boundary.
@@ -63,7 +45,7 @@ def test_resume_reproduces_the_straight_run_exactly(ctx, tmp_path):
     result = second.run()
     assert result.resumed_from == tmp_path / "b" / "checkpoints" / "step_00000005"
     assert (result.step, result.epoch) == (8, 1)
-    _assert_same(_all_state(straight), _all_state(second))
+    toy.assert_same(toy.all_state(straight), toy.all_state(second))
 
 
 class _SignalAfter(toy.ToyData):
@@ -97,7 +79,7 @@ def test_a_stop_signal_checkpoints_the_step_and_a_rerun_finishes_like_a_straight
     assert signal.getsignal(signum) == handler_before  # the loop's handlers are gone once it stops
     rerun = toy.build_loop(ctx, toy.training_config(tmp_path / "b", num_train_steps=8), dropout=0.3)
     assert rerun.run().resumed_from == tmp_path / "b" / "checkpoints" / "step_00000003"
-    _assert_same(_all_state(straight), _all_state(rerun))
+    toy.assert_same(toy.all_state(straight), toy.all_state(rerun))
 
 
 def test_checkpoints_are_periodic_final_and_only_the_last_k_kept(ctx, tmp_path):
@@ -128,7 +110,7 @@ def test_gradient_accumulation_equals_one_big_batch(ctx, tmp_path):
         data=Halves(), with_table=False,
     )
     accumulated.run()
-    _assert_same(toy.parameters(big), toy.parameters(accumulated))
+    toy.assert_same(toy.parameters(big), toy.parameters(accumulated))
 
 
 def test_epochs_with_a_partial_last_accumulation_window(ctx, tmp_path):
@@ -311,7 +293,7 @@ def test_warm_start_loads_weights_but_not_optimizer_state_or_step(ctx, tmp_path)
                                  seed=7)
     target = toy.build_loop(ctx, config)
     assert target.restore() is None
-    _assert_same(weights, toy.parameters(target))
+    toy.assert_same(weights, toy.parameters(target))
     assert target.step == 0
     assert all((s["exp_avg"] == 0).all() for s in target.dense_optimizer.state_tensors().values())
 

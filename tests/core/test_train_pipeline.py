@@ -63,23 +63,6 @@ def _loop(ctx, save_dir: Path, pipelined: bool, steps: int, **training):
     return loop
 
 
-def _state(loop) -> dict[str, torch.Tensor]:
-    state = {f"param/{k}": v for k, v in toy.parameters(loop).items()}
-    for name, entries in loop.dense_optimizer.state_tensors().items():
-        for key, value in entries.items():
-            state[f"dense/{name}/{key}"] = value.detach().cpu().clone()
-    for name, entries in loop.sparse_optimizer.state_dict()["state"].items():
-        for key, value in entries.items():
-            state[f"sparse/{name}/{key}"] = torch.cat([s.tensor for s in value.local_shards()]).clone()
-    return state
-
-
-def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{key} differs")
-
-
 def test_the_cpu_loop_keeps_its_plain_path(ctx, tmp_path):
     loop = toy.build_loop(ctx, toy.training_config(tmp_path, num_train_steps=2))
     assert loop.pipeline_problem() is None  # it could pipeline, but on CPU it is not asked to
@@ -124,7 +107,7 @@ def test_pipelined_training_is_the_plain_training(ctx, tmp_path):
     assert piped_result.last_eval_metrics == pytest.approx(plain_result.last_eval_metrics, abs=1e-6)
     assert piped_result.last_train_metrics["train/loss"] == pytest.approx(
         plain_result.last_train_metrics["train/loss"], abs=1e-6)
-    _assert_same(_state(plain), _state(piped))
+    toy.assert_same(toy.all_state(plain), toy.all_state(piped))
     # The model has its own forwards back after training.
     loss, _ = piped.model(PipelineableToyBatch(*dataclasses.astuple(toy.make_batch(5))))
     assert torch.isfinite(loss)
@@ -139,4 +122,4 @@ def test_a_pipelined_checkpoint_resumes_exactly(ctx, tmp_path):
     second = _loop(ctx, tmp_path / "resumed", True, 8)
     result = second.run()
     assert result.resumed_from == tmp_path / "resumed" / "checkpoints" / "step_00000005"
-    _assert_same(_state(straight), _state(second))
+    toy.assert_same(toy.all_state(straight), toy.all_state(second))

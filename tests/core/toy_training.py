@@ -164,3 +164,23 @@ def parameters(loop: TrainLoop) -> dict[str, torch.Tensor]:
             value = torch.cat([s.tensor for s in shards]) if shards else torch.empty(0)
         out[name] = value.detach().cpu().clone()
     return out
+
+
+def all_state(loop: TrainLoop) -> dict[str, torch.Tensor]:
+    """Every trained tensor of a toy loop: parameters, dense optimizer state and the tables' optimizer state."""
+    state = {f"param/{k}": v for k, v in parameters(loop).items()}
+    for name, entries in loop.dense_optimizer.state_tensors().items():
+        for key, value in entries.items():
+            state[f"dense/{name}/{key}"] = value.detach().cpu().clone()
+    if loop.sparse_optimizer is not None:
+        for name, entries in loop.sparse_optimizer.state_dict()["state"].items():
+            for key, value in entries.items():
+                state[f"sparse/{name}/{key}"] = torch.cat([s.tensor for s in value.local_shards()]).clone()
+    return state
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Equal keys and tensors to 1e-6."""
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{key} differs")

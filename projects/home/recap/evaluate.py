@@ -112,22 +112,22 @@ class GateTotals:
     """Per gate of an expert mixture, the sums over evaluated rows of the gate weights and of each row's entropy."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, list] = {}  # gate -> [weight sum [K] float64, entropy sum, rows]
+        # gate -> [weight sum [K], entropy sum], float64 on the outputs' device (read once, at the end), and rows.
+        self.sums: dict[str, list] = {}
 
     def update(self, outputs: dict[str, torch.Tensor]) -> None:
         for key, weights in outputs.items():
             if not key.startswith("gates/"):
                 continue
             w = weights.detach().double()
-            entropy = -(w * torch.log(w.clamp_min(1e-30))).sum()
-            entry = self.sums.setdefault(key[len("gates/"):], [torch.zeros(w.shape[1], dtype=torch.float64), 0.0, 0])
-            entry[0] += w.sum(dim=0).cpu()
-            entry[1] += float(entropy)
+            entry = self.sums.setdefault(key[len("gates/"):], [w.new_zeros(w.shape[1]), w.new_zeros(()), 0])
+            entry[0] += w.sum(dim=0)
+            entry[1] -= (w * torch.log(w.clamp_min(1e-30))).sum()
             entry[2] += int(w.shape[0])
 
     def statistics(self, ctx: DistributedContext) -> dict[str, dict]:
         """Collective: {gate: core.ranking_metrics.gate_statistics} over every rank's rows ({} without gates)."""
-        parts = [{k: (v[0].numpy(), v[1], v[2]) for k, v in self.sums.items()}]
+        parts = [{k: (v[0].cpu().numpy(), float(v[1]), v[2]) for k, v in self.sums.items()}]
         if ctx.world_size > 1:
             gathered: list = [None] * ctx.world_size
             dist.all_gather_object(gathered, parts[0])

@@ -175,9 +175,9 @@ def assemble_sequences(blocks: list[ArrayBlock], rows: np.ndarray, shared: bool)
             if key == "offsets":
                 continue
             pooled = np.concatenate([p[key] for p in parts]) if len(parts) > 1 else parts[0][key]
-            source = pooled[rows] if key.startswith("candidate:") else pooled[gather]
-            array, tensor = _empty(source.shape, source.dtype, shared)
-            array[...] = source
+            index = rows if key.startswith("candidate:") else gather
+            array, tensor = _empty((len(index), *pooled.shape[1:]), pooled.dtype, shared)
+            np.take(pooled, index, axis=0, out=array)
             fields[key] = tensor
         out[group] = fields
     return out

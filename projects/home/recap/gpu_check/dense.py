@@ -23,6 +23,7 @@ from projects.home.recap.gpu_check.stage import read_stage
 from projects.home.recap.model import factory
 from projects.home.recap.model.loss import multi_task_bce
 from projects.home.recap.model.multi_task import DenseRankingModel
+from projects.home.recap.model.synthetic_batch import random_batch
 from projects.home.recap.schema import RecapConfig, load_recap_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
@@ -67,25 +68,19 @@ class DenseBatch:
 
 def dense_batch(config: RecapConfig, model: DenseRankingModel, batch_size: int, device: torch.device | str,
                 seed: int = 0) -> DenseBatch:
-    """A synthetic batch shaped like the config's data (as model/synthetic_batch.py draws it: heavy-tailed
+    """A synthetic batch shaped like the config's data (model/synthetic_batch.py's draws: heavy-tailed
     continuous values with NaN and inf, small discrete ids), with the pooled large embeddings as a random tensor
     that asks for its gradient (in training that gradient reaches the tables)."""
     g = torch.Generator().manual_seed(seed)
-    schema = config.data.features
-    b = batch_size
-    continuous = torch.randn(b, schema.num_continuous, generator=g).mul(3).exp()
-    if continuous.numel():
-        continuous.view(-1)[:: max(1, continuous.numel() // 5)] = float("nan")
-        continuous.view(-1)[1 :: max(1, continuous.numel() // 3)] = float("inf")
-    tasks = len(model.task_names)
+    drawn = random_batch(config, batch_size, g, with_sparse=False)
     batch = DenseBatch(
-        continuous=continuous,
-        binary=(torch.rand(b, schema.num_binary, generator=g) < 0.3).float(),
-        discrete=torch.randint(0, 40, (b, schema.num_discrete), generator=g),
-        embeddings=torch.randn(b, sum(e.dim for e in schema.embeddings), generator=g),
-        pooled_sparse=torch.randn(b, model.pooled_sparse_dim, generator=g) * 0.1,
-        labels=(torch.rand(b, tasks, generator=g) < 0.2).float(),
-        weights=torch.ones(b, tasks),
+        continuous=drawn.continuous,
+        binary=drawn.binary,
+        discrete=drawn.discrete,
+        embeddings=drawn.embeddings,
+        pooled_sparse=torch.randn(batch_size, model.pooled_sparse_dim, generator=g) * 0.1,
+        labels=drawn.labels,
+        weights=drawn.weights,
     )
     moved = DenseBatch(**{k: v.to(device) for k, v in vars(batch).items()})
     moved.pooled_sparse.requires_grad_(True)

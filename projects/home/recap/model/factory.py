@@ -126,7 +126,8 @@ def build_histories(config: RecapConfig) -> nn.ModuleDict | None:
             module = CandidateIsolatedTransformer(dim, t.num_layers, t.num_heads, t.dropout, t.positions,
                                                   group.max_length, t.causal, t.ffn_multiplier)
         matched = [c.name for c in group.ids if c.candidate] if spec.match_features else []
-        encoders[name] = HistoryEncoder(name, tokens, module, spec.share_requests, matched, spec.output_dim)
+        encoders[name] = HistoryEncoder(name, tokens, module, group.max_length, spec.share_requests, matched,
+                                        spec.output_dim)
     return nn.ModuleDict(encoders)
 
 
@@ -252,7 +253,6 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
             mixture=mixture,
             score_weights=model.score_weights(),
             histories=histories,
-            history_lengths={name: g.max_length for name, g in config.data.features.sequences.items()},
         )
     except KeyError as exc:
         raise ValueError(

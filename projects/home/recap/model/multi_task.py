@@ -57,9 +57,10 @@ class DenseRankingModel(nn.Module):
     """Everything after the sparse lookup; plain tensors in, logits / probabilities / calibrated probabilities out.
 
     Inputs: continuous [B, C], binary [B, Nb], discrete [B, D] int64, embeddings [B, E] (the dense upstream vectors),
-    pooled_sparse [B, P] (the collection's pooled output). Outputs: logits, probabilities, calibrated_probabilities
-    [B, T]; with scoring weights w also score [B] = calibrated_probabilities @ w; with an expert mixture the gate
-    weights [B, K] of each gate under "gates/<task>" (MMoE) or "gates/level_<l>/<task or shared>" (PLE). The input features are concatenated once in the order
+    pooled_sparse [B, P] (the collection's pooled output), and the padded history groups (common/history.py).
+    Outputs: logits, probabilities, calibrated_probabilities [B, T]; with scoring weights w also score [B] =
+    calibrated_probabilities @ w; with an expert mixture the gate weights [B, K] of each gate under "gates/<task>"
+    (MMoE) or "gates/level_<l>/<task or shared>" (PLE). The input features are concatenated once in the order
     featurized continuous+binary, numeric embeddings (of the raw continuous values), dense embeddings, small
     embeddings, position debias, pooled sparse.
     """
@@ -79,7 +80,6 @@ class DenseRankingModel(nn.Module):
         mixture: nn.Module | None = None,
         score_weights: list[float] | None = None,
         histories: nn.ModuleDict | None = None,
-        history_lengths: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         mixed = multi_task_type in ("mmoe", "ple")
@@ -101,10 +101,6 @@ class DenseRankingModel(nn.Module):
         self.pooled_sparse_dim = pooled_sparse_dim
         # Engagement-history encoders by group (common/history.py); each adds [encoded, candidate token].
         self.histories = histories
-        self.history_lengths = dict(history_lengths or {})
-        if histories is not None and set(self.history_lengths) != set(histories.keys()):
-            raise ValueError(f"history_lengths {sorted(self.history_lengths)} must name the history groups "
-                             f"{sorted(histories.keys())}")
         self.backbone = backbone
         # MMoE or PLE (common/expert_mixtures.py): one mixture of experts per task, read by that task's tower.
         self.mixture = mixture
@@ -131,6 +127,11 @@ class DenseRankingModel(nn.Module):
         return "/".join(parts)
 
     @property
+    def history_lengths(self) -> dict[str, int]:
+        """{history group: the max_length its inputs are padded to}."""
+        return {} if self.histories is None else {name: h.max_length for name, h in self.histories.items()}
+
+    @property
     def output_names(self) -> list[str]:
         """The keys of forward's outputs beyond logits, probabilities and calibrated_probabilities: "score" (with
         scoring weights) and "gates/..." (an expert mixture's gate weights [B, K] per gate)."""
@@ -151,7 +152,7 @@ class DenseRankingModel(nn.Module):
         parts += list(histories.values()) if histories is not None else []
         return sum(p.output_dim for p in parts if p is not None) + pooled_sparse_dim
 
-    __jit_unused_properties__ = ["input_width", "output_names"]
+    __jit_unused_properties__ = ["input_width", "output_names", "history_lengths"]
 
     @property
     def input_width(self) -> int:
@@ -181,7 +182,7 @@ class DenseRankingModel(nn.Module):
             parts.append(pooled_sparse.float())
         if self.histories is not None:
             if histories is None:
-                raise ValueError(f"the model encodes the histories {list(self.history_lengths)}: pass histories")
+                raise ValueError(f"the model encodes the histories {list(self.histories.keys())}: pass histories")
             for encoder in self.histories.values():
                 parts.append(encoder(histories))
         x = torch.cat(parts, dim=1)

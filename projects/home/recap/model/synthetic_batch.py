@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from common.batch import RecapBatch
 from projects.home.recap.schema import RecapConfig
@@ -15,9 +14,11 @@ def random_batch(
     generator: torch.Generator | None = None,
     max_ids_per_row: int = 3,
     id_range: int = 1 << 40,
+    with_sparse: bool = True,
 ) -> RecapBatch:
     """A batch with the config's feature widths: heavy-tailed continuous values (with a few NaN/inf), 0/1
-    binary and labels, small discrete ids, raw sparse ids in [-id_range, id_range) (0..max_ids_per_row per row)."""
+    binary and labels, small discrete ids, raw sparse ids in [-id_range, id_range) (0..max_ids_per_row per row;
+    with_sparse=False leaves them out, and torchrec unimported)."""
     g = generator
     schema = config.data.features
     b = batch_size
@@ -28,7 +29,9 @@ def random_batch(
     binary = (torch.rand(b, schema.num_binary, generator=g) < 0.3).float()
     discrete = torch.randint(0, 40, (b, schema.num_discrete), generator=g)
     sparse = None
-    if schema.sparse:
+    if schema.sparse and with_sparse:
+        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
         lengths = torch.randint(0, max_ids_per_row + 1, (len(schema.sparse) * b,), generator=g)
         values = torch.randint(-id_range, id_range, (int(lengths.sum()),), generator=g)
         sparse = KeyedJaggedTensor(keys=list(schema.sparse), values=values, lengths=lengths, stride=b)

@@ -8,6 +8,7 @@ code path (DistributedModelParallel, torch.distributed.checkpoint) runs everywhe
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import warnings
@@ -334,6 +335,17 @@ def launcher_arguments(
     return [*where, f"--nproc-per-node={nproc_per_node}", f"--max-restarts={max_restarts}", "--module", module, *args]
 
 
+def parse_launcher_arguments(argv: list[str]) -> argparse.Namespace:
+    """torchrun's parse of `argv`, without prefix matching: the workers' own options follow the module name, and
+    with abbreviations allowed one of them that starts like a torchrun option (`--run` and `--run-path`) is an
+    "ambiguous option" error before torchrun gets to treat it as the module's argument."""
+    from torch.distributed.run import get_args_parser
+
+    parser = get_args_parser()
+    parser.allow_abbrev = False
+    return parser.parse_args(argv)
+
+
 def launch_workers(
     nproc_per_node: int, module: str, args: list[str], max_restarts: int = 0, rendezvous: Rendezvous | None = None
 ) -> int:
@@ -342,14 +354,12 @@ def launch_workers(
     every worker succeeded, 128 + N when the launcher was stopped by signal N (its workers got it too)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
+    from torch.distributed.run import run
 
     if rendezvous is not None:
         # Each restart round gets a new store hosted by its rank 0 instead of the agents' one (see _attempt_store).
         os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
-    launcher_args = get_args_parser().parse_args(
-        launcher_arguments(nproc_per_node, module, args, max_restarts, rendezvous)
-    )
+    launcher_args = parse_launcher_arguments(launcher_arguments(nproc_per_node, module, args, max_restarts, rendezvous))
     try:
         run(launcher_args)
     except SignalException as exc:

@@ -504,7 +504,7 @@ def _worker_main(argv: list[str]) -> int:
     """Under torchrun: time the in-memory training step on every rank (fixed step count: the step is collective)."""
     import argparse
 
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--precision", default="fp32")

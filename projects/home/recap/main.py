@@ -5,6 +5,7 @@ Also runnable under torchrun: `torchrun --nproc_per_node 2 -m projects.home.reca
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -47,9 +48,22 @@ def _find_command(argv: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
+def command_parser(name: str, module) -> argparse.ArgumentParser:
+    """The argument parser of command `name`: options must be spelled in full, because a prefix accepted today
+    becomes ambiguous (an error) as soon as another option starting with it is added, and launchers that parse the
+    same command line (torchrun) have options of their own."""
+    parser = argparse.ArgumentParser(prog=f"recap {name}", description=COMMANDS[name][1], allow_abbrev=False)
+    module.add_arguments(parser)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `recap` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:
+        # `torchrun ... -m projects.home.recap.main -- evaluate --run DIR`: the `--` that keeps torchrun's own
+        # parser off the command's options reaches the module on some Python versions.
+        argv = argv[1:]
     found = _find_command(argv)
     if found is None:
         print(_usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
@@ -59,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.distributed import quiet_library_logging
 
     quiet_library_logging()  # before any command imports torchrec (fbgemm logs while loading)
-    module_name, help_text = COMMANDS[name]
+    module_name = COMMANDS[name][0]
     try:
         module = importlib.import_module(f"projects.home.recap.commands.{module_name}")
     except ModuleNotFoundError as exc:
@@ -67,11 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recap {name}: not available in this version", file=sys.stderr)
             return 2
         raise
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=f"recap {name}", description=help_text)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    args = command_parser(name, module).parse_args(rest)
     try:
         return int(module.run(args) or 0)
     except ConfigError as exc:

@@ -107,7 +107,7 @@ def _line(name: str, record: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m projects.home.recap.gpu_check", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"where summary.json and the logs go ({DEFAULT_OUT})")
     parser.add_argument("--stages", nargs="+", choices=[s.name for s in STAGES], help="only these stages")
     args = parser.parse_args(argv)

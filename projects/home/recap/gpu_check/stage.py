@@ -52,7 +52,7 @@ def read_stage(out: Path, name: str) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     parser.add_argument("name")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)

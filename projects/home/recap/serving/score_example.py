@@ -198,7 +198,7 @@ def score_file(artifact: str | Path, input_path: str | Path, output_path: str | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="score a parquet file with a recap serving artifact")
+    parser = argparse.ArgumentParser(description="score a parquet file with a recap serving artifact", allow_abbrev=False)
     parser.add_argument("artifact", help="artifact directory (model.pt2, metadata.json)")
     parser.add_argument("input", help="parquet file with the model's feature columns")
     parser.add_argument("--output", required=True, help="predictions parquet file to write")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from common.init import EmbeddingInit, init_embedding_
+
 
 class SmallEmbeddings(nn.Module):
     """One nn.Embedding per discrete column; ids are taken modulo the table size, so any int64 id is valid.
@@ -19,7 +21,9 @@ class SmallEmbeddings(nn.Module):
         num_embeddings: list[int],
         embedding_dims: list[int],
         lengths: list[int] | None = None,
+        inits: list[EmbeddingInit | None] | None = None,
     ) -> None:
+        """inits: each table's initial weights (None: nn.Embedding's N(0, 1))."""
         super().__init__()
         lengths = [1] * len(columns) if lengths is None else list(lengths)
         if not len(columns) == len(num_embeddings) == len(embedding_dims) == len(lengths):
@@ -31,6 +35,8 @@ class SmallEmbeddings(nn.Module):
         # Where each table's slots begin among all tables' slots (the gathered ids' columns).
         self.slot_starts = [sum(lengths[:i]) for i in range(len(lengths))]
         self.tables = nn.ModuleList(nn.Embedding(n, d) for n, d in zip(num_embeddings, embedding_dims))
+        for i, (table, init) in enumerate(zip(self.tables, inits or [None] * len(self.tables))):
+            init_embedding_(table.weight, init, f"small embedding {i} (column {columns[i]})")
         slots = [c + k for c, n in zip(columns, lengths) for k in range(n)]
         slot_sizes = [size for size, n in zip(num_embeddings, lengths) for _ in range(n)]
         self.register_buffer("sizes", torch.tensor(slot_sizes, dtype=torch.int64), persistent=False)
@@ -53,7 +59,8 @@ class PositionDebias(nn.Module):
     [0, num_positions), for a random drop_probability share of rows in training, and for every row at evaluation,
     so the model learns the position effect without depending on it at serving time."""
 
-    def __init__(self, column: int, num_positions: int, embedding_dim: int, drop_probability: float) -> None:
+    def __init__(self, column: int, num_positions: int, embedding_dim: int, drop_probability: float,
+                 init: EmbeddingInit | None = None) -> None:
         super().__init__()
         if not 0.0 <= drop_probability <= 1.0:
             raise ValueError(f"drop_probability must be in [0, 1], got {drop_probability}")
@@ -61,6 +68,7 @@ class PositionDebias(nn.Module):
         self.num_positions = num_positions
         self.drop_probability = drop_probability
         self.embedding = nn.Embedding(num_positions + 1, embedding_dim)
+        init_embedding_(self.embedding.weight, init, "position")
         self.output_dim = embedding_dim
 
     def forward(self, discrete: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from common.init import EmbeddingInit, init_embedding_
 from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention
 from common.sparse_embeddings import hash_ids
 
@@ -84,8 +85,10 @@ class HistoryTokens(nn.Module):
     side, one per id column, then the action block and the continuous block when the group has them."""
 
     def __init__(self, dim: int, tables: dict[str, tuple[int, bool]], num_actions: int | None = None,
-                 num_continuous: int = 0) -> None:
-        """tables: {id column: (num_embeddings, hashed)}; num_actions: action types (None: the group has none)."""
+                 num_continuous: int = 0, init: EmbeddingInit | None = None) -> None:
+        """tables: {id column: (num_embeddings, hashed)}; num_actions: action types (None: the group has none);
+        init: the id and action tables' initial weights (None: normal with std dim ** -0.5 for ids, nn.Embedding's
+        N(0, 1) for actions)."""
         super().__init__()
         if not tables:
             raise ValueError("a history group needs at least one id column")
@@ -94,11 +97,13 @@ class HistoryTokens(nn.Module):
         self.tables = nn.ModuleList(nn.Embedding(n, dim) for n, _ in tables.values())
         self.sizes = [n for n, _ in tables.values()]
         self.hashed = [h for _, h in tables.values()]
-        for table in self.tables:
-            nn.init.normal_(table.weight, std=dim ** -0.5)
+        for column, table in zip(self.columns, self.tables):
+            init_embedding_(table.weight, init or ("normal", dim ** -0.5), column)
         self.num_actions = num_actions
         # The last index is the candidate's "action".
         self.actions = nn.Embedding(num_actions + 1, dim) if num_actions is not None else None
+        if self.actions is not None:
+            init_embedding_(self.actions.weight, init, "actions")
         self.continuous = nn.Linear(num_continuous, dim) if num_continuous else None
         self.block = dim
         self.dim = dim * (len(self.tables) + (self.actions is not None) + (self.continuous is not None))

@@ -1,4 +1,5 @@
-"""Mlp: Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden size, then a last Linear (+ReLU if asked)."""
+"""Mlp: Linear -> [BatchNorm] -> ReLU -> [Dropout] per layer size; the last layer is a bare Linear unless
+final_layer_activation makes it a layer like the others (what every Mlp whose output feeds another Linear needs)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ class MlpSpec:
 
 
 class Mlp(nn.Module):
-    """A multi-layer perceptron; `layer_sizes[-1]` is the output width, a single size gives one Linear."""
+    """A multi-layer perceptron; `layer_sizes[-1]` is the output width. With final_layer_activation every size is
+    a hidden layer (Linear -> [BatchNorm] -> ReLU -> [Dropout]); without, the last is a bare Linear."""
 
     def __init__(
         self,
@@ -60,17 +62,16 @@ class Mlp(nn.Module):
             raise ValueError("Mlp needs at least one layer size")
         layers: list[nn.Module] = []
         width = in_features
-        for size in layer_sizes[:-1]:
+        for i, size in enumerate(layer_sizes):
             layers.append(nn.Linear(width, size))
+            width = size
+            if i == len(layer_sizes) - 1 and not final_layer_activation:
+                break
             if batch_norm:
                 layers.append(nn.BatchNorm1d(size, affine=batch_norm_affine, momentum=batch_norm_momentum))
             layers.append(nn.ReLU())
             if dropout is not None and dropout > 0.0:
                 layers.append(nn.Dropout(dropout))
-            width = size
-        layers.append(nn.Linear(width, layer_sizes[-1]))
-        if final_layer_activation:
-            layers.append(nn.ReLU())
         self.layers = nn.Sequential(*layers)
         for layer in self.layers:
             if isinstance(layer, nn.Linear):

@@ -8,12 +8,13 @@ stays outside the EmbeddingBagCollection, so a sharded collection (DistributedMo
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+from common.init import EmbeddingInit, embedding_initializer
 
 if TYPE_CHECKING:  # torchrec is imported where a table is built or looked up: the dense model runs without it
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -34,19 +35,12 @@ class LargeTableSpec:
     pooling: str = "mean"
     id_transform: str = "hash"
     # Initial weights: None keeps torchrec's uniform(+-sqrt(1/num_embeddings)); ("uniform", bound) or ("normal", std).
-    init: tuple[str, float] | None = None
+    init: EmbeddingInit | None = None
 
 
 def _init_fn(table: LargeTableSpec):
     """The in-place initializer torchrec applies to the table's weights (also to each shard of a sharded table)."""
-    if table.init is None:
-        return None
-    kind, value = table.init
-    if kind == "uniform":
-        return functools.partial(nn.init.uniform_, a=-value, b=value)
-    if kind == "normal":
-        return functools.partial(nn.init.normal_, mean=0.0, std=value)
-    raise ValueError(f"large embedding table {table.name!r}: init {kind!r} is not uniform or normal")
+    return embedding_initializer(table.init, table.name)
 
 
 def hash_ids(ids: torch.Tensor) -> torch.Tensor:

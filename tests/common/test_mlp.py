@@ -20,10 +20,12 @@ def test_hidden_layers_batch_norm_dropout_and_final_activation():
         5, [8, 6, 2], batch_norm=True, batch_norm_momentum=0.3, dropout=0.5, final_layer_activation=True
     )
     kinds = [type(m) for m in mlp.layers]
-    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout] * 2 + [nn.Linear, nn.ReLU]
+    # With the final activation the last size is a hidden layer like the others (BatchNorm and dropout too).
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout] * 3
     assert mlp.layers[1].momentum == 0.3
     assert mlp.output_dim == 2
     mlp.eval()
+    mlp.layers[-1].p = 0.0
     out = mlp(torch.randn(7, 5))["output"]
     assert out.shape == (7, 2) and (out >= 0).all()
 

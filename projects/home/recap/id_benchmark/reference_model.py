@@ -15,18 +15,13 @@ import torch
 from torch import nn
 
 from common.batch import RecapBatch
+from common.init import init_embedding_
 from common.sparse_embeddings import LargeTableSpec, hash_ids
 
 
 def _initialize(weight: nn.Parameter, table: LargeTableSpec) -> None:
     """The table's configured initialization, else torchrec's default: uniform in +-sqrt(1 / rows)."""
-    kind, value = table.init or ("uniform", math.sqrt(1.0 / table.num_embeddings))
-    if kind == "uniform":
-        nn.init.uniform_(weight, -value, value)
-    elif kind == "normal":
-        nn.init.normal_(weight, 0.0, value)
-    else:
-        raise ValueError(f"large embedding table {table.name!r}: init {kind!r} is not uniform or normal")
+    init_embedding_(weight, table.init or ("uniform", math.sqrt(1.0 / table.num_embeddings)), table.name)
 
 
 class EmbeddingBagTables(nn.Module):

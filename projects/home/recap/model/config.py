@@ -12,6 +12,9 @@ from core.config import BaseConfig
 
 Activation = Literal["relu", "gelu", "silu", "none"]
 
+# The default of model.embedding_init: a small normal init, as in FuxiCTR and torch-rechub (README "Defaults").
+DEFAULT_EMBEDDING_INIT_STD = 1e-4
+
 # Task and table names become module names (task_modules.<task>, embedding_bags.<table>): no dots, no spaces.
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -57,6 +60,22 @@ class FeaturizationConfig(BaseConfig):
 
 
 # --- embeddings ----------------------------------------------------------------------------------------------------
+class EmbeddingInitConfig(BaseConfig):
+    """Initial weights of an embedding table: uniform in [-uniform_bound, uniform_bound] or normal(0, normal_std)."""
+
+    exactly_one_of = (("uniform_bound", "normal_std"),)
+
+    uniform_bound: float | None = Field(default=None, gt=0.0)
+    normal_std: float | None = Field(default=None, gt=0.0)
+
+    def as_tuple(self) -> tuple[str, float]:
+        """("uniform", bound) or ("normal", std), as the blocks in common/ take it."""
+        if self.uniform_bound is not None:
+            return ("uniform", self.uniform_bound)
+        assert self.normal_std is not None  # exactly one is set
+        return ("normal", self.normal_std)
+
+
 class SmallEmbeddingConfig(BaseConfig):
     """An nn.Embedding over a small-vocabulary discrete column; ids outside [0, num_embeddings) are taken modulo.
 
@@ -66,15 +85,8 @@ class SmallEmbeddingConfig(BaseConfig):
     feature: str
     num_embeddings: int = Field(ge=1)
     embedding_dim: int = Field(ge=1)
-
-
-class EmbeddingInitConfig(BaseConfig):
-    """Initial weights of a large table: uniform in [-uniform_bound, uniform_bound] or normal(0, normal_std)."""
-
-    exactly_one_of = (("uniform_bound", "normal_std"),)
-
-    uniform_bound: float | None = Field(default=None, gt=0.0)
-    normal_std: float | None = Field(default=None, gt=0.0)
+    # This table's initial weights instead of model.embedding_init.
+    init: EmbeddingInitConfig | None = None
 
 
 class LargeEmbeddingConfig(BaseConfig):
@@ -93,7 +105,7 @@ class LargeEmbeddingConfig(BaseConfig):
     compute_kernel: Literal["auto", "fused", "dense", "fused_uvm", "fused_uvm_caching"] = "auto"
     # This table's learning rate instead of optimizer.sparse.learning_rate.
     learning_rate: float | None = Field(default=None, gt=0.0)
-    # Initial weights: torchrec's default, uniform in +-sqrt(1 / num_embeddings), unless set here.
+    # This table's initial weights instead of model.embedding_init.
     init: EmbeddingInitConfig | None = None
 
     @model_validator(mode="after")
@@ -119,6 +131,8 @@ class PositionDebiasConfig(BaseConfig):
     num_positions: int = Field(ge=1)
     embedding_dim: int = Field(default=8, ge=1)
     drop_probability: float = Field(default=0.5, ge=0.0, le=1.0)
+    # The position table's initial weights instead of model.embedding_init.
+    init: EmbeddingInitConfig | None = None
 
 
 class NumericEmbeddingsConfig(BaseConfig):
@@ -144,23 +158,25 @@ class NumericEmbeddingsConfig(BaseConfig):
 
 # --- towers ----------------------------------------------------------------------------------------------------------
 class MlpConfig(BaseConfig):
-    """Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden size, then a last Linear (+ReLU if asked)."""
+    """Hidden layers, as in peer libraries: each size is Linear -> [BatchNorm] -> ReLU -> [Dropout], the last one
+    too, because an Mlp's output always feeds another Linear (a tower, the task's logit), and two Linear maps in a
+    row are one linear map. `layer_sizes: [32]` on a task is one hidden layer of 32 before the logit."""
 
     layer_sizes: list[int] = Field(min_length=1)
     batch_norm: BatchNormConfig | None = None
     dropout: float | None = Field(default=None, gt=0.0, lt=1.0)
-    final_layer_activation: bool = False
 
-    @model_validator(mode="after")
-    def _hidden_layer_settings_need_a_hidden_layer(self):
-        # A single size is one Linear: batch_norm and dropout act between layers, so they would silently do nothing.
-        unused = [name for name in ("batch_norm", "dropout") if getattr(self, name) is not None]
-        if len(self.layer_sizes) == 1 and unused:
+    @model_validator(mode="before")
+    @classmethod
+    def _no_final_layer_activation(cls, data):
+        # Removed rather than ignored: `false` asked for the silently linear form that no longer exists.
+        if isinstance(data, dict) and "final_layer_activation" in data:
             raise ValueError(
-                f"{' and '.join(unused)} act on hidden layers, and layer_sizes {self.layer_sizes} is a single Linear "
-                "with none: add a hidden size (e.g. [256, 64]) or remove them"
+                "final_layer_activation was removed: every layer of layer_sizes is now a hidden layer with its "
+                "activation (the last one too), so remove the key; a config that had it false ended in a linear "
+                "layer feeding another Linear"
             )
-        return self
+        return data
 
 
 class DcnConfig(BaseConfig):
@@ -287,6 +303,8 @@ class SequenceModelConfig(BaseConfig):
     # A Linear from the group's [encoder output, candidate token, match features] down to this many inputs (None:
     # they join the model input as they are; every layer that reads the input grows with them).
     output_dim: int | None = Field(default=None, ge=1)
+    # The group's id and action tables' initial weights instead of model.embedding_init.
+    init: EmbeddingInitConfig | None = None
 
 
 class ScoringConfig(BaseConfig):
@@ -306,6 +324,10 @@ class ScoringConfig(BaseConfig):
 
 class ModelConfig(BaseConfig):
     featurization: FeaturizationConfig = FeaturizationConfig(double_norm_log=DoubleNormLogConfig())
+    # Initial weights of every embedding table (small, large, position, history) that sets no `init` of its own.
+    # null: each kind's own default (nn.Embedding's N(0, 1), torchrec's uniform(+-sqrt(1/rows)), history tables'
+    # N(0, 1/dim)).
+    embedding_init: EmbeddingInitConfig | None = EmbeddingInitConfig(normal_std=DEFAULT_EMBEDDING_INIT_STD)
     small_embeddings: list[SmallEmbeddingConfig] = []
     large_embeddings: list[LargeEmbeddingConfig] = []
     # LayerNorm each dense (upstream) embedding before concatenation.
@@ -330,6 +352,11 @@ class ModelConfig(BaseConfig):
                 raise ValueError(f"model.scoring.weights names {unknown}, which are not model.tasks "
                                  f"({list(self.tasks)})")
         return self
+
+    def init_of(self, own: EmbeddingInitConfig | None) -> tuple[str, float] | None:
+        """A table's initial weights: its own `init`, else model.embedding_init, else None (its kind's default)."""
+        chosen = own or self.embedding_init
+        return chosen.as_tuple() if chosen is not None else None
 
     def score_weights(self) -> list[float] | None:
         """The scoring weight of each task in model.tasks order (0 where not named); None without scoring."""

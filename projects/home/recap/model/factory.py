@@ -23,7 +23,6 @@ from common.sparse_embeddings import (
 )
 from projects.home.recap.data.config import FeatureSchema
 from projects.home.recap.model.config import (
-    EmbeddingInitConfig,
     FeaturizationConfig,
     MlpConfig,
     ModelConfig,
@@ -45,7 +44,7 @@ def mlp_spec(config: MlpConfig) -> MlpSpec:
         batch_norm_affine=bn.affine if bn is not None else True,
         batch_norm_momentum=bn.momentum if bn is not None else 0.1,
         dropout=config.dropout,
-        final_layer_activation=config.final_layer_activation,
+        final_layer_activation=True,  # every configured layer is a hidden layer (MlpConfig)
     )
 
 
@@ -112,6 +111,7 @@ def build_histories(config: RecapConfig) -> nn.ModuleDict | None:
              for c in group.ids},
             spec.num_actions,
             len(group.continuous),
+            config.model.init_of(spec.init),
         )
         dim = tokens.dim  # the blocks side by side
         encoder = spec.encoder
@@ -155,12 +155,6 @@ def build_featurizer(config: FeaturizationConfig, schema: FeatureSchema) -> nn.M
     return ZScoreLog(mean, std, b, z.clip_magnitude)
 
 
-def _table_init(init: EmbeddingInitConfig | None) -> tuple[str, float] | None:
-    if init is None:
-        return None
-    return ("uniform", init.uniform_bound) if init.uniform_bound is not None else ("normal", init.normal_std)
-
-
 def large_table_specs(config: RecapConfig) -> list[LargeTableSpec]:
     """The large embedding tables of the config."""
     return [
@@ -171,7 +165,7 @@ def large_table_specs(config: RecapConfig) -> list[LargeTableSpec]:
             embedding_dim=t.embedding_dim,
             pooling=t.pooling,
             id_transform=t.id_transform,
-            init=_table_init(t.init),
+            init=config.model.init_of(t.init),
         )
         for t in config.model.large_embeddings
     ]
@@ -193,6 +187,7 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
             num_embeddings=[e.num_embeddings for e in model.small_embeddings],
             embedding_dims=[e.embedding_dim for e in model.small_embeddings],
             lengths=[width for _, width in spans],
+            inits=[model.init_of(e.init) for e in model.small_embeddings],
         )
         if model.small_embeddings
         else None
@@ -200,7 +195,8 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
     pos = model.position_debias
     position_debias = (
         PositionDebias(
-            schema.discrete_index(pos.feature), pos.num_positions, pos.embedding_dim, pos.drop_probability
+            schema.discrete_index(pos.feature), pos.num_positions, pos.embedding_dim, pos.drop_probability,
+            model.init_of(pos.init),
         )
         if pos is not None
         else None

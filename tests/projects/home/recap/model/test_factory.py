@@ -182,12 +182,13 @@ def test_dcn_stacked_mlp_reads_the_cross_networks_output(make_config):
     assert [m.out_features for m in tower.stacked_mlp.layers if isinstance(m, torch.nn.Linear)] == [6, 3]
     assert tower.output_dim == 3
     assert build_model(config)(random_batch(config, 4))["logits"].shape == (4, 2)
-    # One cross layer x1 = x0 * (W x0 + b) + x0, then the MLP on x1: relu(x1 A^T + a) B^T + c.
+    # One cross layer x1 = x0 * (W x0 + b) + x0, then the MLP on x1: relu(relu(x1 A^T + a) B^T + c) (its last
+    # layer feeds the logit Linear, so it is a hidden layer too).
     x0 = torch.randn(5, tower.stacked_mlp.in_features)
     cross = tower.cross_layers[0].weight
     x1 = x0 * (x0 @ cross.weight.T + cross.bias) + x0
-    first, _, last = tower.stacked_mlp.layers
-    expected = torch.relu(x1 @ first.weight.T + first.bias) @ last.weight.T + last.bias
+    first, _, last, _ = tower.stacked_mlp.layers
+    expected = torch.relu(torch.relu(x1 @ first.weight.T + first.bias) @ last.weight.T + last.bias)
     torch.testing.assert_close(tower(x0)["output"], expected)
 
 
@@ -201,7 +202,7 @@ def test_batch_norm_without_affine_has_no_weight_or_bias(make_config):
     norms = [model.dense.featurizer.batch_norm] + [
         m for m in _tower(model).layers if isinstance(m, torch.nn.BatchNorm1d)
     ]
-    assert len(norms) == 2 and all(isinstance(n, torch.nn.BatchNorm1d) for n in norms)
+    assert len(norms) == 3 and all(isinstance(n, torch.nn.BatchNorm1d) for n in norms)
     for norm in norms:
         assert norm.affine is False and norm.weight is None and norm.bias is None
         assert not list(norm.parameters())
@@ -242,14 +243,16 @@ FACTORY_WIRING = {
         lambda m: m.dense.featurizer.clip_magnitude,
         None,
     ),
-    "mlp_config.dropout": (_mlp(dropout=0.25), lambda m: [d.p for d in _layers(_tower(m), torch.nn.Dropout)], [0.25]),
-    "mlp_config.final_layer_activation": (
-        _mlp(final_layer_activation=True), lambda m: type(_tower(m).layers[-1]), torch.nn.ReLU
+    "mlp_config.dropout": (
+        _mlp(dropout=0.25), lambda m: [d.p for d in _layers(_tower(m), torch.nn.Dropout)], [0.25, 0.25]
+    ),
+    "mlp_config.layer_sizes are hidden layers": (
+        _mlp(), lambda m: type(_tower(m).layers[-1]), torch.nn.ReLU
     ),
     "mlp_config.batch_norm.momentum": (
         _mlp(batch_norm={"momentum": 0.3}),
         lambda m: [b.momentum for b in _layers(_tower(m), torch.nn.BatchNorm1d)],
-        [0.3],
+        [0.3, 0.3],
     ),
     "dcn_config.projection_dim": (
         _dcn(projection_dim=2),

@@ -24,6 +24,7 @@ __all__ = [
     "apply_overrides",
     "dump_yaml",
     "load_config",
+    "split_key_path",
     "substitute_env",
 ]
 
@@ -98,33 +99,121 @@ def substitute_env(node: Any, path: str = "", env: Mapping[str, str] | None = No
     return value
 
 
-def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
-    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, creating missing levels."""
+def split_key_path(key: str) -> list[tuple[str, bool]]:
+    """--set's KEY.PATH as (segment, quoted) pairs: dots separate segments, except inside double quotes, so
+    `tables."history.author_id".num_embeddings` names the key `history.author_id`."""
+    segments: list[tuple[str, bool]] = []
+    current, quoted, in_quotes = "", False, False
+    for char in key:
+        if char == '"':
+            if not in_quotes and current:
+                raise ConfigError(f"--set {key}: a quote must open a whole segment (after a dot), not {current!r}")
+            in_quotes, quoted = not in_quotes, True
+        elif char == "." and not in_quotes:
+            segments.append((current, quoted))
+            current, quoted = "", False
+        elif quoted and not in_quotes:
+            raise ConfigError(f"--set {key}: a quoted segment must be followed by a dot, not {char!r}")
+        else:
+            current += char
+    if in_quotes:
+        raise ConfigError(f"--set {key}: unbalanced double quote")
+    segments.append((current, quoted))
+    for segment, was_quoted in segments:
+        if not segment and not was_quoted:
+            raise ConfigError(f"--set {key}: empty segment in the key path (two dots, or one at an end)")
+    return segments
+
+
+def _dict_key(node: dict, segments: list[tuple[str, bool]], i: int, key: str, where: str) -> tuple[str, int]:
+    """(the key of `node` that segments[i:] start with, the index of the next segment). Unquoted segments joined
+    by dots may name one key that holds dots (a history column `history.author_id`): the longest such run that is
+    an existing key is taken, and a choice between two existing keys is an error asking for quotes."""
+    segment, quoted = segments[i]
+    if quoted:
+        return segment, i + 1
+    matches = []
+    j = i + 1
+    while j <= len(segments) and (j == i + 1 or not segments[j - 1][1]):
+        name = ".".join(s for s, _ in segments[i:j])
+        if name in node:
+            matches.append((name, j))
+        j += 1
+    if len(matches) > 1:
+        names = " and ".join(repr(name) for name, _ in matches)
+        raise ConfigError(f"--set {key}: {names} are both keys at {where or '<root>'}; quote the one meant, "
+                          f'e.g. "{matches[-1][0]}"')
+    return matches[0] if matches else (segment, i + 1)
+
+
+def _set_value(data: dict, key: str, raw: str) -> tuple[list[Any], Any]:
+    """Set one override's value in `data`; returns (the key path it resolved to, the value)."""
+    segments = split_key_path(key)
+    node: Any = data
+    path: list[Any] = []
+    i = 0
+    while i < len(segments):
+        where = _key_path(path)
+        if isinstance(node, list):
+            segment = segments[i][0]
+            if not segment.isdigit() or int(segment) >= len(node):
+                raise ConfigError(f"--set {key}: {_key_path([*path, segment])} is not an index of a list of "
+                                  f"{len(node)} items")
+            part: Any = int(segment)
+            i += 1
+        elif isinstance(node, dict):
+            part, i = _dict_key(node, segments, i, key, where)
+        else:
+            raise ConfigError(f"--set {key}: {where} is a {type(node).__name__}, not a section")
+        path.append(part)
+        if i == len(segments):
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else raw
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from None
+            node[part] = value
+            return path, value
+        if isinstance(node, dict) and node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+    raise AssertionError("unreachable: a key path has at least one segment")
+
+
+def apply_overrides(data: dict, overrides: Iterable[str], schema: type[BaseModel] | None = None) -> dict:
+    """Apply `a.b.c=value` overrides (value parsed as YAML; `"..."` quotes a segment holding dots) to a nested dict,
+    creating missing levels. With `schema`, setting one member of an exactly-one/at-most-one group to a value drops
+    the other members the config had (`training.num_train_steps=100` replaces `num_epochs`), unless an override
+    sets them too."""
+    assigned: list[tuple[list[Any], Any]] = []
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY.PATH=VALUE, got {override!r}")
-        parts = key.strip().split(".")
-        node: Any = data
-        for i, part in enumerate(parts):
-            where = ".".join(parts[: i + 1])
-            last = i == len(parts) - 1
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"--set {key}: {where} is not an index of a list of {len(node)} items")
-                part = int(part)
-            elif not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {where} is inside a {type(node).__name__}, not a section")
-            if last:
-                try:
-                    node[part] = yaml.safe_load(raw) if raw.strip() else raw
-                except yaml.YAMLError as exc:
-                    raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from None
-            else:
-                if isinstance(node, dict) and node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
+        assigned.append(_set_value(data, key.strip(), raw))
+    if schema is not None:
+        paths = [tuple(path) for path, _ in assigned]
+        for path, value in assigned:
+            if value is not None:
+                _drop_group_alternatives(data, schema, path, paths)
     return data
+
+
+def _drop_group_alternatives(data: dict, schema: type[BaseModel], path: list[Any], assigned: list[tuple]) -> None:
+    """Remove from `data` the members of the field groups of path[-1] other than it, where no override set them."""
+    parent: Any = data
+    for part in path[:-1]:
+        parent = parent[part]
+    if not isinstance(parent, dict):
+        return
+    for cls in _types_at(schema, path[:-1]):
+        if not (isinstance(cls, type) and issubclass(cls, BaseConfig)):
+            continue
+        for group in (*cls.exactly_one_of, *cls.at_most_one_of):
+            if path[-1] not in group:
+                continue
+            for other in group:
+                if other != path[-1] and other in parent and (*path[:-1], other) not in assigned:
+                    del parent[other]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -149,6 +238,8 @@ def _read_yaml(path: Path) -> dict:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
@@ -187,6 +278,8 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{path}: `{EXTENDS}` must be the path of a base config file, got {base!r}")
     base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+    if base_path.is_dir():
+        raise ConfigError(f"{path}: `{EXTENDS}: {base}` names a directory ({base_path}), not a config file")
     if not base_path.is_file():
         raise ConfigError(f"{path}: `{EXTENDS}: {base}` names no file ({base_path} not found)")
     return merge_configs(_read_with_bases(base_path, (*chain, resolved)), data)
@@ -203,7 +296,7 @@ def load_config(
     source = Path(path) if path is not None else Path("<dict>")
     raw = _read_with_bases(source) if path is not None else dict(data or {})
     raw = substitute_env(raw)
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(raw, overrides, schema)
     try:
         return schema.model_validate(raw)
     except ValidationError as exc:
@@ -268,8 +361,8 @@ def _unwrap(tp: Any) -> list[Any]:
     return [tp]
 
 
-def _valid_keys(schema: type[BaseModel], loc: Sequence[Any]) -> list[str]:
-    """Field names (and aliases) valid at a key path, found by walking the schema's type annotations."""
+def _types_at(schema: type[BaseModel], loc: Sequence[Any]) -> list[Any]:
+    """The concrete types a key path can hold, found by walking the schema's type annotations."""
     candidates: list[Any] = [schema]
     for part in loc:
         nxt: list[Any] = []
@@ -287,10 +380,14 @@ def _valid_keys(schema: type[BaseModel], loc: Sequence[Any]) -> list[str]:
                 elif origin in (list, tuple, Sequence) and isinstance(part, int):
                     nxt.append(typing.get_args(t)[0])
         candidates = nxt
+    return [t for tp in candidates for t in _unwrap(tp)]
+
+
+def _valid_keys(schema: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """Field names (and aliases) valid at a key path."""
     keys: list[str] = []
-    for tp in candidates:
-        for t in _unwrap(tp):
-            if isinstance(t, type) and issubclass(t, BaseModel):
-                for name, field in t.model_fields.items():
-                    keys.append(field.alias or name)
+    for t in _types_at(schema, loc):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            for name, field in t.model_fields.items():
+                keys.append(field.alias or name)
     return keys

@@ -138,3 +138,59 @@ def test_extends_errors_name_the_file(tmp_path):
     wrong = write(tmp_path, "extends: [a.yaml]\nname: x\n")
     with pytest.raises(ConfigError, match="must be the path of a base config file"):
         load_config(wrong, Outer)
+
+
+class Table(BaseConfig):
+    num_embeddings: int
+
+
+class Tables(BaseConfig):
+    tables: dict[str, Table] = {}
+
+
+def test_set_addresses_a_key_holding_dots(tmp_path):
+    path = write(tmp_path, "tables:\n  history.author_id: {num_embeddings: 5}\n  plain: {num_embeddings: 6}\n")
+    # The longest run of segments that is an existing key, or the quoted segment.
+    config = load_config(path, Tables, ["tables.history.author_id.num_embeddings=7",
+                                        'tables."plain".num_embeddings=8'])
+    assert config.tables["history.author_id"].num_embeddings == 7 and config.tables["plain"].num_embeddings == 8
+    # A quoted key that the YAML does not have yet is created whole, not split at its dots.
+    config = load_config(path, Tables, ['tables."history.hashtag".num_embeddings=9'])
+    assert config.tables["history.hashtag"].num_embeddings == 9
+
+
+def test_set_asks_for_quotes_when_two_keys_could_be_meant(tmp_path):
+    path = write(tmp_path, "tables:\n  a.b: {num_embeddings: 1}\n  a: {num_embeddings: 2}\n")
+    with pytest.raises(ConfigError, match="'a' and 'a.b' are both keys at tables; quote the one meant"):
+        load_config(path, Tables, ["tables.a.b.num_embeddings=3"])
+    config = load_config(path, Tables, ['tables."a.b".num_embeddings=3'])
+    assert config.tables["a.b"].num_embeddings == 3 and config.tables["a"].num_embeddings == 2
+
+
+@pytest.mark.parametrize("key, problem", [('tables."a.b', "unbalanced double quote"),
+                                          ('tables.x"a"', "a quote must open a whole segment"),
+                                          ('tables."a"x', "a quoted segment must be followed by a dot"),
+                                          ("tables..a", "empty segment")])
+def test_a_malformed_key_path_is_named(tmp_path, key, problem):
+    with pytest.raises(ConfigError, match=problem):
+        load_config(write(tmp_path, "tables: {}\n"), Tables, [f"{key}=1"])
+
+
+def test_setting_one_of_an_exclusive_group_replaces_the_other(tmp_path):
+    path = write(tmp_path, "name: x\ninner:\n  t: {a: 1, c: x}\n")
+    config = load_config(path, Outer, ["inner.t.b=2", "inner.t.d=y"])
+    assert config.inner["t"] == Inner(b=2, d="y")
+    # Both members set by overrides is still the group's error; a null does not replace anything.
+    with pytest.raises(ConfigError, match="exactly one of a, b must be set"):
+        load_config(path, Outer, ["inner.t.b=2", "inner.t.a=3"])
+    with pytest.raises(ConfigError, match="exactly one of a, b must be set"):
+        load_config(path, Outer, ["inner.t.b=null", "inner.t.a=null"])
+    assert load_config(path, Outer, ["inner.t.b=null"]).inner["t"].a == 1
+
+
+def test_extends_naming_a_directory_says_so(tmp_path):
+    (tmp_path / "base").mkdir()
+    with pytest.raises(ConfigError, match=r"`extends: base` names a directory .*, not a config file"):
+        load_config(write(tmp_path, "extends: base\nname: x\n"), Outer)
+    with pytest.raises(ConfigError, match="is a directory, not a config file"):
+        load_config(tmp_path / "base", Outer)

@@ -8,6 +8,10 @@ Layout under a checkpoint directory (e.g. SAVE_DIR/checkpoints):
     checkpoint.json           step, world size, caller's info and a manifest (size, sha256) of every file;
                               written last, just before the directory is renamed into place
   .step_00002000.partial/     a checkpoint being written (or abandoned by a crash): never loaded
+  best.json                   model selection (core/early_stopping.py): the best step by the validation metric and
+                              the evaluations' history; that step's checkpoint is kept beside the last K, and
+                              evaluate / predict / export pick it when given the run, the checkpoints directory
+                              or `checkpoints/best` (`checkpoints/latest` names the newest)
 
 Only tensors go into DCP. DCP's `.metadata` file is a pickle: it is read with an unpickler that accepts DCP's own
 metadata classes and nothing else, and entries that would be unpickled on load (non-tensor objects) are refused.
@@ -40,6 +44,7 @@ logger = get_logger(__name__)
 
 FORMAT_VERSION = 1
 INFO_FILE = "checkpoint.json"
+BEST_FILE = "best.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -215,16 +220,56 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.step)
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """A checkpoint named by its directory, by a directory of checkpoints (its latest) or by a run's save_dir."""
+def read_best(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The model-selection record (best.json) of a checkpoints directory, or None when it has none."""
+    path = Path(directory) / BEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc}); remove it to use the latest checkpoint") from exc
+
+
+def best_checkpoint(directory: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]] | None:
+    """The checkpoint best.json marks, with its record, when both exist and the checkpoint is complete."""
+    record = read_best(directory)
+    if record is None or record.get("best_step") is None:
+        return None
+    for checkpoint in list_checkpoints(directory):
+        if checkpoint.step == record["best_step"]:
+            return checkpoint, record
+    return None
+
+
+def resolve_checkpoint(path: str | os.PathLike, announce: bool = False) -> Checkpoint:
+    """A checkpoint named by its directory, by `checkpoints/best` or `checkpoints/latest`, or by a directory of
+    checkpoints or a run's save_dir: there the best one by model selection (best.json) when marked, else the
+    newest. With `announce`, says which one was picked and why."""
     path = Path(path)
     match = _STEP_DIR.match(path.name)
     if match and (path / INFO_FILE).is_file():
         return Checkpoint(path, int(match.group(1)))
-    for directory in (path, path / "checkpoints"):
+    alias = path.name if path.name in ("best", "latest") and not path.exists() else None
+    directories = [path.parent] if alias else [path, path / "checkpoints"]
+    for directory in directories:
         found = list_checkpoints(directory)
-        if found:
-            return found[-1]
+        if not found:
+            continue
+        best = best_checkpoint(directory) if alias != "latest" else None
+        if best is not None:
+            checkpoint, record = best
+            if announce:
+                logger.info("using the best checkpoint %s (%s = %.6g; the newest is %s); name a step_ directory "
+                            "or checkpoints/latest for another", checkpoint.path, record.get("selected"),
+                            record.get("best_value"), found[-1].path.name)
+            return checkpoint
+        if alias == "best":
+            raise CheckpointError(f"{path}: no best checkpoint is marked in {directory} (training.early_stopping "
+                                  f"was not set, or no evaluation has run); the newest is {found[-1].path}")
+        if announce:
+            logger.info("using the newest checkpoint %s", found[-1].path)
+        return found[-1]
     raise CheckpointError(f"no complete checkpoint at {path} (looked for step_*/{INFO_FILE} there and in checkpoints/)")
 
 
@@ -348,9 +393,19 @@ class CheckpointManager:
         barrier(self.ctx)
         return Checkpoint(final, step)
 
+    def mark_best(self, record: Mapping[str, Any]) -> None:
+        """Write the model-selection record (best.json, rank 0); its best step is kept from now on."""
+        if self.ctx.is_main:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            _write_json(self.directory / BEST_FILE, record)
+            self._prune()
+
     def _prune(self) -> None:
+        best = read_best(self.directory)
+        keep = best.get("best_step") if best else None
         for old in self.complete()[: -self.keep_last_k]:
-            shutil.rmtree(old.path, ignore_errors=True)
+            if old.step != keep:
+                shutil.rmtree(old.path, ignore_errors=True)
         for stale in self.directory.glob(".step_*.partial"):
             shutil.rmtree(stale, ignore_errors=True)
 

@@ -140,6 +140,24 @@ class OptimizerConfig(BaseConfig):
 
 
 # --- the training loop -----------------------------------------------------------------------------------------------
+class EarlyStoppingConfig(BaseConfig):
+    """Model selection on the periodic evaluation (training.eval_every_n): the best checkpoint is marked
+    (checkpoints/best.json) and kept, and training stops after `patience` evaluations without improvement."""
+
+    # auc and rce are maximized, loss (log loss) minimized; ndcg is the per-request NDCG@ndcg_k of the score or a
+    # task (needs evaluation.request_column).
+    metric: Literal["auc", "rce", "loss", "ndcg"] = "auc"
+    # A task name, `mean` (the mean over tasks; for loss the loss-weighted sum) or, for ndcg, `score`.
+    task: str = "mean"
+    # The validation set it is measured on (one of training.eval_datasets); unset: the first of them.
+    dataset: str | None = None
+    ndcg_k: int = Field(default=10, ge=1)
+    # Evaluations in a row without an improvement of more than min_delta before training stops; null: never stop,
+    # only keep and mark the best checkpoint.
+    patience: int | None = Field(default=3, ge=1)
+    min_delta: float = Field(default=0.0, ge=0.0)
+
+
 class TrainingConfig(BaseConfig):
     exactly_one_of = (("num_train_steps", "num_epochs"),)
 
@@ -162,6 +180,8 @@ class TrainingConfig(BaseConfig):
     # The validation sets periodic evaluation runs on (names in the project's validation sets); empty means all.
     # Keep a held-out test set out of it so that choices made while watching training never see the test set.
     eval_datasets: list[str] = []
+    # Keep the best checkpoint by a validation metric and stop when it no longer improves (needs eval_every_n).
+    early_stopping: EarlyStoppingConfig | None = None
     # Initialize weights (only) from another run's checkpoint directory.
     warm_start_from: str | None = None
     seed: int = 0

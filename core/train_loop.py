@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import math
 import random
 import signal
 import sys
@@ -32,8 +33,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.checkpoint import Checkpoint, CheckpointManager, load_model_weights
+from core.checkpoint import Checkpoint, CheckpointManager, load_model_weights, read_best
 from core.distributed import DistributedContext, all_reduce_sum, average_buffers, data_parallel_module
+from core.early_stopping import EarlyStopping, describe, selected_value
 from core.log import get_logger
 from core.tensorboard import MetricsWriter
 from core.train_config import TrainingConfig
@@ -111,8 +113,11 @@ def stop_signals() -> Iterator[dict[str, int]]:
     try:
         yield requested
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        # After a stop the process is on its way out with its checkpoint (shutting its loader workers down): the
+        # same signal again (a launcher ending the other ranks once one has exited) must not cut that short.
+        if not requested:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 @dataclass
@@ -295,6 +300,8 @@ class TrainLoop:
         # True insists (an error says why it cannot), False never; see _PipelinedSteps.
         self.use_train_pipeline = use_train_pipeline
         self._pipelined: _PipelinedSteps | None = None
+        self.early_stopping = (EarlyStopping(config.early_stopping)
+                               if config.early_stopping is not None and evaluate is not None else None)
         self._reset_window()
 
     # --- state ---------------------------------------------------------------------------------------------------------
@@ -577,11 +584,55 @@ class TrainLoop:
                 metrics = self.evaluate(self.step, self._last_batch)
         finally:
             self.model.train()
-        writer.scalars(metrics, self.step)
-        writer.flush()
+        try:
+            writer.scalars(metrics, self.step)
+            writer.flush()
+        except Exception as exc:  # TensorBoard is a report: losing it must not stop training (metrics are logged)
+            logger.error("evaluation at step %d: writing TensorBoard failed (%s: %s)", self.step,
+                         type(exc).__name__, exc)
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.count("/") <= 2)
         logger.info("evaluation at step %d (%.1fs): %s", self.step, time.perf_counter() - start, shown)
         return metrics
+
+    # --- model selection -------------------------------------------------------------------------------------------
+    def _restore_selection(self) -> None:
+        """Early stopping's history as of the step training resumes from (none for a fresh run)."""
+        if self.early_stopping is None:
+            return
+        record = read_best(self.checkpoints.directory)
+        if record is not None:
+            self.early_stopping.load_state_dict(record)
+        self.early_stopping.rewind(self.step)
+
+    def _select(self, metrics: dict[str, float], writer: MetricsWriter) -> bool:
+        """After a periodic evaluation (collective): mark and keep the best checkpoint; True to stop training."""
+        stopping = self.early_stopping
+        if stopping is None:
+            return False
+        value = selected_value(stopping.config, self.task_names, metrics) if self.ctx.is_main else None
+        if self.ctx.world_size > 1:  # rank 0 holds the metrics; every rank must take the same decisions
+            holder = torch.tensor([math.nan if value is None else value], dtype=torch.float64)
+            dist.broadcast(holder, src=0, group=self._stop_group)
+            value = None if math.isnan(holder.item()) else holder.item()
+        if value is None:
+            logger.warning("early stopping: this evaluation has no %s; nothing decided", describe(stopping.config))
+            return False
+        improved, stop = stopping.update(self.step, value)
+        if (improved or stop) and (self._last_checkpoint is None or self._last_checkpoint.step != self.step):
+            self._save()  # the best (or the last) step must exist as a checkpoint
+        self.checkpoints.mark_best(stopping.state_dict())
+        best_step, best_value = stopping.best()
+        writer.scalars({"early_stopping/value": value, "early_stopping/best_value": best_value,
+                        "early_stopping/best_step": float(best_step)}, self.step)
+        logger.info("early stopping: %s = %.6g at step %d; best %.6g at step %d (%d evaluation(s) without "
+                    "improvement)", describe(stopping.config), value, self.step, best_value, best_step,
+                    stopping.evaluations_without_improvement())
+        if stop:
+            writer.scalars({"early_stopping/stopped_at": float(self.step)}, self.step)
+            logger.warning("early stopping at step %d: %s did not improve by more than %g in %d evaluations; the "
+                           "best checkpoint is step %d (checkpoints/best)", self.step, describe(stopping.config),
+                           stopping.config.min_delta, stopping.config.patience, best_step)
+        return stop
 
     def _total_steps(self) -> int | None:
         return total_train_steps(self.config, self.steps_per_epoch)
@@ -615,7 +666,13 @@ class TrainLoop:
     def run(self) -> TrainResult:
         """Resume or warm start, train to the end, checkpoint periodically and at the end."""
         resumed = self.restore()
+        self._restore_selection()
         cfg = self.config
+        if self.early_stopping is not None and self.early_stopping.stopped_at == self.step:
+            logger.info("this run stopped early at step %d (%s); nothing to train: its best checkpoint is %s",
+                        self.step, describe(self.early_stopping.config), self.early_stopping.best())
+            return TrainResult(self.step, self.epoch, self._last_checkpoint.path if self._last_checkpoint else None,
+                               resumed.path if resumed else None)
         writer = MetricsWriter(self.save_dir / TENSORBOARD_DIR, enabled=self.ctx.is_main,
                                purge_step=self.step + 1 if resumed else None)
         result = TrainResult(self.step, self.epoch, None, resumed.path if resumed else None)
@@ -643,15 +700,19 @@ class TrainLoop:
                     eval_due = self.evaluate is not None and cfg.eval_every_n and self.step % cfg.eval_every_n == 0
                     if self.step % cfg.train_log_every_n == 0 or checkpoint_due or eval_due or finished:
                         result.last_train_metrics = self._report(writer, progress) or result.last_train_metrics
-                    if checkpoint_due:
+                    if checkpoint_due or finished:
+                        # The last step is saved before its evaluation: nothing evaluation does may cost the run.
                         self._save()
                     if eval_due:
                         result.last_eval_metrics = self._run_evaluation(writer)
+                        if self._select(result.last_eval_metrics, writer):
+                            break
                 result.last_train_metrics = self._report(writer, progress) or result.last_train_metrics
                 if self._last_checkpoint is None or self._last_checkpoint.step != self.step:
                     self._save()
                 if self.evaluate is not None and cfg.eval_every_n and self.step % cfg.eval_every_n != 0:
                     result.last_eval_metrics = self._run_evaluation(writer)
+                    self._select(result.last_eval_metrics, writer)
         finally:
             if self._pipelined is not None:
                 self._pipelined.pipeline.detach()  # the model keeps its own forwards after training

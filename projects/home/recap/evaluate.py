@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from common.batch import RecapBatch
-from core.checkpoint import Checkpoint, CheckpointError, list_checkpoints, read_info
+from core.checkpoint import Checkpoint, CheckpointError, list_checkpoints, read_best, read_info
 from core.config import ConfigError
 from core.distributed import DistributedContext
 from core.log import get_logger
@@ -225,9 +225,11 @@ class Evaluator:
                                     checkpoint=checkpoint)
         return metrics, curves
 
-    def evaluate(self, step: int, template: RecapBatch | None = None, checkpoint: str | None = None) -> dict[str, dict]:
+    def evaluate(self, step: int, template: RecapBatch | None = None, checkpoint: str | None = None,
+                 report_errors_fatal: bool = True) -> dict[str, dict]:
         """Collective: {dataset: metrics.json document} on rank 0 ({} elsewhere); rank 0 writes each dataset's
-        report under save_dir/eval/<dataset>/step_<step>/."""
+        report under save_dir/eval/<dataset>/step_<step>/ (a report that cannot be written is logged, not raised,
+        unless report_errors_fatal)."""
         documents: dict[str, dict] = {}
         scalars = None
         for name in self.loaders:
@@ -239,9 +241,17 @@ class Evaluator:
             rows = max((block.get("rows", 0) for block in metrics["tasks"].values()), default=0)
             logger.info("evaluated %s at step %d: %d rows in %.1fs", name, step, rows, time.perf_counter() - start)
             if self.save_dir is not None:
-                if scalars is None:
-                    scalars = read_training_scalars(self.save_dir)
-                write_report(eval_step_dir(self.save_dir, name, step), metrics, curves, scalars)
+                report_dir = eval_step_dir(self.save_dir, name, step)
+                try:
+                    if scalars is None:
+                        scalars = read_training_scalars(self.save_dir)
+                    write_report(report_dir, metrics, curves, scalars)
+                except Exception as exc:
+                    if report_errors_fatal:
+                        raise
+                    # The metrics were computed and are returned; only their files are missing.
+                    logger.error("evaluation of %s at step %d: the report in %s could not be written (%s: %s)", name,
+                                 step, report_dir, type(exc).__name__, exc)
         return documents
 
     def scalars(self, documents: dict[str, dict]) -> dict[str, float]:
@@ -259,7 +269,8 @@ class Evaluator:
     def __call__(self, step: int, template: Any = None) -> dict[str, float]:
         """The training loop's evaluation: every validation set at `step` (collective); the scalars on rank 0,
         {} on other ranks."""
-        documents = self.evaluate(step, template)
+        # During training a failing report writer must not stop the run (a failing metric still does).
+        documents = self.evaluate(step, template, report_errors_fatal=False)
         for line in summary_lines(documents):
             logger.info("%s", line)
         return self.scalars(documents)
@@ -389,6 +400,12 @@ def _is_final(config: RecapConfig, checkpoint: Checkpoint) -> bool:
     except CheckpointError:
         return False
     last = final_step(config, world_size)
+    try:
+        selection = read_best(checkpoint.path.parent)
+    except CheckpointError:
+        selection = None
+    if selection is not None and selection.get("stopped_at") == checkpoint.step:
+        return True  # training stopped early here: no later checkpoint will come
     return last is not None and checkpoint.step >= last
 
 

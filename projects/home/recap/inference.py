@@ -40,6 +40,8 @@ from projects.home.recap.model.tables import table_constraints
 from projects.home.recap.schema import RecapConfig
 
 __all__ = [
+    "BEST",
+    "DEFAULT",
     "LATEST",
     "find_checkpoint",
     "inference_mode",
@@ -54,21 +56,28 @@ __all__ = [
 logger = get_logger(__name__)
 
 LATEST = "latest"
+BEST = "best"
+# The run's own choice: its best checkpoint when training.early_stopping marked one, else its newest.
+DEFAULT = "default"
 _STATE_KEY = "model"  # the training loop saves the model's state_dict under this key
 
 
-def find_checkpoint(config: RecapConfig, checkpoint: str | os.PathLike | None = LATEST) -> Checkpoint:
-    """The checkpoint named by a step directory, a checkpoints directory or a run's save_dir (their latest), or by
-    "latest"/None (the latest under training.save_dir)."""
-    if checkpoint is None or str(checkpoint) == LATEST:
-        path = Path(config.training.save_dir) / CHECKPOINT_DIR
-        if not path.exists():
-            raise CheckpointError(f"no checkpoint yet: {path} (training.save_dir/{CHECKPOINT_DIR}) does not exist")
+def find_checkpoint(config: RecapConfig, checkpoint: str | os.PathLike | None = DEFAULT) -> Checkpoint:
+    """The checkpoint named by a step directory, a checkpoints directory or a run's save_dir (its best when marked,
+    else its newest), or by "default"/None, "best" or "latest" (that checkpoint under training.save_dir). Logs
+    which one it picked."""
+    name = DEFAULT if checkpoint is None else str(checkpoint)
+    if name in (DEFAULT, BEST, LATEST):
+        directory = Path(config.training.save_dir) / CHECKPOINT_DIR
+        if not directory.exists():
+            raise CheckpointError(f"no checkpoint yet: {directory} (training.save_dir/{CHECKPOINT_DIR}) does not "
+                                  "exist")
+        path = directory if name == DEFAULT else directory / name
     else:
         path = Path(checkpoint)
-        if not path.exists():
+        if not path.exists() and path.name not in (BEST, LATEST):
             raise CheckpointError(f"checkpoint {path} does not exist")
-    return resolve_checkpoint(path)
+    return resolve_checkpoint(path, announce=True)
 
 
 def _local_context() -> DistributedContext:
@@ -87,7 +96,7 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint, ctx: DistributedConte
     logger.info("loaded %d weight tensors from %s (step %d)", len(state), checkpoint.path, checkpoint.step)
 
 
-def load_for_inference(config: RecapConfig, checkpoint: str | os.PathLike | None = LATEST) -> ModelAndLoss:
+def load_for_inference(config: RecapConfig, checkpoint: str | os.PathLike | None = DEFAULT) -> ModelAndLoss:
     """One process: an unsharded ModelAndLoss on the CPU in eval mode, tables materialized, with the weights of a
     (possibly multi-rank, sharded) checkpoint: a checkpoint directory, a run's save_dir or checkpoints dir, or
     "latest"."""

@@ -154,7 +154,38 @@ class RecapConfig(BaseConfig):
             if name not in self.data.validation:
                 raise ValueError(f"training.eval_datasets: {name!r} is not in data.validation "
                                  f"(known: {sorted(self.data.validation)})")
+        if training.early_stopping is not None:
+            _check_early_stopping(self)
         return self
+
+
+def _check_early_stopping(config) -> None:
+    """training.early_stopping names a value the periodic evaluation produces; fills in its dataset."""
+    training, stopping = config.training, config.training.early_stopping
+    if training.eval_every_n is None:
+        raise ValueError("training.early_stopping needs the periodic evaluation: set training.eval_every_n")
+    evaluated = list(training.eval_datasets or config.data.validation)
+    if stopping.dataset is None:
+        stopping.dataset = evaluated[0]
+    elif stopping.dataset not in evaluated:
+        raise ValueError(f"training.early_stopping.dataset {stopping.dataset!r} is not evaluated during training "
+                         f"(training.eval_datasets: {evaluated})")
+    tasks = list(config.model.tasks)
+    allowed = ["mean", *tasks] + (["score"] if stopping.metric == "ndcg" else [])
+    if stopping.metric == "ndcg":
+        allowed.remove("mean")
+        if config.evaluation.request_column is None:
+            raise ValueError("training.early_stopping.metric ndcg needs evaluation.request_column (the requests "
+                             "NDCG ranks within)")
+        if stopping.ndcg_k not in config.evaluation.ndcg_k:
+            raise ValueError(f"training.early_stopping.ndcg_k {stopping.ndcg_k} is not one of evaluation.ndcg_k "
+                             f"{config.evaluation.ndcg_k}")
+        if stopping.task == "mean":
+            stopping.task = "score" if config.model.scoring is not None else stopping.task
+        if stopping.task == "score" and config.model.scoring is None:
+            raise ValueError("training.early_stopping.task score needs model.scoring (the ranking score)")
+    if stopping.task not in allowed:
+        raise ValueError(f"training.early_stopping.task {stopping.task!r} is not one of {allowed}")
 
 
 def _check_sequence_group(name: str, group, model) -> None:

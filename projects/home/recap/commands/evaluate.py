@@ -24,8 +24,10 @@ MODULE = "projects.home.recap.main"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_source_arguments(parser, "a checkpoint directory, a run's save_dir or checkpoints dir (their latest), or "
-                                 "'latest' (the latest under training.save_dir; the default)")
+    add_source_arguments(parser, "a checkpoint directory, a run's save_dir or checkpoints dir (their best by "
+                                 "training.early_stopping when marked, else their newest), or 'best' / 'latest' "
+                                 "(that checkpoint under training.save_dir); default: training.save_dir's best, "
+                                 "else its newest")
     parser.add_argument("--dataset", dest="datasets", action="append", default=None, metavar="NAME",
                         help="validation set to evaluate (repeatable; default evaluation.datasets, else all of "
                              "data.validation)")
@@ -58,7 +60,7 @@ def worker_arguments(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     config = load_source_config(args)
-    checkpoint = checkpoint_of(args, default="latest")
+    checkpoint = checkpoint_of(args, default="default")
     if args.timeout is not None and not args.watch:
         raise SystemExit("--timeout applies to --watch only")
     if args.nproc_per_node is not None and not launched_by_torchrun():
@@ -73,12 +75,12 @@ def run(args: argparse.Namespace) -> int:
     from core.distributed import init_distributed
     from projects.home.recap.data.errors import DataError
     from projects.home.recap.evaluate import evaluate_checkpoint, summary_lines, watch_checkpoints
-    from projects.home.recap.inference import LATEST
+    from projects.home.recap.inference import DEFAULT, LATEST
 
     try:
         ctx = init_distributed(config.training.device)
         if args.watch:
-            directory = None if checkpoint == LATEST else checkpoint
+            directory = None if checkpoint in (DEFAULT, LATEST) else checkpoint
             steps = watch_checkpoints(config, ctx, args.datasets, directory, args.poll_interval, args.timeout)
             if ctx.is_main:
                 print(f"evaluated steps: {', '.join(map(str, steps)) or 'none'}")

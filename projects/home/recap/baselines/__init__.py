@@ -1,0 +1,1 @@
+"""`recap benchmark baselines`: our model against plain-PyTorch references on small real-looking data and census."""

@@ -1,0 +1,35 @@
+"""Our model, trained and evaluated as `recap train` and `recap evaluate` do, in this process (one rank)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from core.distributed import init_distributed, shutdown_distributed
+from projects.home.recap.evaluate import evaluate_checkpoint
+from projects.home.recap.schema import RecapConfig
+from projects.home.recap.train import train
+
+
+@dataclass
+class OursResult:
+    """The test split's metrics.json task blocks, and where the run is."""
+
+    tasks: dict[str, dict]
+    steps: int
+    checkpoint: str
+    save_dir: str
+    seconds: float
+
+
+def train_and_evaluate(config: RecapConfig, test: str = "test") -> OursResult:
+    """Train the config from scratch (its save_dir must hold no run) and evaluate the final checkpoint on `test`."""
+    start = time.perf_counter()
+    ctx = init_distributed(config.training.device)
+    result = train(config, ctx)
+    found, documents = evaluate_checkpoint(config, result.checkpoint, [test], ctx)
+    # Only after success: a failed run exits without waiting for peers (there are none here, but train may have
+    # left the group in a state shutdown cannot handle).
+    shutdown_distributed()
+    return OursResult(tasks=documents[test]["tasks"], steps=result.step, checkpoint=str(found.path),
+                      save_dir=str(config.training.save_dir), seconds=time.perf_counter() - start)

@@ -4,7 +4,9 @@ The configured columns of every source file are checked as the loader checks the
 labels, fixed list lengths, null weights or ids) and converted once, a row group at a time (memory: one row group),
 into DST/part-NNNNN.arrow. Each file is written under a temporary name and renamed when complete, and the progress is
 kept in DST/_recap_prepared.partial.json: an interrupted run, started again with the same arguments, keeps the files
-already written. The manifest DST/_recap_prepared.json, written last, is what makes DST a dataset.
+already written. The manifest DST/_recap_prepared.json, written last, is what makes DST a dataset. Preparing again a
+destination whose source changed since (files changed, added or removed) rewrites what changed; a destination holding
+another source's or config's dataset is replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compression", choices=["none", "lz4", "zstd"], default="none",
                         help="IPC buffer compression (default none: read memory-mapped, without a copy; lz4 or "
                              "zstd make smaller files that are decompressed as they are read)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a prepared dataset of another source or config in DST")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
 
@@ -100,20 +105,28 @@ def _prepare_file(layout: BatchLayout, source: ParquetSource, target: Path, igno
             # One record batch per row group: the prepared dataset's units are the source's.
             writer.write_batch(batch)
             row_groups.append(batch.num_rows)
+    with ipc.open_file(str(tmp)) as written:
+        # From the file as a reader sees it (buffers padded and, with compression, decompressed as read).
+        checksums = [prepared.column_checksums(written.get_batch(i)) for i in range(written.num_record_batches)]
     os.replace(tmp, target)
     for column, count in nulls.items():
         logger.warning("%s: %d null values in discrete column %s: read as id 0", source.path, count, column)
     return {"name": target.name, "bytes": target.stat().st_size, "rows": sum(row_groups), "row_groups": row_groups,
-            "dropped_rows": dropped, "null_discrete": nulls, "source": _source_identity(source),
+            "dropped_rows": dropped, "null_discrete": nulls, "source": _source_identity(source), "checksums": checksums,
             "source_schema": {c: str(handle.schema_arrow.field(c).type) for c in columns}}
 
 
-def prepare(data: DataConfig, source: str, destination: str, compression: str = "none") -> dict:
+def prepare(data: DataConfig, source: str, destination: str, compression: str = "none",
+            overwrite: bool = False) -> dict:
     """Write the prepared layout of `source` (every task's label in data.tasks) to `destination`; its manifest.
 
-    A destination already prepared from the same source with the same columns is left as it is; one prepared from
-    something else, or a non-empty directory that is not a prepared dataset, is an error.
+    A destination already prepared from the same source with the same columns is brought up to date (files whose
+    source changed, was added or removed are rewritten, the others kept); one prepared from another source or config
+    is replaced with `overwrite`, else an error, as is a non-empty directory that is not a prepared dataset.
     """
+    if "://" not in source:
+        # The manifest's source is absolute, so the check of its file list works from any working directory.
+        source = os.path.abspath(source)
     layout = build_layout(data, list(data.tasks))
     scanned = scan_dataset([source], data.ignore_data_errors)
     if scanned.prepared or any(isinstance(f, prepared.PreparedSource) for f in scanned.files):
@@ -124,22 +137,34 @@ def prepare(data: DataConfig, source: str, destination: str, compression: str = 
     identities = [_source_identity(f) for f in scanned.files]
     out = Path(destination)
     header = {"format": prepared.FORMAT, "version": prepared.VERSION, "source_paths": [source], "columns": columns,
-              "compression": compression, "num_source_files": len(scanned.files), "skipped_files": scanned.skipped}
+              "compression": compression, "num_source_files": len(scanned.files), "skipped_files": scanned.skipped,
+              "source_files": [f.path for f in scanned.files] + scanned.skipped}
     final, partial = out / prepared.MANIFEST, out / prepared.PARTIAL_MANIFEST
     done: dict[str, dict] = {}
     if final.exists():
-        manifest = prepared.read_manifest(pafs.LocalFileSystem(), str(final))
-        if _same_job(manifest, header) and [e["source"] for e in manifest["files"]] == identities:
+        manifest = prepared.read_manifest(pafs.LocalFileSystem(), str(final), any_version=True)
+        if _same_job(manifest, header) and manifest.get("version") == prepared.VERSION and (
+                [e["source"] for e in manifest["files"]] == identities
+                and manifest.get("source_files") == header["source_files"]):
             logger.info("%s is already prepared from %s", destination, source)
             return manifest
-        raise DataError("holds a prepared dataset of another source or config; remove it or choose another "
-                        "directory", destination)
-    if partial.exists():
-        manifest = prepared.read_manifest(pafs.LocalFileSystem(), str(partial))
         if _same_job(manifest, header):
+            logger.info("%s: the source changed since it was prepared; preparing what changed again", destination)
+            # The files stay as they are until rewritten, but the dataset stops being one until it is complete.
+            _write_json(partial, {**manifest, "files": manifest["files"]})
+            final.unlink()
+        elif overwrite:
+            _remove_prepared(out)
+        else:
+            raise DataError(f"holds a prepared dataset of another source ({', '.join(manifest.get('source_paths', []))}"
+                            ") or config; pass --overwrite to replace it, or choose another directory", destination)
+    if partial.exists():
+        manifest = prepared.read_manifest(pafs.LocalFileSystem(), str(partial), any_version=True)
+        if _same_job(manifest, header) and manifest.get("version") == prepared.VERSION:
             done = {e["name"]: e for e in manifest["files"]}
         else:
-            logger.warning("%s: an interrupted prepare of another source or config; starting over", destination)
+            logger.warning("%s: an interrupted prepare of another source, config or format; starting over",
+                           destination)
     elif out.exists() and any(out.iterdir()):
         raise DataError("is not empty and not a prepared dataset; choose an empty or new directory", destination)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,21 +179,42 @@ def prepare(data: DataConfig, source: str, destination: str, compression: str = 
         entries.append(_prepare_file(layout, source_file, target, data.ignore_data_errors,
                                      None if compression == "none" else compression))
         _write_json(partial, {**header, "files": entries})
+    # Files of an earlier, larger source: not part of the dataset any more.
+    for path in out.glob("part-*.arrow"):
+        if path.name not in {e["name"] for e in entries}:
+            path.unlink()
     manifest = {**header, "files": entries, "num_rows": sum(e["rows"] for e in entries)}
     _write_json(final, manifest)
     partial.unlink(missing_ok=True)
     return manifest
 
 
+def _remove_prepared(out: Path) -> None:
+    """Delete a prepared dataset's own files (manifest first: a reader never sees a dataset with files missing)."""
+    (out / prepared.MANIFEST).unlink()
+    (out / prepared.PARTIAL_MANIFEST).unlink(missing_ok=True)
+    for path in [*out.glob("part-*.arrow"), *out.glob(".part-*.arrow.tmp")]:
+        path.unlink()
+
+
 def _same_job(manifest: dict, header: dict) -> bool:
-    keys = ("source_paths", "columns", "compression", "num_source_files")
+    """Whether a manifest is of the same source and columns (its files may be out of date)."""
+    keys = ("source_paths", "columns", "compression")
     return all(json.loads(json.dumps(manifest.get(k))) == json.loads(json.dumps(header[k])) for k in keys)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_recap_config(args.config, args.overrides)
     start = time.perf_counter()
-    manifest = prepare(config.data, args.source, args.destination, args.compression)
+    try:
+        manifest = prepare(config.data, args.source, args.destination, args.compression, args.overwrite)
+    except DataError as exc:
+        print(f"recap data prepare: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a destination that cannot be written: the message names the path
+        print(f"recap data prepare: {args.destination}: {exc.strerror or exc}"
+              f"{f' ({exc.filename})' if exc.filename else ''}", file=sys.stderr)
+        return 1
     seconds = time.perf_counter() - start
     size = sum(e["bytes"] for e in manifest["files"])
     print(f"{args.destination}: {manifest['num_rows']:,} rows in {len(manifest['files'])} files "

@@ -9,7 +9,9 @@ no copy). Sparse and id columns are stored as read. Files, row groups and row co
 rank, worker, shuffle and resume position sees the same rows as on the source: batches are equal.
 
 A prepared directory is used wherever a parquet directory is (data.train.paths, validation sets, stats): the manifest
-is how it is recognised. Writing one is `projects/home/recap/commands/data_prepare.py`.
+is how it is recognised; it also lists the source's files (a file added or removed makes the copy stale) and a CRC-32
+per column of each record batch, verified the first time a process reads it. Writing one is
+`projects/home/recap/commands/data_prepare.py`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,7 +47,8 @@ MANIFEST = "_recap_prepared.json"
 # an interrupted prepare (run it again to finish).
 PARTIAL_MANIFEST = "_recap_prepared.partial.json"
 FORMAT = "recap-prepared"
-VERSION = 1
+# 2: the manifest lists the source's files and a CRC-32 per column of each record batch.
+VERSION = 2
 
 # Batch part -> (stored dtype, value of a null) as to_arrays converts it; None: stored as read. Labels and weights
 # cannot be null (the loader's value checks reject them), so their fill is never used.
@@ -118,6 +122,19 @@ def check_layout(layout: BatchLayout, files: list[Any]) -> None:
                                 "prepare` again with this config", source.path, role.name)
 
 
+def column_checksums(batch: pa.RecordBatch) -> list[int]:
+    """CRC-32 of each column's buffers in a record batch as read back from its file: what the manifest records and
+    reading verifies, so a damaged block of a file (same size, other bytes) is an error instead of other values."""
+    out = []
+    for column in batch.columns:
+        crc = 0
+        for buffer in column.buffers():
+            if buffer is not None:
+                crc = zlib.crc32(buffer, crc)
+        out.append(crc)
+    return out
+
+
 # --- reading ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _RowGroup:
@@ -156,7 +173,8 @@ class PreparedFile:
         self.num_record_batches = self._reader.num_record_batches
 
     def read_row_group(self, index: int, columns: list[str] | None = None, use_threads: bool = True) -> pa.Table:
-        """Record batch `index` (only `columns`), zero-copy."""
+        """Record batch `index` (only `columns`), zero-copy; each column's checksum is verified the first time this
+        handle reads it."""
         batch = self._reader.get_batch(index)
         expected = self.source.metadata.row_groups[index]
         if batch.num_rows != expected:
@@ -164,7 +182,25 @@ class PreparedFile:
                             "prepared file was modified; run `recap data prepare` again", self.source.path)
         if columns is not None:
             batch = batch.select(columns)
+        self._verify(index, batch)
         return pa.Table.from_batches([batch])
+
+    def _verify(self, index: int, batch: pa.RecordBatch) -> None:
+        # Once per source, record batch and column in a process: an epoch after the first reads the same bytes
+        # again (readers reopen files, the source stays), so the checksums cost one pass over the data per process.
+        verified = self.source.verified
+        recorded = self.source.checksums[index]
+        names = self.schema_arrow.names
+        todo = [(name, column) for name, column in zip(batch.schema.names, batch.columns)
+                if (index, name) not in verified]
+        if not todo:
+            return
+        found = column_checksums(pa.RecordBatch.from_arrays([c for _, c in todo], names=[n for n, _ in todo]))
+        for (name, _), crc in zip(todo, found):
+            if crc != recorded[names.index(name)]:
+                raise DataError(f"record batch {index} does not match its checksum in the manifest: the prepared "
+                                "file is damaged; run `recap data prepare` again", self.source.path, name)
+            verified.add((index, name))
 
     def read(self, columns: list[str] | None = None, use_threads: bool = True) -> pa.Table:
         """Every record batch (only `columns`)."""
@@ -184,6 +220,10 @@ class PreparedSource:
     metadata: PreparedMetadata
     schema: pa.Schema
     columns: dict[str, dict[str, Any]]
+    # Per record batch, the CRC-32 of each column in the file's schema order (column_checksums).
+    checksums: list[list[int]] = field(default_factory=list)
+    # (record batch, column) pairs whose checksum this process has verified.
+    verified: set[tuple[int, str]] = field(default_factory=set, compare=False, repr=False)
 
     def open(self) -> PreparedFile:
         return PreparedFile(self)
@@ -195,14 +235,17 @@ def is_prepared(fs: pafs.FileSystem, directory: str) -> bool:
     return any(i.type == pafs.FileType.File for i in infos)
 
 
-def read_manifest(fs: pafs.FileSystem, path: str) -> dict:
-    """A manifest's contents; an unreadable one is a DataError naming it."""
+def read_manifest(fs: pafs.FileSystem, path: str, any_version: bool = False) -> dict:
+    """A manifest's contents; an unreadable one (or, unless any_version, one of another version) is a DataError
+    naming it."""
     try:
         with fs.open_input_stream(path) as f:
             manifest = json.loads(f.read().decode())
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise DataError(f"unreadable prepared-dataset manifest ({exc})", path) from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"not a {FORMAT} manifest", path)
+    if not any_version and manifest.get("version") != VERSION:
         raise DataError(f"not a {FORMAT} manifest of version {VERSION} (format {manifest.get('format')!r}, version "
                         f"{manifest.get('version')!r}); run `recap data prepare` again", path)
     return manifest
@@ -223,15 +266,40 @@ def source_changed(entry: dict) -> str | None:
     return None
 
 
+def source_files_changed(manifest: dict) -> str | None:
+    """Which files a local source gained or lost since it was prepared (None: the same, or a source that is remote
+    or gone: a prepared copy may outlive its source)."""
+    from projects.home.recap.data.files import resolve_paths  # files.py reads prepared directories through here
+
+    paths = manifest["source_paths"]
+    if any("://" in p or not os.path.exists(p) for p in paths):
+        return None
+    now = {path for _, path in resolve_paths(paths)}
+    then = set(manifest["source_files"])
+    added, removed = sorted(now - then), sorted(then - now)
+    if not added and not removed:
+        return None
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    parts = ([f"{len(added)} file(s) added ({listed(added)})"] if added else []) + (
+        [f"{len(removed)} file(s) removed ({listed(removed)})"] if removed else [])
+    return f"its source {', '.join(paths)} has {' and '.join(parts)} since it was prepared"
+
+
 def scan_prepared(fs: pafs.FileSystem, directory: str) -> list[PreparedSource]:
     """The files of a prepared directory, checked against its manifest: an interrupted prepare, a missing or
-    truncated file, or a source that changed since is a DataError saying so."""
+    truncated file, or a source that changed (a file changed, added or removed) since is a DataError saying so."""
     manifest_path = f"{directory}/{MANIFEST}"
     if fs.get_file_info(manifest_path).type != pafs.FileType.File:
         partial = read_manifest(fs, f"{directory}/{PARTIAL_MANIFEST}")
         raise DataError(f"partially prepared ({len(partial['files'])} of {partial['num_source_files']} files "
                         "written): run `recap data prepare` again to finish it", directory)
     manifest = read_manifest(fs, manifest_path)
+    changed = source_files_changed(manifest)
+    if changed:
+        raise DataError(f"stale prepared dataset: {changed}; run `recap data prepare` again", directory)
     sources = []
     nulls = []
     for entry in manifest["files"]:
@@ -245,7 +313,7 @@ def scan_prepared(fs: pafs.FileSystem, directory: str) -> list[PreparedSource]:
         if changed:
             raise DataError(f"stale prepared file: {changed}; run `recap data prepare` again", path)
         source = PreparedSource(path, fs, PreparedMetadata(tuple(entry["row_groups"])), pa.schema([]),
-                                manifest["columns"])
+                                manifest["columns"], entry["checksums"])
         try:
             handle = source.open()
         except (OSError, pa.ArrowException) as exc:

@@ -215,8 +215,75 @@ def test_stale_truncated_or_mismatched_prepared_data_is_an_error(both):
     os.utime(src / "f1.parquet", ns=(1, 1))
     with pytest.raises(DataError, match=r"stale prepared file.*f1\.parquet changed since it was prepared"):
         RecapDataLoader(data, data.train, ["a"], "eval")
-    with pytest.raises(DataError, match="another source or config"):
-        prepare(data_config([str(src)]), str(src), str(dst))
+
+
+def _mtimes(dst):
+    return {p.name: p.stat().st_mtime_ns for p in dst.glob("part-*.arrow")}
+
+
+def test_a_stale_prepared_copy_is_prepared_again_in_place(both):
+    src, dst = both
+    data = data_config([str(dst)])
+    config = data_config([str(src)], features=_features(weight="w"))
+    before = _mtimes(dst)
+    write_rows(src / "f1.parquet", 53, 9, 4, **_with_nulls(9, 53))  # a changed file
+    with pytest.raises(DataError, match=r"stale prepared file.*f1\.parquet changed"):
+        RecapDataLoader(data, data.train, ["a"], "eval")
+    prepare(config, str(src), str(dst))
+    after = _mtimes(dst)
+    assert after["part-00000.arrow"] == before["part-00000.arrow"]  # unchanged sources are not rewritten
+    assert after["part-00001.arrow"] != before["part-00001.arrow"]
+    assert RecapDataLoader(data, data.train, ["a"], "eval").num_rows == 182
+    # A file removed from the source: noticed on open, and its prepared file goes when prepared again.
+    (src / "f2.parquet").unlink()
+    with pytest.raises(DataError, match=r"stale prepared dataset: .*1 file\(s\) removed \(.*f2\.parquet\)"):
+        RecapDataLoader(data, data.train, ["a"], "eval")
+    prepare(config, str(src), str(dst))
+    assert sorted(_mtimes(dst)) == ["part-00000.arrow", "part-00001.arrow"]
+    assert RecapDataLoader(data, data.train, ["a"], "eval").num_rows == 62
+
+
+def test_a_file_added_to_the_source_is_noticed(both):
+    src, dst = both
+    data = data_config([str(dst)])
+    write_rows(src / "f3.parquet", 180, 5, 5, **_with_nulls(5, 180))
+    with pytest.raises(DataError, match=r"stale prepared dataset: its source .*source has 1 file\(s\) added "
+                                        r"\(.*f3\.parquet\).*run `recap data prepare` again"):
+        RecapDataLoader(data, data.train, ["a"], "eval")
+    prepare(data_config([str(src)], features=_features(weight="w")), str(src), str(dst))
+    assert RecapDataLoader(data, data.train, ["a"], "eval").num_rows == 185
+
+
+def test_another_source_is_replaced_only_with_overwrite(both, tmp_path):
+    src, dst = both
+    other = tmp_path / "other"
+    other.mkdir()
+    write_rows(other / "g.parquet", 0, 11, 4, **_with_nulls(11, 0))
+    with pytest.raises(DataError, match=r"another source .*; pass --overwrite to replace it"):
+        prepare(data_config([str(other)]), str(other), str(dst))
+    prepare(data_config([str(other)]), str(other), str(dst), overwrite=True)
+    assert sorted(_mtimes(dst)) == ["part-00000.arrow"]
+    data = data_config([str(dst)])
+    assert RecapDataLoader(data, data.train, ["a"], "eval").num_rows == 11
+
+
+def test_a_damaged_block_of_the_same_size_is_detected(tmp_path):
+    src, dst = tmp_path / "big", tmp_path / "prepared"
+    src.mkdir()
+    write_rows(src / "f.parquet", 0, 20_000, 20_000, **_with_nulls(20_000, 0))
+    prepare(data_config([str(src)]), str(src), str(dst))
+    data = data_config([str(dst)])
+    part = dst / "part-00000.arrow"
+    content = bytearray(part.read_bytes())
+    # A 4 KB block in the middle of the one record batch's values (its metadata and the footer are at the ends),
+    # zeroed: same size, other values.
+    start = len(content) // 2 // 4096 * 4096
+    assert any(content[start:start + 4096])
+    content[start:start + 4096] = bytes(4096)
+    part.write_bytes(bytes(content))
+    loader = RecapDataLoader(data, data.train, ["a"], "eval")
+    with pytest.raises(DataError, match=r"part-00000\.arrow.*does not match its checksum.*prepare` again"):
+        list(loader)
 
 
 def test_destination_must_be_empty_or_prepared(source, tmp_path):

@@ -49,3 +49,26 @@ def test_benchmark_measures_both_layouts_in_one_run(capsys):
     assert [(layout, w) for layout, w, _ in table] == [("parquet", "0"), ("prepared", "0"), ("parquet", "1"),
                                                         ("prepared", "1")]
     assert all(r.endswith("x") for _, _, r in table)
+
+
+def test_prepare_errors_are_one_line_naming_what_and_where(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["data", "prepare", str(missing), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("recap data prepare: ") and str(missing) in err
+    assert "no such file or directory" in err and "Traceback" not in err
+
+    generate(tmp_path / "data", 300, seed=3, processes=1)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    assert main(["data", "prepare", str(tmp_path / "data" / "train"), str(blocker)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(blocker) in err and "Traceback" not in err
+
+    dst = tmp_path / "prepared"
+    assert main(["data", "prepare", str(tmp_path / "data" / "train"), str(dst)]) == 0
+    capsys.readouterr()
+    assert main(["data", "prepare", str(tmp_path / "data" / "test"), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(dst) in err and "--overwrite" in err
+    assert main(["data", "prepare", str(tmp_path / "data" / "test"), str(dst), "--overwrite"]) == 0

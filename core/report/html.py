@@ -20,7 +20,7 @@ from core.report.format import (
 from core.report.plots import histogram_chart, pr_chart, reliability_chart, roc_chart, training_charts
 from core.report.run_files import Evaluation, RunResults
 
-__all__ = ["render_comparison_html", "render_run_html"]
+__all__ = ["html_page", "plain_table", "render_comparison_html", "render_run_html"]
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
@@ -39,7 +39,8 @@ svg .legend { font-size: 10px; fill: #222; } svg .chart-title { font-size: 12px;
 """
 
 
-def _page(title: str, body: list[str]) -> str:
+def html_page(title: str, body: list[str]) -> str:
+    """A self-contained page (the reports' inline style) of HTML fragments."""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")
@@ -56,7 +57,8 @@ def _metrics_table(rows: Sequence[tuple[str, dict]], columns: list[str], first: 
     return "<table>" + head + "".join(body) + "</table>"
 
 
-def _plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table of text cells (escaped here), the first column left-aligned as a name."""
     head = f'<tr><th class="name">{escape(header[0])}</th>' + "".join(f"<th>{escape(h)}</th>" for h in header[1:])
     body = "".join(f'<tr><td class="name">{escape(row[0])}</td>' + "".join(f"<td>{escape(c)}</td>" for c in row[1:])
                    + "</tr>" for row in rows)
@@ -108,10 +110,10 @@ def _evaluation_section(evaluation: Evaluation, anchor: str) -> list[str]:
     ranking = ranking_table(m)
     if ranking is not None:
         header, rows, caption = ranking
-        out += ["<h3>Ranking per request</h3>", f'<p class="meta">{escape(caption)}</p>', _plain_table(header, rows)]
+        out += ["<h3>Ranking per request</h3>", f'<p class="meta">{escape(caption)}</p>', plain_table(header, rows)]
     gates = gates_table(m)
     if gates is not None:
-        out += ["<h3>Expert gates</h3>", _plain_table(*gates)]
+        out += ["<h3>Expert gates</h3>", plain_table(*gates)]
     return out
 
 
@@ -147,7 +149,7 @@ def render_run_html(run: RunResults, title: str | None = None) -> str:
         body += _evaluation_section(evaluation, anchor)
     body += _training_section([(run.name, run.training_scalars, False)], str(run.path or "the run"))
     body += _definitions()
-    return _page(title, body)
+    return html_page(title, body)
 
 
 def _delta_cell(entry: dict, key: str) -> str:
@@ -202,4 +204,4 @@ def render_comparison_html(run: RunResults, baseline: RunResults, comparison: di
     body += _training_section([(ours_label, run.training_scalars, False),
                                (theirs_label, baseline.training_scalars, True)], "either run")
     body += _definitions()
-    return _page(title, body)
+    return html_page(title, body)

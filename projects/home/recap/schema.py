@@ -71,6 +71,7 @@ class RecapConfig(BaseConfig):
             raise ValueError(f"model.sequences {extra} are not data.features.sequences groups ({list(groups)})")
         for name, group in groups.items():
             _check_sequence_group(name, group, self.model.sequences.get(name))
+            group._num_actions = self.model.sequences[name].num_actions
 
     @model_validator(mode="after")
     def _sections_agree(self):

@@ -91,6 +91,8 @@ def check_sequence_values(group: SequenceLayout, table: pa.Table, path: str) -> 
         if inner_nulls:
             raise DataError(f"{inner_nulls} null values inside history lists (group {group.group!r})", path,
                             role.name)
+        if role is group.actions and group.num_actions is not None:
+            check_action_ids(arr.flatten(), group.num_actions, group.group, path, role.name)
         lengths = _list_lengths(arr)
         if first is None:
             first = lengths
@@ -101,6 +103,20 @@ def check_sequence_values(group: SequenceLayout, table: pa.Table, path: str) -> 
             raise DataError(f"{len(bad)} rows whose list length differs from {roles[0].name}'s in history group "
                             f"{group.group!r} (first: row {row}, {int(lengths[row])} against {int(first[row])})",
                             path, role.name)
+
+
+def check_action_ids(values: pa.Array, num_actions: int, group: str, path: str, column: str) -> None:
+    """Raise DataError (file, column) for action ids outside [0, num_actions): the model would merge them into
+    another action type."""
+    if not len(values):
+        return
+    lo, hi = (v.as_py() for v in pc.min_max(values).values())
+    if lo >= 0 and hi < num_actions:
+        return
+    array = values.to_numpy(zero_copy_only=False)
+    bad = (array < 0) | (array >= num_actions)
+    raise DataError(f"{int(bad.sum())} action ids outside [0, {num_actions}) (first: {array[bad][0].item()}); "
+                    f"model.sequences.{group}.num_actions is {num_actions}", path, column)
 
 
 def _recent_first(offsets: np.ndarray, max_length: int, most_recent: str) -> tuple[np.ndarray, np.ndarray]:
@@ -327,19 +343,36 @@ def _sparse(columns: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray, batc
             "sparse_value_bounds": torch.from_numpy(np.ascontiguousarray(value_bounds, dtype=np.int64))}
 
 
-def _nonfinite_per_row(continuous: np.ndarray) -> np.ndarray:
-    """[n+1] running count of non-finite values per row (so any batch's count is one subtraction)."""
+def _nonfinite_counts(values: np.ndarray) -> np.ndarray | None:
+    """Non-finite values per row of a [rows, width] matrix, or None when there are none."""
+    if not values.size:
+        return None
+    # A row sum is non-finite when the row holds NaN or inf (or overflows): a cheap pass finds the few candidate
+    # rows, which are then counted exactly.
+    candidates = np.flatnonzero(~np.isfinite(values.sum(axis=1)))
+    if not len(candidates):
+        return None
+    counts = np.zeros(values.shape[0], dtype=np.int64)
+    counts[candidates] = np.count_nonzero(~np.isfinite(values[candidates]), axis=1)
+    return counts
+
+
+def _nonfinite_per_row(continuous: np.ndarray, sequences: dict[str, dict[str, torch.Tensor]] | None = None
+                       ) -> np.ndarray:
+    """[n+1] running count of non-finite values per row (so any batch's count is one subtraction): the row's
+    continuous features and its history items' continuous values, which the model maps to 0 alike."""
     n = continuous.shape[0]
+    counts = _nonfinite_counts(continuous)
+    for fields in (sequences or {}).values():
+        per_item = _nonfinite_counts(fields["continuous"].numpy()) if "continuous" in fields else None
+        if per_item is None:
+            continue
+        running = np.concatenate([[0], np.cumsum(per_item)])
+        offsets = fields["offsets"].numpy()
+        counts = (0 if counts is None else counts) + running[offsets[1:]] - running[offsets[:-1]]
     out = np.zeros(n + 1, dtype=np.int64)
-    if continuous.size:
-        # A row sum is non-finite when the row holds NaN or inf (or overflows): a cheap pass finds the few
-        # candidate rows, which are then counted exactly.
-        row_sums = continuous.sum(axis=1)
-        candidates = np.flatnonzero(~np.isfinite(row_sums))
-        if len(candidates):
-            counts = np.zeros(n, dtype=np.int64)
-            counts[candidates] = np.count_nonzero(~np.isfinite(continuous[candidates]), axis=1)
-            np.cumsum(counts, out=out[1:])
+    if counts is not None:
+        np.cumsum(counts, out=out[1:])
     return out
 
 
@@ -384,9 +417,9 @@ def assemble(blocks: list[ArrayBlock], rows: np.ndarray, batch_size: int, shared
     if merged.sparse:
         out.update(_sparse(merged.sparse, rows, batch_size, shared))
     out["ids"] = merged.take_ids(rows)
-    out["nonfinite"] = torch.from_numpy(_nonfinite_per_row(out["continuous"].numpy()))
     if blocks[0].sequences:
         out["sequences"] = assemble_sequences(blocks, rows, shared)
+    out["nonfinite"] = torch.from_numpy(_nonfinite_per_row(out["continuous"].numpy(), out.get("sequences")))
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from core.config import BaseConfig
 
@@ -55,6 +55,10 @@ class SequenceGroupSpec(BaseConfig):
     actions: str | None = None
     # list<float> columns of per-item values (e.g. the engagement's age in hours).
     continuous: list[str] = []
+    # The model's num_actions for this group (model.sequences.<group>.num_actions), set when the experiment config
+    # is validated: the loader rejects action ids outside [0, num_actions) with the file and column, where the model
+    # could only clamp them (a device-side check would cost a synchronization per training step).
+    _num_actions: int | None = PrivateAttr(default=None)
 
     @field_validator("ids", mode="before")
     @classmethod

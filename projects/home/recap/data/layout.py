@@ -39,6 +39,7 @@ class SequenceLayout:
     actions: ColumnRole | None
     continuous: tuple[ColumnRole, ...]
     candidates: tuple[ColumnRole | None, ...]  # per id column
+    num_actions: int | None = None  # action ids must be in [0, num_actions) (None: not known, not checked)
 
     def list_roles(self) -> tuple[ColumnRole, ...]:
         return (*self.ids, *((self.actions,) if self.actions else ()), *self.continuous)
@@ -133,4 +134,5 @@ def _sequence_layout(name: str, group) -> SequenceLayout:
                          for i, c in enumerate(group.continuous)),
         candidates=tuple(ColumnRole(c.candidate, "candidate", None, f"{key}.ids[{i}].candidate")
                          if c.candidate else None for i, c in enumerate(group.ids)),
+        num_actions=group._num_actions,
     )

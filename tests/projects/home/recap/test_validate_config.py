@@ -54,15 +54,18 @@ def test_console_script_runs():
     [
         ("model.tasks.is_liked={mlp_config: {layer_sizes: [4]}}", "have no label in data.tasks"),
         ("model.multi_task_type=share_none", "share_none takes no backbone"),
-        ("model.backbone.mask_net_config.mask_blocks.0.aggregation_size=8", "exactly one of reduction_factor"),
-        ("optimizer.dense.multi_task_learning_rates={tower_learning_rates: {is_favorited: {constant: 0.1}}, "
-         "backbone_learning_rate: {constant: 0.1}}", "at most one of learning_rate"),
+        # Both members of a group set in one command (one alone replaces the file's member: tests/core/test_config.py).
+        (["model.backbone.mask_net_config.mask_blocks.0.aggregation_size=8",
+          "model.backbone.mask_net_config.mask_blocks.0.reduction_factor=2"], "exactly one of reduction_factor"),
+        (["optimizer.dense.multi_task_learning_rates={tower_learning_rates: {is_favorited: {constant: 0.1}}, "
+          "backbone_learning_rate: {constant: 0.1}}", "optimizer.dense.learning_rate={constant: 0.1}"],
+         "at most one of learning_rate"),
         ("evaluation.stratifiers=[user_id]", "not a scalar discrete column"),
     ],
 )
 def test_cross_section_errors(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_recap_config(DEMO, [override])
+        load_recap_config(DEMO, override if isinstance(override, list) else [override])
 
 
 def test_share_all_without_backbone():

@@ -137,3 +137,40 @@ def test_prepared_data_gives_the_same_histories(files, tmp_path):
         assert a.ids["row_id"].tolist() == b.ids["row_id"].tolist()
         for key, tensor in a.sequences["hist"].items():
             assert tensor.equal(b.sequences["hist"][key]), key
+
+
+def test_action_ids_outside_num_actions_are_named(tmp_path):
+    from pathlib import Path
+
+    from projects.home.recap.schema import load_recap_config
+
+    # The experiment config hands the model's num_actions to the data group it reads.
+    demo = Path(__file__).parents[5] / "projects/home/recap/config/demo_history.yaml"
+    assert load_recap_config(demo).data.features.sequences["history"]._num_actions == 4
+    for bad, first in ((4, 4), (-1, -1)):
+        actions = pa.array([[1], [2, bad], [], [3], [0], [bad]], type=pa.list_(pa.int32()))
+        authors = pa.array([[1], [2, 3], [], [4], [5], [6]], type=pa.list_(pa.int64()))
+        ages = pa.array([[1.0], [2.0, 3.0], [], [4.0], [5.0], [6.0]], type=pa.list_(pa.float32()))
+        paths = _write(tmp_path, hist_action=actions, hist_author=authors, hist_age=ages)
+        config = sequence_config(paths)
+        config.features.sequences["hist"]._num_actions = 4
+        loader = RecapDataLoader(config, DatasetConfig(paths=paths), ["a", "b"], "eval")
+        with pytest.raises(DataError, match=rf"bad\.parquet.*'hist_action'.*2 action ids outside \[0, 4\) \(first: "
+                                            rf"{first}\); model.sequences.hist.num_actions is 4"):
+            list(loader)
+
+
+def test_non_finite_history_values_are_counted_like_continuous_features(tmp_path):
+    counts = []
+    for nan in (0.0, float("nan")):
+        # Rows 1 and 3 hold a NaN and an inf among their items (both within max_length 3).
+        ages = pa.array([[1.0], [2.0, nan], [], [float("inf") if nan != 0 else 0.0], [5.0], [6.0]],
+                        type=pa.list_(pa.float32()))
+        lists = {k: pa.array([[1], [2, 3], [], [4], [5], [6]], type=pa.list_(pa.int64()))
+                 for k in ("hist_author", "hist_action")}
+        paths = _write(tmp_path, hist_age=ages, **lists)
+        loader = RecapDataLoader(sequence_config(paths), DatasetConfig(paths=paths), ["a", "b"], "eval",
+                                 batch_size=4)
+        list(loader)
+        counts.append(loader.num_nonfinite)
+    assert counts[1] - counts[0] == 2

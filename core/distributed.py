@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -367,7 +368,26 @@ def launch_workers(
         logger.warning("launcher stopped by %s; the workers were asked to stop too", exc.sigval.name)
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:
-        failures = "; ".join(f"rank {r}: exit code {f.exitcode}" for r, f in sorted(exc.failures.items()))
+        codes = {r: f.exitcode for r, f in exc.failures.items()}
+        stopped = stop_status(list(codes.values()))
+        if stopped is not None:
+            # A signal sent to one worker (not to the launcher) stops every rank at the same step with a checkpoint;
+            # the launcher then ends any rank still exiting with SIGTERM.
+            logger.warning("the workers stopped on %s (exit codes %s)", signal.Signals(stopped - 128).name,
+                           ", ".join(f"rank {r}: {c}" for r, c in sorted(codes.items())))
+            return stopped
+        failures = "; ".join(f"rank {r}: exit code {c}" for r, c in sorted(codes.items()))
         logger.error("training workers failed (%s)", failures)
         return 1
     return 0
+
+
+def stop_status(exit_codes: list[int]) -> int | None:
+    """128 + N when workers ended as a stop signal N ends them (exit status 143 for SIGTERM, 130 for SIGINT, after
+    their checkpoint), the others at most killed by the launcher's SIGTERM (exit code -15) on its way out; else
+    None (a real failure)."""
+    statuses = {128 + signal.SIGTERM, 128 + signal.SIGINT}
+    stopped = [c for c in exit_codes if c in statuses]
+    if not stopped or any(c not in statuses and c != -signal.SIGTERM for c in exit_codes):
+        return None
+    return max(stopped)

@@ -121,6 +121,24 @@ def _schedules_for(
     return {name: schedules[name] for name in names}
 
 
+def check_schedules(config: DenseOptimizerConfig, total_steps: int | None, key: str = "optimizer.dense") -> None:
+    """Build every configured learning-rate schedule for a training of total_steps: one that does not fit the
+    training's length is a ConfigError naming its key, raised before any model is built."""
+    if config.learning_rate is not None:
+        schedules = {f"{key}.learning_rate": config.learning_rate}
+    else:
+        mtl = config.multi_task_learning_rates
+        assert mtl is not None  # DenseOptimizerConfig requires one of the two
+        prefix = f"{key}.multi_task_learning_rates"
+        schedules = {f"{prefix}.tower_learning_rates.{t}": c for t, c in mtl.tower_learning_rates.items()}
+        schedules[f"{prefix}.backbone_learning_rate"] = mtl.backbone_learning_rate
+    for path, schedule in schedules.items():
+        try:
+            build_schedule(schedule, total_steps)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}.{exc}") from None
+
+
 def build_dense_optimizer(
     model: nn.Module,
     groups: Mapping[str, list[nn.Parameter]],

@@ -113,11 +113,8 @@ def stop_signals() -> Iterator[dict[str, int]]:
     try:
         yield requested
     finally:
-        # After a stop the process is on its way out with its checkpoint (shutting its loader workers down): the
-        # same signal again (a launcher ending the other ranks once one has exited) must not cut that short.
-        if not requested:
-            for s, h in previous.items():
-                signal.signal(s, h)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @dataclass

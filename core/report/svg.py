@@ -39,7 +39,9 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     def ticks_for(step: float) -> list[float]:
         first = math.ceil(low / step - 1e-9)
         last = math.floor(high / step + 1e-9)
-        return [round(i * step, 12) for i in range(first, last + 1)]
+        # Twelve significant digits drop float noise (0.30000000000000004) at any scale; rounding to twelve decimals
+        # made every tick of a range below 1e-12 zero.
+        return [float(f"{i * step:.12g}") for i in range(first, last + 1)]
 
     candidates = [ticks_for(m * power) for m in (1, 2, 2.5, 5, 10)]
     return min(reversed(candidates), key=lambda ticks: abs(len(ticks) - count))
@@ -83,8 +85,8 @@ def _extent(values: list[float], given: tuple[float, float] | None) -> tuple[flo
         low, high = low - pad, high + pad
     # Widen to whole tick steps so the extreme values do not sit on the frame.
     ticks = nice_ticks(low, high)
-    if len(ticks) > 1:
-        step = ticks[1] - ticks[0]
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 0.0
+    if step > 0:
         low, high = math.floor(low / step + 1e-9) * step, math.ceil(high / step - 1e-9) * step
     return low, high
 

@@ -8,18 +8,22 @@ of it, and writes SAVE_DIR/eval/<set>/step_<N>/ with metrics.json and the report
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from core.checkpoint import list_checkpoints
 from core.config import ConfigError, dump_yaml
 from core.distributed import DistributedContext, any_rank, init_distributed, shard_model
+from core.loader_workers import stop_signals_held
 from core.log import get_logger
-from core.optimizers import apply_sparse_optimizer, build_dense_optimizer
+from core.optimizers import apply_sparse_optimizer, build_dense_optimizer, check_schedules
 from core.run_lock import RunLock, RunLockedError
 from core.sparse_optimizers import SparseOptimizers, build_sparse_optimizers
-from core.train_loop import TrainLoop, TrainResult, seed_everything, total_train_steps
+from core.train_loop import CHECKPOINT_DIR, TrainLoop, TrainResult, seed_everything, total_train_steps
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.data.validation import scan_labels
 from projects.home.recap.evaluate import build_evaluator, validation_loaders
@@ -67,8 +71,8 @@ def build_sparse_optimizer(config: RecapConfig, model: nn.Module) -> SparseOptim
 
 
 def train(config: RecapConfig, ctx: DistributedContext | None = None, start_over: bool = False) -> TrainResult:
-    """Train (resuming from save_dir if it holds checkpoints) and return where training ended; with start_over, a
-    save_dir whose checkpoints are all broken trains from step 0 instead of stopping with an error."""
+    """Train (resuming from save_dir if it holds checkpoints) and return where training ended; with start_over,
+    every checkpoint in save_dir is moved aside (step_N.replaced) and training starts from step 0."""
     if config.data.train is None:
         raise ConfigError("data.train: no training dataset is configured")
     ctx = ctx or init_distributed(config.training.device)
@@ -79,11 +83,17 @@ def train(config: RecapConfig, ctx: DistributedContext | None = None, start_over
         try:
             save_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
+            if start_over:
+                _move_checkpoints_aside(save_dir / CHECKPOINT_DIR)
+            else:
+                _check_not_past_the_end(config, save_dir / CHECKPOINT_DIR)
             (save_dir / "config.yaml").write_text(dump_yaml(config))
         except OSError as exc:
             problem = f"training.save_dir {save_dir}: cannot write there ({exc.strerror or exc})"
         except RunLockedError as exc:
             problem = f"training.save_dir: {exc}"
+        except ConfigError as exc:
+            problem = str(exc)
     if any_rank(problem is not None, ctx):
         lock.release()
         raise ConfigError(problem or f"training.save_dir {save_dir}: rank 0 cannot use it (see its log)")
@@ -91,6 +101,28 @@ def train(config: RecapConfig, ctx: DistributedContext | None = None, start_over
         return _train(config, ctx, start_over)
     finally:
         lock.release()
+
+
+def _move_checkpoints_aside(directory: Path) -> None:
+    """--start-over: every checkpoint (healthy or not) is renamed step_N.replaced, so training starts from step 0
+    and nothing of the old run is deleted."""
+    for checkpoint in list_checkpoints(directory):
+        aside = checkpoint.path.with_name(f"{checkpoint.path.name}.replaced")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(checkpoint.path, aside)
+        logger.warning("--start-over: moved %s to %s", checkpoint.path, aside.name)
+
+
+def _check_not_past_the_end(config: RecapConfig, directory: Path) -> None:
+    """A ConfigError when save_dir's newest checkpoint is past training.num_train_steps: resuming would train
+    nothing and leave that checkpoint as the run's result under a config.yaml that does not describe it."""
+    steps = config.training.num_train_steps
+    checkpoints = list_checkpoints(directory)
+    if steps is not None and checkpoints and checkpoints[-1].step > steps:
+        raise ConfigError(f"training.num_train_steps is {steps}, but {checkpoints[-1].path} is already at step "
+                          f"{checkpoints[-1].step}: nothing to train. Raise num_train_steps to continue that run, use "
+                          "another training.save_dir, or pass --start-over to train from step 0 (the checkpoints are "
+                          "moved aside)")
 
 
 def _train(config: RecapConfig, ctx: DistributedContext, start_over: bool) -> TrainResult:
@@ -101,10 +133,12 @@ def _train(config: RecapConfig, ctx: DistributedContext, start_over: bool) -> Tr
     train_data = RecapDataLoader(config.data, config.data.train, tasks, "train", ctx.rank, ctx.world_size,
                                  pin_memory=pin)
     total_steps = total_train_steps(config.training, len(train_data))
+    check_schedules(config.optimizer.dense, total_steps)  # before the model and its sharding plan are built
     model, dense_optimizer, built_tasks = build_training(config, ctx, total_steps)
     if built_tasks != tasks:  # an invariant of the factory, checked because every label column depends on it
         raise RuntimeError(f"the built model's tasks {built_tasks} differ from model.tasks {tasks}")
     evaluate = None
+    loaders: dict[str, RecapDataLoader] = {}
     if config.training.eval_every_n is not None:
         # training.eval_datasets, else every validation set (evaluation.datasets picks only `recap evaluate`'s
         # defaults); the schema guarantees data.validation is not empty here.
@@ -128,4 +162,12 @@ def _train(config: RecapConfig, ctx: DistributedContext, start_over: bool) -> Tr
         start_over=start_over,
     )
     logger.info("%d training batches of %d rows per rank and epoch", len(train_data), train_data.batch_size)
-    return loop.run()
+    try:
+        return loop.run()
+    finally:
+        # However training ended (done, stopped by a signal after its checkpoint, an error), the loader workers go
+        # first: they ignore stop signals, so nothing else would end them. A stop signal arriving now (a launcher
+        # ending the other ranks once one has exited) waits until they are gone.
+        with stop_signals_held():
+            for loader in (train_data, *loaders.values()):
+                loader.close()

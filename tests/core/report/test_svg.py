@@ -42,3 +42,13 @@ def test_many_series_move_the_legend_outside_and_widen_the_chart():
     many = line_chart([Series(f"series{i}", [0, 1], [0, i]) for i in range(8)], title="many", width=300)
     assert 'width="300"' in few and 'width="300"' not in many
     assert all(f">series{i}<" in many for i in range(8))
+
+
+def test_a_chart_of_values_below_1e_11_has_distinct_ticks_and_draws():
+    # A rare task early in training plots values this small; their tick step once rounded to zero (a division by
+    # zero that stopped training).
+    ticks = nice_ticks(-5e-14, 1.05e-12)
+    assert len(ticks) > 1 and all(b > a for a, b in zip(ticks, ticks[1:]))
+    assert ticks[1] - ticks[0] == pytest.approx(2.5e-13)
+    svg = line_chart([Series("rare", [0, 1, 2], [0.0, 5e-13, 1e-12])], title="tiny", x_label="step")
+    ET.fromstring(svg)

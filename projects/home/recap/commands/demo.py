@@ -13,7 +13,7 @@ from core.log import get_logger
 from core.report import eval_step_dir
 from core.report.format import fixed_cell, rce_share_of_oracle
 from projects.home.recap.data.layout import build_layout
-from projects.home.recap.schema import load_recap_config
+from projects.home.recap.schema import RecapConfig, load_recap_config
 
 logger = get_logger(__name__)
 
@@ -63,6 +63,28 @@ def _generate(data_dir: Path, rows: int, history_length: int = 0) -> None:
     data_generate.run(parser.parse_args(argv))
 
 
+def fit_schedule(config: RecapConfig, nproc_per_node: int) -> list[str]:
+    """--set values that fit a cosine warm-up longer than the training (data of a small --rows) into it: a ramp over
+    the first tenth of the steps; [] when the configured schedule fits."""
+    from core.train_loop import total_train_steps
+    from projects.home.recap.data import sharding
+    from projects.home.recap.data.files import scan_dataset
+
+    learning_rate = config.optimizer.dense.learning_rate
+    cosine = learning_rate.linear_ramp_to_cosine if learning_rate is not None else None
+    if cosine is None or cosine.final_num_steps is not None or config.data.train is None:
+        return []
+    rows = scan_dataset(config.data.train.paths, config.data.ignore_data_errors).num_rows
+    per_rank = sharding.train_batches_per_rank(rows, nproc_per_node, config.data.batch_size)
+    steps = total_train_steps(config.training, per_rank)
+    if steps is None or steps == 0 or cosine.num_ramp_steps < steps:
+        return []  # a run of no full batch is the loader's error, naming the data
+    ramp = steps // 10
+    logger.warning("%d training rows make %d steps on %d ranks, fewer than the configured warm-up of %d: ramping "
+                   "over %d steps instead", rows, steps, nproc_per_node, cosine.num_ramp_steps, ramp)
+    return [f"optimizer.dense.learning_rate.linear_ramp_to_cosine.num_ramp_steps={ramp}"]
+
+
 def print_comparison(dataset: str, metrics: dict) -> bool:
     """Print model vs oracle RCE per task from a metrics.json document; True when the demo's target is met."""
     met = True
@@ -98,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         _generate(data_dir, args.rows, history)
     else:
         logger.info("using the existing data in %s", data_dir)
-    train_args = ["train", "--config", args.config] + [a for o in args.overrides for a in ("--set", o)]
+    overrides = args.overrides + fit_schedule(config, args.nproc_per_node)
+    train_args = ["train", "--config", args.config] + [a for o in overrides for a in ("--set", o)]
     logger.info("training %s on %d ranks; outputs in %s", args.config, args.nproc_per_node, save_dir)
     status = launch_workers(args.nproc_per_node, "projects.home.recap.main", train_args)
     if status != 0:

@@ -5,6 +5,9 @@ M machines whose launchers meet at HOST:PORT."""
 from __future__ import annotations
 
 import argparse
+import signal
+import time
+from pathlib import Path
 
 from core.distributed import (
     Rendezvous,
@@ -39,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rdzv-id", default=None, metavar="ID",
                         help="with --nnodes: a name for this job, the same on every machine")
     parser.add_argument("--start-over", action="store_true",
-                        help="if every checkpoint in save_dir is broken, move them aside and train from step 0 "
-                             "(without it, training stops with an error naming each)")
+                        help="train from step 0: every checkpoint in save_dir, healthy or broken, is moved aside "
+                             "as step_N.replaced (without it, training resumes from the newest good checkpoint, and "
+                             "stops with an error naming each when all are broken)")
 
 
 def worker_arguments(args: argparse.Namespace) -> list[str]:
@@ -82,12 +86,34 @@ def launcher_options(args: argparse.Namespace) -> Rendezvous | None:
         raise SystemExit(f"--rdzv-endpoint / --rdzv-id: {exc}") from None
 
 
+def checked_stop(status: int, save_dir: Path, launched_at: float) -> int:
+    """The launcher's exit status once its workers ended: a stop signal's status (143, 130) only when the workers
+    wrote a complete checkpoint after they were launched, so a wrapper that sees 143 can rely on one; else 1."""
+    if status <= 128:
+        return status
+    from core.checkpoint import INFO_FILE, list_checkpoints
+    from core.train_loop import CHECKPOINT_DIR
+
+    checkpoints = list_checkpoints(save_dir / CHECKPOINT_DIR)
+    newest = checkpoints[-1].path if checkpoints else None
+    if newest is not None and (newest / INFO_FILE).stat().st_mtime >= launched_at:
+        logger.warning("stopped by %s with checkpoint %s: rerun the same command to resume",
+                       signal.Signals(status - 128).name, newest)
+        return status
+    logger.error("stopped by %s, but the workers wrote no checkpoint in %s before they ended (newest: %s): the "
+                 "steps since then are lost", signal.Signals(status - 128).name, save_dir / CHECKPOINT_DIR, newest)
+    return 1
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_recap_config(args.config, args.overrides)  # a config error stops here, before any launch
     if not launched_by_torchrun():
         rendezvous = launcher_options(args)
         if args.nproc_per_node is not None:
-            return launch_workers(args.nproc_per_node, MODULE, worker_arguments(args), args.max_restarts, rendezvous)
+            launched_at = time.time()
+            status = launch_workers(args.nproc_per_node, MODULE, worker_arguments(args), args.max_restarts,
+                                    rendezvous)
+            return checked_stop(status, Path(config.training.save_dir), launched_at)
     elif args.nproc_per_node is not None:
         logger.warning("--nproc-per-node and the other launcher options are ignored under torchrun")
     quiet_library_logging()

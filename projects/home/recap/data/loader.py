@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.batch import RecapBatch
+from core.loader_workers import stop_signals_held, worker_init
 from core.log import get_logger
-from core.parent_watch import exit_with_parent
 from projects.home.recap.data import prepared, sharding
 from projects.home.recap.data.columns import (
     ArrayBlock,
@@ -45,6 +45,8 @@ __all__ = ["RecapDataLoader", "split_batches", "validate_dataset"]
 logger = get_logger(__name__)
 Mode = Literal["train", "eval", "predict"]
 _OPEN_FILES = 16
+# The key of a chunk that carries a worker's DataError instead of rows.
+_WORKER_DATA_ERROR = "data_error"
 
 
 def _identity(x):
@@ -163,7 +165,15 @@ class _EpochStream(IterableDataset):
         shared = info is not None
 
         for i in range(first_fill, len(layouts[worker])):
-            blocks, rows = self._read_fill(reader, rows_in_order, order, epoch, *layouts[worker][i])
+            try:
+                blocks, rows = self._read_fill(reader, rows_in_order, order, epoch, *layouts[worker][i])
+            except DataError as exc:
+                if not shared:
+                    raise
+                # Raised in a worker, torch would wrap it ("Caught DataError in DataLoader worker process 0" and the
+                # worker's traceback); handed over as data, the loader raises the error itself (_from_workers).
+                yield {_WORKER_DATA_ERROR: exc}
+                return
             if i == first_fill and first_batch:
                 rows = rows[first_batch * self.batch_size :]
             yield self._assemble(blocks, rows, self.batch_size, shared)
@@ -383,7 +393,7 @@ class RecapDataLoader:
             self._loader = DataLoader(self._stream, batch_size=None, collate_fn=_identity,
                                       num_workers=self.num_workers, pin_memory=self.pin_memory,
                                       persistent_workers=self.num_workers > 0,
-                                      worker_init_fn=exit_with_parent if self.num_workers > 0 else None)
+                                      worker_init_fn=worker_init if self.num_workers > 0 else None)
         # Without workers, the next fill is read on a thread while the training step runs on this one's batches
         # (arrow's decoding and torch's kernels release the GIL), in the same order.
         chunks = self._from_workers(self._loader) if self.num_workers > 0 else prefetched(self._loader)
@@ -394,11 +404,12 @@ class RecapDataLoader:
                 yield batch
 
     def _from_workers(self, chunks: Iterable[dict]) -> Iterator[dict]:
-        """The workers' chunks. A worker's error (a DataError naming the file, the worker's traceback in its message)
-        ends the epoch: the workers are shut down before it is raised, while their queues are alive. Left to the
-        garbage collector (the main-side traceback holds the DataLoader iterator), each would wait out torch's 5 s
-        shutdown timeout."""
-        iterator = iter(chunks)
+        """The workers' chunks. A worker's error ends the epoch: a DataError is raised as the worker raised it (one
+        line naming the file), any other error with the worker's traceback in its message. The workers are shut down
+        before it is raised, while their queues are alive. Left to the garbage collector (the main-side traceback
+        holds the DataLoader iterator), each would wait out torch's 5 s shutdown timeout."""
+        with stop_signals_held():  # the first call forks the workers: see core/loader_workers.py
+            iterator = iter(chunks)
         del chunks
         while True:
             try:
@@ -407,6 +418,18 @@ class RecapDataLoader:
                 return
             except Exception as exc:
                 del iterator
-                self._loader = None
+                self.close()
                 raise exc.with_traceback(None) from exc.__cause__
+            if _WORKER_DATA_ERROR in chunk:
+                del iterator
+                self.close()
+                raise chunk[_WORKER_DATA_ERROR]
             yield chunk
+
+    def close(self) -> None:
+        """Shut the DataLoader workers down now (the next epoch starts new ones). The training process calls it when
+        it stops: the workers ignore stop signals from anyone else (core/loader_workers.py)."""
+        loader, self._loader = self._loader, None
+        iterator = getattr(loader, "_iterator", None)  # persistent workers live in the DataLoader's iterator
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()

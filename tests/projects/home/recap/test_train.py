@@ -12,19 +12,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import train_helpers as helpers  # noqa: E402
 
 from core.checkpoint import list_checkpoints  # noqa: E402
-from core.distributed import init_distributed, shutdown_distributed  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return helpers.make_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    context = init_distributed("cpu")
-    yield context
-    shutdown_distributed()
+data_dir, ctx = helpers.data_dir, helpers.ctx  # the module's fixtures
 
 
 def test_stop_and_resume_gives_the_parameters_of_a_straight_run(data_dir, ctx, tmp_path):
@@ -160,7 +149,7 @@ def test_broken_checkpoints_stop_training_unless_it_is_asked_to_start_over(data_
     assert [c.step for c in list_checkpoints(tmp_path / "checkpoints")] == [4]
     result = train(helpers.config(data_dir, tmp_path, 8), ctx, start_over=True)
     assert result.step == 8 and result.resumed_from is None
-    assert (tmp_path / "checkpoints" / "step_00000004.corrupt").is_dir()
+    assert (tmp_path / "checkpoints" / "step_00000004.replaced").is_dir()
 
 
 def test_the_launcher_hands_start_over_to_its_workers():

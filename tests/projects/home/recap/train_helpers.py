@@ -7,10 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from core.checkpoint import CheckpointManager, resolve_checkpoint
-from core.distributed import DistributedContext
+from core.distributed import DistributedContext, init_distributed, shutdown_distributed
 from projects.home.recap.data.synthetic import generate
 from projects.home.recap.schema import RecapConfig, load_recap_config
 
@@ -24,6 +25,20 @@ ROWS = 4020
 def make_data(directory: Path) -> Path:
     generate(directory, ROWS, seed=3, rows_per_file=1000, row_group_size=250)
     return directory
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """The module's generated data (make_data); import it into a test module to use it."""
+    return make_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    """A one-process CPU distributed context for the module's in-process trainings."""
+    context = init_distributed("cpu")
+    yield context
+    shutdown_distributed()
 
 
 def overrides(data_dir: Path, save_dir: Path, steps: int, **training) -> list[str]:

@@ -221,11 +221,17 @@ def _check_key_path(key: str, resolved: dict, where: str, base: Path) -> None:
 def check_space(space: SearchSpace, space_path: str | os.PathLike, base: Path) -> RecapConfig:
     """Check the space against its base before any trial: every key path exists, the metric's task and dataset are
     evaluated periodically. Returns the base config with `fixed` applied; ConfigError names the key."""
-    config = load_recap_config(base, overrides_for(space.fixed))
+    resolved = load_recap_config(base).model_dump(mode="json")
+    for key in space.fixed:
+        _check_key_path(key, resolved, f"{space_path}: fixed.{key}", base)
+    try:
+        config = load_recap_config(base, overrides_for(space.fixed))
+    except ConfigError as exc:
+        raise ConfigError(f"{space_path}: `fixed` makes the base config invalid:\n{exc}") from None
+    # Against the config with `fixed` applied: it may set a section that a parameter's key path goes through.
     resolved = config.model_dump(mode="json")
-    for section, keys in (("fixed", space.fixed), ("parameters", space.parameters)):
-        for key in keys:
-            _check_key_path(key, resolved, f"{space_path}: {section}.{key}", base)
+    for key in space.parameters:
+        _check_key_path(key, resolved, f"{space_path}: parameters.{key}", base)
     metric = space.metric
     tasks = list(config.model.tasks)
     if metric.task != "mean" and metric.task not in tasks:

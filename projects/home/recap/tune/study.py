@@ -83,9 +83,10 @@ def journal_storage(tune_dir: Path) -> JournalStorage:
 def open_study(storage: JournalStorage, tune_dir: Path, space: SearchSpace, base: Path, pruner: str,
                seed: int | None) -> optuna.Study:
     """Create the study in `storage`, or load it; a study of another search space is an error."""
-    existing = {s.study_name: s for s in storage.get_all_studies()}
     # A resumed search must not draw the same first random points again: the seed moves with the trials done.
-    done = existing[STUDY_NAME].n_trials if STUDY_NAME in existing else 0
+    done = 0
+    if STUDY_NAME in {s.study_name for s in storage.get_all_studies()}:
+        done = len(storage.get_all_trials(storage.get_study_id_from_name(STUDY_NAME), deepcopy=False))
     sampler = optuna.samplers.TPESampler(seed=None if seed is None else seed + done, constant_liar=True)
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
                                 pruner=make_pruner(pruner), direction=space.resolved_direction,

@@ -13,6 +13,13 @@ import torch
 from projects.home.recap.data.downsampling import downsampling_weights
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.layout import BatchLayout, ColumnRole, SequenceLayout
+from projects.home.recap.data.list_checks import (
+    action_ids_problem,
+    history_problem,
+    is_list,
+    list_lengths,
+    null_ids_problem,
+)
 
 
 def _column(table: pa.Table, name: str) -> pa.Array:
@@ -20,11 +27,6 @@ def _column(table: pa.Table, name: str) -> pa.Array:
     if not isinstance(col, pa.ChunkedArray):
         return col
     return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-
-
-def _is_list(arr: pa.Array) -> bool:
-    t = arr.type
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
 def check_labels(layout: BatchLayout, table: pa.Table, path: str) -> None:
@@ -57,11 +59,9 @@ def check_values(layout: BatchLayout, table: pa.Table, path: str) -> None:
                 found = f"lists have length {lo}" if lo == hi else f"list lengths range from {lo} to {hi}"
                 raise DataError(f"{found}; {role.key} declares length {role.length}", path, role.name)
     for role in layout.sparse:
-        arr = _column(table, role.name)
-        # A null scalar id, like a null list, is a row without ids; a null inside a list is a malformed list.
-        inner_nulls = arr.flatten().null_count if _is_list(arr) else 0
-        if inner_nulls:
-            raise DataError(f"{inner_nulls} null ids inside lists", path, role.name)
+        problem = null_ids_problem(_column(table, role.name))
+        if problem:
+            raise DataError(problem, path, role.name)
     for group in layout.sequences:
         check_sequence_values(group, table, path)
     if layout.weight is not None:
@@ -72,51 +72,16 @@ def check_values(layout: BatchLayout, table: pa.Table, path: str) -> None:
             raise DataError("negative weights", path, layout.weight.name)
 
 
-def _list_lengths(arr: pa.Array) -> np.ndarray:
-    """Items per row of a list column, 0 for a null list."""
-    lengths = pc.list_value_length(arr)
-    if lengths.null_count:
-        lengths = pc.fill_null(lengths, 0)
-    return lengths.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-
-
 def check_sequence_values(group: SequenceLayout, table: pa.Table, path: str) -> None:
-    """Raise DataError (file, column) for a null inside a history list, or a row whose lists in the group differ
-    in length."""
-    roles = group.list_roles()
-    first = None
-    for role in roles:
-        arr = _column(table, role.name)
-        inner_nulls = arr.flatten().null_count
-        if inner_nulls:
-            raise DataError(f"{inner_nulls} null values inside history lists (group {group.group!r})", path,
-                            role.name)
-        if role is group.actions and group.num_actions is not None:
-            check_action_ids(arr.flatten(), group.num_actions, group.group, path, role.name)
-        lengths = _list_lengths(arr)
-        if first is None:
-            first = lengths
-            continue
-        bad = np.flatnonzero(lengths != first)
-        if len(bad):
-            row = int(bad[0])
-            raise DataError(f"{len(bad)} rows whose list length differs from {roles[0].name}'s in history group "
-                            f"{group.group!r} (first: row {row}, {int(lengths[row])} against {int(first[row])})",
-                            path, role.name)
-
-
-def check_action_ids(values: pa.Array, num_actions: int, group: str, path: str, column: str) -> None:
-    """Raise DataError (file, column) for action ids outside [0, num_actions): the model would merge them into
-    another action type."""
-    if not len(values):
-        return
-    lo, hi = (v.as_py() for v in pc.min_max(values).values())
-    if lo >= 0 and hi < num_actions:
-        return
-    array = values.to_numpy(zero_copy_only=False)
-    bad = (array < 0) | (array >= num_actions)
-    raise DataError(f"{int(bad.sum())} action ids outside [0, {num_actions}) (first: {array[bad][0].item()}); "
-                    f"model.sequences.{group}.num_actions is {num_actions}", path, column)
+    """Raise DataError (file, column) for a null inside a history list, a row whose lists in the group differ in
+    length, or an action id outside [0, num_actions) (list_checks.py, shared with the standalone scorer)."""
+    problem = history_problem([(r.name, _column(table, r.name)) for r in group.list_roles()], group.group)
+    if problem:
+        raise DataError(problem[1], path, problem[0])
+    if group.actions is not None and group.num_actions is not None:
+        problem = action_ids_problem(_column(table, group.actions.name).flatten(), group.num_actions, group.group)
+        if problem:
+            raise DataError(problem, path, group.actions.name)
 
 
 def _recent_first(offsets: np.ndarray, max_length: int, most_recent: str) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +100,7 @@ def _recent_first(offsets: np.ndarray, max_length: int, most_recent: str) -> tup
 
 def _candidate_ids(arr: pa.Array) -> np.ndarray:
     """One id per row of a candidate column: the scalar, or a list's first id; 0 for a null or an empty list."""
-    if not _is_list(arr):
+    if not is_list(arr):
         return pc.fill_null(arr, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     offsets, values = _jagged(arr)
     out = np.zeros(len(arr), dtype=np.int64)
@@ -150,7 +115,7 @@ def sequence_arrays(group: SequenceLayout, table: pa.Table) -> dict[str, np.ndar
     per id column with a candidate "candidate:<col>" [N] int64."""
     first = _column(table, group.ids[0].name)
     offsets = np.zeros(len(first) + 1, dtype=np.int64)
-    np.cumsum(_list_lengths(first), out=offsets[1:])
+    np.cumsum(list_lengths(first), out=offsets[1:])
     new_offsets, positions = _recent_first(offsets, group.max_length, group.most_recent)
     out: dict[str, np.ndarray] = {"offsets": new_offsets}
 
@@ -204,14 +169,14 @@ def null_discrete_counts(layout: BatchLayout, table: pa.Table) -> dict[str, int]
     counts = {}
     for role in layout.discrete:
         arr = _column(table, role.name)
-        nulls = (arr.null_count + arr.flatten().null_count) if _is_list(arr) else arr.null_count
+        nulls = (arr.null_count + arr.flatten().null_count) if is_list(arr) else arr.null_count
         if nulls:
             counts[role.name] = nulls
     return counts
 
 
 def _matrix(arr: pa.Array, role: ColumnRole, dtype: np.dtype, fill: float) -> np.ndarray:
-    values = arr.flatten() if _is_list(arr) else arr
+    values = arr.flatten() if is_list(arr) else arr
     if values.null_count:
         values = pc.fill_null(values, fill)
     out = values.to_numpy(zero_copy_only=False)
@@ -230,7 +195,7 @@ def stack_columns(table: pa.Table, roles: tuple[ColumnRole, ...], dtype, fill: f
 def _jagged(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(offsets [n+1], values) of an id column: a scalar column gives one id per row; a null (scalar or list) none."""
     n = len(arr)
-    if not _is_list(arr):
+    if not is_list(arr):
         if not arr.null_count:
             return np.arange(n + 1, dtype=np.int64), arr.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         offsets = np.zeros(n + 1, dtype=np.int64)

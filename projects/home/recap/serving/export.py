@@ -6,7 +6,8 @@ The artifact directory holds
   metadata.json      tasks in output order, the input layout (columns per input tensor, sparse feature order),
                      the id transforms, calibration rates and the versions it was exported with;
   README.md          how to score, for this model;
-  score_example.py   a standalone scorer of parquet files (torch, numpy and pyarrow only).
+  score_example.py   a standalone scorer of parquet files (torch, numpy and pyarrow only);
+  list_checks.py     the training loader's checks of list columns, which score_example.py reads its inputs with.
 It is written to a temporary sibling directory and renamed into place, so a failed export leaves nothing half-written.
 """
 
@@ -28,6 +29,7 @@ from common.batch import RecapBatch
 from common.calibration import log_ratio
 from common.history import padded_history
 from common.sparse_embeddings import HASH_MULTIPLIER  # re-exported for metadata and tests
+from projects.home.recap.data import list_checks
 from projects.home.recap.model.multi_task import MultiTaskRankingModel
 from projects.home.recap.schema import RecapConfig
 from projects.home.recap.serving.serving_model import ServedSparseFeature, ServingRanker
@@ -37,7 +39,9 @@ MODEL_FILE = "model.pt2"
 METADATA_FILE = "metadata.json"
 README_FILE = "README.md"
 SCRIPT_FILE = "score_example.py"
-ARTIFACT_FILES = (MODEL_FILE, METADATA_FILE, README_FILE, SCRIPT_FILE)
+# The loader's own module, shipped rather than copied into the script: the scorer reads lists as training does.
+CHECKS_FILE = "list_checks.py"
+ARTIFACT_FILES = (MODEL_FILE, METADATA_FILE, README_FILE, SCRIPT_FILE, CHECKS_FILE)
 OUTPUTS = ("logits", "probabilities", "calibrated_probabilities")
 SCORE = "score"  # [batch], with model.scoring
 # The exported program must reproduce the model to this absolute tolerance on the export-time check batch.
@@ -292,8 +296,9 @@ def serving_metadata(
     inputs.append({"name": "sparse_values", "dtype": "int64", "features": names, "shape_per_feature": ["num_ids"]})
     inputs.append({"name": "sparse_lengths", "dtype": "int64", "features": names, "shape_per_feature": ["batch"]})
     if schema.sequences:
-        inputs.append({"name": "histories", "groups": {name: _history_spec(name, group)
-                                                       for name, group in schema.sequences.items()}})
+        inputs.append({"name": "histories", "groups": {
+            name: _history_spec(name, group, config.model.sequences[name].num_actions)
+            for name, group in schema.sequences.items()}})
     position = config.model.position_debias
     return {
         "format": FORMAT,
@@ -332,8 +337,9 @@ def serving_metadata(
     }
 
 
-def _history_spec(name: str, group) -> dict[str, Any]:
-    """metadata.json's description of one history group's padded inputs."""
+def _history_spec(name: str, group, num_actions: int | None) -> dict[str, Any]:
+    """metadata.json's description of one history group's padded inputs (and its action types' count, which the
+    scorer checks action ids against as the loader does)."""
     length = group.max_length
     tensors = {f"{name}/mask": {"dtype": "bool", "shape": ["batch", length]}}
     columns: dict[str, str] = {}
@@ -350,7 +356,8 @@ def _history_spec(name: str, group) -> dict[str, Any]:
         if column.candidate:
             tensors[f"{name}/candidate:{column.name}"] = {"dtype": "int64", "shape": ["batch"]}
             columns[f"{name}/candidate:{column.name}"] = column.candidate
-    return {"max_length": length, "most_recent": group.most_recent, "tensors": tensors, "columns": columns}
+    return {"max_length": length, "most_recent": group.most_recent, "tensors": tensors, "columns": columns,
+            "num_actions": num_actions}
 
 
 def _readme(metadata: dict[str, Any]) -> str:
@@ -454,6 +461,7 @@ def export_serving_artifact(
         (staging / METADATA_FILE).write_text(metadata_text)
         (staging / README_FILE).write_text(_readme(metadata))
         shutil.copyfile(Path(__file__).with_name(SCRIPT_FILE), staging / SCRIPT_FILE)
+        shutil.copyfile(Path(list_checks.__file__), staging / CHECKS_FILE)
         os.chmod(staging, 0o755)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -4,16 +4,21 @@
 
 The artifact directory holds model.pt2 and metadata.json (written by `recap export`). The columns of the input file
 are turned into the model's input tensors the way the training data loader does: list columns flattened in the
-order metadata.json gives, nulls filled (continuous NaN, others 0), a null sparse list counted as empty. The output
-holds the id columns listed in the metadata (when present in the file), then, for each output and task,
-a column `<output>.<task>` (e.g. `calibrated_probabilities.fav`), and `score` when the model has a ranking score.
+order metadata.json gives, nulls filled (continuous NaN, others 0), a null sparse or history list counted as empty,
+and the loader's own checks of list columns (list_checks.py: a null inside a list, history lists of unequal lengths,
+action ids outside [0, num_actions) are errors naming the column). The output
+holds the id columns listed in the metadata (when present in the file), then, per task, the columns `<task>.logit`,
+`<task>.probability` and `<task>.calibrated` (the names `recap predict` writes), and `score` when the model has a
+ranking score.
 
-This file deliberately does not import the recap package: copy it next to a serving system as it is.
+This file deliberately does not import the recap package: copy it, with list_checks.py beside it, next to a serving
+system as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -23,6 +28,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+
+
+
+def _load_list_checks():
+    """The loader's list-column checks: from the recap package in the repository, else the copy `recap export`
+    writes next to this file (one implementation, so the scorer cannot drift from the loader)."""
+    try:
+        from projects.home.recap.data import list_checks
+    except ImportError:
+        path = Path(__file__).with_name("list_checks.py")
+        spec = importlib.util.spec_from_file_location("recap_list_checks", path)
+        if spec is None or not path.is_file():
+            raise ImportError(f"{path} is missing: it ships with score_example.py in a recap export") from None
+        list_checks = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(list_checks)
+    return list_checks
+
+
+list_checks = _load_list_checks()
 
 FORMAT = "recap-serving/1"
 DENSE_INPUTS = ("continuous", "binary", "discrete", "embeddings")
@@ -36,10 +60,6 @@ def load_artifact(directory: str | Path) -> tuple[torch.nn.Module, dict]:
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{directory}/metadata.json: format {metadata.get('format')!r}, expected {FORMAT!r}")
     return torch.export.load(directory / metadata["model_file"]).module(), metadata
-
-
-def _is_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
 def _column(table: pa.Table, name: str, where: str) -> pa.Array:
@@ -56,7 +76,7 @@ def _dense(table: pa.Table, spec: dict, where: str) -> np.ndarray:
     for col in spec["columns"]:
         arr = _column(table, col["name"], where)
         width = col["length"] or 1
-        if _is_list(arr.type):
+        if list_checks.is_list(arr):
             if arr.null_count:
                 raise ValueError(f"{where}: column {col['name']!r} has {arr.null_count} null lists")
             lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
@@ -78,18 +98,13 @@ def _jagged(table: pa.Table, name: str, where: str) -> tuple[np.ndarray, np.ndar
     """(values, lengths) of a sparse id column; a scalar column gives one id per row, and a null (scalar or list)
     is a row without ids, as in training."""
     arr = _column(table, name, where)
-    if not _is_list(arr.type):
+    if not list_checks.is_list(arr):
         valid = arr.is_valid().to_numpy(zero_copy_only=False)
         return arr.drop_null().to_numpy(zero_copy_only=False).astype(np.int64), valid.astype(np.int64)
-    lengths = pc.list_value_length(arr)
-    lengths = pc.fill_null(lengths, 0) if lengths.null_count else lengths
-    values = arr.flatten()
-    if values.null_count:
-        raise ValueError(f"{where}: column {name!r} has {values.null_count} null ids")
-    return (
-        values.to_numpy(zero_copy_only=False).astype(np.int64),
-        lengths.to_numpy(zero_copy_only=False).astype(np.int64),
-    )
+    problem = list_checks.null_ids_problem(arr)
+    if problem:
+        raise ValueError(f"{where}: column {name!r}: {problem}")
+    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64), list_checks.list_lengths(arr)
 
 
 def table_inputs(table: pa.Table, metadata: dict, where: str = "input") -> tuple:
@@ -120,8 +135,20 @@ def _history(table: pa.Table, group: dict, where: str) -> dict[str, torch.Tensor
     """One history group's padded inputs: each row's max_length most recent items, most recent first."""
     n, length = table.num_rows, group["max_length"]
     list_columns = {key: name for key, name in group["columns"].items() if "/candidate:" not in key}
-    first = _column(table, next(iter(list_columns.values())), where)
-    counts = pc.fill_null(pc.list_value_length(first), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    prefix = next(iter(group["tensors"])).split("/")[0] + "/"
+    spec = group["tensors"].get(prefix + "continuous")
+    # Ids, actions, continuous: the loader's order, so a problem is reported on the same column.
+    names = [*list_columns.values(), *(spec["columns"] if spec is not None else [])]
+    problem = list_checks.history_problem([(c, _column(table, c, where)) for c in names], prefix[:-1])
+    if problem:
+        raise ValueError(f"{where}: column {problem[0]!r}: {problem[1]}")
+    actions = list_columns.get(prefix + "actions")
+    if actions is not None and group.get("num_actions") is not None:
+        problem = list_checks.action_ids_problem(_column(table, actions, where).flatten(), group["num_actions"],
+                                                 prefix[:-1])
+        if problem:
+            raise ValueError(f"{where}: column {actions!r}: {problem}")
+    counts = list_checks.list_lengths(_column(table, names[0], where))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     within = np.arange(int(counts.sum())) - np.repeat(starts, counts)
     rows = np.repeat(np.arange(n), counts)
@@ -130,16 +157,11 @@ def _history(table: pa.Table, group: dict, where: str) -> dict[str, torch.Tensor
     keep = recent < length
     rows, positions = rows[keep], recent[keep]
     out = {}
-    prefix = next(iter(group["tensors"])).split("/")[0] + "/"
     mask = np.zeros((n, length), dtype=bool)
     mask[rows, positions] = True
     out[prefix + "mask"] = torch.from_numpy(mask)
     for key, name in list_columns.items():
-        arr = _column(table, name, where)
-        if pc.list_value_length(arr).to_numpy(zero_copy_only=False).tolist() != counts.tolist():
-            raise ValueError(f"{where}: column {name!r} has other list lengths than {first}")
-        out[key] = torch.from_numpy(_padded(arr, keep, positions, rows, (n, length), np.int64))
-    spec = group["tensors"].get(prefix + "continuous")
+        out[key] = torch.from_numpy(_padded(_column(table, name, where), keep, positions, rows, (n, length), np.int64))
     if spec is not None:
         parts = [_padded(_column(table, c, where), keep, positions, rows, (n, length), np.float32)
                  for c in spec["columns"]]
@@ -147,7 +169,7 @@ def _history(table: pa.Table, group: dict, where: str) -> dict[str, torch.Tensor
     for key, name in group["columns"].items():
         if "/candidate:" in key:
             arr = _column(table, name, where)
-            if _is_list(arr.type):
+            if list_checks.is_list(arr):
                 v, c = _jagged(table, name, where)
                 ids = np.zeros(n, dtype=np.int64)
                 has = c > 0
@@ -158,11 +180,25 @@ def _history(table: pa.Table, group: dict, where: str) -> dict[str, torch.Tensor
     return out
 
 
+# Per-task outputs of the program -> the suffix of their columns, `<task>.<suffix>`: the names `recap predict` writes
+# (`<task>.probability`, `<task>.calibrated`), so the two scorers' files can be read by the same code.
+COLUMN_SUFFIXES = {"logits": "logit", "probabilities": "probability", "calibrated_probabilities": "calibrated"}
+
+
+def output_columns(metadata: dict) -> list[tuple[str, str, int | None]]:
+    """(column name, program output, task index or None) of a predictions file, in column order: per task its logit,
+    probability and calibrated probability, then `score` (one value per row) when the model has one."""
+    per_task = [key for key, shape in metadata["outputs"].items() if len(shape) == 2]
+    per_row = [key for key, shape in metadata["outputs"].items() if len(shape) == 1]
+    columns = [(f"{task}.{COLUMN_SUFFIXES.get(key, key)}", key, j)
+               for j, task in enumerate(metadata["tasks"]) for key in per_task]
+    return columns + [(key, key, None) for key in per_row]
+
+
 def score_file(artifact: str | Path, input_path: str | Path, output_path: str | Path, batch_size: int = 4096) -> int:
     """Score every row of a parquet file into a predictions parquet file; returns the number of rows."""
     model, metadata = load_artifact(artifact)
-    tasks = metadata["tasks"]
-    outputs = list(metadata["outputs"])
+    outputs = output_columns(metadata)
     source = pq.ParquetFile(input_path)
     ids = [c for c in metadata["id_columns"] if c in source.schema_arrow.names]
     writer = None
@@ -173,13 +209,9 @@ def score_file(artifact: str | Path, input_path: str | Path, output_path: str | 
             with torch.inference_mode():
                 scores = model(*table_inputs(table, metadata, str(input_path)))
             columns = {c: table.column(c) for c in ids}
-            for key in outputs:
-                matrix = scores[key].numpy()
-                if matrix.ndim == 1:  # one value per row (the ranking score)
-                    columns[key] = pa.array(matrix)
-                    continue
-                for j, task in enumerate(tasks):
-                    columns[f"{key}.{task}"] = pa.array(matrix[:, j])
+            for name, key, j in outputs:
+                values = scores[key].numpy()
+                columns[name] = pa.array(values if j is None else values[:, j])
             out = pa.table(columns)
             if writer is None:
                 writer = pq.ParquetWriter(output_path, out.schema)
@@ -187,9 +219,7 @@ def score_file(artifact: str | Path, input_path: str | Path, output_path: str | 
             rows += table.num_rows
         if writer is None:
             empty = {c: pa.array([], type=source.schema_arrow.field(c).type) for c in ids}
-            for key in outputs:
-                names = [key] if len(metadata["outputs"][key]) == 1 else [f"{key}.{t}" for t in tasks]
-                empty.update({name: pa.array([], type=pa.float32()) for name in names})
+            empty.update({name: pa.array([], type=pa.float32()) for name, _, _ in outputs})
             pq.write_table(pa.table(empty), output_path)
     finally:
         if writer is not None:

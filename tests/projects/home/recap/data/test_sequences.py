@@ -5,6 +5,7 @@ layout, and named errors for unequal lengths, nulls inside lists and wrong types
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from projects.home.recap.data.config import DatasetConfig
 from projects.home.recap.data.errors import DataError
@@ -174,3 +175,57 @@ def test_non_finite_history_values_are_counted_like_continuous_features(tmp_path
         list(loader)
         counts.append(loader.num_nonfinite)
     assert counts[1] - counts[0] == 2
+
+
+def _scorer_metadata(config) -> dict:
+    """The part of an export's metadata.json the standalone scorer reads for this data: no dense or sparse
+    features, the history group as `recap export` describes it."""
+    from projects.home.recap.serving.export import _history_spec
+
+    dense = [{"name": k, "dtype": "float32" if k != "discrete" else "int64", "columns": [], "missing_value": 0}
+             for k in ("continuous", "binary", "discrete", "embeddings")]
+    group = _history_spec("hist", config.features.sequences["hist"], 4)
+    return {"inputs": [*dense, {"name": "sparse_values", "features": []},
+                       {"name": "histories", "groups": {"hist": group}}]}
+
+
+def test_the_standalone_scorer_reads_histories_as_the_loader_does(tmp_path):
+    import pyarrow.parquet as pq
+
+    from projects.home.recap.serving.score_example import table_inputs
+    from projects.home.recap.serving.serving_model import serving_inputs
+
+    # history_columns: every 5th row's lists are null (an empty history); row 2's action list alone is null while
+    # its other lists are empty.
+    columns = history_columns(0, 12)
+    actions = columns["hist_action"].to_pylist()
+    columns["hist_action"] = pa.array([None if i == 2 else a for i, a in enumerate(actions)], pa.list_(pa.int32()))
+    columns["hist_author"] = pa.array([[] if i == 2 else a for i, a in enumerate(columns["hist_author"].to_pylist())],
+                                      pa.list_(pa.int64()))
+    columns["hist_age"] = pa.array([[] if i == 2 else a for i, a in enumerate(columns["hist_age"].to_pylist())],
+                                   pa.list_(pa.float32()))
+    path = tmp_path / "h.parquet"
+    write_rows(path, 0, 12, row_group_size=12, **columns)
+    config = sequence_config([str(path)], max_length=3)
+    config.features.sequences["hist"]._num_actions = 4
+    [batch] = RecapDataLoader(config, DatasetConfig(paths=[str(path)]), ["a", "b"], "predict", batch_size=12)
+    expected = serving_inputs(batch, [], {"hist": 3})[-1]
+    metadata = _scorer_metadata(config)
+    scored = table_inputs(pq.read_table(path), metadata, "h.parquet")[-1]
+    assert scored.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(scored[key], expected[key]), key
+
+    # What the loader rejects, the scorer rejects with the same words, naming the column.
+    bad = [(dict(hist_author=pa.array([[1], [2, None]] + [[]] * 10, pa.list_(pa.int64()))),
+            r"column 'hist_author': 1 null values inside history lists \(group 'hist'\)"),
+           (dict(hist_action=pa.array([[1], [2, 7]] + [[]] * 10, pa.list_(pa.int32())),
+                 hist_author=pa.array([[1], [2, 3]] + [[]] * 10, pa.list_(pa.int64())),
+                 hist_age=pa.array([[1.0], [2.0, 3.0]] + [[]] * 10, pa.list_(pa.float32()))),
+            r"column 'hist_action': 1 action ids outside \[0, 4\) \(first: 7\)")]
+    for changes, message in bad:
+        write_rows(path, 0, 12, row_group_size=12, **{**columns, **changes})
+        with pytest.raises(DataError, match=message):
+            list(RecapDataLoader(config, DatasetConfig(paths=[str(path)]), ["a", "b"], "predict"))
+        with pytest.raises(ValueError, match="h.parquet: " + message):
+            table_inputs(pq.read_table(path), metadata, "h.parquet")

@@ -56,7 +56,8 @@ torch.save(outputs, {str(tmp_path / "outputs.pt")!r})
 
 def test_metadata_describes_the_inputs(model, artifact):
     metadata = json.loads((artifact / "metadata.json").read_text())
-    assert sorted(p.name for p in artifact.iterdir()) == ["README.md", "metadata.json", "model.pt2", "score_example.py"]
+    assert sorted(p.name for p in artifact.iterdir()) == [
+        "README.md", "list_checks.py", "metadata.json", "model.pt2", "score_example.py"]
     assert metadata["tasks"] == model.task_names == ["fav", "report", "reply"]
     inputs = {spec["name"]: spec for spec in metadata["inputs"]}
     assert [spec["name"] for spec in metadata["inputs"]] == [

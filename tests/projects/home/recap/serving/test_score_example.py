@@ -13,6 +13,7 @@ import torch
 
 from projects.home.recap.data.config import DatasetConfig
 from projects.home.recap.data.loader import RecapDataLoader
+from projects.home.recap.predict import prediction_columns
 from projects.home.recap.serving.score_example import table_inputs
 
 ROWS = 23
@@ -73,10 +74,10 @@ assert_torch_only()
     assert f"scored {ROWS} rows" in done.stdout
     scores = pq.read_table(tmp_path / "scores.parquet")
     assert scores.column_names == ["impression_id"] + [
-        f"{key}.{task}"
-        for key in ("logits", "probabilities", "calibrated_probabilities")
-        for task in ("fav", "report", "reply")
+        f"{task}.{kind}" for task in ("fav", "report", "reply") for kind in ("logit", "probability", "calibrated")
     ] + ["score"]
+    # The columns `recap predict` writes, under the same names.
+    assert set(prediction_columns(["fav", "report", "reply"], scored=True)) <= set(scores.column_names)
     assert scores.column("impression_id").to_pylist() == table.column("impression_id").to_pylist()
 
     # The training loader's reading of the same rows, through the trained model.
@@ -84,8 +85,8 @@ assert_torch_only()
     [batch] = RecapDataLoader(config.data, dataset, model.task_names, "predict", batch_size=ROWS, num_workers=0)
     with torch.no_grad():
         expected = model(batch)
-    for key in ("logits", "probabilities", "calibrated_probabilities"):
-        got = np.stack([scores.column(f"{key}.{t}").to_numpy() for t in model.task_names], axis=1)
+    for key, kind in (("logits", "logit"), ("probabilities", "probability"), ("calibrated_probabilities", "calibrated")):
+        got = np.stack([scores.column(f"{t}.{kind}").to_numpy() for t in model.task_names], axis=1)
         torch.testing.assert_close(torch.from_numpy(got), expected[key], rtol=0, atol=1e-5, msg=key)
     torch.testing.assert_close(torch.from_numpy(scores.column("score").to_numpy()), expected["score"], rtol=0,
                                atol=234 * 1e-5)

@@ -1,0 +1,70 @@
+"""How list columns are read and checked: a null list is an empty one, a null inside a list is an error, the list
+columns of a history group have one length per row, action ids lie in [0, num_actions).
+
+Shared by the training loader (data/columns.py) and the standalone scorer shipped with a serving export
+(serving/score_example.py), so both read the same parquet rows the same way. `recap export` copies this file next to
+score_example.py; it therefore imports numpy and pyarrow only, and says what is wrong as text that each caller puts
+in its own error (the loader's DataError, the scorer's ValueError).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def is_list(arr: pa.Array) -> bool:
+    """Whether a column holds lists (variable or fixed length)."""
+    t = arr.type
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def list_lengths(arr: pa.Array) -> np.ndarray:
+    """Items per row of a list column, 0 for a null list."""
+    lengths = pc.list_value_length(arr)
+    if lengths.null_count:
+        lengths = pc.fill_null(lengths, 0)
+    return lengths.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def null_ids_problem(arr: pa.Array) -> str | None:
+    """What is wrong with a sparse id column: a null inside a list (a null scalar or a null list is a row without
+    ids)."""
+    inner = arr.flatten().null_count if is_list(arr) else 0
+    return f"{inner} null ids inside lists" if inner else None
+
+
+def history_problem(columns: list[tuple[str, pa.Array]], group: str) -> tuple[str, str] | None:
+    """(column, what is wrong) for the first of a history group's list columns (ids, actions, continuous; in that
+    order) with a null inside a list or a row whose length differs from the first column's; None when the group can
+    be read."""
+    first_name, first = None, None
+    for name, arr in columns:
+        inner = arr.flatten().null_count
+        if inner:
+            return name, f"{inner} null values inside history lists (group {group!r})"
+        lengths = list_lengths(arr)
+        if first is None:
+            first_name, first = name, lengths
+            continue
+        bad = np.flatnonzero(lengths != first)
+        if len(bad):
+            row = int(bad[0])
+            return name, (f"{len(bad)} rows whose list length differs from {first_name}'s in history group {group!r} "
+                          f"(first: row {row}, {int(lengths[row])} against {int(first[row])})")
+    return None
+
+
+def action_ids_problem(values: pa.Array, num_actions: int, group: str) -> str | None:
+    """What is wrong with a history group's action ids (the flattened values): ids outside [0, num_actions), which
+    the model would fold into another action type."""
+    if not len(values):
+        return None
+    lo, hi = (v.as_py() for v in pc.min_max(values).values())
+    if lo >= 0 and hi < num_actions:
+        return None
+    array = values.to_numpy(zero_copy_only=False)
+    bad = (array < 0) | (array >= num_actions)
+    return (f"{int(bad.sum())} action ids outside [0, {num_actions}) (first: {array[bad][0].item()}); "
+            f"model.sequences.{group}.num_actions is {num_actions}")

@@ -487,7 +487,12 @@ def summary_lines(documents: dict[str, dict]) -> list[str]:
         if ranking and ranking.get("score"):
             ndcg = "  ".join(f"NDCG@{k} {fixed_cell(ranking['score'].get(f'ndcg@{k}'), 0, 4).strip()}"
                              for k in ranking["k"])
-            lines.append(f"  ranking score over {ranking['requests']} requests: {ndcg}")
+            # NDCG is averaged over the requests with a positive gain only (the others have no ideal order): both
+            # counts, so a reader does not take the average for one over every request.
+            counts = [ranking["score"].get(f"requests@{k}", 0) for k in ranking["k"]]
+            averaged = str(counts[0]) if len(set(counts)) == 1 else "/".join(map(str, counts))
+            lines.append(f"  ranking score over {ranking['requests']} requests (NDCG averaged over the {averaged} "
+                         f"with a positive gain): {ndcg}")
         for gate, stats in (metrics.get("gates") or {}).items():
             lines.append(f"  gate {gate}: entropy of mean weights "
                          f"{fixed_cell(stats.get('entropy_of_mean'), 0, 3).strip()} of at most "

@@ -344,6 +344,16 @@ def test_summary_lines_show_each_task_and_the_oracle_when_there_is_one():
     assert with_oracle[0].endswith("oracle RCE") and with_oracle[1].split()[-1] == "20.00"
 
 
+def test_the_ranking_summary_says_how_many_requests_ndcg_averages():
+    from projects.home.recap.evaluate import summary_lines
+
+    ranking = {"requests": 313, "k": [5, 10],
+               "score": {"ndcg@5": 0.5, "requests@5": 258, "ndcg@10": 0.6, "requests@10": 258}}
+    lines = summary_lines({"test": {"step": 7, "tasks": {}, "ranking": ranking}})
+    assert lines[-1] == ("  ranking score over 313 requests (NDCG averaged over the 258 with a positive gain): "
+                         "NDCG@5 0.5000  NDCG@10 0.6000")
+
+
 def test_expert_gates_are_in_metrics_the_report_and_tensorboard(data_dir, tmp_path):
     config_file = helpers.write_config(
         tmp_path / "mmoe.yaml", data_dir, tmp_path / "save",

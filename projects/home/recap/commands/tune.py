@@ -31,7 +31,13 @@ def run(args: argparse.Namespace) -> int:
     from core.run_lock import RunLock, RunLockedError
     from projects.home.recap.tune.report import BEST_FILE, best_trial, trials_table, write_outputs
     from projects.home.recap.tune.space import check_space, load_space, resolve_base
-    from projects.home.recap.tune.study import Search, journal_storage, open_study, recover_interrupted
+    from projects.home.recap.tune.study import (
+        Search,
+        journal_storage,
+        make_pruner,
+        open_study,
+        recover_interrupted,
+    )
 
     for option, value in (("--trials", args.trials), ("--parallel", args.parallel)):
         if value < 1:
@@ -40,17 +46,19 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--timeout must be positive, got {args.timeout}")
     space = load_space(args.space)
     base = resolve_base(space, args.space, args.config)
-    check_space(space, args.space, base)  # every key path and the metric, before any trial
+    config = check_space(space, args.space, base)  # every key path and the metric, before any trial
     tune_dir = Path(args.output)
     tune_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(tune_dir)
     try:
         lock.acquire()
-    except RunLockedError as exc:
-        raise SystemExit(str(exc)) from None
+    except RunLockedError:
+        raise SystemExit(f"--output {tune_dir}: another recap tune is running on it (see {lock.path}); wait for it "
+                         "or choose another --output") from None
     try:
         storage = journal_storage(tune_dir)
-        study = open_study(storage, tune_dir, space, base, args.pruner, args.seed)
+        pruner = make_pruner(args.pruner, config.training.eval_every_n)
+        study = open_study(storage, tune_dir, space, base, pruner, args.seed)
         recover_interrupted(study, storage, tune_dir)
         search = Search(study, space, base, tune_dir, args.trials, args.parallel, args.timeout,
                         on_trial_end=lambda _: write_outputs(search))

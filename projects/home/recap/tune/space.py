@@ -1,7 +1,7 @@
 """The search-space file of `recap tune`: the base config, the metric, and one distribution per config key path.
 
     base: census.yaml                  # relative to this file, like `extends`; or `recap tune --config FILE`
-    metric: {name: auc, task: mean, dataset: validation, at: last}
+    metric: {name: auc, task: mean, dataset: validation, at: final}
     direction: maximize                # default: maximize auc / rce, minimize loss
     fixed: {training.num_epochs: 3}    # --set values every trial gets
     parameters:
@@ -50,9 +50,10 @@ class MetricSpec(BaseConfig):
     task: str = "mean"
     # A set of data.validation that the periodic evaluation (training.eval_datasets) covers.
     dataset: str = "validation"
-    # The trial's value: the last evaluation's (the checkpoint `recap train` ends with and evaluate/export use), or
-    # the best over the run's evaluations (optimistic unless training keeps the best checkpoint).
-    at: Literal["last", "best"] = "last"
+    # The trial's value: `final`, the evaluation of the checkpoint the training hands on (the one evaluate, predict
+    # and export use: the best one under training.early_stopping, else the last); or `best`, the best over all
+    # of the run's evaluations (optimistic when no checkpoint of that step is kept).
+    at: Literal["final", "best"] = "final"
 
 
 class Parameter(BaseConfig):

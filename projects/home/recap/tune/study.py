@@ -53,15 +53,16 @@ LOGS_DIR = "logs"
 INTERRUPTED = "interrupted"
 
 
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    """none | median | hyperband. Steps are training steps, so Hyperband's resources are evaluation steps."""
+def make_pruner(name: str, eval_every_n: int = 1) -> optuna.pruners.BasePruner:
+    """none | median | hyperband. Reports come at training steps, every eval_every_n: Hyperband's smallest
+    budget is one evaluation."""
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":
         # Five finished trials before any pruning; never on a trial's first evaluation alone.
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0, n_min_trials=1)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto")
+        return optuna.pruners.HyperbandPruner(min_resource=eval_every_n, max_resource="auto")
     raise ValueError(f"unknown pruner {name!r} (none, median or hyperband)")
 
 
@@ -80,8 +81,8 @@ def journal_storage(tune_dir: Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(tune_dir / JOURNAL_FILE)))
 
 
-def open_study(storage: JournalStorage, tune_dir: Path, space: SearchSpace, base: Path, pruner: str,
-               seed: int | None) -> optuna.Study:
+def open_study(storage: JournalStorage, tune_dir: Path, space: SearchSpace, base: Path,
+               pruner: optuna.pruners.BasePruner, seed: int | None) -> optuna.Study:
     """Create the study in `storage`, or load it; a study of another search space is an error."""
     # A resumed search must not draw the same first random points again: the seed moves with the trials done.
     done = 0
@@ -89,7 +90,7 @@ def open_study(storage: JournalStorage, tune_dir: Path, space: SearchSpace, base
         done = len(storage.get_all_trials(storage.get_study_id_from_name(STUDY_NAME), deepcopy=False))
     sampler = optuna.samplers.TPESampler(seed=None if seed is None else seed + done, constant_liar=True)
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
-                                pruner=make_pruner(pruner), direction=space.resolved_direction,
+                                pruner=pruner, direction=space.resolved_direction,
                                 load_if_exists=True)
     record = _space_record(space, base)
     stored = study.user_attrs.get("space")

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.checkpoint import best_checkpoint
 from core.log import get_logger
+from core.train_loop import CHECKPOINT_DIR
 from projects.home.recap.tune.objective import evaluated_values
 from projects.home.recap.tune.space import MetricSpec
 
@@ -105,9 +107,12 @@ def run_training_trial(
     if not reported:
         return TrialOutcome("failed", error=f"training wrote no {metric.name} of {metric.dataset} under "
                                             f"{save_dir}/eval (log {log_path})")
-    if metric.at == "last":
-        step, value = reported[-1]
-    else:
+    if metric.at == "best":
         pick = max if direction == "maximize" else min
         step, value = pick(reported, key=lambda sv: sv[1])
-    return TrialOutcome("complete", value, step)
+        return TrialOutcome("complete", value, step)
+    step = reported[-1][0]
+    delivered = best_checkpoint(save_dir / CHECKPOINT_DIR)  # marked by training.early_stopping, if configured
+    if delivered is not None and delivered[0].step in dict(reported):
+        step = delivered[0].step
+    return TrialOutcome("complete", dict(reported)[step], step)

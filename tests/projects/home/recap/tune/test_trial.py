@@ -18,6 +18,7 @@ from projects.home.recap.tune.study import (
     INTERRUPTED,
     counted_trials,
     journal_storage,
+    make_pruner,
     open_study,
     recover_interrupted,
     trial_dir,
@@ -26,8 +27,10 @@ from projects.home.recap.tune.trial import run_training_trial
 
 DEMO = Path(__file__).resolve().parents[5] / "projects/home/recap/config/demo.yaml"
 
-# Writes SAVE_DIR/eval/validation/step_<10 i>/metrics.json for each AUC given (two tasks, the second at AUC - 0.1),
-# (SAVE_DIR/ready once it handles SIGTERM), then exits 0, or with `hang` waits for SIGTERM and records it in SAVE_DIR/terminated, or with `fail` exits 3.
+# Once it handles SIGTERM (SAVE_DIR/ready), writes SAVE_DIR/eval/validation/step_<10 i>/metrics.json for each AUC
+# given (two tasks, the second at AUC - 0.1). Then by mode: `done` exits 0; `early_stopping` first marks the best
+# step's checkpoint in checkpoints/best.json; `hang` waits for SIGTERM and records it in SAVE_DIR/terminated; `fail`
+# exits 3.
 FAKE_TRAINER = r'''
 import json, os, signal, sys, time
 save_dir, mode, *aucs = sys.argv[1:]
@@ -45,6 +48,12 @@ for i, auc in enumerate(aucs, 1):
     with open(os.path.join(step_dir, ".tmp"), "w") as f:
         json.dump(doc, f)
     os.replace(os.path.join(step_dir, ".tmp"), os.path.join(step_dir, "metrics.json"))
+if mode == "early_stopping":  # checkpoints of every step, the best AUC's marked as training.early_stopping does
+    for i in range(1, len(aucs) + 1):
+        os.makedirs(os.path.join(save_dir, "checkpoints", f"step_{10 * i:08d}"))
+        open(os.path.join(save_dir, "checkpoints", f"step_{10 * i:08d}", "checkpoint.json"), "w").write("{}")
+    best = max(range(len(aucs)), key=lambda i: float(aucs[i]))
+    json.dump({"best_step": 10 * (best + 1)}, open(os.path.join(save_dir, "checkpoints", "best.json"), "w"))
 if mode == "fail":
     print("fake trainer: out of memory", file=sys.stderr)
     sys.exit(3)
@@ -68,7 +77,7 @@ def fake(tmp_path):
     return run
 
 
-def test_evaluations_are_reported_and_the_last_is_the_value(fake):
+def test_evaluations_are_reported_and_the_final_one_is_the_value(fake):
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
     outcome, _ = fake(trial, "done", [0.7, 0.9, 0.8])
@@ -76,6 +85,13 @@ def test_evaluations_are_reported_and_the_last_is_the_value(fake):
     assert outcome.value == pytest.approx((0.8 + 0.7) / 2)  # the mean over tasks a and b
     study.tell(trial, outcome.value)
     assert study.trials[0].intermediate_values == pytest.approx({10: 0.65, 20: 0.85, 30: 0.75})
+
+
+def test_under_early_stopping_the_value_is_the_best_checkpoints(fake):
+    # The run hands on its best checkpoint (step 20), not its last: the trial is worth that checkpoint.
+    outcome, _ = fake(optuna.create_study().ask(), "early_stopping", [0.7, 0.9, 0.8])
+    assert (outcome.state, outcome.step) == ("complete", 20)
+    assert outcome.value == pytest.approx((0.9 + 0.8) / 2)
 
 
 def test_best_value_and_a_task_metric(fake):
@@ -129,7 +145,7 @@ def test_interruption_stops_the_training(fake, tmp_path):
 def test_trials_left_running_by_a_killed_search_are_failed_and_queued_again(tmp_path):
     space = SearchSpace(base=str(DEMO), parameters={"data.batch_size": {"type": "categorical", "choices": [16, 32]}})
     storage = journal_storage(tmp_path)
-    study = open_study(storage, tmp_path, space, DEMO, "median", seed=0)
+    study = open_study(storage, tmp_path, space, DEMO, make_pruner("median"), seed=0)
     done = study.ask()
     done.suggest_categorical("data.batch_size", [16, 32])
     study.tell(done, 0.7)
@@ -145,7 +161,7 @@ def test_trials_left_running_by_a_killed_search_are_failed_and_queued_again(tmp_
 
     # A new search on the same directory: the same study, its finished trial kept.
     storage = journal_storage(tmp_path)
-    study = open_study(storage, tmp_path, space, DEMO, "median", seed=0)
+    study = open_study(storage, tmp_path, space, DEMO, make_pruner("median"), seed=0)
     assert recover_interrupted(study, storage, tmp_path) == [running.number]
     trials = study.get_trials()
     assert trials[0].state == TrialState.COMPLETE and trials[0].value == 0.7
@@ -159,7 +175,7 @@ def test_trials_left_running_by_a_killed_search_are_failed_and_queued_again(tmp_
 
 def test_a_study_of_another_space_is_refused(tmp_path):
     space = SearchSpace(base=str(DEMO), parameters={"data.batch_size": {"type": "categorical", "choices": [16, 32]}})
-    open_study(journal_storage(tmp_path), tmp_path, space, DEMO, "median", seed=None)
+    open_study(journal_storage(tmp_path), tmp_path, space, DEMO, make_pruner("median"), seed=None)
     other = SearchSpace(base=str(DEMO), parameters={"data.batch_size": {"type": "categorical", "choices": [8, 32]}})
     with pytest.raises(Exception, match="holds a study of another search space .*parameters"):
-        open_study(journal_storage(tmp_path), tmp_path, other, DEMO, "median", seed=None)
+        open_study(journal_storage(tmp_path), tmp_path, other, DEMO, make_pruner("median"), seed=None)

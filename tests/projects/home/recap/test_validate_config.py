@@ -175,9 +175,12 @@ def test_a_large_table_kept_data_parallel_is_named_in_a_warning(caplog):
     assert caplog.text == ""
 
 
-def test_a_setting_with_no_effect_on_a_one_layer_mlp_is_an_error():
-    with pytest.raises(ConfigError, match=r"model.tasks.is_favorited.mlp_config: batch_norm and dropout act on hidden "
-                                          r"layers, and layer_sizes \[64\] is a single Linear with none"):
-        load_recap_config(DEMO, ["model.tasks.is_favorited.mlp_config={layer_sizes: [64], batch_norm: {}, "
-                                 "dropout: 0.1}"])
+def test_the_removed_final_layer_activation_is_an_error_naming_the_key():
+    # Every size is a hidden layer now: batch_norm and dropout act on a one-size Mlp too, and the old switch that
+    # left the last layer linear is refused by name.
+    with pytest.raises(ConfigError, match=r"model.tasks.is_favorited.mlp_config: .*final_layer_activation was "
+                                          r"removed"):
+        load_recap_config(DEMO, ["model.tasks.is_favorited.mlp_config={layer_sizes: [64], "
+                                 "final_layer_activation: false}"])
+    load_recap_config(DEMO, ["model.tasks.is_favorited.mlp_config={layer_sizes: [64], batch_norm: {}, dropout: 0.1}"])
     load_recap_config(DEMO, ["model.tasks.is_favorited.mlp_config={layer_sizes: [128, 64], dropout: 0.1}"])

@@ -246,10 +246,15 @@ class Search:
         with stop_signals() as requested:
             for worker in workers:
                 worker.start()
-            for worker in workers:
-                while worker.is_alive():
-                    worker.join(timeout=0.5)
-                    if "signal" in requested and not self.stop.is_set():
-                        logger.warning("stopping the running trials; the study is kept in %s", self.tune_dir)
-                        self.stop.set()
+            try:
+                for worker in workers:
+                    while worker.is_alive():
+                        worker.join(timeout=0.5)
+                        if "signal" in requested and not self.stop.is_set():
+                            logger.warning("stopping the running trials; the study is kept in %s", self.tune_dir)
+                            self.stop.set()
+            except KeyboardInterrupt:
+                # A second Ctrl-C: the trainings got it too and stop at once; the next search recovers their trials.
+                self.stop.set()
+                logger.warning("interrupted at once: the trials still running are recovered by the next search")
         return requested.get("signal")

@@ -3,7 +3,6 @@ and the subprocess is stopped as soon as the pruner says so (or the search is in
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -37,14 +36,15 @@ class TrialOutcome:
 
 
 def stop_process(process: subprocess.Popen, grace_s: float = STOP_GRACE_SECONDS) -> int:
-    """SIGTERM (training stops after its current step), then SIGKILL to its whole process group after `grace_s`."""
+    """SIGTERM (training stops after its current step, with a checkpoint), then SIGKILL after `grace_s` (its
+    data-loading workers end with it)."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             logger.warning("pid %d did not stop within %.0fs of SIGTERM: killing it", process.pid, grace_s)
-            os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
             process.wait()
     return process.returncode
 
@@ -78,8 +78,9 @@ def run_training_trial(
     reported: list[tuple[int, float]] = []
     last_step = -1
     with open(log_path, "w") as log:
-        # Its own process group, so that the final SIGKILL also reaches its data-loading workers.
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # In recap tune's process group: a Ctrl-C in the terminal reaches the trainings too, and each stops at a
+        # step boundary as it would alone.
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             while True:
                 exited = process.poll() is not None  # read before the files: the last look sees every evaluation
@@ -101,6 +102,8 @@ def run_training_trial(
         finally:
             if process.poll() is None:  # an exception above: never leave a training running alone
                 stop_process(process, grace_s)
+    if process.returncode != 0 and stop.is_set():  # a training that got the same Ctrl-C and stopped first
+        return TrialOutcome("interrupted", error="the search was interrupted")
     if process.returncode != 0:
         return TrialOutcome("failed", error=f"training exited with status {process.returncode} (log {log_path}):\n"
                                             f"{_log_tail(log_path)}")

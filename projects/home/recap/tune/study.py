@@ -163,6 +163,7 @@ class Search:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._running = 0
+        self._error: BaseException | None = None
         self._deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         self._env = dict(os.environ)
         # N trainings at once share the cores: without a limit each would start a thread per core.
@@ -230,6 +231,12 @@ class Search:
         while (trial := self._next_trial()) is not None:
             try:
                 self._run(trial)
+            except BaseException as exc:
+                # A fault of the search itself, not of a training: stop the others and raise it in the main thread;
+                # the trial stays running in the study, so the next search queues it again.
+                self._error = exc
+                self.stop.set()
+                return
             finally:
                 with self._lock:
                     self._running -= 1
@@ -257,4 +264,6 @@ class Search:
                 # A second Ctrl-C: the trainings got it too and stop at once; the next search recovers their trials.
                 self.stop.set()
                 logger.warning("interrupted at once: the trials still running are recovered by the next search")
+        if self._error is not None:
+            raise self._error
         return requested.get("signal")

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from core.log import get_logger
 from core.metrics import auc, binary_metrics
 from projects.home.recap.baselines.arrays import ReferenceData, SplitArrays
 from projects.home.recap.baselines.plain_model import PlainSharedBottom
+
+logger = get_logger(__name__)
 
 LEARNING_RATE = 1e-3
 WEIGHT_DECAY = 1e-5
@@ -96,10 +100,27 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: Spli
         optimizer.step()
 
 
+@contextmanager
+def _one_thread():
+    """torch on one intra-op thread, then as before. The references' ops are tiny (batch 256, 16-d tables): threads
+    only add synchronisation, and on a machine shared with other jobs their spin-waits made a step 25x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_references(data: ReferenceData, settings: ReferenceSettings) -> dict[str, ReferenceResult]:
     """{"plain": ..., "peer": ...}: both references trained on data.train and scored on data.test."""
     if len(data.train) < BATCH_SIZE:
         raise ValueError(f"the references train in batches of {BATCH_SIZE}: the train split has {len(data.train)} rows")
+    with _one_thread():
+        return _train_references(data, settings)
+
+
+def _train_references(data: ReferenceData, settings: ReferenceSettings) -> dict[str, ReferenceResult]:
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -121,6 +142,10 @@ def train_references(data: ReferenceData, settings: ReferenceSettings) -> dict[s
                 best_auc, best_epoch, best_state = history[-1], epoch, copy.deepcopy(model.state_dict())
             peer_done = epoch - best_epoch >= settings.patience or epoch >= settings.peer_max_epochs
             peer_epochs = epoch
+            logger.info("references: epoch %d, validation mean AUC %.4f (best: epoch %d)%s", epoch, history[-1],
+                        best_epoch, ", the peer stops" if peer_done else "")
+        else:
+            logger.info("references: epoch %d of the plain model's %d", epoch, settings.plain_epochs)
     model.load_state_dict(best_state)
     peer = ReferenceResult(split_metrics(predict(model, data.test), data.test, data.tasks), peer_epochs, best_epoch,
                            validation_auc=history, seconds=time.perf_counter() - start)

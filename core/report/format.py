@@ -165,3 +165,18 @@ def cell_value(block: dict, key: str) -> str:
         share = rce_share_of_oracle(block)
         return "—" if share is None else f"{share:.1f}%"
     return format_value(key, block.get(key))
+
+
+def early_stopping_note(scalars: dict) -> str | None:
+    """One sentence on model selection from a run's TensorBoard scalars (early_stopping/*), or None without it."""
+    best = scalars.get("early_stopping/best_step")
+    if not best:
+        return None
+    best_step = int(best[-1][1])
+    value = dict(scalars.get("early_stopping/value", [])).get(best_step)
+    note = f"Model selection: the best checkpoint is step {best_step}"
+    note += f" (selected value {value:.6g})." if value is not None else "."
+    stopped = scalars.get("early_stopping/stopped_at")
+    if stopped:
+        note += f" Training stopped early at step {int(stopped[-1][1])}."
+    return note

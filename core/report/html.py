@@ -11,6 +11,7 @@ from core.report.format import (
     LABELS,
     cell_value,
     column_label,
+    early_stopping_note,
     format_delta,
     format_value,
     gates_table,
@@ -122,6 +123,10 @@ def _training_section(runs: Sequence[tuple[str, dict, bool]], source: str) -> li
     if not any(scalars for _, scalars, _ in runs):
         out.append(f"<p>No TensorBoard scalars found under {escape(source)}.</p>")
         return out
+    for label, scalars, _ in runs:
+        note = early_stopping_note(scalars)
+        if note is not None:
+            out.append(f"<p>{escape(note if len(runs) == 1 else f'{label}: {note}')}</p>")
     charts, omitted = training_charts(runs)
     out.append('<div class="figures">' + "".join(charts) + "</div>")
     if omitted:

@@ -10,6 +10,7 @@ from core.report.format import (
     LABELS,
     cell_value,
     column_label,
+    early_stopping_note,
     format_delta,
     format_value,
     gates_table,
@@ -70,6 +71,9 @@ def _training(scalars: dict) -> list[str]:
     out = ["## Training curves (last values)", ""]
     if not scalars:
         return out + ["No TensorBoard scalars found.", ""]
+    note = early_stopping_note(scalars)
+    if note is not None:
+        out += [note, ""]
     rows = []
     for tag, points in sorted(scalars.items()):
         if not points:

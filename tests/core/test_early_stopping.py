@@ -109,3 +109,18 @@ def test_loss_is_minimized_and_min_delta_counts():
     assert stopping.update(4, 0.41) == (False, False)
     assert stopping.update(5, 0.39999) == (False, True)
     assert stopping.best() == (3, 0.40)
+
+
+def test_the_report_says_where_training_stopped(ctx, tmp_path):
+    from core.report.html import render_run_html
+    from core.report.markdown import render_run_markdown
+    from core.report.run_files import RunResults
+    from core.report.tensorboard import read_training_scalars
+
+    toy.build_loop(ctx, _config(tmp_path), evaluate=Scripted([0.60, 0.70, 0.69, 0.65])).run()
+    scalars = read_training_scalars(tmp_path / "tensorboard")
+    assert scalars["early_stopping/stopped_at"] == [(8, 8.0)]
+    run = RunResults("toy", tmp_path, [], scalars)
+    sentence = "Model selection: the best checkpoint is step 4 (selected value 0.7). Training stopped early at step 8."
+    assert sentence in render_run_markdown(run)
+    assert sentence in render_run_html(run)

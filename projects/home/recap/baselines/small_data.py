@@ -33,7 +33,9 @@ DISCRETE = ("item_category", "user_segment", "hour_of_day")
 CONTINUOUS = ("price", "item_age_days", "session_seconds")
 TAGS = "item_tags"
 # What was generated (spec, rows, seed, split sizes): lets a benchmark tell whether a directory holds what it needs.
-MANIFEST = "small_data.json"
+# The leading underscore keeps it out of parquet dataset discovery (pyarrow skips such names), so the output
+# directory itself still reads as the union of the splits.
+MANIFEST = "_small_data.json"
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ def draw_rows(world: World, rng: np.random.Generator, rows: int) -> pa.Table:
 
 def generate_small(output: str | os.PathLike, rows: int = DEFAULT_ROWS, seed: int = 0,
                    spec: SmallSpec = SmallSpec()) -> dict[str, int]:
-    """Write OUTPUT/{train,validation,test}/part-00000.parquet (a random 80/10/10 split) and OUTPUT/small_data.json;
+    """Write OUTPUT/{train,validation,test}/part-00000.parquet (a random 80/10/10 split) and OUTPUT/_small_data.json;
     returns the rows per split. The same seed writes the same files."""
     if rows < len(SPLITS):
         raise ValueError(f"rows must be at least {len(SPLITS)} (one per split), got {rows}")

@@ -108,11 +108,10 @@ def _column_names(config: RecapConfig) -> tuple[list[str], list[str], list[str]]
 
 
 def _scalar_ids(table: pa.Table, name: str, where: str) -> np.ndarray:
-    column = table.column(name)
     if _is_list(table, name):
-        # A sparse column of one id per row: an empty list reads as id 0, as a null discrete value does.
-        column = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(column), 0), column, pa.scalar([0])), 0)
-    return _ids(pc.fill_null(column, 0), name, where)
+        # A sparse column of one id per row: an empty or null list reads as id 0, as a null discrete value does.
+        return _padded(table.column(name), name, where)[0][:, 0]
+    return _ids(pc.fill_null(table.column(name), 0), name, where)
 
 
 def load_reference_data(config: RecapConfig, validation: str = "validation", test: str = "test") -> ReferenceData:
@@ -120,10 +119,11 @@ def load_reference_data(config: RecapConfig, validation: str = "validation", tes
     discrete, continuous, labels = _column_names(config)
     sources = {"train": config.data.train, "validation": config.data.validation.get(validation),
                "test": config.data.validation.get(test)}
-    missing = [f"data.validation.{name}" for split, name in (("validation", validation), ("test", test))
-               if sources[split] is None]
-    if config.data.train is None or missing:
-        raise ValueError(f"the references need data.train, {missing or 'and the validation sets'}")
+    keys = {"train": "data.train", "validation": f"data.validation.{validation}", "test": f"data.validation.{test}"}
+    missing = [keys[split] for split, dataset in sources.items() if dataset is None]
+    if missing:
+        raise ValueError(f"the plain references read train, validation and test splits: the config has no "
+                         f"{', '.join(missing)}")
     oracle = [ORACLE_PREFIX + label for label in labels]
     raw = {}
     for split, dataset in sources.items():
@@ -137,6 +137,7 @@ def load_reference_data(config: RecapConfig, validation: str = "validation", tes
            if categorical_names else np.zeros((t.num_rows, 0), np.int64) for split, (t, where, _) in raw.items()}
     bags = {split: [_padded(t.column(n), n, where) for n in bag_names] for split, (t, where, _) in raw.items()}
     categorical_sizes = [int(max(ids[s][:, j].max(initial=0) for s in raw)) + 1 for j in range(len(categorical_names))]
+    # Each bag table: every id seen in any split, then one pad row.
     bag_sizes = [int(max(bags[s][b][0].max(initial=0) for s in raw)) + 2 for b in range(len(bag_names))]
     for split in raw:
         for b, (padded, mask) in enumerate(bags[split]):

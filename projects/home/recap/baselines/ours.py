@@ -28,8 +28,7 @@ def train_and_evaluate(config: RecapConfig, test: str = "test") -> OursResult:
     ctx = init_distributed(config.training.device)
     result = train(config, ctx)
     found, documents = evaluate_checkpoint(config, result.checkpoint, [test], ctx)
-    # Only after success: a failed run exits without waiting for peers (there are none here, but train may have
-    # left the group in a state shutdown cannot handle).
+    # Only after success, as shutdown_distributed asks; the next data set's run starts a fresh process group.
     shutdown_distributed()
     return OursResult(tasks=documents[test]["tasks"], steps=result.step, checkpoint=str(found.path),
                       save_dir=str(config.training.save_dir), seconds=time.perf_counter() - start)

@@ -6,14 +6,16 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
-from projects.home.recap.baselines.arrays import SplitArrays, load_reference_data
+from projects.home.recap.baselines.arrays import SplitArrays, _scalar_ids, load_reference_data
 from projects.home.recap.baselines.datasets import DEFAULT_CONFIGS
 from projects.home.recap.baselines.plain_model import EMBEDDING_DIM, PlainSharedBottom
 from projects.home.recap.baselines.references import ReferenceSettings, train_references
 from projects.home.recap.baselines.small_data import CONTINUOUS, generate_small
+from projects.home.recap.data.errors import DataError
 from projects.home.recap.schema import load_recap_config
 
 
@@ -81,3 +83,11 @@ def test_references_are_deterministic(data):
     first, second = train_references(fewer, settings), train_references(fewer, settings)
     assert first["plain"].tasks["click"]["auc"] == second["plain"].tasks["click"]["auc"]
     assert first["peer"].tasks["purchase"]["logloss"] == second["peer"].tasks["purchase"]["logloss"]
+
+
+def test_one_id_list_columns_read_as_categorical_ids():
+    # A sparse column written as one-id lists (as `recap data generate` writes user_id), empty and null rows as id 0.
+    lists = pa.array([[3], [], None, [7]], pa.list_(pa.field("element", pa.int64(), nullable=False)))
+    assert _scalar_ids(pa.table({"user_id": lists}), "user_id", "file.parquet").tolist() == [3, 0, 0, 7]
+    with pytest.raises(DataError, match="file.parquet.*'user_id'.*negative id"):
+        _scalar_ids(pa.table({"user_id": pa.array([[-1]])}), "user_id", "file.parquet")

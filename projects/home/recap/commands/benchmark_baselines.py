@@ -58,11 +58,16 @@ def _configs(entries: list[str], datasets: tuple[str, ...]) -> dict[str, Path]:
     return configs
 
 
+def _shown(path: Path) -> str:
+    """path relative to the working directory when it lies under it (the shipped configs), else as given."""
+    return str(path.resolve().relative_to(Path.cwd())) if path.resolve().is_relative_to(Path.cwd()) else str(path)
+
+
 def command_line(args: argparse.Namespace, configs: dict[str, Path], save_dir: Path) -> str:
     """The command with every option spelled out, so the JSON says exactly what ran."""
     words = ["recap", "benchmark", "baselines", "--data", args.data]
     for name in DATASETS:
-        words += ["--config", f"{name}={configs[name]}"]
+        words += ["--config", f"{name}={_shown(configs[name])}"]
     words += ["--small-dir", str(args.small_dir), "--census-dir", str(args.census_dir), "--census-input",
               str(args.census_input), "--rows", str(args.rows), "--seed", str(args.seed), "--save-dir", str(save_dir),
               "--output", str(args.output)]

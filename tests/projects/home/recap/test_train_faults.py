@@ -1,8 +1,11 @@
-"""Training in one process when something around it goes wrong: a report that cannot be written, an evaluation that
-fails, a schedule too long for the run, --start-over over healthy checkpoints, fewer steps than the checkpoint has."""
+"""Training when something around it goes wrong: a report that cannot be written, an evaluation that fails, a schedule
+too long for the run, --start-over over healthy checkpoints, fewer steps than the checkpoint has, and the launcher's
+exit status after a stop."""
 
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ import train_helpers as helpers  # noqa: E402
 
 from core.checkpoint import list_checkpoints  # noqa: E402
 from core.config import ConfigError  # noqa: E402
+from core.distributed import stop_status  # noqa: E402
+from projects.home.recap.commands.train import checked_stop  # noqa: E402
 from projects.home.recap.schema import load_recap_config  # noqa: E402
 
 data_dir, ctx = helpers.data_dir, helpers.ctx  # the module's fixtures
@@ -106,3 +111,22 @@ def test_fewer_steps_than_the_checkpoint_is_an_error_that_keeps_the_run_s_config
         train(helpers.config(data_dir, tmp_path, 4), ctx)
     assert (tmp_path / "config.yaml").read_text() == written
     assert [c.step for c in list_checkpoints(tmp_path / "checkpoints")] == [6]
+
+
+def test_the_launcher_reports_a_stop_only_with_a_checkpoint_written_after_it_started(tmp_path):
+    step = tmp_path / "checkpoints" / "step_00000002"
+    step.mkdir(parents=True)
+    (step / "checkpoint.json").write_text("{}")
+    written = (step / "checkpoint.json").stat().st_mtime
+    assert checked_stop(143, tmp_path, launched_at=written) == 143
+    # A checkpoint from before the launch: the workers ended without one (killed before they could write it).
+    os.utime(step / "checkpoint.json", (written - 60, written - 60))
+    assert checked_stop(143, tmp_path, launched_at=written) == 1
+    assert checked_stop(143, tmp_path / "empty", launched_at=time.time()) == 1
+    assert checked_stop(0, tmp_path / "empty", launched_at=time.time()) == 0
+
+
+def test_ranks_that_stopped_on_a_signal_are_a_stop_not_a_failure():
+    # One rank signalled: it exits 143 after the checkpoint, and the launcher may end the other with SIGTERM (-15).
+    assert stop_status([143, -15]) == 143 and stop_status([143, 143]) == 143 and stop_status([130]) == 130
+    assert stop_status([143, 1]) is None and stop_status([-15, -15]) is None and stop_status([-9]) is None

@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from core.report.svg import Series, format_number, line_chart, nice_ticks
+from core.report.svg import Series, _extent, format_number, line_chart, nice_ticks
 
 
 def test_nice_ticks_are_round_and_cover_the_range():
@@ -50,5 +50,7 @@ def test_a_chart_of_values_below_1e_11_has_distinct_ticks_and_draws():
     ticks = nice_ticks(-5e-14, 1.05e-12)
     assert len(ticks) > 1 and all(b > a for a, b in zip(ticks, ticks[1:]))
     assert ticks[1] - ticks[0] == pytest.approx(2.5e-13)
+    low, high = _extent([0.0, 5e-13, 1e-12], None)
+    assert low < 0.0 and 1e-12 < high < 2e-12  # the values fill the frame without sitting on it
     svg = line_chart([Series("rare", [0, 1, 2], [0.0, 5e-13, 1e-12])], title="tiny", x_label="step")
     ET.fromstring(svg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -48,9 +49,9 @@ def test_columns_types_and_ranges(small):
     assert 0 <= users.min() and users.max() < spec.num_users and 0 <= items.min() and items.max() < spec.num_items
     assert set(np.unique(table.column("hour_of_day").to_numpy())) <= set(range(24))
     assert table.column("item_category").to_numpy().max() < spec.num_categories
-    lengths = pa.compute.list_value_length(table.column(TAGS)).to_numpy()
+    lengths = pc.list_value_length(table.column(TAGS)).to_numpy()
     assert lengths.min() >= 1 and lengths.max() <= spec.max_tags
-    assert pa.compute.list_flatten(table.column(TAGS)).to_numpy().max() < spec.num_tags
+    assert pc.list_flatten(table.column(TAGS)).to_numpy().max() < spec.num_tags
     # Heavy tails: the largest value is far beyond the median.
     for name in ("item_age_days", "session_seconds"):
         values = table.column(name).to_numpy()

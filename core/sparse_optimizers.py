@@ -37,7 +37,7 @@ class SparseOptimizerSettings:
     """One table's optimizer: its type and hyper-parameters (see the module docstring for the maths)."""
 
     type: str = "adam"
-    learning_rate: float = 0.03
+    learning_rate: float = 0.001
     epsilon: float = 1e-8
     beta_1: float = 0.9
     beta_2: float = 0.999

@@ -91,8 +91,11 @@ class DenseOptimizerConfig(BaseConfig):
 
 
 SPARSE_EPSILON_DEFAULT = 1e-8
-# The best of those measured per type with `recap benchmark ids` (README: "Id-heavy data"); sgd keeps the old 0.05.
-SPARSE_LEARNING_RATE_DEFAULTS = {"adam": 0.03, "rowwise_adagrad": 0.2, "adagrad": 0.1, "sgd": 0.05}
+# adam: the dense layers' usual rate, as in peer libraries; it holds on small data with many rows per id, where 0.03
+# overfits the tables within an epoch, and loses a little where ids are seen a few times each (README: "Defaults",
+# "Id-heavy data", which measures 0.01-0.03 there). The others: the best measured per type with `recap benchmark
+# ids`; sgd keeps the old 0.05.
+SPARSE_LEARNING_RATE_DEFAULTS = {"adam": 0.001, "rowwise_adagrad": 0.2, "adagrad": 0.1, "sgd": 0.05}
 
 
 class SparseOptimizerConfig(BaseConfig):

@@ -358,8 +358,8 @@ def evaluate_checkpoint(
     datasets: list[str] | None,
     ctx: DistributedContext,
 ) -> tuple[Checkpoint, dict[str, dict]]:
-    """Evaluate one checkpoint (default: the latest under training.save_dir) on every row of the validation sets;
-    collective. Returns the checkpoint and, on rank 0, {dataset: metrics.json document}."""
+    """Evaluate one checkpoint (default: training.save_dir's best when marked, else its newest) on every row of the
+    validation sets; collective. Returns the checkpoint and, on rank 0, {dataset: metrics.json document}."""
     # The model's task order is the config's (the factory builds one head per model.tasks entry, in order).
     tasks = list(config.model.tasks)
     loaders = validation_loaders(config, evaluation_datasets(config, datasets), tasks, ctx)

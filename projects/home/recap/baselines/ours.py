@@ -23,11 +23,12 @@ class OursResult:
 
 
 def train_and_evaluate(config: RecapConfig, test: str = "test") -> OursResult:
-    """Train the config from scratch (its save_dir must hold no run) and evaluate the final checkpoint on `test`."""
+    """Train the config from scratch (its save_dir must hold no run) and evaluate on `test` the checkpoint `recap
+    evaluate` would: the best one when training.early_stopping marked it, else the last."""
     start = time.perf_counter()
     ctx = init_distributed(config.training.device)
     result = train(config, ctx)
-    found, documents = evaluate_checkpoint(config, result.checkpoint, [test], ctx)
+    found, documents = evaluate_checkpoint(config, None, [test], ctx)
     # Only after success, as shutdown_distributed asks; the next data set's run starts a fresh process group.
     shutdown_distributed()
     return OursResult(tasks=documents[test]["tasks"], steps=result.step, checkpoint=str(found.path),

@@ -269,7 +269,9 @@ def source_changed(entry: dict) -> str | None:
 def source_files_changed(manifest: dict) -> str | None:
     """Which files a local source gained or lost since it was prepared (None: the same, or a source that is remote
     or gone: a prepared copy may outlive its source)."""
-    from projects.home.recap.data.files import resolve_paths  # files.py reads prepared directories through here
+    from projects.home.recap.data.files import (
+        resolve_paths,  # files.py reads prepared directories through here
+    )
 
     paths = manifest["source_paths"]
     if any("://" in p or not os.path.exists(p) for p in paths):

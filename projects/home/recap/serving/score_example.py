@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 import torch
 
 
-
 def _load_list_checks():
     """The loader's list-column checks: from the recap package in the repository, else the copy `recap export`
     writes next to this file (one implementation, so the scorer cannot drift from the loader)."""

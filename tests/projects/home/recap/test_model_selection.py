@@ -76,3 +76,20 @@ def test_the_best_checkpoint_is_what_evaluate_and_export_use(data_dir, tmp_path)
     assert latest.returncode == 0, latest.stderr[-3000:]
     evaluated = json.loads((save_dir / "eval" / "validation" / "step_20" / "metrics.json").read_text())
     assert evaluated["checkpoint"].endswith("step_00000020")
+
+
+@pytest.mark.slow
+def test_two_ranks_stop_together_at_the_same_step(data_dir, tmp_path):
+    # Rank 0 alone holds the metrics: the decision reaches rank 1 by broadcast, or rank 1 would train on alone.
+    save_dir = tmp_path / "run"
+    values = helpers.overrides(data_dir, save_dir, 20, eval_every_n=5, eval_datasets="[validation]",
+                               keep_last_k=1, checkpoint_every_n=100)
+    values += ["training.early_stopping={metric: loss, patience: 1, min_delta: 100}"]
+    done = helpers.recap("train", "--nproc-per-node", "2", "--config", str(helpers.DEMO), *helpers.set_args(values))
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "early stopping at step 10" in done.stderr
+    record = json.loads((save_dir / "checkpoints" / "best.json").read_text())
+    assert (record["best_step"], record["stopped_at"]) == (5, 10)
+    checkpoints = list_checkpoints(save_dir / "checkpoints")
+    assert [c.step for c in checkpoints] == [5, 10]
+    assert {p.name for p in checkpoints[0].path.glob("rank_*.json")} == {"rank_0.json", "rank_1.json"}

@@ -325,7 +325,16 @@ def load_tensors(path: Path, tensors: dict[str, Any], allow_partial: bool = Fals
     except CheckpointError:
         raise
     except (Exception, CheckpointException) as exc:  # DCP's CheckpointException is a BaseException
-        raise CheckpointError(f"checkpoint {path}: loading failed ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"checkpoint {path}: loading failed ({_cause(exc)})") from exc
+
+
+def _cause(exc: BaseException) -> str:
+    """`Type: message` of an error in one line; for DCP's CheckpointException, that of each rank's error (its own
+    text holds their tracebacks)."""
+    if isinstance(exc, CheckpointException):
+        return "; ".join(f"rank {rank}: {type(error).__name__}: {error}" for rank, (error, _) in
+                         sorted(exc.failures.items()))
+    return f"{type(exc).__name__}: {exc}"
 
 
 class CheckpointManager:
@@ -362,8 +371,11 @@ class CheckpointManager:
         try:
             return self._save(step, final, partial, tensors, info, rank_info)
         except (OSError, CheckpointException) as exc:  # DCP's CheckpointException is a BaseException
-            raise CheckpointError(f"cannot write checkpoint {final} ({type(exc).__name__}: {exc}); the previous "
-                                  "checkpoints are untouched") from exc
+            if self.ctx.is_main:
+                # Never loaded either way (not a step_N name), but a full disk is the likely cause: give its space back.
+                shutil.rmtree(partial, ignore_errors=True)
+            raise CheckpointError(f"cannot write checkpoint {final} ({_cause(exc)}); the previous checkpoints are "
+                                  "untouched") from exc
 
     def _save(self, step: int, final: Path, partial: Path, tensors: dict[str, Any],
               info: Mapping[str, Any] | None, rank_info: Mapping[str, Any] | None) -> Checkpoint:

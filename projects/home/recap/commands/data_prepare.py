@@ -145,11 +145,13 @@ def prepare(data: DataConfig, source: str, destination: str, compression: str = 
         manifest = prepared.read_manifest(pafs.LocalFileSystem(), str(final), any_version=True)
         if _same_job(manifest, header) and manifest.get("version") == prepared.VERSION and (
                 [e["source"] for e in manifest["files"]] == identities
-                and manifest.get("source_files") == header["source_files"]):
+                and manifest.get("source_files") == header["source_files"]
+                and not _files_not_as_written(out, manifest)):
             logger.info("%s is already prepared from %s", destination, source)
             return manifest
         if _same_job(manifest, header):
-            logger.info("%s: the source changed since it was prepared; preparing what changed again", destination)
+            logger.info("%s: the source changed since it was prepared, or prepared files were removed or resized; "
+                        "preparing those again", destination)
             # The files stay as they are until rewritten, but the dataset stops being one until it is complete.
             _write_json(partial, {**manifest, "files": manifest["files"]})
             final.unlink()
@@ -187,6 +189,13 @@ def prepare(data: DataConfig, source: str, destination: str, compression: str = 
     _write_json(final, manifest)
     partial.unlink(missing_ok=True)
     return manifest
+
+
+def _files_not_as_written(out: Path, manifest: dict) -> list[str]:
+    """The manifest's files that are missing or of another size, to prepare again: what a user removes after the
+    loader's checksum error (checking every file's checksums here would read the whole dataset back)."""
+    return [e["name"] for e in manifest["files"]
+            if not (out / e["name"]).is_file() or (out / e["name"]).stat().st_size != e["bytes"]]
 
 
 def _remove_prepared(out: Path) -> None:

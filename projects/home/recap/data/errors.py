@@ -7,6 +7,9 @@ class DataError(ValueError):
     """Input data that cannot be used as configured: missing or mistyped column, bad labels, empty or corrupt files."""
 
     def __init__(self, message: str, path: str | None = None, column: str | None = None):
+        # One line, as `recap train` and the data commands log it: the pyarrow errors quoted in messages can span
+        # several (a corrupt page: "Couldn't deserialize thrift: ...\nDeserializing page header failed.\n").
+        message = " ".join(message.split())
         where = ", ".join(part for part in (path and f"file {path}", column and f"column {column!r}") if part)
         super().__init__(f"{where}: {message}" if where else message)
         self.path = path

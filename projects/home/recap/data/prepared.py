@@ -199,7 +199,8 @@ class PreparedFile:
         for (name, _), crc in zip(todo, found):
             if crc != recorded[names.index(name)]:
                 raise DataError(f"record batch {index} does not match its checksum in the manifest: the prepared "
-                                "file is damaged; run `recap data prepare` again", self.source.path, name)
+                                "file is damaged; remove it and run `recap data prepare` again", self.source.path,
+                                name)
             verified.add((index, name))
 
     def read(self, columns: list[str] | None = None, use_threads: bool = True) -> pa.Table:

@@ -5,10 +5,14 @@ checkpoint at the step where it stopped, no process of the run left alive, and a
 Each case is one chain: the run is stopped at step 2, resumed and stopped at step 4 (and 6 on 2 ranks) by the next
 kind of signal. pause_hook/sitecustomize.py holds the signalled rank after the step until the signal arrives, so every
 stop lands on a known step, and each stop's checkpoint is compared with an uninterrupted run's at that step: what a
-resume loads equals what the uninterrupted run had, and the runs in between resumed from those checkpoints exactly."""
+resume loads equals what the uninterrupted run had, and the runs in between resumed from those checkpoints exactly.
+
+SIGKILL of one rank of 2 (held the same way, after a periodic checkpoint): the run fails (exit 1) instead of waiting
+for the dead rank, no process is left, and the rerun resumes exactly from the last periodic checkpoint."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,9 +63,10 @@ def _kill_all(run: subprocess.Popen, pids: list[int]) -> None:
     run.wait()
 
 
-def _stop_at(command: list[str], step: int, ranks: int, target: str, workers: int, log: Path) -> int:
-    """Run `command` until its paused rank reports `step`, SIGTERM `target`; check no process of the run is left and
-    return the exit status."""
+def _stop_at(command: list[str], step: int, ranks: int, target: str, workers: int, log: Path,
+             signum: int = signal.SIGTERM) -> int:
+    """Run `command` until its paused rank reports `step`, send `signum` (SIGTERM) to `target`; check no process of the
+    run is left and return the exit status."""
     marker = log.with_suffix(".paused")
     # The signalled rank pauses (on 2 ranks rank 1: not the rank that writes the checkpoint's metadata).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PAUSE_HOOK), "RECAP_TEST_PAUSE_STEP": str(step),
@@ -83,12 +88,12 @@ def _stop_at(command: list[str], step: int, ranks: int, target: str, workers: in
         # Every training process has its loader workers: they are what the signal must not kill.
         assert len(trainers) == ranks and all(len(children(t)) == workers for t in trainers), (trainers, pids)
         if target == "launcher":
-            os.kill(run.pid, signal.SIGTERM)
+            os.kill(run.pid, signum)
         elif target == "group":
-            os.killpg(run.pid, signal.SIGTERM)
+            os.killpg(run.pid, signum)
         else:
-            os.kill(paused_pid, signal.SIGTERM)
-        status = run.wait(timeout=WAIT_SECONDS)
+            os.kill(paused_pid, signum)
+        status = run.wait(timeout=WAIT_SECONDS)  # a run that hangs (a rank waiting forever for a dead one) fails
     except BaseException:
         _kill_all(run, pids)
         raise
@@ -174,3 +179,33 @@ def test_sigterm_anywhere_stops_at_the_step_with_a_checkpoint_of_the_uninterrupt
         for key in expected_tensors:
             torch.testing.assert_close(tensors[key], expected_tensors[key], rtol=0, atol=1e-6,
                                        msg=f"step {step}: {key} differs")
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_fails_the_run_and_a_rerun_resumes_from_the_last_checkpoint(data_dir, ctx, uninterrupted,
+                                                                                        tmp_path):
+    # Rank 1 (with its loader worker) is killed at step 3, after the periodic checkpoint of step 2: nothing can be
+    # saved, and the other rank and the launcher must fail rather than wait for it, leaving no process behind.
+    run_dir, log = tmp_path / "run", tmp_path / "killed.log"
+    values = helpers.overrides(data_dir, run_dir, 6, checkpoint_every_n=2, keep_last_k=10, train_log_every_n=10_000)
+    command = [sys.executable, "-m", "projects.home.recap.main", "train", "--config", str(helpers.DEMO),
+               "--nproc-per-node", "2", *helpers.set_args(values + ["data.num_workers=1"])]
+    status = _stop_at(command, 3, 2, "trainer", 1, log, signal.SIGKILL)
+    text = log.read_text()
+    assert status == 1, f"exit {status} after a rank was killed\n{text[-3000:]}"
+    # The surviving rank ended too, by its failed collective (exit 1) or the launcher's SIGTERM (-15): never 0.
+    assert re.search(r"training workers failed \(rank 0: exit code -?[1-9]\d*; rank 1: exit code -9\)", text), \
+        text[-3000:]
+    checkpoints = run_dir / "checkpoints"
+    assert [c.step for c in list_checkpoints(checkpoints)] == [2]
+    assert not list(checkpoints.glob(".step_*.partial")), "a checkpoint of the killed step was started"
+
+    # The rerun resumes from step 2 and ends where the uninterrupted run ends, state for state.
+    done = helpers.recap(*command[3:], timeout=WAIT_SECONDS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {checkpoints / 'step_00000002'}" in done.stderr, done.stderr[-3000:]
+    expected_tensors, expected_ranks = _state(ctx, data_dir, uninterrupted(2, 1) / "checkpoints" / "step_00000006")
+    tensors, rank_states = _state(ctx, data_dir, checkpoints / "step_00000006")
+    assert rank_states == expected_ranks and len(rank_states) == 2
+    for key in expected_tensors:
+        torch.testing.assert_close(tensors[key], expected_tensors[key], rtol=0, atol=1e-6, msg=f"{key} differs")

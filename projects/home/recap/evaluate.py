@@ -34,6 +34,7 @@ from core.config import ConfigError
 from core.distributed import DistributedContext
 from core.log import get_logger
 from core.metrics_accumulator import MetricsAccumulator
+from core.progress import Progress
 from core.ranking_metrics import gate_statistics
 from core.report import eval_step_dir, metrics_to_scalars, read_training_scalars, write_report
 from core.report.format import fixed_cell
@@ -47,6 +48,7 @@ from projects.home.recap.inference import (
     load_sharded_for_inference,
     load_weights,
     padding_batch,
+    rank_rows,
     run_model,
 )
 from projects.home.recap.schema import RecapConfig
@@ -200,9 +202,15 @@ class Evaluator:
         accumulator = MetricsAccumulator()
         gates = GateTotals()
         columns = torch.tensor(list(self.stratifiers.values()), dtype=torch.int64)
-        with inference_mode(self.model, self.ctx.device, self.bf16):
-            for batch, outputs in run_model(self.model, self.loaders[name], self.ctx,
-                                            self._template(name, template), self.max_batches):
+        loader = self.loaders[name]
+        # Rank 0's own share: counting the others' rows would take a collective per batch.
+        shard = f" (rank 0's share of {self.ctx.world_size})" if self.ctx.world_size > 1 else ""
+        with inference_mode(self.model, self.ctx.device, self.bf16), \
+                Progress(f"evaluating {name}{shard}", rank_rows(loader, self.ctx, self.max_batches),
+                         enabled=self.ctx.is_main) as progress:
+            for batch, outputs in run_model(self.model, loader, self.ctx, self._template(name, template),
+                                            self.max_batches):
+                progress.update(batch.batch_size)
                 accumulator.update(
                     outputs["calibrated_probabilities"],
                     batch.labels,

@@ -32,6 +32,7 @@ from core.checkpoint import (
 from core.distributed import DistributedContext, lockstep, shard_model
 from core.log import get_logger
 from core.train_loop import CHECKPOINT_DIR
+from projects.home.recap.data import sharding
 from projects.home.recap.data.config import DataConfig, DatasetConfig
 from projects.home.recap.data.loader import Mode, RecapDataLoader
 from projects.home.recap.model.factory import build_model_and_loss
@@ -49,6 +50,7 @@ __all__ = [
     "load_sharded_for_inference",
     "load_weights",
     "padding_batch",
+    "rank_rows",
     "run_model",
     "zero_weight",
 ]
@@ -135,6 +137,17 @@ def padding_batch(data: DataConfig, dataset: DatasetConfig, tasks: list[str], mo
     """A one-row batch of the dataset, for a rank that has no rows of its own but must join collective steps."""
     loader = RecapDataLoader(data, dataset, tasks, mode, rank=0, world_size=1, batch_size=1, num_workers=0)
     return zero_weight(next(iter(loader)))
+
+
+def rank_rows(batches: Any, ctx: DistributedContext, max_batches: int | None = None) -> int | None:
+    """The rows this rank's eval or predict pass will take from `batches` (for progress; None unless it is a
+    RecapDataLoader, whose rank's range is known from the scan without reading)."""
+    if not isinstance(batches, RecapDataLoader):
+        return None
+    # Eval and predict loaders keep every row (no drop_last), split evenly over the ranks.
+    start, stop = sharding.rank_range(batches.num_rows, ctx.rank, ctx.world_size, batches.batch_size, False)
+    rows = stop - start
+    return rows if max_batches is None else min(rows, max_batches * batches.batch_size)
 
 
 @contextlib.contextmanager

@@ -21,9 +21,16 @@ import torch
 
 from core.distributed import DistributedContext, all_reduce_sum, barrier
 from core.log import get_logger
+from core.progress import Progress
 from projects.home.recap.data.config import DatasetConfig
 from projects.home.recap.data.loader import RecapDataLoader
-from projects.home.recap.inference import inference_mode, load_sharded_for_inference, padding_batch, run_model
+from projects.home.recap.inference import (
+    inference_mode,
+    load_sharded_for_inference,
+    padding_batch,
+    rank_rows,
+    run_model,
+)
 from projects.home.recap.schema import RecapConfig
 
 __all__ = ["PredictError", "PredictResult", "check_output", "part_name", "predict", "prediction_columns"]
@@ -157,9 +164,12 @@ def predict(
     logger.info("scoring %d rows of %s with %s on %d rank(s)", loader.num_rows, ", ".join(inputs), found.path,
                 ctx.world_size)
     try:
-        with inference_mode(model, ctx.device, config.training.mixed_precision == "bf16"):
+        shard = f" (rank 0's share of {ctx.world_size})" if ctx.world_size > 1 else ""
+        with inference_mode(model, ctx.device, config.training.mixed_precision == "bf16"), \
+                Progress(f"scoring{shard}", rank_rows(loader, ctx), enabled=ctx.is_main) as progress:
             for batch, outputs in run_model(model, loader, ctx, template):
                 writer.add(_table(batch, outputs, tasks, id_columns))
+                progress.update(batch.batch_size)
         path = writer.close()
     except BaseException:
         writer.abort()

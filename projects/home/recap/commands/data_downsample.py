@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 
+from core.progress import Progress
 from projects.home.recap.data.downsampling import downsample_negatives
 from projects.home.recap.data.files import scan_dataset
 from projects.home.recap.schema import load_recap_config
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     scanned = scan_dataset(dataset.paths, data.ignore_data_errors)
     os.makedirs(args.output, exist_ok=True)
     rows_in = rows_out = 0
+    progress = Progress(f"downsampling {args.dataset}", scanned.num_rows)
     for i, source in enumerate(scanned.files):
         rng = np.random.default_rng([args.seed, i])
         handle = source.open()
@@ -54,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
             writer.write_table(kept)
             rows_in += table.num_rows
             rows_out += kept.num_rows
+            progress.update(table.num_rows)
         if writer is not None:
             writer.close()
+    progress.close()
     print(f"{rows_in} rows in, {rows_out} rows out ({len(scanned.files)} files in {args.output})")
     print("train on them with:")
     print(f"  --set data.{'train' if args.dataset == 'train' else 'validation.' + args.dataset}.paths=[{args.output}]"

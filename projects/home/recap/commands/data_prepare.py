@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
 from core.log import get_logger
+from core.progress import Progress
 from projects.home.recap.data import prepared
 from projects.home.recap.data.columns import check_values, null_discrete_counts
 from projects.home.recap.data.config import DataConfig
@@ -68,7 +69,7 @@ def _write_json(path: Path, doc: dict) -> None:
 
 
 def _prepare_file(layout: BatchLayout, source: ParquetSource, target: Path, ignore_data_errors: bool,
-                  compression: str | None) -> dict[str, Any]:
+                  compression: str | None, progress: Progress) -> dict[str, Any]:
     """Convert one source file into `target` (via a temporary name); its manifest entry."""
     handle = source.open()
     names = set(handle.schema_arrow.names)
@@ -93,6 +94,7 @@ def _prepare_file(layout: BatchLayout, source: ParquetSource, target: Path, igno
                 if not ignore_data_errors:
                     raise DataError(f"row group {group} cannot be read ({exc})", source.path) from None
                 rows = source.metadata.row_group(group).num_rows
+                progress.update(rows)
                 logger.warning("skipping unreadable row group %d of %s (%d rows dropped): %s", group, source.path,
                                rows, exc)
                 dropped += rows
@@ -102,6 +104,7 @@ def _prepare_file(layout: BatchLayout, source: ParquetSource, target: Path, igno
                 for column, count in null_discrete_counts(layout, table).items():
                     nulls[column] = nulls.get(column, 0) + count
                 batch = convert(table)
+                progress.update(table.num_rows)
             # One record batch per row group: the prepared dataset's units are the source's.
             writer.write_batch(batch)
             row_groups.append(batch.num_rows)
@@ -171,16 +174,19 @@ def prepare(data: DataConfig, source: str, destination: str, compression: str = 
         raise DataError("is not empty and not a prepared dataset; choose an empty or new directory", destination)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
+    progress = Progress(f"preparing {destination}", scanned.num_rows)
     for index, (source_file, identity) in enumerate(zip(scanned.files, identities)):
         target = out / f"part-{index:05d}.arrow"
         kept = done.get(target.name)
         if (kept is not None and kept["source"] == identity and target.exists()
                 and target.stat().st_size == kept["bytes"]):
             entries.append(kept)
+            progress.update(kept["rows"] + kept.get("dropped_rows", 0))
             continue
         entries.append(_prepare_file(layout, source_file, target, data.ignore_data_errors,
-                                     None if compression == "none" else compression))
+                                     None if compression == "none" else compression, progress))
         _write_json(partial, {**header, "files": entries})
+    progress.close()
     # Files of an earlier, larger source: not part of the dataset any more.
     for path in out.glob("part-*.arrow"):
         if path.name not in {e["name"] for e in entries}:

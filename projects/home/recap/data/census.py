@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from core.progress import Progress
 from projects.home.recap.data.config import DataConfig
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.stats import continuous_stats
@@ -102,12 +103,15 @@ def convert_census(input_path: str | os.PathLike, output: str | os.PathLike, see
     split."""
     table, vocabularies = convert_table(read_census(input_path))
     sizes = {}
+    progress = Progress("writing the census splits", table.num_rows)
     for split, rows in split_indices(table.num_rows, seed).items():
         directory = os.path.join(output, split)
         os.makedirs(directory, exist_ok=True)
         pq.write_table(table.take(pa.array(rows)), os.path.join(directory, "part-00000.parquet"),
                        row_group_size=row_group_size)
         sizes[split] = len(rows)
+        progress.update(len(rows))
+    progress.close()
     with open(os.path.join(output, "vocabulary.json"), "w") as f:
         json.dump({"source": os.path.basename(str(input_path)), "seed": seed, "splits": sizes,
                    "vocabularies": vocabularies}, f, indent=1)

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.progress import Progress
 from projects.home.recap.data.collaborative import CollaborativeSignal, make_collaborative
 from projects.home.recap.data.layout import ORACLE_PREFIX
 
@@ -738,6 +739,11 @@ def _write_table(table: pa.Table, path: str, row_group_size: int) -> None:
                    write_statistics=[c for c in table.column_names if c not in plain])
 
 
+def _write_rows(table: pa.Table, path: str, row_group_size: int) -> int:
+    _write_table(table, path, row_group_size)
+    return table.num_rows
+
+
 def _write_file(job: _Job) -> str:
     _write_table(_file_table(job), job.path, job.row_group_size)
     return job.path
@@ -769,12 +775,16 @@ def generate(
             first_id = (s + 1) * 10**12 + lo
             path = os.path.join(directory, f"part-{f:05d}.parquet")
             jobs.append(_Job(seed, s, f, hi - lo, first_id, path, row_group_size))
+    # Progress counts whole files as they are written: the rows are drawn inside the workers.
+    progress = Progress("generating", sum(job.rows for job in jobs))
     try:
         if processes > 1 and len(jobs) > 1:
             import multiprocessing
 
+            rows_of = {job.path: job.rows for job in jobs}
             with multiprocessing.get_context("fork").Pool(processes) as pool:
-                list(pool.imap_unordered(_write_file, jobs))
+                for path in pool.imap_unordered(_write_file, jobs):
+                    progress.update(rows_of[path])
         else:
             # Writing releases the GIL: the next file's rows are drawn while the last one is written.
             with ThreadPoolExecutor(max_workers=1) as writer:
@@ -782,9 +792,10 @@ def generate(
                 for job in jobs:
                     table = _file_table(job)
                     if pending is not None:
-                        pending.result()
-                    pending = writer.submit(_write_table, table, job.path, job.row_group_size)
-                pending.result()
+                        progress.update(pending.result())
+                    pending = writer.submit(_write_rows, table, job.path, job.row_group_size)
+                progress.update(pending.result())
     finally:
+        progress.close()
         _WORLD = None
     return split_sizes(rows, splits)

@@ -3,6 +3,7 @@ reports with plots, TensorBoard scalars, clear errors, --watch while training wr
 the training loop's periodic evaluation, and a 2-process torchrun evaluation equal to the single-process one."""
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -119,6 +120,18 @@ def test_evaluate_writes_exact_metrics_reports_and_tensorboard(run):
         assert auc == pytest.approx(metrics["tasks"]["fav"]["auc"], rel=1e-6)
         loss = dict(scalars[f"eval/{dataset}/loss"])[helpers.NUM_TRAIN_STEPS]
         assert loss == pytest.approx(sum(metrics["tasks"][t]["logloss"] for t in TASKS), rel=1e-6)
+
+
+def test_evaluate_logs_its_progress_without_a_terminal(run, monkeypatch, caplog):
+    """Without a TTY `recap evaluate` logs rows done, rows/s and the ETA every RECAP_PROGRESS_SECONDS."""
+    config_file, _ = run
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    monkeypatch.setenv("RECAP_PROGRESS_SECONDS", "0")
+    caplog.set_level(logging.INFO)
+    assert main(["evaluate", "--config", str(config_file), "--dataset", "validation"]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "core.progress"]
+    assert lines and all(line.startswith("evaluating validation: ") and "rows/s, ETA" in line for line in lines)
+    assert lines[-1].startswith("evaluating validation: 201/201 rows (100%)")
 
 
 def test_bad_checkpoint_label_column_and_dataset_fail_clearly(run, data_dir, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """`recap predict`: one row out per row in, the id columns and every task's probability and calibrated
 probability equal to the unsharded model's, no label columns needed, and clear errors for bad inputs and outputs."""
 
+import logging
 import sys
 from pathlib import Path
 
@@ -66,6 +67,19 @@ def test_predict_scores_every_row_without_labels(trained_run, unlabeled, tmp_pat
     assert (got[:, 1] < got[:, 0]).all() and np.array_equal(got[:, 2], got[:, 3])
     # score = 1 * fav + 5 * reply (model.scoring of the test config), over the calibrated probabilities.
     np.testing.assert_allclose(got[:, 4], got[:, 1] + 5 * got[:, 3], rtol=1e-6, atol=1e-6)
+
+
+def test_predict_logs_its_progress_without_a_terminal(trained_run, unlabeled, tmp_path, monkeypatch, caplog):
+    config_file, _ = trained_run
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    monkeypatch.setenv("RECAP_PROGRESS_SECONDS", "0")
+    caplog.set_level(logging.INFO)
+    assert main(["predict", "--config", str(config_file), "--checkpoint", "latest", "--input", str(unlabeled),
+                 "--output", str(tmp_path / "scores"), "--batch-size", "64"]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "core.progress"]
+    # One line per batch of 64 at an interval of 0 s, rows counted on the host.
+    assert [line.split(" in ")[0] for line in lines] == [f"scoring: {n}/202 rows ({100 * n / 202:.0f}%)"
+                                                          for n in (64, 128, 192, 202)]
 
 
 def test_existing_output_needs_overwrite(trained_run, data_dir, tmp_path, capsys):

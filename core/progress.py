@@ -1,0 +1,109 @@
+"""Progress of a long pass over rows, for every long command:
+
+    with Progress("evaluate test", total=rows, enabled=ctx.is_main) as progress:
+        for batch in batches:
+            ...
+            progress.update(batch.batch_size)
+
+On a terminal (stderr is a TTY) it is a tqdm bar with rows/s and, when the total is known, the ETA; otherwise (a
+log file, CI) one INFO line every RECAP_PROGRESS_SECONDS seconds (default 30) with the rows done, rows/s and ETA.
+Disabled (other ranks) it does nothing. Rows are counted on the host from sizes the caller already has, so a loop
+gains no device synchronization.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from types import TracebackType
+from typing import Any
+
+from core.log import get_logger
+
+__all__ = ["DEFAULT_SECONDS", "ENV_SECONDS", "Progress", "progress_seconds"]
+
+logger = get_logger(__name__)
+
+ENV_SECONDS = "RECAP_PROGRESS_SECONDS"
+DEFAULT_SECONDS = 30.0
+
+
+def progress_seconds() -> float:
+    """The seconds between progress log lines: RECAP_PROGRESS_SECONDS, else 30."""
+    text = os.environ.get(ENV_SECONDS)
+    if text is None or not text.strip():
+        return DEFAULT_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0:
+        raise ValueError(f"{ENV_SECONDS}={text!r}: expected a number of seconds, 0 or more")
+    return seconds
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Progress:
+    """Rows done of a pass (total: None when unknown): a tqdm bar on a terminal, periodic log lines otherwise."""
+
+    def __init__(self, desc: str, total: int | None = None, *, unit: str = "rows", enabled: bool | None = None,
+                 seconds: float | None = None) -> None:
+        """enabled: None means rank 0 of the job (the RANK environment variable), so only one process reports;
+        seconds: between log lines (default progress_seconds())."""
+        self.desc = desc
+        self.total = total
+        self.unit = unit
+        self.enabled = int(os.environ.get("RANK", "0")) == 0 if enabled is None else enabled
+        self.seconds = progress_seconds() if seconds is None else seconds
+        self.done = 0
+        self._bar: Any = None
+        self._start = self._last = time.monotonic()
+        if self.enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            # leave=False: the command's own summary line follows; a finished bar would repeat it.
+            self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True,
+                             dynamic_ncols=True, leave=False)
+
+    def update(self, n: int) -> None:
+        """Count n more rows done."""
+        if not self.enabled:
+            return
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self._last >= self.seconds:
+            self._last = now
+            logger.info("%s", self.line(now))
+
+    def line(self, now: float | None = None) -> str:
+        """The log line: rows done (of the total), rows/s and, with a total, the ETA."""
+        elapsed = max((time.monotonic() if now is None else now) - self._start, 1e-9)
+        rate = self.done / elapsed
+        if self.total is None:
+            return f"{self.desc}: {self.done:,} {self.unit} in {_duration(elapsed)}, {rate:,.0f} {self.unit}/s"
+        percent = 100.0 * self.done / self.total if self.total else 100.0
+        eta = _duration(max(self.total - self.done, 0) / rate) if rate > 0 else "?"
+        return (f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} ({percent:.0f}%) in {_duration(elapsed)}, "
+                f"{rate:,.0f} {self.unit}/s, ETA {eta}")
+
+    def close(self) -> None:
+        """Remove the bar (log lines need no closing)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()

@@ -11,7 +11,7 @@ from core.config import BaseConfig, load_config
 from core.log import get_logger
 from core.train_config import OptimizerConfig, TrainingConfig
 from projects.home.recap.data.config import DataConfig
-from projects.home.recap.model.config import ModelConfig
+from projects.home.recap.model_config import ModelConfig
 
 logger = get_logger(__name__)
 

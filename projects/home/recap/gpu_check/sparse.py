@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from projects.home.recap.gpu_check.stage import Skip
+from projects.home.recap.gpu_check.stage_record import Skip
 
 ROWS = 4020  # as the training tests: 3618 train, 201 validation, 201 test rows
 FIRST_STEPS, RESUMED_STEPS = 12, 18

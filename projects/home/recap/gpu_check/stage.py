@@ -14,10 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-class Skip(Exception):
-    """The stage cannot run on this machine; the message says why (it is not a failure)."""
-
+from projects.home.recap.gpu_check.stage_record import Skip
 
 # stage name -> (module, function); modules are imported only when their stage runs.
 _FUNCTIONS = {
@@ -40,15 +37,6 @@ def stage_function(name: str) -> Callable[[Path], dict[str, Any]]:
         return lambda out: sparse_stage(out, name[len("sparse_"):])
     module, function = _FUNCTIONS[name]
     return getattr(importlib.import_module(f"projects.home.recap.gpu_check.{module}"), function)
-
-
-def read_stage(out: Path, name: str) -> dict[str, Any] | None:
-    """Another stage's record (e.g. the matmul peak), None if it did not succeed."""
-    path = out / "stages" / f"{name}.json"
-    if not path.exists():
-        return None
-    record = json.loads(path.read_text())
-    return record if record.get("status") == "ok" else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +63,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Through the package's own module: run as __main__, this file's Skip would not be the one stages raise.
-    from projects.home.recap.gpu_check.stage import main as package_main
-
-    raise SystemExit(package_main())
+    # Skip lives in stage_record, so running this file as __main__ still catches the Skip that stages raise.
+    raise SystemExit(main())

@@ -1,4 +1,7 @@
-"""Model section of the recap config: featurization, embeddings, towers, backbone and the per-task heads."""
+"""Model section of the recap config: featurization, embeddings, towers, backbone and the per-task heads.
+
+It sits beside schema.py rather than in model/ because schema.py needs it and model/ needs schema.py's RecapConfig:
+config modules stay below the model code, so imports run one way (model/ -> schema.py -> model_config.py)."""
 
 from __future__ import annotations
 

@@ -42,17 +42,22 @@ def test_forward_and_backward_on_cuda_equal_cpu(name):
         gpu_out["logits"].sum().backward()
     for key in cpu_out:
         torch.testing.assert_close(gpu_out[key].cpu(), cpu_out[key], rtol=1e-4, atol=1e-4, msg=key)
+    # Gradients are compared per tensor by the norm of the difference, not element by element: at batch 128 a few of
+    # the ~10^5 pre-ReLU values lie within fp32 rounding of 0 (recap_scale: 2.9e-7 from the kink), so one device's
+    # ReLU passes a gradient that the other's stops, and that one flip moves every entry of the layer's weight
+    # gradient by up to ~4e-3 of its largest value. Measured on an H200: float64 copies of these models agree across
+    # devices to 2e-15; in fp32 the worst tensor differs by 2.9e-3 of its norm (demo_ple), while tf32 matmuls (a
+    # precision leak) give 4e-2 to 1e-1 and a wrong kernel O(1): the 1e-2 bound separates them.
     gpu_params = dict(gpu_model.named_parameters())
-    for pname, p in cpu_model.named_parameters():
-        if p.grad is None:
-            assert gpu_params[pname].grad is None, pname
+    grads = [(pname, p.grad, gpu_params[pname].grad) for pname, p in cpu_model.named_parameters()]
+    grads.append(("pooled_sparse", cpu_batch.pooled_sparse.grad, gpu_batch.pooled_sparse.grad))
+    for pname, cpu_grad, gpu_grad in grads:
+        if cpu_grad is None:
+            assert gpu_grad is None, pname
             continue
-        scale = max(1.0, float(p.grad.abs().max()))
-        torch.testing.assert_close(gpu_params[pname].grad.cpu() / scale, p.grad / scale, rtol=1e-3, atol=1e-4,
-                                   msg=pname)
-    torch.testing.assert_close(gpu_batch.pooled_sparse.grad.cpu(), cpu_batch.pooled_sparse.grad, rtol=1e-3,
-                               atol=1e-4)
-
+        difference = float((gpu_grad.cpu().double() - cpu_grad.double()).norm())
+        assert difference <= 1e-2 * float(cpu_grad.double().norm()) + 1e-5 * cpu_grad.numel() ** 0.5, (
+            pname, difference, float(cpu_grad.double().norm()))
 
 @pytest.mark.parametrize("name", ["demo", "demo_ple"])
 def test_bf16_autocast_training_runs_and_learns_a_fixed_batch(name):

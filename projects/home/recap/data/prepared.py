@@ -39,6 +39,7 @@ from projects.home.recap.data.columns import (
 )
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.layout import BatchLayout, ColumnRole
+from projects.home.recap.data.paths import resolve
 
 logger = get_logger(__name__)
 
@@ -270,14 +271,10 @@ def source_changed(entry: dict) -> str | None:
 def source_files_changed(manifest: dict) -> str | None:
     """Which files a local source gained or lost since it was prepared (None: the same, or a source that is remote
     or gone: a prepared copy may outlive its source)."""
-    from projects.home.recap.data.files import (
-        resolve_paths,  # files.py reads prepared directories through here
-    )
-
     paths = manifest["source_paths"]
     if any("://" in p or not os.path.exists(p) for p in paths):
         return None
-    now = {path for _, path in resolve_paths(paths)}
+    now = {path for _, path, _ in resolve(paths, is_prepared)}
     then = set(manifest["source_files"])
     added, removed = sorted(now - then), sorted(then - now)
     if not added and not removed:

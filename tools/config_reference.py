@@ -19,7 +19,6 @@ import inspect
 import io
 import re
 import sys
-import textwrap
 import tokenize
 import types
 import typing
@@ -252,8 +251,14 @@ def stale_notes() -> list[str]:
     return sorted(set(notes()) - known)
 
 
+def _escape(text: str) -> str:
+    """Angle brackets outside code spans as entities, so `list<int64>` in prose is not read as an HTML tag."""
+    parts = text.split("`")
+    return "`".join(p if i % 2 else p.replace("<", "&lt;").replace(">", "&gt;") for i, p in enumerate(parts))
+
+
 def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+    return _escape(" ".join(text.split())).replace("|", "\\|")
 
 
 def _groups(cls: type[BaseModel]) -> list[str]:
@@ -271,7 +276,7 @@ def render_section(section: Section) -> str:
         out += [f"At {where}{more}.", ""]
     doc = class_doc(cls)
     if doc:
-        out += [textwrap.indent(doc, "") if "\n- " in doc else doc, ""]
+        out += [_escape(doc), ""]
     out += _groups(cls) + ([""] if _groups(cls) else [])
     if not cls.model_fields:
         return "\n".join(out + ["No keys: write `{}`.", ""])

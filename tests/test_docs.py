@@ -3,6 +3,7 @@ key is documented, and the site builds with `mkdocs build --strict` (no broken l
 the nav), as `make docs` builds it."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -80,3 +81,11 @@ def test_the_site_builds_strictly(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "reference" / "config" / "index.html").exists()
     assert (tmp_path / "site" / "architecture" / "index.html").exists()
+
+
+def test_the_readme_links_resolve():
+    # README.md is outside the site, so mkdocs does not check its links into docs/.
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (REPO / "README.md").read_text())
+    assert len(links) > 10
+    missing = [link for link in links if "://" not in link and not (REPO / link).exists()]
+    assert not missing, missing

@@ -1,4 +1,5 @@
 # Two commands do everything: `make demo` and `make test`. Both create .venv on first use.
+# `make test` is what CI runs (.ci/run): the test suite (the docs site's strict build among the tests), then `make lint`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ DEMO_DIR ?= runs/demo
 DEMO_DATA ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint docs bench clean
 
 venv: $(STAMP)
 
@@ -32,15 +33,25 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory lint
 
+# ruff over everything, mypy over core/, common/ and projects/home/recap/ (settings in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# The config reference is regenerated from the config classes, then the site is built into site/; any warning (a
+# broken link or anchor, a page missing from mkdocs.yml's nav) is an error.
+docs: $(STAMP)
+	$(BIN)/python -m tools.config_reference
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "site/index.html"
 
 bench: $(STAMP)
 	$(BIN)/recap benchmark
 
 clean:
-	rm -rf $(VENV) runs data
+	rm -rf $(VENV) runs data site .mypy_cache
 
 # --- make gpu-check: the ranker on a single-GPU machine in under 8 minutes (README "GPU check") --------------------
 # GPU_PYTHON is the interpreter that holds the machine's CUDA PyTorch; nothing is installed into it. The few extra

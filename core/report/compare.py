@@ -42,7 +42,7 @@ def compare_runs(run: RunResults, baseline: RunResults) -> dict:
     for name in [d for d in ours if d in theirs]:
         a, b = ours[name].metrics, theirs[name].metrics
         keys = compared_metrics(a, b) + ["pos_rate", "count"]
-        tasks = {}
+        tasks: dict[str, dict] = {}
         for task in [t for t in a["tasks"] if t in b["tasks"]]:
             tasks[task] = {}
             for key in keys:

@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
           f"inference; {torch.get_num_threads()} threads")
     print(f"{'L':>5} {'C':>4} {'rows':>5} | {'request path rows/s':>19} {'GFLOP/s':>8} {'MFU':>6} | "
           f"{'row path rows/s':>15} {'GFLOP/s':>8} {'MFU':>6} | {'speed-up':>8}")
-    results, peaks = [], {}
+    results: list[dict] = []
+    peaks: dict = {}
     for length in args.lengths:
         rows = max(1, args.rows * 128 // length)
         for per_request in args.candidates:

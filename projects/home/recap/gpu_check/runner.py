@@ -86,7 +86,7 @@ def run_stage(stage: Stage, out: Path, seconds: float) -> dict[str, Any]:
             rc = None
     elapsed = round(time.monotonic() - start, 1)
     if rc is None:
-        record = {"status": "timed_out", "reason": f"killed after its {seconds:.0f} s time box",
+        record: dict[str, Any] = {"status": "timed_out", "reason": f"killed after its {seconds:.0f} s time box",
                   "log_tail": _tail(log_path)}
     elif record_path.exists():
         record = json.loads(record_path.read_text())

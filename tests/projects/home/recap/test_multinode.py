@@ -2,7 +2,7 @@
 meet at a c10d rendezvous on 127.0.0.1 and train with the large tables sharded over their two workers (gloo). After
 the first checkpoint, node 1 is lost (its launcher and its worker SIGKILLed) and started again with the same command,
 as a scheduler replaces a machine; the job restarts (--max-restarts 1), resumes from the checkpoint and finishes. The
-command is the one README.md's "Multi-node" paragraph shows; the launcher options' validation is checked too."""
+command is the one docs/guides/clusters.md's "Multi-node" section shows; the launcher options' validation is checked too."""
 
 import argparse
 import os
@@ -25,7 +25,7 @@ from processes import children  # noqa: E402
 from core.checkpoint import list_checkpoints  # noqa: E402
 from core.distributed import Rendezvous, launcher_arguments  # noqa: E402
 
-# README.md shows this line; the test fills in FILE, HOST0:PORT and ID and adds its --set overrides.
+# docs/guides/clusters.md shows this line; the test fills in FILE, HOST0:PORT and ID and adds its --set overrides.
 COMMAND = ("recap train --config FILE --nnodes 2 --nproc-per-node 1 --rdzv-endpoint HOST0:PORT --rdzv-id ID "
            "--max-restarts 1")
 STEPS = 40
@@ -140,10 +140,9 @@ def test_a_lost_node_is_replaced_and_the_job_resumes_from_its_checkpoint(tmp_pat
     assert {p.name for p in final[-1].path.glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
 
 
-def test_the_readme_shows_the_command_the_rehearsal_runs():
-    readme = (helpers.REPO / "README.md").read_text()
-    section = readme[readme.index("### Running on a cluster"):readme.index("### Where outputs go")]
-    assert COMMAND in section
+def test_the_docs_show_the_command_the_rehearsal_runs():
+    page = (helpers.REPO / "docs/guides/clusters.md").read_text()
+    assert COMMAND in page[page.index("## Multi-node"):]
 
 
 def _launcher(*argv: str):

@@ -18,8 +18,8 @@ logger = get_logger(__name__)
 LARGE_DATA_PARALLEL_TABLE = 10_000_000
 
 
-def history_tables(config: RecapConfig) -> dict[str, tuple[str, TablePlacement, int]]:
-    """{table name: (its config key, placement, weights)} of the history id columns' own sharded tables."""
+def history_tables(config: RecapConfig) -> dict[str, tuple[str, TablePlacement, tuple[int, int]]]:
+    """{table name: (its config key, placement, (rows, dim))} of the history id columns' own sharded tables."""
     out = {}
     for group, spec in config.model.sequences.items():
         for column, table in spec.tables.items():
@@ -29,7 +29,7 @@ def history_tables(config: RecapConfig) -> dict[str, tuple[str, TablePlacement, 
             out[history_table_name(group, column)] = (
                 f"model.sequences.{group}.tables.{column}",
                 TablePlacement(sharding=table.sharding, compute_kernel=table.compute_kernel),
-                table.num_embeddings * spec.embedding_dim,
+                (table.num_embeddings, spec.embedding_dim),
             )
     return out
 
@@ -54,16 +54,16 @@ def table_constraints(config: RecapConfig, device_type: str) -> dict:
     settings = table_optimizer_settings(config)
     shared = _shared_with_history(config)
     own = history_tables(config)
-    sizes = {t.name: (t.num_embeddings * t.embedding_dim, f"large embedding table {t.name!r}")
-             for t in config.model.large_embeddings}
-    sizes.update({name: (size, key) for name, (key, _, size) in own.items()})
-    for name, (size, what) in sizes.items():
+    shapes = {t.name: ((t.num_embeddings, t.embedding_dim), f"large embedding table {t.name!r}")
+              for t in config.model.large_embeddings}
+    shapes.update({name: (shape, f"history table {name!r} ({key})") for name, (key, _, shape) in own.items()})
+    for name, ((rows, dim), what) in shapes.items():
         reason = fused_unsupported(settings[name], device_type)
-        if reason is not None and size > LARGE_DATA_PARALLEL_TABLE:
+        if reason is not None and rows * dim > LARGE_DATA_PARALLEL_TABLE:
             logger.warning(
-                "%s (%d weights) is kept data_parallel because %s: every rank holds all of it and each step computes "
+                "%s (%d x %d) is kept data_parallel because %s: every rank holds all of it and each step computes "
                 "its whole gradient; settings the fused kernel runs on %s keep it sharded (README: Large tables)",
-                what, size, reason, device_type)
+                what, rows, dim, reason, device_type)
     placements = {
         t.name: TablePlacement(sharding=t.sharding, compute_kernel=t.compute_kernel)
         for t in config.model.large_embeddings

@@ -139,6 +139,20 @@ def _transforms(transform, reads: dict[str, tuple[str, int, int, str]]) -> dict[
     return out
 
 
+def _history_id_tables(model: MultiTaskRankingModel) -> dict[str, dict[str, Any]]:
+    """{"<group>/id:<col>": its table, size, dim and id transform} of the history columns with a sharded table."""
+    if not model.history_columns:
+        return {}
+    _, reads, transforms = _served_tables(model)
+    out = {}
+    for group, columns in model.history_columns.items():
+        for column in columns:
+            key = f"{group}/id:{column}"
+            table, rows, dim, _ = reads[key]
+            out[key] = {"table": table, "num_embeddings": rows, "embedding_dim": dim, "id_transform": transforms[key]}
+    return out
+
+
 def build_serving_model(model: MultiTaskRankingModel) -> ServingRanker:
     """The ServingRanker sharing the model's dense part and embedding tables (no copies), with the history id
     columns whose table is sharded looked up in the same tables."""
@@ -351,6 +365,8 @@ def serving_metadata(
             }
             for f in features
         ],
+        # The sharded tables history id columns are looked up in (inside the program, from the raw ids).
+        "history_id_tables": _history_id_tables(model),
         "id_transforms": dict(ID_TRANSFORMS, hash_multiplier=HASH_MULTIPLIER),
         "ignored_at_serving": [position.feature] if position is not None else [],
         "id_columns": list(schema.ids),

@@ -298,3 +298,68 @@ def test_a_checkpoint_of_the_shared_table_reloads_under_another_plan(two_ranks, 
     got = torch.load(two_ranks / f"{saved}-as-{other}.pt")
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+# --- training runs: resume and warm start -----------------------------------------------------------------------------
+def _run_config(tmp_path: Path, save: str, steps: int, extra: dict | None = None) -> Path:
+    """The inference tests' small experiment on generated data with histories, the history's author column on the
+    candidate's `author` table."""
+    import dataclasses
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    import inference_helpers as helpers
+
+    data = tmp_path / "data"
+    if not data.exists():
+        from projects.home.recap.data.synthetic import generate
+
+        generate(data, helpers.ROWS, seed=5, spec=dataclasses.replace(helpers.SPEC, history_length=6),
+                 splits=helpers.SPLITS, row_group_size=64)
+    document = helpers.config_dict(data, tmp_path / save)
+    del document["data"]["validation"]["single"]
+    document["data"]["features"]["sequences"] = {"history": {
+        "max_length": 5, "actions": "history.action",
+        "ids": [{"name": "history.author_id", "candidate": "author_id"}, {"name": "history.hashtag"}]}}
+    document["model"]["sequences"] = {"history": {
+        "embedding_dim": 4, "num_actions": 4, "encoder": {"pooling": {"mode": "mean"}},
+        "tables": {"history.author_id": {"table": "author"}, "history.hashtag": {"num_embeddings": 32}}}}
+    document["training"].update(num_train_steps=steps, **(extra or {}))
+    path = tmp_path / f"{save}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _author_table(config_file: Path) -> torch.Tensor:
+    from projects.home.recap.inference import load_for_inference
+    from projects.home.recap.schema import load_recap_config
+
+    model = load_for_inference(load_recap_config(config_file, []), "latest").model
+    return model.large_embeddings_unpooled["dim_4"].embeddings["author"].weight.detach().clone()
+
+
+@pytest.mark.slow
+def test_a_run_with_the_shared_table_resumes_and_warm_starts_another(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    import inference_helpers as helpers
+
+    first = _run_config(tmp_path, "first", 3)
+    helpers.train_run(first)
+    at_3 = _author_table(first)
+    # Resume: the same save_dir with a longer run continues from step 3.
+    helpers.train_run(first, ["training.num_train_steps=5"])
+    assert (tmp_path / "first" / "checkpoints" / "step_5").is_dir()
+    at_5 = _author_table(first)
+    assert not torch.equal(at_5, at_3)
+    # Warm start: a new run starts from step 3's weights; one step at a tiny learning rate stays next to them (a
+    # fresh table would be ~0.01 away, the init's scale).
+    second = _run_config(tmp_path, "second", 1, {"warm_start_from": str(tmp_path / "first" / "checkpoints" /
+                                                                        "step_3")})
+    helpers.train_run(second, ["optimizer.sparse.learning_rate=1e-7"])
+    warm = _author_table(second)
+    assert not torch.equal(warm, at_3)
+    torch.testing.assert_close(warm, at_3, rtol=0, atol=1e-5)

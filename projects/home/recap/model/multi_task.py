@@ -240,7 +240,7 @@ class MultiTaskRankingModel(nn.Module):
         self.bag_feature_names = list(id_transform.feature_names) if id_transform is not None else []
         pooled = self.bag_feature_names + list(self.unpooled_pooling)
         self.sparse_feature_names = list(sparse_feature_names) if sparse_feature_names is not None else pooled
-        if sorted(self.sparse_feature_names) != sorted(pooled):
+        if self.table_modules() and sorted(self.sparse_feature_names) != sorted(pooled):
             raise ValueError(f"sparse_feature_names {self.sparse_feature_names} are not the pooled features {pooled}")
 
     @property

@@ -347,18 +347,23 @@ def test_a_run_with_the_shared_table_resumes_and_warm_starts_another(tmp_path):
     sys.path.insert(0, str(Path(__file__).parents[1]))
     import inference_helpers as helpers
 
+    from core.checkpoint import list_checkpoints
+
     first = _run_config(tmp_path, "first", 3)
     helpers.train_run(first)
     at_3 = _author_table(first)
-    # Resume: the same save_dir with a longer run continues from step 3.
+    step_3 = list_checkpoints(tmp_path / "first" / "checkpoints")[-1]
+    assert step_3.step == 3
+    written = step_3.path.stat().st_mtime_ns
+    # Resume: the same save_dir with a longer run continues from step 3 (which it does not write again).
     helpers.train_run(first, ["training.num_train_steps=5"])
-    assert (tmp_path / "first" / "checkpoints" / "step_5").is_dir()
+    assert [c.step for c in list_checkpoints(tmp_path / "first" / "checkpoints")] == [3, 5]
+    assert step_3.path.stat().st_mtime_ns == written
     at_5 = _author_table(first)
     assert not torch.equal(at_5, at_3)
     # Warm start: a new run starts from step 3's weights; one step at a tiny learning rate stays next to them (a
     # fresh table would be ~0.01 away, the init's scale).
-    second = _run_config(tmp_path, "second", 1, {"warm_start_from": str(tmp_path / "first" / "checkpoints" /
-                                                                        "step_3")})
+    second = _run_config(tmp_path, "second", 1, {"warm_start_from": str(step_3.path)})
     helpers.train_run(second, ["optimizer.sparse.learning_rate=1e-7"])
     warm = _author_table(second)
     assert not torch.equal(warm, at_3)

@@ -261,6 +261,13 @@ class MultiTaskRankingModel(nn.Module):
         """Non-finite continuous values replaced by 0 in training since the last call (a device sync)."""
         return self.dense.featurizer.pop_non_finite_count()
 
+    def train_pipeline_problem(self) -> str | None:
+        """Why torchrec's TrainPipelineSparseDist cannot train this model (None when it can): its symbolic trace
+        cannot follow the history groups' dicts of tensors (core/train_loop.py then trains without it)."""
+        if self.dense.histories is not None:
+            return "the model encodes engagement histories, whose inputs torch.fx cannot trace"
+        return None
+
     def large_table_weights(self) -> dict[str, nn.Parameter]:
         """{table name: weight} of every large table (bag and unpooled collections), unsharded."""
         out = {} if self.large_embeddings is None else {

@@ -368,3 +368,28 @@ def test_a_run_with_the_shared_table_resumes_and_warm_starts_another(tmp_path):
     warm = _author_table(second)
     assert not torch.equal(warm, at_3)
     torch.testing.assert_close(warm, at_3, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_history_model_trains_without_torchrec_train_pipeline_and_says_why(tmp_path, monkeypatch):
+    from core.distributed import init_distributed, shutdown_distributed
+    from core.train_loop import TrainLoop
+    from projects.home.recap.schema import load_recap_config
+    from projects.home.recap.train import train
+
+    assert "engagement histories" in build_model(history_config()).train_pipeline_problem()
+    problems = []
+    wants = TrainLoop._wants_pipeline
+
+    def asking(self):  # the pipeline asked for (the default on CUDA): the model's reason keeps it off
+        problems.append(self.pipeline_problem())
+        self.use_train_pipeline = None
+        return wants(self)
+
+    monkeypatch.setattr(TrainLoop, "_wants_pipeline", asking)
+    ctx = init_distributed("cpu")
+    try:
+        result = train(load_recap_config(_run_config(tmp_path, "run", 2), []), ctx)
+    finally:
+        shutdown_distributed()
+    assert result.step == 2 and problems and all("engagement histories" in p for p in problems)

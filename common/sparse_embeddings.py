@@ -4,10 +4,12 @@ A table read by pooled features only lives in an EmbeddingBagCollection. A table
 column reads too (its own table, or a candidate feature's table shared with the history) lives in an
 EmbeddingCollection, which returns one row per id (unpooled, "sequence" embeddings): torchrec cannot share one
 parameter between the two kinds of collection, so such a table's pooled features are looked up unpooled there too
-and pooled here (`pool_jagged`, the mean or sum of each bag's rows, what the bag collection computes). A feature
+and pooled here (`pool_jagged`, the mean or sum of each bag's rows, what the bag collection computes), as
+TorchEasyRec looks a sequence group's candidate-side features up in the group's EmbeddingCollection. A feature
 processor was the other way: torchrec's only one feeds per-id weights into a pooled lookup and cannot return the
-rows one by one. The cost: a shared table's pooled features send each id's row back from its shard instead of one
-pooled row per bag.
+rows one by one, and two collections each holding the table would be two tables. The cost: a shared table's pooled
+features send each id's row back from its shard instead of one pooled row per bag, and an EmbeddingCollection holds
+tables of one dim (one collection per dim).
 
 The transform (raw int64 ids -> [0, num_embeddings)) runs on the KeyedJaggedTensor's values before the lookup and
 stays outside the EmbeddingBagCollection, so a sharded collection (DistributedModelParallel) works unchanged.

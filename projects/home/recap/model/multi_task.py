@@ -326,8 +326,10 @@ class MultiTaskRankingModel(nn.Module):
             parts = []
             pooled = [n for n in names if n in self.unpooled_pooling]
             if pooled:
-                if sparse is None:
-                    raise ValueError(f"the model has large embeddings for {pooled} but batch.sparse is None")
+                absent = [n for n in pooled if sparse is None or n not in sparse.keys()]
+                if absent:
+                    raise ValueError(f"the model has large embeddings for the sparse features {absent}, which the "
+                                     f"batch lacks (it has {None if sparse is None else sparse.keys()})")
                 parts.append(sparse.permute([sparse.keys().index(n) for n in pooled]))
             own = [n for n in names if n not in self.unpooled_pooling]
             if own:

@@ -13,7 +13,10 @@ engaged with this author or topic, and by which action) are counted from the raw
 Side by side rather than summed, a candidate whose author is a history item's author shows it as a block where
 e_j - c is zero and e_j * c is large, which the target-attention MLP reads directly.
 
-Ids are hashed (or taken modulo) into each table like the large embedding tables' ids. The encoder (pooling,
+Ids are hashed (or taken modulo) into each table like the large embedding tables' ids. A column's table E_i is
+either a replicated nn.Embedding owned here (small vocabularies) or a sharded torchrec table looked up before the
+dense model (MultiTaskRankingModel): its rows then come in as inputs, "<group>/emb:<col>" [B, L, dim] and
+"<group>/candidate:emb:<col>" [B, dim], and the tokens are the same. The encoder (pooling,
 target attention or the candidate-isolated transformer, common/sequence_encoders.py) turns the padded tokens and
 the candidate token into one vector; the group's output is [encoder output, c, match features], which joins the
 model input.
@@ -84,20 +87,23 @@ class HistoryTokens(nn.Module):
     """Item and candidate tokens of one history group (see the module docstring): blocks of `dim` values side by
     side, one per id column, then the action block and the continuous block when the group has them."""
 
-    def __init__(self, dim: int, tables: dict[str, tuple[int, bool]], num_actions: int | None = None,
+    def __init__(self, dim: int, tables: dict[str, tuple[int, bool] | None], num_actions: int | None = None,
                  num_continuous: int = 0, init: EmbeddingInit | None = None) -> None:
-        """tables: {id column: (num_embeddings, hashed)}; num_actions: action types (None: the group has none);
-        init: the id and action tables' initial weights (None: normal with std dim ** -0.5 for ids, nn.Embedding's
-        N(0, 1) for actions)."""
+        """tables: {id column: (num_embeddings, hashed) of a replicated table owned here, or None for a column whose
+        rows come in as inputs (a sharded table)}; num_actions: action types (None: the group has none); init: the
+        id and action tables' initial weights (None: normal with std dim ** -0.5 for ids, nn.Embedding's N(0, 1)
+        for actions)."""
         super().__init__()
         if not tables:
             raise ValueError("a history group needs at least one id column")
         self.columns = list(tables)
-        # Module names cannot hold dots: tables are stored by position, in `columns` order.
-        self.tables = nn.ModuleList(nn.Embedding(n, dim) for n, _ in tables.values())
-        self.sizes = [n for n, _ in tables.values()]
-        self.hashed = [h for _, h in tables.values()]
-        for column, table in zip(self.columns, self.tables):
+        owned = {c: t for c, t in tables.items() if t is not None}
+        # Module names cannot hold dots: replicated tables are stored by position, in `columns` order.
+        self.tables = nn.ModuleList(nn.Embedding(n, dim) for n, _ in owned.values())
+        self.table_index = {c: i for i, c in enumerate(owned)}
+        self.sizes = [n for n, _ in owned.values()]
+        self.hashed = [h for _, h in owned.values()]
+        for column, table in zip(owned, self.tables):
             init_embedding_(table.weight, init or ("normal", dim ** -0.5), column)
         self.num_actions = num_actions
         # The last index is the candidate's "action".
@@ -106,7 +112,7 @@ class HistoryTokens(nn.Module):
             init_embedding_(self.actions.weight, init, "actions")
         self.continuous = nn.Linear(num_continuous, dim) if num_continuous else None
         self.block = dim
-        self.dim = dim * (len(self.tables) + (self.actions is not None) + (self.continuous is not None))
+        self.dim = dim * (len(self.columns) + (self.actions is not None) + (self.continuous is not None))
 
     def _lookup(self, index: int, ids: torch.Tensor) -> torch.Tensor:
         ids = ids.to(torch.int64)
@@ -114,9 +120,16 @@ class HistoryTokens(nn.Module):
             ids = hash_ids(ids)
         return self.tables[index](torch.remainder(ids, self.sizes[index]))
 
+    def _rows(self, inputs: dict[str, torch.Tensor], prefix: str, column: str) -> torch.Tensor:
+        """[B, L, dim] rows of one id column: looked up here, or given (a sharded table's rows)."""
+        index = self.table_index.get(column)
+        if index is None:
+            return inputs[prefix + "emb:" + column].float()
+        return self._lookup(index, inputs[prefix + "id:" + column])
+
     def items(self, inputs: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
         """[B, L, dim] tokens of the padded history."""
-        blocks = [self._lookup(i, inputs[prefix + "id:" + column]) for i, column in enumerate(self.columns)]
+        blocks = [self._rows(inputs, prefix, column) for column in self.columns]
         if self.actions is not None:
             actions = inputs[prefix + "actions"].to(torch.int64).clamp(0, self.num_actions - 1)
             blocks.append(self.actions(actions))
@@ -131,10 +144,15 @@ class HistoryTokens(nn.Module):
         "candidate" action and the continuous block of zero values."""
         batch = like.shape[0]
         blocks = []
-        for i, column in enumerate(self.columns):
-            key = prefix + "candidate:" + column
-            blocks.append(self._lookup(i, inputs[key]) if key in inputs
-                          else self.tables[i].weight.new_zeros(batch, self.block))
+        for column in self.columns:
+            index = self.table_index.get(column)
+            key = prefix + "candidate:" + (column if index is not None else "emb:" + column)
+            if key not in inputs:
+                blocks.append(like.new_zeros((batch, self.block), dtype=torch.float32))
+            elif index is None:
+                blocks.append(inputs[key].float())
+            else:
+                blocks.append(self._lookup(index, inputs[key]))
         if self.actions is not None:
             index = torch.full((batch,), self.num_actions, dtype=torch.int64, device=like.device)
             blocks.append(self.actions(index))
@@ -241,7 +259,8 @@ def request_groups(inputs: dict[str, torch.Tensor], prefix: str
         return None
     same = torch.ones(batch - 1, dtype=torch.bool, device=mask.device)
     for key, tensor in inputs.items():
-        if key.startswith(prefix) and not key.startswith(prefix + "candidate:"):
+        # A sharded table's rows follow from the ids, which are compared.
+        if key.startswith(prefix) and not key.startswith((prefix + "candidate:", prefix + "emb:")):
             flat = tensor.reshape(batch, -1)
             same &= (flat[1:] == flat[:-1]).all(dim=1)
     if not bool(same.any()):

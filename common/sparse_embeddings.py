@@ -1,4 +1,15 @@
-"""Large embedding tables over sparse id features: the torchrec EmbeddingBagCollection and the id transform.
+"""Large embedding tables over sparse id features: the torchrec collections and the id transform.
+
+A table read by pooled features only lives in an EmbeddingBagCollection. A table that an engagement history's id
+column reads too (its own table, or a candidate feature's table shared with the history) lives in an
+EmbeddingCollection, which returns one row per id (unpooled, "sequence" embeddings): torchrec cannot share one
+parameter between the two kinds of collection, so such a table's pooled features are looked up unpooled there too
+and pooled here (`pool_jagged`, the mean or sum of each bag's rows, what the bag collection computes), as
+TorchEasyRec looks a sequence group's candidate-side features up in the group's EmbeddingCollection. A feature
+processor was the other way: torchrec's only one feeds per-id weights into a pooled lookup and cannot return the
+rows one by one, and two collections each holding the table would be two tables. The cost: a shared table's pooled
+features send each id's row back from its shard instead of one pooled row per bag, and an EmbeddingCollection holds
+tables of one dim (one collection per dim).
 
 The transform (raw int64 ids -> [0, num_embeddings)) runs on the KeyedJaggedTensor's values before the lookup and
 stays outside the EmbeddingBagCollection, so a sharded collection (DistributedModelParallel) works unchanged.
@@ -17,7 +28,7 @@ from torch import nn
 from common.init import EmbeddingInit, embedding_initializer
 
 if TYPE_CHECKING:  # torchrec is imported where a table is built or looked up: the dense model runs without it
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 # The 64-bit golden-ratio constant as a signed int64 (multiplication wraps around in two's complement).
@@ -36,6 +47,14 @@ class LargeTableSpec:
     id_transform: str = "hash"
     # Initial weights: None keeps torchrec's uniform(+-sqrt(1/num_embeddings)); ("uniform", bound) or ("normal", std).
     init: EmbeddingInit | None = None
+    # Features looked up unpooled (history id columns, "<group>/id:<col>" and "<group>/candidate:<col>"): a table
+    # with any lives in an EmbeddingCollection, its pooled features are pooled by `pool_jagged`.
+    sequence_features: tuple[str, ...] = ()
+
+    @property
+    def unpooled(self) -> bool:
+        """True when the table lives in an EmbeddingCollection (some feature reads it unpooled)."""
+        return bool(self.sequence_features)
 
 
 def _init_fn(table: LargeTableSpec):
@@ -76,6 +95,42 @@ def build_embedding_bag_collection(
     return EmbeddingBagCollection(tables=configs, device=torch.device(device))
 
 
+def build_embedding_collections(
+    tables: list[LargeTableSpec], device: torch.device | str = "cpu"
+) -> dict[int, EmbeddingCollection]:
+    """{embedding_dim: the torchrec EmbeddingCollection of the tables of that dim} (an EmbeddingCollection holds
+    tables of one dim); each table reads its pooled and its sequence features."""
+    from torchrec.modules.embedding_configs import EmbeddingConfig
+    from torchrec.modules.embedding_modules import EmbeddingCollection
+
+    by_dim: dict[int, list] = {}
+    for t in tables:
+        by_dim.setdefault(t.embedding_dim, []).append(
+            EmbeddingConfig(
+                name=t.name,
+                feature_names=[*t.feature_names, *t.sequence_features],
+                num_embeddings=t.num_embeddings,
+                embedding_dim=t.embedding_dim,
+                init_fn=_init_fn(t),
+            )
+        )
+    return {dim: EmbeddingCollection(tables=configs, device=torch.device(device)) for dim, configs in by_dim.items()}
+
+
+def pool_jagged(values: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tensor:
+    """[B, D] sum or mean of each bag's rows (`values` [N, D], the bags' rows one after another, `lengths` [B]); an
+    empty bag gives zeros, as torchrec's pooled lookup does."""
+    lengths = lengths.to(torch.int64)
+    bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths,
+                                  output_size=values.shape[0])
+    out = values.new_zeros((lengths.numel(), values.shape[1])).index_add_(0, bag, values)
+    if mode == "mean":
+        out = out / lengths.clamp(min=1).to(out.dtype)[:, None]
+    elif mode != "sum":
+        raise ValueError(f"pooling {mode!r} is not one of sum, mean")
+    return out
+
+
 def pooled_embedding_dim(tables: list[LargeTableSpec]) -> int:
     """Width of the collection's pooled output: each feature contributes its table's dim."""
     return sum(t.embedding_dim * len(t.feature_names) for t in tables)
@@ -96,7 +151,7 @@ class SparseIdTransform(nn.Module):
                 raise ValueError(
                     f"large embedding table {t.name!r}: id_transform {t.id_transform!r} is not mod or hash"
                 )
-            for name in t.feature_names:
+            for name in (*t.feature_names, *t.sequence_features):
                 self.size_of[name] = t.num_embeddings
                 self.hashed[name] = t.id_transform == "hash"
         self.feature_names = list(self.size_of)

@@ -8,7 +8,9 @@ warning). The GPU build registers a real autograd kernel.
 
 `register_dense_lookup_backward()` adds the missing AutogradCPU kernel: the forward is fbgemm's own, the backward is
 the exact gradient of an embedding bag (each looked-up row receives its bag's output gradient, scaled by 1/length for
-mean pooling and by the per-id weight when there is one), in plain PyTorch. It does nothing where fbgemm already has
+mean pooling and by the per-id weight when there is one), in plain PyTorch. Unpooled lookups (pooling NONE, an
+EmbeddingCollection's data-parallel tables) are gathered here in both directions: fbgemm's CPU dense kernel pools
+them (one row per bag instead of one per id). It does nothing where fbgemm already has
 an autograd kernel, so it is safe to call on every device and more than once.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import torch
 
 _OP_NAME = "fbgemm::dense_embedding_codegen_lookup_function"
-_SUM, _MEAN = 0, 1
+_SUM, _MEAN, _NONE = 0, 1, 2
 _library: torch.library.Library | None = None
 
 
@@ -29,21 +31,43 @@ def _bag_layout(offsets: torch.Tensor, num_features: int) -> tuple[int, torch.Te
     return batch_size, lengths, bag_of_id
 
 
+def _unpooled_rows(args: dict) -> torch.Tensor:
+    """The flat positions in dev_weights of every id's row, [N, D]: one row per id (pooling NONE, where every
+    feature has the same dim)."""
+    d_offsets = args["D_offsets"].tolist()
+    num_features = len(d_offsets) - 1
+    dim = d_offsets[1] - d_offsets[0]
+    offsets, indices = args["offsets"].to(torch.int64), args["indices"].to(torch.int64)
+    batch_size, _, bag_of_id = _bag_layout(offsets, num_features)
+    feature = torch.div(bag_of_id, max(batch_size, 1), rounding_mode="floor")
+    start = args["weights_offsets"].to(torch.int64)[feature] + indices * dim
+    return start[:, None] + torch.arange(dim, device=indices.device)[None, :]
+
+
 class _DenseLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dev_weights, indice_weights, args):  # noqa: D102
-        op = torch.ops.fbgemm.dense_embedding_codegen_lookup_function
-        with torch._C._AutoDispatchBelowAutograd():
-            out = op(dev_weights=dev_weights, indice_weights=indice_weights, **args)
         ctx.args = args
         ctx.save_for_backward(dev_weights, indice_weights)
         ctx.has_indice_weights = indice_weights is not None
+        if args["pooling_mode"] == _NONE:
+            # Sequence (unpooled) lookups: fbgemm's CPU dense kernel pools them anyway, so the rows are gathered here.
+            if indice_weights is not None:
+                raise NotImplementedError("per-id weights have no meaning in an unpooled lookup")
+            return dev_weights[_unpooled_rows(args)]
+        op = torch.ops.fbgemm.dense_embedding_codegen_lookup_function
+        with torch._C._AutoDispatchBelowAutograd():
+            out = op(dev_weights=dev_weights, indice_weights=indice_weights, **args)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
         dev_weights, indice_weights = ctx.saved_tensors
         a = ctx.args
+        if a["pooling_mode"] == _NONE:
+            grad_weights = torch.zeros_like(dev_weights)
+            grad_weights.index_add_(0, _unpooled_rows(a).reshape(-1), grad_out.to(dev_weights.dtype).reshape(-1))
+            return grad_weights, None, None
         d_offsets = a["D_offsets"].tolist()
         num_features = len(d_offsets) - 1
         offsets, indices = a["offsets"].to(torch.int64), a["indices"].to(torch.int64)

@@ -197,9 +197,10 @@ class SparseOptimizers:
 
 
 def _table_of(parameter_name: str) -> str | None:
-    """The table name in `....embedding_bags.<table>.weight`, else None."""
+    """The table name in `....embedding_bags.<table>.weight` (an EmbeddingBagCollection's) or
+    `....embeddings.<table>.weight` (an EmbeddingCollection's), else None."""
     parts = parameter_name.split(".")
-    if len(parts) >= 3 and parts[-1] == "weight" and parts[-3] == "embedding_bags":
+    if len(parts) >= 3 and parts[-1] == "weight" and parts[-3] in ("embedding_bags", "embeddings"):
         return parts[-2]
     return None
 

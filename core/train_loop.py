@@ -469,6 +469,11 @@ class TrainLoop:
         if self.config.gradient_accumulation_steps > 1:
             # The pipeline runs the optimizer after every batch's backward and cannot hold DDP's gradient sync.
             return "gradient_accumulation_steps > 1"
+        # A model may say why torch.fx cannot trace it for the pipeline (a `train_pipeline_problem()` method).
+        for module in self.model.modules():
+            says = getattr(module, "train_pipeline_problem", None)
+            if callable(says) and says() is not None:
+                return says()
         return None
 
     def _wants_pipeline(self) -> bool:

@@ -105,8 +105,7 @@ def load_for_inference(config: RecapConfig, checkpoint: str | os.PathLike | None
     found = find_checkpoint(config, checkpoint)
     # Tables start on "meta" and get uninitialized CPU memory: every value is then read from the checkpoint.
     model_and_loss = build_model_and_loss(config, sparse_device="meta")
-    tables = model_and_loss.model.large_embeddings
-    if tables is not None:
+    for tables in model_and_loss.model.table_modules():
         tables.to_empty(device="cpu")
     load_weights(model_and_loss, found)
     return model_and_loss.eval()

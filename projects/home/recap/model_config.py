@@ -23,6 +23,11 @@ DEFAULT_EMBEDDING_INIT_STD = 0.01
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def history_table_name(group: str, column: str) -> str:
+    """The name of a history id column's own sharded table: `<group>_<column>`, non-alphanumerics as `_`."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{group}_{column}")
+
+
 # --- featurization of continuous features -------------------------------------------------------------------------
 class BatchNormConfig(BaseConfig):
     affine: bool = True
@@ -252,10 +257,54 @@ class MixtureConfig(BaseConfig):
 
 
 class HistoryTableConfig(BaseConfig):
-    """The embedding table of one history id column, shared with its candidate column's ids."""
+    """The embedding table of one history id column; its candidate column's ids are looked up in it too.
 
-    num_embeddings: int = Field(ge=1)
-    id_transform: Literal["mod", "hash"] = "hash"
+    One of three kinds:
+    - `table: <name>`: the rows of a model.large_embeddings table (its size, id transform, sharding and optimizer),
+      so a history item's author is the candidate's `author` row itself;
+    - `num_embeddings: N` (the default kind): a table of its own, sharded by torchrec like a large table and updated
+      by optimizer.sparse, named `<group>_<column>` (non-alphanumerics as `_`);
+    - `replicated: true` with `num_embeddings: N`: an nn.Embedding copied on every rank and trained by the dense
+      optimizer, for small vocabularies."""
+
+    table: str | None = None
+    num_embeddings: int | None = Field(default=None, ge=1)
+    # How raw ids are brought into [0, num_embeddings) (a shared table uses its own; default hash).
+    id_transform: Literal["mod", "hash"] | None = None
+    replicated: bool = False
+    # An own sharded table's placement, as model.large_embeddings' (a shared table is placed by its own entry).
+    sharding: Literal["auto", "data_parallel", "table_wise", "row_wise", "column_wise"] = "auto"
+    # An own sharded table's torchrec compute kernel, as model.large_embeddings' (auto: the planner's choice).
+    compute_kernel: Literal["auto", "fused", "dense", "fused_uvm", "fused_uvm_caching"] = "auto"
+
+    @property
+    def transform(self) -> str:
+        """The id transform of an own table (replicated or sharded)."""
+        return self.id_transform or "hash"
+
+    def problem(self) -> str | None:
+        """What is inconsistent in this entry (None when nothing): keys that do not go with its kind."""
+        placed = [k for k in ("sharding", "compute_kernel") if getattr(self, k) != "auto"]
+        if self.table is not None:
+            own = [k for k in ("num_embeddings", "id_transform") if getattr(self, k) is not None]
+            own += ["replicated"] if self.replicated else []
+            if own or placed:
+                return (f"names the large table {self.table!r}, whose rows, id transform and placement it uses: "
+                        f"remove {', '.join(own + placed)} (set them on that model.large_embeddings entry)")
+            return None
+        if self.num_embeddings is None:
+            return ("needs `table: <a model.large_embeddings name>` to share a large table, or `num_embeddings` "
+                    "for a table of its own")
+        if self.replicated and placed:
+            return f"is replicated (an nn.Embedding on every rank): {', '.join(placed)} apply to sharded tables only"
+        return None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        problem = self.problem()
+        if problem is not None:
+            raise ValueError(f"a history table {problem}")
+        return self
 
 
 class PoolingEncoderConfig(BaseConfig):
@@ -389,6 +438,31 @@ class ModelConfig(BaseConfig):
         small = [e.feature for e in self.small_embeddings]
         if len(small) != len(set(small)):
             raise ValueError(f"model.small_embeddings: a feature has two small embeddings ({small})")
+        return self
+
+    @model_validator(mode="after")
+    def _history_tables_exist(self):
+        large = {t.name: t for t in self.large_embeddings}
+        own: dict[str, str] = {}
+        for group, spec in self.sequences.items():
+            for column, table in spec.tables.items():
+                where = f"model.sequences.{group}.tables.{column}"
+                if table.table is not None:
+                    if table.table not in large:
+                        raise ValueError(f"{where}.table: {table.table!r} is not a model.large_embeddings table "
+                                         f"(known: {sorted(large)})")
+                    dim = large[table.table].embedding_dim
+                    if dim != spec.embedding_dim:
+                        raise ValueError(f"{where}.table: table {table.table!r} has embedding_dim {dim}, but "
+                                         f"model.sequences.{group}.embedding_dim is {spec.embedding_dim}; a history's "
+                                         "tables have its embedding_dim")
+                elif not table.replicated:
+                    name = history_table_name(group, column)
+                    if name in large or name in own:
+                        clash = "a model.large_embeddings table" if name in large else f"the table of {own[name]}"
+                        raise ValueError(f"{where}: its own table would be named {name!r}, which is {clash}; "
+                                         "rename one")
+                    own[name] = where
         return self
 
     @model_validator(mode="after")

@@ -43,10 +43,9 @@ def build_training(
     seed_everything(config.training.seed)
     model_and_loss = build_model_and_loss(config, sparse_device="meta")
     tasks = list(model_and_loss.task_names)
-    tables = model_and_loss.model.large_embeddings
-    settings = table_optimizer_settings(config)
-    if tables is not None:
-        apply_sparse_optimizer({name: bag.weight for name, bag in tables.embedding_bags.items()}, settings)
+    tables = model_and_loss.model.large_table_weights()
+    if tables:
+        apply_sparse_optimizer(tables, table_optimizer_settings(config))
     model = shard_model(
         model_and_loss,
         ctx,

@@ -19,18 +19,26 @@ from common.sparse_embeddings import (
     LargeTableSpec,
     SparseIdTransform,
     build_embedding_bag_collection,
+    build_embedding_collections,
     pooled_embedding_dim,
 )
 from projects.home.recap.data.config import FeatureSchema
 from projects.home.recap.model.feature_stats import load_feature_stats
 from projects.home.recap.model.loss import ModelAndLoss
-from projects.home.recap.model.multi_task import AffineMap, DenseRankingModel, MultiTaskRankingModel, TaskHead
+from projects.home.recap.model.multi_task import (
+    AffineMap,
+    DenseRankingModel,
+    MultiTaskRankingModel,
+    TaskHead,
+    UnpooledTables,
+)
 from projects.home.recap.model.numeric_boundaries import load_boundaries
 from projects.home.recap.model_config import (
     FeaturizationConfig,
     MlpConfig,
     ModelConfig,
     TowerConfig,
+    history_table_name,
 )
 from projects.home.recap.schema import RecapConfig
 
@@ -107,8 +115,9 @@ def build_histories(config: RecapConfig) -> nn.ModuleDict | None:
         dim = spec.embedding_dim
         tokens = HistoryTokens(
             dim,
-            {c.name: (spec.tables[c.name].num_embeddings, spec.tables[c.name].id_transform == "hash")
-             for c in group.ids},
+            # Replicated tables are owned by the tokens; the others' rows come from the sharded lookup.
+            {c.name: (spec.tables[c.name].num_embeddings, spec.tables[c.name].transform == "hash")
+             if spec.tables[c.name].replicated else None for c in group.ids},
             spec.num_actions,
             len(group.continuous),
             config.model.init_of(spec.init),
@@ -155,9 +164,30 @@ def build_featurizer(config: FeaturizationConfig, schema: FeatureSchema) -> nn.M
     return ZScoreLog(mean, std, b, z.clip_magnitude)
 
 
+def history_table_features(config: RecapConfig) -> dict[str, list[str]]:
+    """{table name: the unpooled features that read it}: each sharded history id column ("<group>/id:<col>") and its
+    candidate's id ("<group>/candidate:<col>", when the column has a candidate), in the table its config names (a
+    model.large_embeddings table, or its own `<group>_<column>`)."""
+    out: dict[str, list[str]] = {}
+    for group, data in config.data.features.sequences.items():
+        spec = config.model.sequences[group]
+        for column in data.ids:
+            table = spec.tables[column.name]
+            if table.replicated:
+                continue
+            name = table.table if table.table is not None else history_table_name(group, column.name)
+            keys = out.setdefault(name, [])
+            keys.append(f"{group}/id:{column.name}")
+            if column.candidate:
+                keys.append(f"{group}/candidate:{column.name}")
+    return out
+
+
 def large_table_specs(config: RecapConfig) -> list[LargeTableSpec]:
-    """The large embedding tables of the config."""
-    return [
+    """The large embedding tables of the config: model.large_embeddings (with the history columns that share
+    them), then the history id columns' own sharded tables."""
+    readers = history_table_features(config)
+    tables = [
         LargeTableSpec(
             name=t.name,
             feature_names=tuple(t.feature_names),
@@ -166,13 +196,55 @@ def large_table_specs(config: RecapConfig) -> list[LargeTableSpec]:
             pooling=t.pooling,
             id_transform=t.id_transform,
             init=config.model.init_of(t.init),
+            sequence_features=tuple(readers.get(t.name, ())),
         )
         for t in config.model.large_embeddings
     ]
+    for group, data in config.data.features.sequences.items():
+        spec = config.model.sequences[group]
+        for column in data.ids:
+            table = spec.tables[column.name]
+            if table.replicated or table.table is not None:
+                continue
+            name = history_table_name(group, column.name)
+            assert table.num_embeddings is not None  # HistoryTableConfig validates an own table's size
+            tables.append(LargeTableSpec(
+                name=name,
+                feature_names=(),
+                num_embeddings=table.num_embeddings,
+                embedding_dim=spec.embedding_dim,
+                id_transform=table.transform,
+                # The history tables' default: normal with std dim ** -0.5 (common/history.py).
+                init=config.model.init_of(spec.init) or ("normal", spec.embedding_dim ** -0.5),
+                sequence_features=tuple(readers[name]),
+            ))
+    return tables
+
+
+def build_unpooled_tables(tables: list[LargeTableSpec], sparse_device: torch.device | str) -> UnpooledTables | None:
+    """The EmbeddingCollections (one per embedding dim) of the tables some history id column reads, with their id
+    transforms; None when there are none."""
+    unpooled = [t for t in tables if t.unpooled]
+    if not unpooled:
+        return None
+    collections = build_embedding_collections(unpooled, sparse_device)
+    history: dict[str, list[str]] = {}
+    for t in unpooled:
+        for key in t.sequence_features:
+            group, _, field = key.partition("/")
+            if field.startswith("id:"):
+                history.setdefault(group, []).append(field[len("id:"):])
+    return UnpooledTables(
+        nn.ModuleDict({f"dim_{dim}": c for dim, c in collections.items()}),
+        nn.ModuleDict({f"dim_{dim}": SparseIdTransform([t for t in unpooled if t.embedding_dim == dim])
+                       for dim in collections}),
+        {name: t.pooling for t in unpooled for name in t.feature_names},
+        history,
+    )
 
 
 def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") -> MultiTaskRankingModel:
-    """The MultiTaskRankingModel of a validated config; the EmbeddingBagCollection is created on `sparse_device`."""
+    """The MultiTaskRankingModel of a validated config; the torchrec collections are created on `sparse_device`."""
     model, schema = config.model, config.data.features
     featurizer = build_featurizer(model.featurization, schema)
     dense_embeddings = (
@@ -254,10 +326,14 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
         raise ValueError(
             f"model.tasks: a task name clashes with a module attribute ({exc}); rename the task"
         ) from None
-    if not tables:
-        return MultiTaskRankingModel(dense)
+    bags = [t for t in tables if not t.unpooled]
     return MultiTaskRankingModel(
-        dense, build_embedding_bag_collection(tables, sparse_device), SparseIdTransform(tables)
+        dense,
+        build_embedding_bag_collection(bags, sparse_device) if bags else None,
+        SparseIdTransform(bags) if bags else None,
+        build_unpooled_tables(tables, sparse_device),
+        # The pooled features in config order, wherever their table lives.
+        [name for t in tables for name in t.feature_names],
     )
 
 

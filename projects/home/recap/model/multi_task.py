@@ -1,8 +1,9 @@
 """MultiTaskRankingModel: featurized inputs -> [backbone] -> one tower, logit and calibration per task.
 
-The model is split at the sparse lookup: `MultiTaskRankingModel` holds the id transform and the torchrec
-EmbeddingBagCollection (`large_embeddings`, shardable) and calls `DenseRankingModel`, which takes plain tensors and
-can be exported with torch.export (or scripted) for serving.
+The model is split at the sparse lookup: `MultiTaskRankingModel` holds the id transforms and the torchrec
+collections (`large_embeddings`, an EmbeddingBagCollection, and `large_embeddings_unpooled`, one EmbeddingCollection
+per embedding dim for the tables that history id columns read; all shardable) and calls `DenseRankingModel`, which
+takes plain tensors and can be exported with torch.export (or scripted) for serving.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from torch import nn
 
 from common.batch import RecapBatch
 from common.calibration import calibrate_logits
-from common.history import padded_history
-from common.sparse_embeddings import SparseIdTransform
+from common.history import pad_jagged, padded_history
+from common.sparse_embeddings import SparseIdTransform, pool_jagged
 
 if TYPE_CHECKING:  # only the sparse lookup needs torchrec: DenseRankingModel runs without it
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+    from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 MultiTaskType = Literal["share_none", "share_all", "share_partial", "mmoe", "ple"]
 
@@ -220,15 +221,27 @@ class MultiTaskRankingModel(nn.Module):
         dense: DenseRankingModel,
         large_embeddings: EmbeddingBagCollection | None = None,
         id_transform: SparseIdTransform | None = None,
+        unpooled: UnpooledTables | None = None,
+        sparse_feature_names: list[str] | None = None,
     ) -> None:
+        """unpooled: the tables history id columns read (see UnpooledTables); sparse_feature_names: the order of
+        the pooled features in the dense input (default: the bag collection's)."""
         super().__init__()
         if (large_embeddings is None) != (id_transform is None):
             raise ValueError("large_embeddings and id_transform go together")
         self.dense = dense
         self.large_embeddings = large_embeddings
         self.id_transform = id_transform
-        # Kept here: torchrec's train pipeline wraps id_transform (a PipelinedPostproc without its attributes).
-        self.sparse_feature_names = list(id_transform.feature_names) if id_transform is not None else []
+        self.large_embeddings_unpooled = unpooled.collections if unpooled is not None else None
+        self.unpooled_transforms = unpooled.transforms if unpooled is not None else None
+        # Kept as plain data: torchrec's train pipeline wraps the id transforms (PipelinedPostproc).
+        self.unpooled_pooling = dict(unpooled.pooling) if unpooled is not None else {}
+        self.history_columns = dict(unpooled.history_columns) if unpooled is not None else {}
+        self.bag_feature_names = list(id_transform.feature_names) if id_transform is not None else []
+        pooled = self.bag_feature_names + list(self.unpooled_pooling)
+        self.sparse_feature_names = list(sparse_feature_names) if sparse_feature_names is not None else pooled
+        if self.table_modules() and sorted(self.sparse_feature_names) != sorted(pooled):
+            raise ValueError(f"sparse_feature_names {self.sparse_feature_names} are not the pooled features {pooled}")
 
     @property
     def task_modules(self) -> nn.ModuleDict:
@@ -248,9 +261,31 @@ class MultiTaskRankingModel(nn.Module):
         """Non-finite continuous values replaced by 0 in training since the last call (a device sync)."""
         return self.dense.featurizer.pop_non_finite_count()
 
-    def embed_sparse(self, sparse: KeyedJaggedTensor | None, batch_size: int) -> torch.Tensor:
-        """Pooled large embeddings [B, P] of the batch's sparse ids (ids mapped into range first)."""
-        if self.large_embeddings is None:
+    def train_pipeline_problem(self) -> str | None:
+        """Why torchrec's TrainPipelineSparseDist cannot train this model (None when it can): its symbolic trace
+        cannot follow the history groups' dicts of tensors (core/train_loop.py then trains without it)."""
+        if self.dense.histories is not None:
+            return "the model encodes engagement histories, whose inputs torch.fx cannot trace"
+        return None
+
+    def large_table_weights(self) -> dict[str, nn.Parameter]:
+        """{table name: weight} of every large table (bag and unpooled collections), unsharded."""
+        out = {} if self.large_embeddings is None else {
+            name: bag.weight for name, bag in self.large_embeddings.embedding_bags.items()}
+        for collection in (self.large_embeddings_unpooled or {}).values():
+            out.update({name: table.weight for name, table in collection.embeddings.items()})
+        return out
+
+    def table_modules(self) -> list[nn.Module]:
+        """The torchrec collections (on "meta" until materialized)."""
+        unpooled = list(self.large_embeddings_unpooled.values()) if self.large_embeddings_unpooled else []
+        return ([self.large_embeddings] if self.large_embeddings is not None else []) + unpooled
+
+    def embed_sparse(self, sparse: KeyedJaggedTensor | None, batch_size: int,
+                     unpooled: dict[str, JaggedTensor] | None = None) -> torch.Tensor:
+        """Pooled large embeddings [B, P] of the batch's sparse ids (ids mapped into range first); `unpooled`: the
+        rows of the features whose table lives in an EmbeddingCollection (`lookup_unpooled`), pooled here."""
+        if not self.sparse_feature_names:
             return torch.zeros(batch_size, 0, device=self.dense.log_ratio.device)
         if sparse is None:
             raise ValueError(
@@ -258,25 +293,115 @@ class MultiTaskRankingModel(nn.Module):
             )
         from torchrec.sparse.jagged_tensor import KeyedTensor
 
-        pooled = self.large_embeddings(self.id_transform(sparse))
-        # A sharded collection orders its output by sharding plan, not by table config: regroup by feature name so
-        # the dense part sees the same columns whatever the world size.
-        return KeyedTensor.regroup([pooled], [list(self.sparse_feature_names)])[0]
+        if self.large_embeddings is not None:
+            pooled = self.large_embeddings(self.id_transform(sparse))
+            if not self.unpooled_pooling:
+                # A sharded collection orders its output by sharding plan, not by table config: regroup by feature
+                # name so the dense part sees the same columns whatever the world size.
+                return KeyedTensor.regroup([pooled], [list(self.sparse_feature_names)])[0]
+            by_feature = pooled.to_dict()
+        else:
+            by_feature = {}
+        if unpooled is None:
+            unpooled = self.lookup_unpooled(sparse, {}, batch_size)
+        for name, mode in self.unpooled_pooling.items():
+            rows = unpooled[name]
+            by_feature[name] = pool_jagged(rows.values(), rows.lengths(), mode)
+        return torch.cat([by_feature[name] for name in self.sparse_feature_names], dim=1)
 
-    def padded_histories(self, batch: RecapBatch) -> dict[str, torch.Tensor] | None:
-        """The batch's jagged history groups padded to their max_length on the batch's device (common/history.py)."""
+    def lookup_unpooled(self, sparse: KeyedJaggedTensor | None, sequences: dict[str, dict[str, torch.Tensor]],
+                        batch_size: int) -> dict[str, JaggedTensor]:
+        """{feature: its rows} from the EmbeddingCollections: the pooled features of tables shared with a history
+        (from `sparse`), each history id column's items ("<group>/id:<col>", the group's lengths) and its
+        candidate's id ("<group>/candidate:<col>", one per row); one KeyedJaggedTensor per collection."""
+        if self.large_embeddings_unpooled is None:
+            return {}
+        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+        history = _history_features(self.history_columns, sequences, batch_size)
+        out: dict[str, JaggedTensor] = {}
+        for key, collection in self.large_embeddings_unpooled.items():
+            transform = self.unpooled_transforms[key]
+            names = list(transform.feature_names)
+            parts = []
+            pooled = [n for n in names if n in self.unpooled_pooling]
+            if pooled:
+                absent = [n for n in pooled if sparse is None or n not in sparse.keys()]
+                if absent:
+                    raise ValueError(f"the model has large embeddings for the sparse features {absent}, which the "
+                                     f"batch lacks (it has {None if sparse is None else sparse.keys()})")
+                parts.append(sparse.permute([sparse.keys().index(n) for n in pooled]))
+            own = [n for n in names if n not in self.unpooled_pooling]
+            if own:
+                missing = [n for n in own if n not in history]
+                if missing:
+                    raise ValueError(f"the model looks up the history columns {missing}, which the batch lacks")
+                parts.append(KeyedJaggedTensor(
+                    keys=own, values=torch.cat([history[n][0] for n in own]).to(torch.int64),
+                    lengths=torch.cat([history[n][1] for n in own]).to(torch.int32), stride=batch_size))
+            features = parts[0] if len(parts) == 1 else KeyedJaggedTensor.concat(parts)
+            out.update(collection(transform(features)))
+        return out
+
+    def padded_histories(self, batch: RecapBatch, unpooled: dict[str, JaggedTensor] | None = None
+                         ) -> dict[str, torch.Tensor] | None:
+        """The batch's jagged history groups padded to their max_length on the batch's device (common/history.py),
+        with the rows of the columns whose table is sharded ("<group>/emb:<col>" [B, L, D] zeros past each row's
+        length, "<group>/candidate:emb:<col>" [B, D]); `unpooled` is `lookup_unpooled`'s output (looked up here
+        when None)."""
         lengths = self.dense.history_lengths
         if not lengths:
             return None
         missing = [g for g in lengths if g not in batch.sequences]
         if missing:
             raise ValueError(f"the model encodes the histories {missing}, which the batch does not carry")
+        if unpooled is None and self.history_columns:
+            unpooled = self.lookup_unpooled(batch.sparse, batch.sequences, batch.batch_size)
         out: dict[str, torch.Tensor] = {}
         for group, max_length in lengths.items():
-            out.update(padded_history(batch.sequences[group], max_length, group + "/"))
+            prefix = group + "/"
+            out.update(padded_history(batch.sequences[group], max_length, prefix))
+            for column in self.history_columns.get(group, []):
+                rows = unpooled[prefix + "id:" + column]
+                out[prefix + "emb:" + column] = pad_jagged(rows.values(), rows.lengths(), max_length)
+                candidate = unpooled.get(prefix + "candidate:" + column)
+                if candidate is not None:
+                    out[prefix + "candidate:emb:" + column] = candidate.values()
         return out
 
     def forward(self, batch: RecapBatch) -> dict[str, torch.Tensor]:
-        pooled = self.embed_sparse(batch.sparse, batch.batch_size)
+        unpooled = self.lookup_unpooled(batch.sparse, batch.sequences, batch.batch_size)
+        pooled = self.embed_sparse(batch.sparse, batch.batch_size, unpooled)
         return self.dense(batch.continuous, batch.binary, batch.discrete, batch.embeddings, pooled,
-                          self.padded_histories(batch))
+                          self.padded_histories(batch, unpooled))
+
+
+class UnpooledTables:
+    """What MultiTaskRankingModel needs for the tables that history id columns read: the EmbeddingCollections and
+    their id transforms (ModuleDicts keyed "dim_<embedding_dim>"), the pooling of the pooled features that read
+    them ({feature: "sum" or "mean"}) and the history id columns they serve ({group: [column]})."""
+
+    def __init__(self, collections: nn.ModuleDict, transforms: nn.ModuleDict, pooling: dict[str, str],
+                 history_columns: dict[str, list[str]]) -> None:
+        if list(collections) != list(transforms):
+            raise ValueError(f"collections {list(collections)} and id transforms {list(transforms)} differ")
+        self.collections = collections
+        self.transforms = transforms
+        self.pooling = pooling
+        self.history_columns = history_columns
+
+
+def _history_features(columns: dict[str, list[str]], sequences: dict[str, dict[str, torch.Tensor]],
+                      batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{"<group>/id:<col>" or "<group>/candidate:<col>": (ids, lengths [B])} of the batch's history columns."""
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for group, names in columns.items():
+        fields = sequences.get(group)
+        if fields is None:
+            continue
+        for column in names:
+            out[f"{group}/id:{column}"] = (fields["id:" + column], fields["lengths"])
+            candidate = fields.get("candidate:" + column)
+            if candidate is not None:
+                out[f"{group}/candidate:{column}"] = (candidate, torch.ones_like(fields["lengths"]))
+    return out

@@ -20,7 +20,7 @@ def dense_parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     groups: dict[str, list[nn.Parameter]] = {SHARED: [], **{t: [] for t in ranking.task_names}}
     prefixes = {f"task_modules.{t}.": t for t in ranking.task_names}
     for name, param in model.named_parameters():
-        if not param.requires_grad or "large_embeddings." in name:
+        if not param.requires_grad or "large_embeddings." in name or "large_embeddings_unpooled." in name:
             continue
         group = next((t for prefix, t in prefixes.items() if prefix in name), SHARED)
         groups[group].append(param)

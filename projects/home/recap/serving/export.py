@@ -32,7 +32,7 @@ from common.sparse_embeddings import HASH_MULTIPLIER  # re-exported for metadata
 from projects.home.recap.data import list_checks
 from projects.home.recap.model.multi_task import MultiTaskRankingModel
 from projects.home.recap.schema import RecapConfig
-from projects.home.recap.serving.serving_model import ServedSparseFeature, ServingRanker
+from projects.home.recap.serving.serving_model import ServedHistoryColumn, ServedSparseFeature, ServingRanker
 
 FORMAT = "recap-serving/1"
 MODEL_FILE = "model.pt2"
@@ -74,56 +74,100 @@ def _check_model(model: MultiTaskRankingModel) -> None:
     elsewhere = [f"{name} ({t.device})" for name, t in tensors if t.device.type != "cpu"]
     if elsewhere:
         raise ExportError(f"export needs the model on CPU; {elsewhere[:3]} are not; call model.cpu() first")
-    if model.large_embeddings is None:
+    if model.large_embeddings is None and model.large_embeddings_unpooled is None:
         return
     # torchrec only where there are tables: a model without them exports without torchrec installed.
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
-    if type(model.large_embeddings) is not EmbeddingBagCollection:
+    if model.large_embeddings is not None and type(model.large_embeddings) is not EmbeddingBagCollection:
         raise ExportError(
             f"large_embeddings is a {type(model.large_embeddings).__name__}; export needs the unsharded torchrec "
             "EmbeddingBagCollection with every table fully on this process"
         )
+    for key, collection in (model.large_embeddings_unpooled or {}).items():
+        if type(collection) is not EmbeddingCollection:
+            raise ExportError(
+                f"large_embeddings_unpooled.{key} is a {type(collection).__name__}; export needs the unsharded "
+                "torchrec EmbeddingCollection with every table fully on this process"
+            )
+
+
+def _plain_weight(name: str, weight: torch.Tensor) -> torch.Tensor:
+    if type(weight.detach()) is not torch.Tensor:
+        raise ExportError(
+            f"table {name!r} weight is a {type(weight.detach()).__name__}, not a plain tensor; export an unsharded model"
+        )
+    return weight
+
+
+def _served_tables(model: MultiTaskRankingModel):
+    """(tables, {feature: (table, rows, dim, pooling)}, {feature: "hash" or "mod"}) of both collections."""
+    from torchrec.modules.embedding_configs import pooling_type_to_str
+
+    tables: dict[str, torch.Tensor] = {}
+    reads: dict[str, tuple[str, int, int, str]] = {}
+    transforms: dict[str, str] = {}
+    ebc = model.large_embeddings
+    if ebc is not None:
+        if ebc.is_weighted():
+            raise ExportError("large_embeddings is a weighted EmbeddingBagCollection, which serving does not support")
+        for cfg in ebc.embedding_bag_configs():
+            tables[cfg.name] = _plain_weight(cfg.name, ebc.embedding_bags[cfg.name].weight)
+            reads.update({f: (cfg.name, cfg.num_embeddings, cfg.embedding_dim, pooling_type_to_str(cfg.pooling))
+                          for f in cfg.feature_names})
+        transforms.update(_transforms(model.id_transform, reads))
+    for key, collection in (model.large_embeddings_unpooled or {}).items():
+        own: dict[str, tuple[str, int, int, str]] = {}
+        for cfg in collection.embedding_configs():
+            tables[cfg.name] = _plain_weight(cfg.name, collection.embeddings[cfg.name].weight)
+            # Pooled features pool by their table's config; history columns are looked up unpooled ("none").
+            own.update({f: (cfg.name, cfg.num_embeddings, cfg.embedding_dim, model.unpooled_pooling.get(f, "none"))
+                        for f in cfg.feature_names})
+        transforms.update(_transforms(model.unpooled_transforms[key], own))
+        reads.update(own)
+    return tables, reads, transforms
+
+
+def _transforms(transform, reads: dict[str, tuple[str, int, int, str]]) -> dict[str, str]:
+    """{feature: its id transform}, after checking the transform maps into its table's rows."""
+    out = {}
+    for name, (table, rows, _, _) in reads.items():
+        if transform.size_of.get(name) != rows:
+            raise ExportError(f"sparse feature {name!r}: the id transform maps into {transform.size_of.get(name)} rows "
+                              f"but table {table!r} has {rows}")
+        out[name] = "hash" if transform.hashed[name] else "mod"
+    return out
+
+
+def _history_id_tables(model: MultiTaskRankingModel) -> dict[str, dict[str, Any]]:
+    """{"<group>/id:<col>": its table, size, dim and id transform} of the history columns with a sharded table."""
+    if not model.history_columns:
+        return {}
+    _, reads, transforms = _served_tables(model)
+    out = {}
+    for group, columns in model.history_columns.items():
+        for column in columns:
+            key = f"{group}/id:{column}"
+            table, rows, dim, _ = reads[key]
+            out[key] = {"table": table, "num_embeddings": rows, "embedding_dim": dim, "id_transform": transforms[key]}
+    return out
 
 
 def build_serving_model(model: MultiTaskRankingModel) -> ServingRanker:
-    """The ServingRanker sharing the model's dense part and embedding tables (no copies)."""
+    """The ServingRanker sharing the model's dense part and embedding tables (no copies), with the history id
+    columns whose table is sharded looked up in the same tables."""
     _check_model(model)
-    ebc = model.large_embeddings
-    if ebc is None:
+    if model.large_embeddings is None and model.large_embeddings_unpooled is None:
         return ServingRanker(model.dense, {}, [])
-    from torchrec.modules.embedding_configs import pooling_type_to_str
-
-    if ebc.is_weighted():
-        raise ExportError("large_embeddings is a weighted EmbeddingBagCollection, which serving does not support")
-    transform = model.id_transform
-    tables: dict[str, torch.Tensor] = {}
-    features: list[ServedSparseFeature] = []
-    for cfg in ebc.embedding_bag_configs():
-        weight = ebc.embedding_bags[cfg.name].weight
-        if type(weight.detach()) is not torch.Tensor:
-            raise ExportError(
-                f"table {cfg.name!r} weight is a {type(weight.detach()).__name__}, not a plain tensor; "
-                "export an unsharded model"
-            )
-        tables[cfg.name] = weight
-        for name in cfg.feature_names:
-            if transform.size_of.get(name) != cfg.num_embeddings:
-                raise ExportError(
-                    f"sparse feature {name!r}: the id transform maps into {transform.size_of.get(name)} rows "
-                    f"but table {cfg.name!r} has {cfg.num_embeddings}"
-                )
-            features.append(
-                ServedSparseFeature(
-                    name=name,
-                    table=cfg.name,
-                    num_embeddings=cfg.num_embeddings,
-                    embedding_dim=cfg.embedding_dim,
-                    pooling=pooling_type_to_str(cfg.pooling),
-                    id_transform="hash" if transform.hashed[name] else "mod",
-                )
-            )
-    return ServingRanker(model.dense, tables, features)
+    tables, reads, transforms = _served_tables(model)
+    features = [ServedSparseFeature(name=name, table=reads[name][0], num_embeddings=reads[name][1],
+                                    embedding_dim=reads[name][2], pooling=reads[name][3], id_transform=transforms[name])
+                for name in model.sparse_feature_names]
+    history = [ServedHistoryColumn(group=group, column=column, table=reads[f"{group}/id:{column}"][0],
+                                   num_embeddings=reads[f"{group}/id:{column}"][1],
+                                   id_transform=transforms[f"{group}/id:{column}"])
+               for group, columns in model.history_columns.items() for column in columns]
+    return ServingRanker(model.dense, tables, features, history)
 
 
 def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -321,6 +365,8 @@ def serving_metadata(
             }
             for f in features
         ],
+        # The sharded tables history id columns are looked up in (inside the program, from the raw ids).
+        "history_id_tables": _history_id_tables(model),
         "id_transforms": dict(ID_TRANSFORMS, hash_multiplier=HASH_MULTIPLIER),
         "ignored_at_serving": [position.feature] if position is not None else [],
         "id_columns": list(schema.ids),

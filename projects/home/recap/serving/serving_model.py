@@ -9,7 +9,10 @@ the same id transform as in training (common.sparse_embeddings), then F.embeddin
 weights, and the DenseRankingModel maps everything to logits, probabilities and calibrated probabilities [B, T].
 A model with engagement histories takes a 7th input, `histories`: {"<group>/mask": [B, L] bool, "<group>/id:<col>",
 "<group>/actions": [B, L] int64, "<group>/continuous": [B, L, C] float32, "<group>/candidate:<col>": [B] int64},
-each group padded to its max_length, most recent item first (common/history.py).
+each group padded to its max_length, most recent item first (common/history.py). A history id column whose table
+is a sharded one (`history_columns`: a large table shared with a candidate feature, or its own) is looked up here in
+that table, with that table's id transform: its rows join the histories as "<group>/emb:<col>" [B, L, D] (zeros
+past each row's length) and "<group>/candidate:emb:<col>" [B, D], as the training model's lookup gives them.
 """
 
 from __future__ import annotations
@@ -37,13 +40,40 @@ class ServedSparseFeature:
     id_transform: str  # "hash" or "mod"
 
 
+@dataclass(frozen=True)
+class ServedHistoryColumn:
+    """A history id column looked up in one of the served tables: its group, column, table and id transform."""
+
+    group: str
+    column: str
+    table: str
+    num_embeddings: int
+    id_transform: str  # "hash" or "mod"
+
+
+def _table_rows(ids: torch.Tensor, weight: torch.Tensor, num_embeddings: int, id_transform: str) -> torch.Tensor:
+    """The rows of raw int64 ids, through the id transform (common.sparse_embeddings)."""
+    ids = ids.to(torch.int64)
+    if id_transform == "hash":
+        ids = hash_ids(ids)
+    return F.embedding(torch.remainder(ids, num_embeddings), weight)
+
+
 class ServingRanker(nn.Module):
     """Id transform + embedding-bag pooling over plain weight tensors, then the dense ranking model."""
 
     def __init__(
-        self, dense: nn.Module, tables: dict[str, torch.Tensor], features: list[ServedSparseFeature]
+        self, dense: nn.Module, tables: dict[str, torch.Tensor], features: list[ServedSparseFeature],
+        history_columns: list[ServedHistoryColumn] | None = None,
     ) -> None:
         super().__init__()
+        for c in history_columns or []:
+            if c.table not in tables or c.id_transform not in ("hash", "mod"):
+                raise ValueError(f"history column {c.group}/{c.column}: table {c.table!r} is not given or id_transform "
+                                 f"{c.id_transform!r} is not hash or mod")
+            if tables[c.table].shape[0] != c.num_embeddings:
+                raise ValueError(f"table {c.table!r} has {tables[c.table].shape[0]} rows, history column "
+                                 f"{c.group}/{c.column} expects {c.num_embeddings}")
         for f in features:
             if f.table not in tables:
                 raise ValueError(f"sparse feature {f.name!r} reads table {f.table!r}, which is not given")
@@ -61,6 +91,7 @@ class ServingRanker(nn.Module):
             {name: nn.Parameter(w.detach(), requires_grad=False) for name, w in tables.items()}
         )
         self.features = list(features)
+        self.history_columns = list(history_columns or [])
 
     @property
     def feature_names(self) -> list[str]:
@@ -102,7 +133,24 @@ class ServingRanker(nn.Module):
             pooled_sparse = continuous.new_zeros(continuous.shape[0], 0)
         if histories is None:
             return self.dense(continuous, binary, discrete, embeddings, pooled_sparse)
-        return self.dense(continuous, binary, discrete, embeddings, pooled_sparse, histories)
+        return self.dense(continuous, binary, discrete, embeddings, pooled_sparse, self._with_rows(histories))
+
+    def _with_rows(self, histories: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The histories with the rows of the columns whose table is served here."""
+        if not self.history_columns:
+            return histories
+        out = dict(histories)
+        for c in self.history_columns:
+            prefix = c.group + "/"
+            weight = self.tables[c.table]
+            mask = histories[prefix + "mask"]
+            rows = _table_rows(histories[prefix + "id:" + c.column], weight, c.num_embeddings, c.id_transform)
+            out[prefix + "emb:" + c.column] = rows * mask.unsqueeze(-1).to(rows.dtype)
+            candidate = histories.get(prefix + "candidate:" + c.column)
+            if candidate is not None:
+                out[prefix + "candidate:emb:" + c.column] = _table_rows(candidate, weight, c.num_embeddings,
+                                                                        c.id_transform)
+        return out
 
 
 def serving_inputs(

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import os
 
+from core.storage import location_argument
 from projects.home.recap.data.census import STATS_FILE, convert_census
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="census-income.data(.gz) or census-income.test(.gz)")
-    parser.add_argument("--output", required=True, help="directory; writes OUTPUT/{train,validation,test}")
+    parser.add_argument("--output", required=True, type=location_argument, help="directory; writes OUTPUT/{train,validation,test}")
     parser.add_argument("--seed", type=int, default=0, help="seed of the 80/10/10 split")
 
 

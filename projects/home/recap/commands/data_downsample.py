@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from core.progress import Progress
+from core.storage import location_argument
 from projects.home.recap.data.downsampling import downsample_negatives
 from projects.home.recap.data.files import scan_dataset
 from projects.home.recap.schema import load_recap_config
@@ -20,7 +21,7 @@ from projects.home.recap.schema import load_recap_config
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML")
-    parser.add_argument("--output", required=True, help="directory for the downsampled parquet files")
+    parser.add_argument("--output", required=True, type=location_argument, help="directory for the downsampled parquet files")
     parser.add_argument("--keep-rate", type=float, required=True, help="fraction of all-negative rows kept, (0, 1]")
     parser.add_argument("--dataset", default="train", help="'train' or a name in data.validation (default: train)")
     parser.add_argument("--weight-column", help="column holding the row weight (default: data.features.weight, "

@@ -9,6 +9,7 @@ import os
 import time
 
 from core.log import get_logger
+from core.storage import location_argument
 from projects.home.recap.data.synthetic import DEFAULT_SPLITS, SyntheticSpec, generate
 
 logger = get_logger(__name__)
@@ -18,7 +19,7 @@ DEFAULT_ROWS = 500_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True, help="directory; writes OUTPUT/train, OUTPUT/validation, OUTPUT/test")
+    parser.add_argument("--output", required=True, type=location_argument, help="directory; writes OUTPUT/train, OUTPUT/validation, OUTPUT/test")
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"total rows over all splits ({DEFAULT_ROWS})")
     parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same files")
     parser.add_argument("--rows-per-file", type=int, default=50_000)

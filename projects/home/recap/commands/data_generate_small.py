@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import os
 
+from core.storage import location_argument
 from projects.home.recap.baselines.small_data import DEFAULT_ROWS, generate_small
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True, help="directory; writes OUTPUT/train, OUTPUT/validation, OUTPUT/test")
+    parser.add_argument("--output", required=True, type=location_argument, help="directory; writes OUTPUT/train, OUTPUT/validation, OUTPUT/test")
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"total rows over all splits ({DEFAULT_ROWS:,})")
     parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same files")
 

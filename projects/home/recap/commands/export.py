@@ -7,6 +7,7 @@ import sys
 
 from core.checkpoint import CheckpointError
 from core.log import get_logger
+from core.storage import location_argument
 from projects.home.recap.commands.run_source import add_source_arguments, checkpoint_of, load_source_config
 
 logger = get_logger(__name__)
@@ -15,7 +16,7 @@ logger = get_logger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser, "checkpoint directory to export, or a run's save_dir (its latest); required "
                                  "with --config")
-    parser.add_argument("--output", required=True, help="artifact directory to write (model.pt2, metadata.json, ...)")
+    parser.add_argument("--output", required=True, type=location_argument, help="artifact directory to write (model.pt2, metadata.json, ...)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact in --output")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value (repeatable), e.g. --set data.tasks.fav.neg_rate=0.1")

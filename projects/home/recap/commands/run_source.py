@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from core.config import ConfigError
+from core.storage import location_argument
 from projects.home.recap.schema import RecapConfig, load_recap_config
 
 RUN_CONFIG = "config.yaml"
@@ -17,10 +18,10 @@ def add_source_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) 
     """--config FILE | --run SAVE_DIR (exactly one), and --checkpoint."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="experiment YAML the checkpoint was trained with")
-    source.add_argument("--run", metavar="SAVE_DIR",
+    source.add_argument("--run", metavar="SAVE_DIR", type=location_argument,
                         help=f"a training run's save_dir: its {RUN_CONFIG} (the config it trained with, --set values "
                              "included) and, unless --checkpoint names another, its latest checkpoint")
-    parser.add_argument("--checkpoint", default=None, help=checkpoint_help)
+    parser.add_argument("--checkpoint", default=None, type=location_argument, help=checkpoint_help)
 
 
 def load_source_config(args: argparse.Namespace) -> RecapConfig:

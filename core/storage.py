@@ -217,6 +217,7 @@ def filesystem(scheme: str) -> Any:
 @dataclass(frozen=True)
 class _Stat:
     st_size: int
+    st_mtime: float
 
 
 class ObjectPath:
@@ -312,7 +313,15 @@ class ObjectPath:
         return iter(sorted(ObjectPath(f"{self.scheme}://{n}") for n in found))
 
     def stat(self) -> _Stat:
-        return _Stat(int(self._call("reading the size", lambda: self.fs.size(self.key))))
+        """Size and modification time (the store's clock) of a key."""
+        info = self._call("reading the size", lambda: self.fs.info(self.key, refresh=True))
+        modified = info.get("LastModified") or info.get("updated") or info.get("mtime")
+        if isinstance(modified, str):
+            from datetime import datetime
+
+            modified = datetime.fromisoformat(modified.replace("Z", "+00:00"))
+        mtime = modified.timestamp() if hasattr(modified, "timestamp") else float(modified or 0)
+        return _Stat(int(info.get("size") or 0), mtime)
 
     def read_bytes(self) -> bytes:
         return self._call("reading", lambda: self.fs.cat_file(self.key))
@@ -372,6 +381,18 @@ def rmtree(path: Path | ObjectPath, ignore_errors: bool = False) -> None:
                 raise
         return
     shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
+def move_tree(source: Path | ObjectPath, target: Path | ObjectPath) -> None:
+    """Rename a directory; on an object store, copy every key under the prefix and delete the originals."""
+    if isinstance(source, ObjectPath):
+        def move() -> None:
+            source.fs.mv(source.key, target.key, recursive=True)
+            source.fs.invalidate_cache(source.key)
+
+        source._call("moving", move)
+        return
+    os.rename(source, target)
 
 
 def upload_file(source: Path, target: ObjectPath) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from core.storage import location_argument
+from core.storage import location_argument, staged_output
 from projects.home.recap.data.census import STATS_FILE, convert_census
 
 
@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    sizes = convert_census(args.input, args.output, seed=args.seed)
+    with staged_output(args.output) as output:  # on an object store: written locally, then uploaded
+        sizes = convert_census(args.input, output, seed=args.seed)
     for split, rows in sizes.items():
         print(f"{os.path.join(args.output, split)}: {rows} rows")
     print(f"total: {sum(sizes.values())} rows; vocabularies in {os.path.join(args.output, 'vocabulary.json')}, "

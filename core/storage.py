@@ -387,8 +387,15 @@ def move_tree(source: Path | ObjectPath, target: Path | ObjectPath) -> None:
     """Rename a directory; on an object store, copy every key under the prefix and delete the originals."""
     if isinstance(source, ObjectPath):
         def move() -> None:
-            source.fs.mv(source.key, target.key, recursive=True)
-            source.fs.invalidate_cache(source.key)
+            fs = source.fs
+            fs.invalidate_cache(source.key)
+            keys = fs.find(source.key)
+            for key in keys:  # server-side copies, then the originals go
+                fs.copy(key, target.key + key[len(source.key):])
+            if keys:
+                fs.rm(keys)
+            fs.invalidate_cache(source.key)
+            fs.invalidate_cache(target.key)
 
         source._call("moving", move)
         return

@@ -272,3 +272,16 @@ def test_staged_output_uploads_only_on_success(bucket):
         (local / "x").write_text("x")
         raise RuntimeError("the command failed")
     assert not location(f"{bucket}/failed").exists()
+
+
+def test_warm_start_from_a_checkpoint_on_the_store(ctx, bucket):
+    from core.checkpoint import load_model_weights
+
+    source = _model(4)
+    _save(CheckpointManager(f"{bucket}/old/checkpoints", ctx), 7, source)
+    target = _model(5)
+    state = target.state_dict()
+    found = load_model_weights(f"{bucket}/old", state, ctx)
+    assert found.step == 7
+    for a, b in zip(source.state_dict().values(), state.values()):
+        assert torch.equal(a, b)

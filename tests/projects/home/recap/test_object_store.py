@@ -127,3 +127,15 @@ def test_a_second_run_on_the_same_store_save_dir_is_refused(store):
         holder.release()
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"training.save_dir: {bucket}/busy is in use by another run (pid {os.getpid()}" in result.stderr
+
+
+@pytest.mark.slow
+def test_training_into_a_missing_bucket_is_one_line_naming_the_url(store):
+    server, bucket, data, data_url = store
+    values = helpers.overrides(data_url, "s3://no-such-bucket/run", 2)
+    result = helpers.recap("train", "--config", str(helpers.DEMO), *helpers.set_args(values), timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("training.save_dir s3://no-such-bucket/run: cannot write there (s3://no-such-bucket/run/"
+                           ".lock: "), result.stderr[-3000:]
+    assert "the bucket does not exist" in last and "Traceback" not in result.stderr

@@ -13,6 +13,12 @@ Layout under a checkpoint directory (e.g. SAVE_DIR/checkpoints):
                               evaluate / predict / export pick it when given the run, the checkpoints directory
                               or `checkpoints/best` (`checkpoints/latest` names the newest)
 
+On an object store (save_dir s3://..., gs://...; core/storage.py) there is no rename: a checkpoint is written in place
+under step_N/ through DCP's fsspec writer, each rank its own shards, and checkpoint.json is written last, by rank 0
+once every rank has finished: it is the "complete" marker, so a checkpoint interrupted mid-write (no checkpoint.json)
+is never listed, never loaded, and deleted at the next save. Removing a checkpoint deletes its whole prefix. The
+manifest's hashes are computed by all ranks, each over its share of the files, on a disk and a store alike.
+
 Only tensors go into DCP. DCP's `.metadata` file is a pickle: it is read with an unpickler that accepts DCP's own
 metadata classes and nothing else, and entries that would be unpickled on load (non-tensor objects) are refused.
 """
@@ -33,12 +39,15 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
-from core.distributed import DistributedContext, any_rank, barrier
+from core import storage
+from core.distributed import DistributedContext, barrier
 from core.log import get_logger
+from core.storage import ObjectPath, location
 
 logger = get_logger(__name__)
 
@@ -56,9 +65,13 @@ class CheckpointMismatchError(CheckpointError):
     """A sound checkpoint whose tensors do not fit the model being trained (its config changed): never corruption."""
 
 
+# A checkpoint directory on a disk, or a prefix on an object store (core/storage.py).
+StorePath = Path | ObjectPath
+
+
 @dataclass(frozen=True)
 class Checkpoint:
-    path: Path
+    path: StorePath
     step: int
 
 
@@ -85,7 +98,7 @@ _ALLOWED_GLOBALS = {
 class _MetadataUnpickler(pickle.Unpickler):
     """Builds only DCP metadata objects, torch dtypes and sizes; any other global is refused."""
 
-    def __init__(self, file, path: Path) -> None:
+    def __init__(self, file, path: StorePath) -> None:
         super().__init__(file)
         self._path = path
 
@@ -99,10 +112,10 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def read_metadata(path: str | os.PathLike) -> Metadata:
     """DCP metadata of a checkpoint directory, read safely; every entry must be a tensor."""
-    path = Path(path)
+    path = location(path)
     file = path / ".metadata"
     try:
-        with open(file, "rb") as f:
+        with file.open("rb") as f:
             metadata = _MetadataUnpickler(f, path).load()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path}: {file.name} is missing") from None
@@ -130,20 +143,29 @@ class SafeFileSystemReader(FileSystemReader):
         return metadata
 
 
+class SafeFsspecReader(FsspecReader):
+    """DCP's fsspec reader (object stores) with the metadata read by the restricted unpickler."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        if kwargs.get("rank") is not None:
+            raise CheckpointError(f"checkpoint {self.path}: per-rank metadata files are not supported")
+        metadata = read_metadata(str(self.path))
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+def _reader(path: StorePath) -> FileSystemReader:
+    return SafeFsspecReader(str(path)) if isinstance(path, ObjectPath) else SafeFileSystemReader(path)
+
+
 # --- files ---------------------------------------------------------------------------------------------------------
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_json(path: StorePath, data: Mapping[str, Any]) -> None:
+    storage.write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
-def _read_json(path: Path, checkpoint: Path) -> dict[str, Any]:
+def _read_json(path: StorePath, checkpoint: StorePath) -> dict[str, Any]:
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {checkpoint}: {path.name} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -153,9 +175,9 @@ def _read_json(path: Path, checkpoint: Path) -> dict[str, Any]:
     return data
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: StorePath) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -174,33 +196,64 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _manifest(directory: Path) -> dict[str, dict[str, Any]]:
-    return {
-        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(directory.iterdir())
-        if p.is_file() and p.name != INFO_FILE and not p.name.endswith(".tmp")
-    }
+def file_sizes(directory: StorePath) -> dict[str, int]:
+    """{name: bytes} of the files directly in a directory (one listing on an object store)."""
+    if isinstance(directory, ObjectPath):
+        def listing() -> list[dict[str, Any]]:
+            try:
+                return directory.fs.ls(directory.key, detail=True, refresh=True)
+            except FileNotFoundError:
+                return []
+
+        entries = directory._call("listing", listing)
+        return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
+                for e in entries if e.get("type") == "file"}
+    if not directory.is_dir():
+        return {}
+    return {p.name: p.stat().st_size for p in directory.iterdir() if p.is_file()}
 
 
-def verify_files(path: Path, info: Mapping[str, Any], check_hashes: bool = True) -> None:
-    """Raise CheckpointError if a file of the manifest is missing, has another size or (check_hashes) content."""
+def _manifest(directory: StorePath, ctx: DistributedContext) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file of a checkpoint being written (collective: each rank hashes its share of the
+    files, so no rank reads the whole checkpoint back; the result is complete on rank 0)."""
+    sizes = {name: size for name, size in file_sizes(directory).items()
+             if name != INFO_FILE and not name.endswith(".tmp")}
+    names = sorted(sizes)
+    share = {name: _sha256(directory / name) for name in names[ctx.rank::ctx.world_size]}
+    hashes = _gather(share, ctx)
+    return {name: {"bytes": sizes[name], "sha256": hashes.get(name)} for name in names}
+
+
+def _gather(share: dict[str, str], ctx: DistributedContext) -> dict[str, str]:
+    if ctx.world_size == 1 or not torch.distributed.is_initialized():
+        return share
+    shares: list[Any] = [None] * ctx.world_size
+    torch.distributed.all_gather_object(shares, share)
+    return {name: digest for part in shares for name, digest in part.items()}
+
+
+def verify_files(path: StorePath, info: Mapping[str, Any], check_hashes: bool = True,
+                 share: tuple[int, int] = (0, 1)) -> None:
+    """Raise CheckpointError if a file of the manifest is missing, has another size or (check_hashes) content;
+    share=(rank, world size) hashes only that rank's share of the files (every rank checks every size)."""
     manifest = info.get("files")
     if not isinstance(manifest, dict) or not manifest:
         raise CheckpointError(f"checkpoint {path}: {INFO_FILE} has no file manifest")
-    for name, entry in manifest.items():
-        file = path / name
-        if not file.is_file():
+    sizes = file_sizes(path)
+    rank, world = share
+    for i, (name, entry) in enumerate(sorted(manifest.items())):
+        if name not in sizes:
             raise CheckpointError(f"checkpoint {path}: file {name} is missing")
-        size = file.stat().st_size
+        size = sizes[name]
         if size != entry["bytes"]:
             raise CheckpointError(f"checkpoint {path}: file {name} has {size} bytes, {entry['bytes']} were written")
-        if check_hashes and _sha256(file) != entry["sha256"]:
+        if check_hashes and i % world == rank and _sha256(path / name) != entry["sha256"]:
             raise CheckpointError(f"checkpoint {path}: file {name} is corrupt (its sha256 does not match)")
 
 
 def read_info(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint.json of a complete checkpoint directory."""
-    path = Path(path)
+    path = location(path)
     info = _read_json(path / INFO_FILE, path)
     if info.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path}: format version {info.get('format_version')} is not {FORMAT_VERSION}")
@@ -209,24 +262,34 @@ def read_info(path: str | os.PathLike) -> dict[str, Any]:
 
 def list_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
     """Complete checkpoints (those with a checkpoint.json) in `directory`, oldest first."""
-    directory = Path(directory)
-    if not directory.is_dir():
+    directory = location(directory)
+    found = []
+    for child, step in _step_dirs(directory):
+        if (child / INFO_FILE).is_file():
+            found.append(Checkpoint(child, step))
+    return sorted(found, key=lambda c: c.step)
+
+
+def _step_dirs(directory: StorePath) -> list[tuple[StorePath, int]]:
+    """(path, step) of the step_N directories (prefixes on an object store) in `directory`."""
+    remote = isinstance(directory, ObjectPath)
+    if not remote and not directory.is_dir():
         return []
     found = []
     for child in directory.iterdir():
         match = _STEP_DIR.match(child.name)
-        if match and child.is_dir() and (child / INFO_FILE).is_file():
-            found.append(Checkpoint(child, int(match.group(1))))
-    return sorted(found, key=lambda c: c.step)
+        if match and (remote or child.is_dir()):
+            found.append((child, int(match.group(1))))
+    return found
 
 
 def read_best(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The model-selection record (best.json) of a checkpoints directory, or None when it has none."""
-    path = Path(directory) / BEST_FILE
-    if not path.is_file():
-        return None
+    path = location(directory) / BEST_FILE
     try:
         return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} cannot be read ({exc}); remove it to use the latest checkpoint") from exc
 
@@ -246,7 +309,7 @@ def resolve_checkpoint(path: str | os.PathLike, announce: bool = False) -> Check
     """A checkpoint named by its directory, by `checkpoints/best` or `checkpoints/latest`, or by a directory of
     checkpoints or a run's save_dir: there the best one by model selection (best.json) when marked, else the
     newest. With `announce`, says which one was picked and why."""
-    path = Path(path)
+    path = location(path)
     match = _STEP_DIR.match(path.name)
     if match and (path / INFO_FILE).is_file():
         return Checkpoint(path, int(match.group(1)))
@@ -291,7 +354,7 @@ def _check_tensors_only(tensors: Mapping[str, Any]) -> None:
         raise TypeError(f"only tensors go into a checkpoint's DCP state; not tensors: {bad[:5]}")
 
 
-def check_compatible(path: Path, tensors: Mapping[str, Any]) -> None:
+def check_compatible(path: StorePath, tensors: Mapping[str, Any]) -> None:
     """Raise CheckpointMismatchError naming the first tensors that the checkpoint lacks or holds in another shape."""
     saved = read_metadata(path).state_dict_metadata
     problems = []
@@ -311,7 +374,7 @@ def check_compatible(path: Path, tensors: Mapping[str, Any]) -> None:
         )
 
 
-def load_tensors(path: Path, tensors: dict[str, Any], allow_partial: bool = False) -> None:
+def load_tensors(path: StorePath, tensors: dict[str, Any], allow_partial: bool = False) -> None:
     """Load a checkpoint's DCP state into `tensors` in place (a nested dict of tensors, ShardedTensors, DTensors)."""
     _check_tensors_only(tensors)
     if not allow_partial:
@@ -319,7 +382,7 @@ def load_tensors(path: Path, tensors: dict[str, Any], allow_partial: bool = Fals
     try:
         dcp.load(
             tensors,
-            storage_reader=SafeFileSystemReader(path),
+            storage_reader=_reader(path),
             planner=DefaultLoadPlanner(allow_partial_load=allow_partial),
         )
     except CheckpointError:
@@ -341,11 +404,11 @@ class CheckpointManager:
     """Saves numbered checkpoints atomically, keeps the last K, finds and verifies them for loading."""
 
     def __init__(self, directory: str | os.PathLike, ctx: DistributedContext, keep_last_k: int = 3) -> None:
-        self.directory = Path(directory)
+        self.directory = location(directory)
         self.ctx = ctx
         self.keep_last_k = keep_last_k
 
-    def path_for(self, step: int) -> Path:
+    def path_for(self, step: int) -> StorePath:
         return self.directory / f"step_{step:08d}"
 
     def complete(self) -> list[Checkpoint]:
@@ -367,39 +430,49 @@ class CheckpointManager:
         `rank_info` (one per rank) must be JSON-serializable. Visible under step_N only once complete."""
         _check_tensors_only(tensors)
         final = self.path_for(step)
-        partial = self.directory / f".{final.name}.partial"
+        remote = isinstance(final, ObjectPath)
+        # On an object store the checkpoint is written in place: without its checkpoint.json it is never loaded.
+        partial = final if remote else self.directory / f".{final.name}.partial"
         try:
             return self._save(step, final, partial, tensors, info, rank_info)
         except (OSError, CheckpointException) as exc:  # DCP's CheckpointException is a BaseException
             if self.ctx.is_main:
                 # Never loaded either way (not a step_N name), but a full disk is the likely cause: give its space back.
-                shutil.rmtree(partial, ignore_errors=True)
+                storage.rmtree(partial, ignore_errors=True)
             raise CheckpointError(f"cannot write checkpoint {final} ({_cause(exc)}); the previous checkpoints are "
                                   "untouched") from exc
 
-    def _save(self, step: int, final: Path, partial: Path, tensors: dict[str, Any],
+    def _save(self, step: int, final: StorePath, partial: StorePath, tensors: dict[str, Any],
               info: Mapping[str, Any] | None, rank_info: Mapping[str, Any] | None) -> Checkpoint:
+        remote = isinstance(final, ObjectPath)
         if self.ctx.is_main:
-            if partial.exists():
-                shutil.rmtree(partial)
-            partial.mkdir(parents=True)
+            if remote:
+                storage.rmtree(final)  # an interrupted write of this step, or the same step saved again
+            else:
+                if partial.exists():
+                    shutil.rmtree(partial)
+                partial.mkdir(parents=True)
         barrier(self.ctx)
-        dcp.save(tensors, storage_writer=FileSystemWriter(partial, sync_files=True))
+        writer = (FsspecWriter(str(partial), sync_files=False) if remote  # a PUT is durable once it returns
+                  else FileSystemWriter(partial, sync_files=True))
+        dcp.save(tensors, storage_writer=writer)
         _write_json(partial / f"rank_{self.ctx.rank}.json", dict(rank_info or {}))
         barrier(self.ctx)
+        files = _manifest(partial, self.ctx)
         if self.ctx.is_main:
             record = {
                 "format_version": FORMAT_VERSION,
                 "step": step,
                 "world_size": self.ctx.world_size,
                 "info": dict(info or {}),
-                "files": _manifest(partial),
+                "files": files,
             }
-            _write_json(partial / INFO_FILE, record)
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(partial, final)
-            _fsync_dir(self.directory)
+            _write_json(partial / INFO_FILE, record)  # last: on an object store, the "complete" marker
+            if not remote:
+                if final.exists():
+                    shutil.rmtree(final)
+                os.rename(partial, final)
+                _fsync_dir(self.directory)
             self._prune()
             logger.info("saved checkpoint %s", final)
         barrier(self.ctx)
@@ -417,9 +490,14 @@ class CheckpointManager:
         keep = best.get("best_step") if best else None
         for old in self.complete()[: -self.keep_last_k]:
             if old.step != keep:
-                shutil.rmtree(old.path, ignore_errors=True)
-        for stale in self.directory.glob(".step_*.partial"):
-            shutil.rmtree(stale, ignore_errors=True)
+                storage.rmtree(old.path, ignore_errors=True)
+        if isinstance(self.directory, ObjectPath):
+            # Interrupted writes: no other write runs now (rank 0 prunes after a save, under the save_dir lock).
+            for stale in self._without_info():
+                storage.rmtree(stale, ignore_errors=True)
+        else:
+            for stale in self.directory.glob(".step_*.partial"):
+                shutil.rmtree(stale, ignore_errors=True)
 
     def verify(self, checkpoint: Checkpoint) -> dict[str, Any]:
         """Check a checkpoint on every rank (sizes everywhere, content hashes on rank 0) and return its info;
@@ -428,12 +506,16 @@ class CheckpointManager:
         info: dict[str, Any] = {}
         try:
             info = read_info(checkpoint.path)
-            verify_files(checkpoint.path, info, check_hashes=self.ctx.is_main)
+            verify_files(checkpoint.path, info, share=(self.ctx.rank, self.ctx.world_size))
             read_metadata(checkpoint.path)
         except CheckpointError as exc:
             problem = str(exc)
-        if any_rank(problem is not None, self.ctx):
-            raise CheckpointError(problem or f"checkpoint {checkpoint.path}: another rank found it corrupt")
+        if self.ctx.world_size > 1 and torch.distributed.is_initialized():
+            problems: list[Any] = [None] * self.ctx.world_size
+            torch.distributed.all_gather_object(problems, problem)  # each rank hashed its share of the files
+            problem = next((p for p in problems if p is not None), None)
+        if problem is not None:
+            raise CheckpointError(problem)
         return info
 
     def load(
@@ -480,11 +562,8 @@ class CheckpointManager:
         self._move_aside([c for c, _ in rejected])
         return None
 
-    def _without_info(self) -> list[Path]:
-        if not self.directory.is_dir():
-            return []
-        return sorted(p for p in self.directory.iterdir()
-                      if _STEP_DIR.match(p.name) and p.is_dir() and not (p / INFO_FILE).is_file())
+    def _without_info(self) -> list[StorePath]:
+        return sorted(p for p, _ in _step_dirs(self.directory) if not (p / INFO_FILE).is_file())
 
     def _move_aside(self, checkpoints: list[Checkpoint]) -> None:
         if not checkpoints:  # every rank holds the same list: verification is collective
@@ -493,8 +572,8 @@ class CheckpointManager:
         if self.ctx.is_main:
             for checkpoint in checkpoints:
                 aside = checkpoint.path.with_name(checkpoint.path.name + ".corrupt")
-                shutil.rmtree(aside, ignore_errors=True)
-                os.rename(checkpoint.path, aside)
+                storage.rmtree(aside, ignore_errors=True)
+                storage.move_tree(checkpoint.path, aside)
                 logger.error("moved %s to %s", checkpoint.path, aside.name)
         barrier(self.ctx)
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from core.config import BaseConfig
+from core.storage import check_location
+
+# A local path or an object-store URL (s3://BUCKET/PREFIX, gs://...); any other URL scheme is an error.
+Location = Annotated[str, AfterValidator(check_location)]
 
 
 # --- learning-rate schedules ---------------------------------------------------------------------------------------
@@ -164,8 +168,8 @@ class EarlyStoppingConfig(BaseConfig):
 class TrainingConfig(BaseConfig):
     exactly_one_of = (("num_train_steps", "num_epochs"),)
 
-    # Checkpoints, TensorBoard logs and evaluation reports go under this directory.
-    save_dir: str
+    # Checkpoints, TensorBoard logs and evaluation reports go under this directory or object-store prefix.
+    save_dir: Location
     num_train_steps: int | None = Field(default=None, ge=1)
     num_epochs: int | None = Field(default=None, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
@@ -186,6 +190,6 @@ class TrainingConfig(BaseConfig):
     # Keep the best checkpoint by a validation metric and stop when it no longer improves (needs eval_every_n).
     early_stopping: EarlyStoppingConfig | None = None
     # Initialize weights (only) from another run's checkpoint directory.
-    warm_start_from: str | None = None
+    warm_start_from: Location | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

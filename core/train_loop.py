@@ -37,6 +37,7 @@ from core.checkpoint import Checkpoint, CheckpointManager, load_model_weights, r
 from core.distributed import DistributedContext, all_reduce_sum, average_buffers, data_parallel_module
 from core.early_stopping import EarlyStopping, describe, selected_value
 from core.log import get_logger
+from core.storage import location
 from core.tensorboard import MetricsWriter
 from core.train_config import TrainingConfig
 
@@ -278,7 +279,7 @@ class TrainLoop:
         self.steps_per_epoch = steps_per_epoch
         # Train from step 0 when every checkpoint in save_dir is broken (they are moved aside) instead of stopping.
         self.start_over = start_over
-        self.save_dir = Path(config.save_dir)
+        self.save_dir = location(config.save_dir)  # a directory, or an object-store prefix (core/storage.py)
         self.checkpoints = CheckpointManager(self.save_dir / CHECKPOINT_DIR, ctx, config.keep_last_k)
         self.step = 0
         self.epoch = 0

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.storage import ObjectPath, location
+
 __all__ = [
     "CURVES_FILE",
     "EVAL_DIR",
@@ -67,9 +69,10 @@ class RunResults:
         return {e.dataset: e for e in self.evaluations}
 
 
-def eval_step_dir(save_dir: str | os.PathLike, dataset: str, step: int) -> Path:
-    """SAVE_DIR/eval/<dataset>/step_<step>: where one evaluation's outputs go."""
-    return Path(save_dir) / EVAL_DIR / dataset / f"step_{int(step)}"
+def eval_step_dir(save_dir: str | os.PathLike | ObjectPath, dataset: str, step: int) -> Path | ObjectPath:
+    """SAVE_DIR/eval/<dataset>/step_<step>: where one evaluation's outputs go (a directory, or a prefix when
+    save_dir is on an object store)."""
+    return location(save_dir) / EVAL_DIR / dataset / f"step_{int(step)}"
 
 
 def write_json(path: str | os.PathLike, document: dict, indent: int | None = 1) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from core.progress import Progress
 from core.ranking_metrics import gate_statistics
 from core.report import eval_step_dir, metrics_to_scalars, read_training_scalars, write_report
 from core.report.format import fixed_cell
+from core.storage import ObjectPath, download_tree, location, staged_output
 from core.tensorboard import MetricsWriter
 from core.train_loop import CHECKPOINT_DIR, TENSORBOARD_DIR, total_train_steps
 from projects.home.recap.data import sharding
@@ -185,7 +187,7 @@ class Evaluator:
         self.score_weights = None if score_weights is None else list(score_weights)
         self.curve_points = curve_points
         self.bf16 = bf16
-        self.save_dir = Path(save_dir) if save_dir is not None else None
+        self.save_dir = location(save_dir) if save_dir is not None else None
         self.max_batches = max_batches
         self.padding = padding
 
@@ -252,8 +254,9 @@ class Evaluator:
                 report_dir = eval_step_dir(self.save_dir, name, step)
                 try:
                     if scalars is None:
-                        scalars = read_training_scalars(self.save_dir)
-                    write_report(report_dir, metrics, curves, scalars)
+                        scalars = _training_scalars(self.save_dir)
+                    with staged_output(report_dir) as local:  # uploaded whole on an object store
+                        write_report(local, metrics, curves, scalars)
                 except Exception as exc:
                     if report_errors_fatal:
                         raise
@@ -282,6 +285,16 @@ class Evaluator:
         for line in summary_lines(documents):
             logger.info("%s", line)
         return self.scalars(documents)
+
+
+def _training_scalars(save_dir: Path | ObjectPath) -> dict:
+    """The run's TensorBoard scalars for the reports; on an object store its event files are read from a local
+    copy."""
+    if not isinstance(save_dir, ObjectPath):
+        return read_training_scalars(save_dir)
+    with tempfile.TemporaryDirectory(prefix="recap-events-") as local:
+        download_tree(save_dir / TENSORBOARD_DIR, Path(local) / TENSORBOARD_DIR)
+        return read_training_scalars(local)
 
 
 def evaluation_datasets(config: RecapConfig, names: list[str] | None = None) -> list[str]:
@@ -430,7 +443,7 @@ def watch_checkpoints(
     appeared for `timeout` seconds. Collective; returns the evaluated steps."""
     tasks = list(config.model.tasks)
     loaders = validation_loaders(config, evaluation_datasets(config, datasets), tasks, ctx)
-    directory = Path(directory) if directory is not None else Path(config.training.save_dir) / CHECKPOINT_DIR
+    directory = location(directory) if directory is not None else location(config.training.save_dir) / CHECKPOINT_DIR
     if (directory / CHECKPOINT_DIR).is_dir():
         directory = directory / CHECKPOINT_DIR  # a run's save_dir
     elif re.fullmatch(r"step_\d+", directory.name):
@@ -455,7 +468,7 @@ def watch_checkpoints(
             time.sleep(poll_seconds)
             continue
         path, step = decision
-        checkpoint = Checkpoint(Path(path), step)
+        checkpoint = Checkpoint(location(path), step)
         last_new = time.monotonic()
         try:
             if model is None:

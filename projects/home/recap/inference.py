@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +30,7 @@ from core.checkpoint import (
 )
 from core.distributed import DistributedContext, lockstep, shard_model
 from core.log import get_logger
+from core.storage import location
 from core.train_loop import CHECKPOINT_DIR
 from projects.home.recap.data import sharding
 from projects.home.recap.data.config import DataConfig, DatasetConfig
@@ -70,13 +70,13 @@ def find_checkpoint(config: RecapConfig, checkpoint: str | os.PathLike | None = 
     which one it picked."""
     name = DEFAULT if checkpoint is None else str(checkpoint)
     if name in (DEFAULT, BEST, LATEST):
-        directory = Path(config.training.save_dir) / CHECKPOINT_DIR
+        directory = location(config.training.save_dir) / CHECKPOINT_DIR
         if not directory.exists():
             raise CheckpointError(f"no checkpoint yet: {directory} (training.save_dir/{CHECKPOINT_DIR}) does not "
                                   "exist")
         path = directory if name == DEFAULT else directory / name
     else:
-        path = Path(checkpoint)
+        path = location(checkpoint)
         if not path.exists() and path.name not in (BEST, LATEST):
             raise CheckpointError(f"checkpoint {path} does not exist")
     return resolve_checkpoint(path, announce=True)

@@ -11,6 +11,7 @@ import sys
 
 from core.config import ConfigError
 from core.log import setup_logging
+from core.storage import StorageError
 
 # name -> (module in projects.home.recap.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
+        return 1
+    except StorageError as exc:  # an object store refused for good: one line naming the URL
+        print(f"recap {name}: {exc}", file=sys.stderr)
         return 1
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import torch
 from core.distributed import DistributedContext, all_reduce_sum, barrier
 from core.log import get_logger
 from core.progress import Progress
+from core.storage import ObjectPath, location, upload_file
 from projects.home.recap.data.config import DatasetConfig
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.inference import (
@@ -52,7 +55,7 @@ class PredictError(RuntimeError):
 @dataclass
 class PredictResult:
     rows: int  # rows scored over all ranks
-    files: list[Path]  # this rank's part files
+    files: list[Path | ObjectPath]  # this rank's part files
 
 
 def part_name(rank: int, world_size: int) -> str:
@@ -67,10 +70,10 @@ def prediction_columns(task_names: list[str], scored: bool = False) -> list[str]
     return columns + ([SCORE_COLUMN] if scored else [])
 
 
-def check_output(output_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """The output directory, after checking it holds no earlier predictions (or, with overwrite, only part files,
-    which are then removed by the caller)."""
-    out = Path(output_dir)
+def check_output(output_dir: str | os.PathLike, overwrite: bool) -> Path | ObjectPath:
+    """The output directory (or object-store prefix), after checking it holds no earlier predictions (or, with
+    overwrite, only part files, which are then removed by the caller)."""
+    out = location(output_dir)
     if out.exists() and not out.is_dir():
         raise PredictError(f"output {out} exists and is not a directory")
     if out.is_dir():
@@ -94,11 +97,14 @@ def _table(batch, outputs: dict[str, torch.Tensor], task_names: list[str], id_co
 
 
 class _PartWriter:
-    """One parquet file written in row groups of about _ROW_GROUP_ROWS rows, renamed into place when closed."""
+    """One parquet file written in row groups of about _ROW_GROUP_ROWS rows, renamed into place when closed (on an
+    object store: written to a local temporary file and uploaded when closed, so the part appears whole)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | ObjectPath) -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp")
+        self.remote = isinstance(path, ObjectPath)
+        self.tmp: Path = (Path(tempfile.mkdtemp(prefix="recap-predict-")) / path.name
+                          if isinstance(path, ObjectPath) else path.with_name(f".{path.name}.tmp"))
         self.rows = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -120,19 +126,25 @@ class _PartWriter:
         self.rows += table.num_rows
         self._pending, self._pending_rows = [], 0
 
-    def close(self) -> Path | None:
+    def close(self) -> Path | ObjectPath | None:
         """Finish the file; None when no row was written."""
         self._flush()
         if self._writer is None:
             return None
         self._writer.close()
-        os.replace(self.tmp, self.path)
+        if isinstance(self.path, ObjectPath):
+            upload_file(self.tmp, self.path)
+            shutil.rmtree(self.tmp.parent, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.close()
         self.tmp.unlink(missing_ok=True)
+        if self.remote:
+            shutil.rmtree(self.tmp.parent, ignore_errors=True)
 
 
 def predict(

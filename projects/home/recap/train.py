@@ -8,8 +8,6 @@ of it, and writes SAVE_DIR/eval/<set>/step_<N>/ with metrics.json and the report
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from core.log import get_logger
 from core.optimizers import apply_sparse_optimizer, build_dense_optimizer, check_schedules
 from core.run_lock import RunLock, RunLockedError
 from core.sparse_optimizers import SparseOptimizers, build_sparse_optimizers
+from core.storage import ObjectPath, location, move_tree, rmtree
 from core.train_loop import CHECKPOINT_DIR, TrainLoop, TrainResult, seed_everything, total_train_steps
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.data.validation import scan_labels
@@ -75,7 +74,7 @@ def train(config: RecapConfig, ctx: DistributedContext | None = None, start_over
     if config.data.train is None:
         raise ConfigError("data.train: no training dataset is configured")
     ctx = ctx or init_distributed(config.training.device)
-    save_dir = Path(config.training.save_dir)
+    save_dir = location(config.training.save_dir)  # a directory or an object-store prefix
     lock = RunLock(save_dir)
     problem = None
     if ctx.is_main:
@@ -102,17 +101,17 @@ def train(config: RecapConfig, ctx: DistributedContext | None = None, start_over
         lock.release()
 
 
-def _move_checkpoints_aside(directory: Path) -> None:
+def _move_checkpoints_aside(directory: Path | ObjectPath) -> None:
     """--start-over: every checkpoint (healthy or not) is renamed step_N.replaced, so training starts from step 0
     and nothing of the old run is deleted."""
     for checkpoint in list_checkpoints(directory):
         aside = checkpoint.path.with_name(f"{checkpoint.path.name}.replaced")
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(checkpoint.path, aside)
+        rmtree(aside, ignore_errors=True)
+        move_tree(checkpoint.path, aside)
         logger.warning("--start-over: moved %s to %s", checkpoint.path, aside.name)
 
 
-def _check_not_past_the_end(config: RecapConfig, directory: Path) -> None:
+def _check_not_past_the_end(config: RecapConfig, directory: Path | ObjectPath) -> None:
     """A ConfigError when save_dir's newest checkpoint is past training.num_train_steps: resuming would train
     nothing and leave that checkpoint as the run's result under a config.yaml that does not describe it."""
     steps = config.training.num_train_steps

@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+from core.storage import local_path_argument
 from projects.home.recap.benchmark import (
     DEFAULT_CONFIGS,
     PRECISIONS,
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="training batch size (default: each config's)")
     parser.add_argument("--precision", dest="precisions", action="append", choices=PRECISIONS,
                         help="fp32 and/or bf16 (default: both)")
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"JSON file for every figure ({DEFAULT_OUTPUT})")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, type=local_path_argument, help=f"JSON file for every figure ({DEFAULT_OUTPUT})")
     parser.add_argument("--torchrun", type=int, default=2, metavar="N",
                         help="also time training on N ranks under torchrun against 1 rank (default 2; 0 skips)")
     parser.add_argument("--seconds", type=float,

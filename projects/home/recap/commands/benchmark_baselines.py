@@ -13,12 +13,18 @@ import shlex
 import time
 from pathlib import Path
 
+from core.storage import local_path_argument
 from projects.home.recap.baselines.datasets import DEFAULT_CENSUS_INPUT, DEFAULT_CONFIGS, DEFAULT_DATA_DIRS
 from projects.home.recap.baselines.run import DATASETS, QUICK_SMALL_ROWS, BaselineSettings, run_baselines
 from projects.home.recap.baselines.small_data import DEFAULT_ROWS
 from projects.home.recap.baselines.table import format_table
 
 DEFAULT_OUTPUT = Path("runs/baselines/baselines.json")
+
+
+def local_path(value: str) -> Path:
+    """A local path argument (a URL is an error: these runs are written locally)."""
+    return Path(local_path_argument(value))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the UCI Census-Income (KDD) file ({DEFAULT_CENSUS_INPUT})")
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"rows of the small data ({DEFAULT_ROWS:,})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the small data and of the references (0)")
-    parser.add_argument("--save-dir", type=Path, help="our runs (default: runs/baselines/<date-time>)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON of every figure ({DEFAULT_OUTPUT})")
+    parser.add_argument("--save-dir", type=local_path, help="our runs (default: runs/baselines/<date-time>)")
+    parser.add_argument("--output", type=local_path, default=DEFAULT_OUTPUT, help=f"JSON of every figure ({DEFAULT_OUTPUT})")
     parser.add_argument("--quick", action="store_true",
                         help=f"one epoch of every model (the peer at most two), {QUICK_SMALL_ROWS:,} small rows: a "
                              "smoke test, not a measurement")

@@ -20,6 +20,7 @@ import torch
 
 from common.sequence_encoders import CandidateIsolatedTransformer, attention_flops
 from core import perf
+from core.storage import local_path_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring budget per path and setting")
-    parser.add_argument("--output", help="also write the figures as JSON to this file")
+    parser.add_argument("--output", type=local_path_argument, help="also write the figures as JSON to this file")
 
 
 def _inputs(requests: int, per_request: int, length: int, dim: int, dtype: torch.dtype, seed: int = 0):

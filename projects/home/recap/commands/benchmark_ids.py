@@ -14,6 +14,7 @@ import math
 import time
 from pathlib import Path
 
+from core.storage import local_path_argument
 from projects.home.recap.id_benchmark.reference_training import EMBEDDING_LEARNING_RATE
 from projects.home.recap.id_benchmark.run import (
     DEFAULT_ROWS,
@@ -27,8 +28,8 @@ OUTPUT_NAME = "ids_benchmark.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default="data/ids", help="collaborative synthetic data (generated if absent)")
-    parser.add_argument("--save-dir", help="both runs' checkpoints and reports (default: runs/ids/<date-time>)")
+    parser.add_argument("--data-dir", default="data/ids", type=local_path_argument, help="collaborative synthetic data (generated if absent)")
+    parser.add_argument("--save-dir", type=local_path_argument, help="both runs' checkpoints and reports (default: runs/ids/<date-time>)")
     parser.add_argument("--config", default=str(IDS_CONFIG), help="experiment YAML (default: the ids config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value (repeatable), e.g. --set optimizer.sparse.learning_rate=0.1; "
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the reference's Adam learning rate for its tables ({EMBEDDING_LEARNING_RATE:g})")
     parser.add_argument("--dataset", dest="datasets", action="append", default=[], metavar="NAME",
                         help="validation set to evaluate (repeatable; default: the config's evaluation.datasets)")
-    parser.add_argument("--output", help=f"JSON file for every figure (default: SAVE_DIR/{OUTPUT_NAME})")
+    parser.add_argument("--output", type=local_path_argument, help=f"JSON file for every figure (default: SAVE_DIR/{OUTPUT_NAME})")
     generation = parser.add_argument_group("data generation (only when --data-dir is empty)")
     generation.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"total rows ({DEFAULT_ROWS:,})")
     generation.add_argument("--seed", type=int, default=0)

@@ -6,17 +6,19 @@ from __future__ import annotations
 import argparse
 import os
 
+from core.storage import location_argument, staged_output
 from projects.home.recap.data.census import STATS_FILE, convert_census
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="census-income.data(.gz) or census-income.test(.gz)")
-    parser.add_argument("--output", required=True, help="directory; writes OUTPUT/{train,validation,test}")
+    parser.add_argument("--output", required=True, type=location_argument, help="directory; writes OUTPUT/{train,validation,test}")
     parser.add_argument("--seed", type=int, default=0, help="seed of the 80/10/10 split")
 
 
 def run(args: argparse.Namespace) -> int:
-    sizes = convert_census(args.input, args.output, seed=args.seed)
+    with staged_output(args.output) as output:  # on an object store: written locally, then uploaded
+        sizes = convert_census(args.input, output, seed=args.seed)
     for split, rows in sizes.items():
         print(f"{os.path.join(args.output, split)}: {rows} rows")
     print(f"total: {sum(sizes.values())} rows; vocabularies in {os.path.join(args.output, 'vocabulary.json')}, "

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from core.progress import Progress
+from core.storage import location_argument, staged_output
 from projects.home.recap.data.downsampling import downsample_negatives
 from projects.home.recap.data.files import scan_dataset
 from projects.home.recap.schema import load_recap_config
@@ -20,7 +21,7 @@ from projects.home.recap.schema import load_recap_config
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML")
-    parser.add_argument("--output", required=True, help="directory for the downsampled parquet files")
+    parser.add_argument("--output", required=True, type=location_argument, help="directory for the downsampled parquet files")
     parser.add_argument("--keep-rate", type=float, required=True, help="fraction of all-negative rows kept, (0, 1]")
     parser.add_argument("--dataset", default="train", help="'train' or a name in data.validation (default: train)")
     parser.add_argument("--weight-column", help="column holding the row weight (default: data.features.weight, "
@@ -40,26 +41,27 @@ def run(args: argparse.Namespace) -> int:
     weight_column = args.weight_column or data.features.weight or "weight"
     labels = sorted({t.label for t in data.tasks.values()})
     scanned = scan_dataset(dataset.paths, data.ignore_data_errors)
-    os.makedirs(args.output, exist_ok=True)
-    rows_in = rows_out = 0
-    progress = Progress(f"downsampling {args.dataset}", scanned.num_rows)
-    for i, source in enumerate(scanned.files):
-        rng = np.random.default_rng([args.seed, i])
-        handle = source.open()
-        out_path = os.path.join(args.output, f"part-{i:05d}.parquet")
-        writer = None
-        for group in range(source.metadata.num_row_groups):
-            table = handle.read_row_group(group)
-            kept = downsample_negatives(table, labels, args.keep_rate, rng, weight_column)
-            if writer is None:
-                writer = pq.ParquetWriter(out_path, kept.schema)
-            writer.write_table(kept)
-            rows_in += table.num_rows
-            rows_out += kept.num_rows
-            progress.update(table.num_rows)
-        if writer is not None:
-            writer.close()
-    progress.close()
+    with staged_output(args.output) as output:  # on an object store: written locally, then uploaded
+        output.mkdir(parents=True, exist_ok=True)
+        rows_in = rows_out = 0
+        progress = Progress(f"downsampling {args.dataset}", scanned.num_rows)
+        for i, source in enumerate(scanned.files):
+            rng = np.random.default_rng([args.seed, i])
+            handle = source.open()
+            out_path = os.path.join(output, f"part-{i:05d}.parquet")
+            writer = None
+            for group in range(source.metadata.num_row_groups):
+                table = handle.read_row_group(group)
+                kept = downsample_negatives(table, labels, args.keep_rate, rng, weight_column)
+                if writer is None:
+                    writer = pq.ParquetWriter(out_path, kept.schema)
+                writer.write_table(kept)
+                rows_in += table.num_rows
+                rows_out += kept.num_rows
+                progress.update(table.num_rows)
+            if writer is not None:
+                writer.close()
+        progress.close()
     print(f"{rows_in} rows in, {rows_out} rows out ({len(scanned.files)} files in {args.output})")
     print("train on them with:")
     print(f"  --set data.{'train' if args.dataset == 'train' else 'validation.' + args.dataset}.paths=[{args.output}]"

@@ -9,6 +9,7 @@ import os
 import time
 
 from core.log import get_logger
+from core.storage import location_argument, staged_output
 from projects.home.recap.data.synthetic import DEFAULT_SPLITS, SyntheticSpec, generate
 
 logger = get_logger(__name__)
@@ -18,7 +19,7 @@ DEFAULT_ROWS = 500_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True, help="directory; writes OUTPUT/train, OUTPUT/validation, OUTPUT/test")
+    parser.add_argument("--output", required=True, type=location_argument, help="directory; writes OUTPUT/train, OUTPUT/validation, OUTPUT/test")
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"total rows over all splits ({DEFAULT_ROWS})")
     parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same files")
     parser.add_argument("--rows-per-file", type=int, default=50_000)
@@ -60,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
                          candidates_per_request=args.candidates_per_request, history_length=args.history_length,
                          history_strength=args.history_strength)
     start = time.perf_counter()
-    sizes = generate(args.output, args.rows, args.seed, spec=spec, splits=DEFAULT_SPLITS,
-                     rows_per_file=args.rows_per_file, row_group_size=args.row_group_size, processes=args.processes)
+    with staged_output(args.output) as output:  # on an object store: written locally, then uploaded
+        sizes = generate(output, args.rows, args.seed, spec=spec, splits=DEFAULT_SPLITS,
+                         rows_per_file=args.rows_per_file, row_group_size=args.row_group_size,
+                         processes=args.processes)
     seconds = time.perf_counter() - start
     for split, rows in sizes.items():
         print(f"{os.path.join(args.output, split)}: {rows} rows")

@@ -25,6 +25,7 @@ import pyarrow.ipc as ipc
 
 from core.log import get_logger
 from core.progress import Progress
+from core.storage import location_argument, staged_output
 from projects.home.recap.data import prepared
 from projects.home.recap.data.columns import check_values, null_discrete_counts
 from projects.home.recap.data.config import DataConfig
@@ -41,7 +42,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC", help="parquet file, directory, glob or URL")
-    parser.add_argument("destination", metavar="DST", help="local directory to write the prepared dataset to")
+    parser.add_argument("destination", metavar="DST", type=location_argument, help="local directory to write the prepared dataset to")
     parser.add_argument("--config", default=str(DEMO_CONFIG),
                         help="experiment YAML whose data.features and data.tasks say which columns to prepare and "
                              "how (default: the demo config)")
@@ -222,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_recap_config(args.config, args.overrides)
     start = time.perf_counter()
     try:
-        manifest = prepare(config.data, args.source, args.destination, args.compression, args.overwrite)
+        with staged_output(args.destination) as destination:  # on an object store: prepared locally, then uploaded
+            manifest = prepare(config.data, args.source, str(destination), args.compression, args.overwrite)
     except DataError as exc:
         print(f"recap data prepare: {exc}", file=sys.stderr)
         return 1

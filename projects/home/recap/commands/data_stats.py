@@ -7,13 +7,14 @@ import argparse
 import json
 import os
 
+from core.storage import local_path_argument
 from projects.home.recap.data.stats import MAX_BINS, continuous_stats
 from projects.home.recap.schema import load_recap_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML")
-    parser.add_argument("--output", help="JSON file to write (default: print)")
+    parser.add_argument("--output", type=local_path_argument, help="JSON file to write (default: print)")
     parser.add_argument("--dataset", default="train", help="'train' or a name in data.validation (default: train)")
     parser.add_argument("--max-rows", type=int, help="use only the first N rows")
     parser.add_argument("--max-bins", type=int, default=MAX_BINS,

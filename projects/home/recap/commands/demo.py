@@ -12,6 +12,7 @@ from core.distributed import init_distributed, launch_workers, quiet_library_log
 from core.log import get_logger
 from core.report import eval_step_dir
 from core.report.format import fixed_cell, rce_share_of_oracle
+from core.storage import local_path_argument
 from projects.home.recap.data.layout import build_layout
 from projects.home.recap.schema import RecapConfig, load_recap_config
 
@@ -29,8 +30,8 @@ DEMO_ROWS = 8_000_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default="data/demo", help="synthetic data (generated here if absent)")
-    parser.add_argument("--save-dir", default="runs/demo", help="checkpoints, TensorBoard logs and evaluation")
+    parser.add_argument("--data-dir", default="data/demo", type=local_path_argument, help="synthetic data (generated here if absent)")
+    parser.add_argument("--save-dir", default="runs/demo", type=local_path_argument, help="checkpoints, TensorBoard logs and evaluation")
     parser.add_argument("--config", default=str(DEMO_CONFIG), help="experiment YAML (default: the demo config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value (repeatable)")

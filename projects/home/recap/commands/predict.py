@@ -9,6 +9,7 @@ import sys
 
 from core.distributed import launch_workers, launched_by_torchrun, quiet_library_logging, shutdown_distributed
 from core.log import get_logger
+from core.storage import location_argument
 from projects.home.recap.commands.run_source import (
     add_source_arguments,
     checkpoint_of,
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                  "'latest' (the latest under training.save_dir); required with --config")
     parser.add_argument("--input", dest="inputs", nargs="+", required=True, metavar="PARQUET",
                         help="parquet files, directories or globs to score (label columns are not needed)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="directory for the part files")
+    parser.add_argument("--output", required=True, type=location_argument, metavar="DIR", help="directory for the part files")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="rows per forward pass (default data.eval_batch_size, else data.batch_size)")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier part files in --output")

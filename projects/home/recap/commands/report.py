@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 
 from core.report import ReportError, load_run, write_comparison, write_run_report
+from core.storage import local_path_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's training.save_dir")
-    parser.add_argument("--compare", metavar="OTHER_RUN_DIR",
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=local_path_argument, help="a run's training.save_dir")
+    parser.add_argument("--compare", metavar="OTHER_RUN_DIR", type=local_path_argument,
                         help="put RUN_DIR side by side with this baseline run (deltas are RUN_DIR - OTHER_RUN_DIR)")
-    parser.add_argument("--output", metavar="DIR",
+    parser.add_argument("--output", metavar="DIR", type=local_path_argument,
                         help="output directory (default RUN_DIR/report, or RUN_DIR/report/compare_<OTHER name>)")
     parser.add_argument("--step", type=int, metavar="N",
                         help="report RUN_DIR's evaluations at step N instead of the latest")

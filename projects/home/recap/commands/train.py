@@ -17,6 +17,7 @@ from core.distributed import (
     shutdown_distributed,
 )
 from core.log import get_logger
+from core.storage import ObjectPath, location
 from projects.home.recap.schema import load_recap_config
 
 logger = get_logger(__name__)
@@ -86,7 +87,7 @@ def launcher_options(args: argparse.Namespace) -> Rendezvous | None:
         raise SystemExit(f"--rdzv-endpoint / --rdzv-id: {exc}") from None
 
 
-def checked_stop(status: int, save_dir: Path, launched_at: float) -> int:
+def checked_stop(status: int, save_dir: Path | ObjectPath, launched_at: float) -> int:
     """The launcher's exit status once its workers ended: a stop signal's status (143, 130) only when the workers
     wrote a complete checkpoint after they were launched, so a wrapper that sees 143 can rely on one; else 1."""
     if status <= 128:
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             launched_at = time.time()
             status = launch_workers(args.nproc_per_node, MODULE, worker_arguments(args), args.max_restarts,
                                     rendezvous)
-            return checked_stop(status, Path(config.training.save_dir), launched_at)
+            return checked_stop(status, location(config.training.save_dir), launched_at)
     elif args.nproc_per_node is not None:
         logger.warning("--nproc-per-node and the other launcher options are ignored under torchrun")
     quiet_library_logging()

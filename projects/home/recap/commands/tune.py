@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from core.log import get_logger
+from core.storage import local_path_argument
 
 logger = get_logger(__name__)
 
@@ -16,7 +17,7 @@ logger = get_logger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", required=True, help="search-space YAML (base, metric, parameters)")
     parser.add_argument("--config", default=None, help="base experiment YAML (instead of the space's `base`)")
-    parser.add_argument("--output", default="runs/tune", help="the search's directory (default runs/tune)")
+    parser.add_argument("--output", default="runs/tune", type=local_path_argument, help="the search's directory (default runs/tune)")
     parser.add_argument("--trials", type=int, default=20, metavar="N",
                         help="finished trials in the study to stop at, counting those of earlier runs (default 20)")
     parser.add_argument("--parallel", type=int, default=1, metavar="N", help="trainings at once (default 1)")

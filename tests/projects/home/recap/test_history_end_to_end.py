@@ -84,7 +84,7 @@ def test_export_and_the_standalone_scorer_take_the_history(run, tmp_path):
     program = torch.export.load(artifact / "model.pt2").module()
     metadata = yaml.safe_load((artifact / "metadata.json").read_text())
     group = next(spec for spec in metadata["inputs"] if spec["name"] == "histories")["groups"]["history"]
-    assert group["max_length"] == 5 and group["tensors"]["history/continuous"]["shape"] == ["batch", 5, 1]
+    assert group["max_length"] == 5 and group["tensors"]["history/continuous"]["shape"] == ["requests", 5, 1]
     features = [f["name"] for f in metadata["sparse_features"]]
     test_file = sorted((root / "data" / "test").glob("*.parquet"))[0]
     table = pq.read_table(test_file)

@@ -209,12 +209,18 @@ def test_the_standalone_scorer_reads_histories_as_the_loader_does(tmp_path):
     config = sequence_config([str(path)], max_length=3)
     config.features.sequences["hist"]._num_actions = 4
     [batch] = RecapDataLoader(config, DatasetConfig(paths=[str(path)]), ["a", "b"], "predict", batch_size=12)
-    expected = serving_inputs(batch, [], {"hist": 3})[-1]
     metadata = _scorer_metadata(config)
-    scored = table_inputs(pq.read_table(path), metadata, "h.parquet")[-1]
-    assert scored.keys() == expected.keys()
-    for key in expected:
-        assert torch.equal(scored[key], expected[key]), key
+    for share in (True, False):
+        expected, expected_requests = serving_inputs(batch, [], {"hist": 3}, share)[-2:]
+        scored, requests = table_inputs(pq.read_table(path), metadata, "h.parquet", share)[-2:]
+        assert scored.keys() == expected.keys()
+        assert torch.equal(requests, expected_requests)
+        for key in expected:
+            assert torch.equal(scored[key], expected[key]), key
+    # Rows 0, 1 and 2 have empty histories (no item, a null list, empty lists): one request of three rows; every
+    # other row's history differs from its neighbours'. Row by row, 12 requests.
+    assert table_inputs(pq.read_table(path), metadata, "h.parquet")[-1].tolist() == [0, 0, 0, *range(1, 10)]
+    assert table_inputs(pq.read_table(path), metadata, "h.parquet", False)[-1].tolist() == list(range(12))
 
     # What the loader rejects, the scorer rejects with the same words, naming the column.
     bad = [(dict(hist_author=pa.array([[1], [2, None]] + [[]] * 10, pa.list_(pa.int64()))),

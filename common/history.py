@@ -216,6 +216,7 @@ class HistoryEncoder(nn.Module):
           transformer:      the history layers run once per request, every candidate of a request in one
                             pass ([R, C, D], C the most rows of any request; forward_request);
         and the match features from the rows' own view of their request's raw ids."""
+        request_of_row = request_of_row.to(torch.int64)
         mask = inputs[self.prefix + "mask"]
         candidate = self.tokens.candidate(inputs, self.prefix, request_of_row)
         history = self.tokens.items(inputs, self.prefix)
@@ -294,8 +295,10 @@ class HistoryEncoder(nn.Module):
             _check_range(inputs[p + "actions"], self.tokens.num_actions, p + "actions",
                          f"model.sequences.{p[:-1]}.num_actions is {self.tokens.num_actions}", asynchronous)
         if request_of_row is not None:
+            # Symbolic in an exported program: named rather than printed there.
             _check_range(request_of_row, inputs[p + "mask"].shape[0], "request_of_row",
-                         f"the history tensors of group {p[:-1]!r} hold that many requests", asynchronous)
+                         f"one request per row of the history tensors of group {p[:-1]!r}", asynchronous,
+                         "requests")
 
     def _check_shapes(self, inputs: dict[str, torch.Tensor], request_of_row: torch.Tensor | None) -> None:
         p = self.prefix
@@ -324,12 +327,14 @@ def _check_integer(tensor: torch.Tensor, key: str) -> None:
         raise TypeError(f"{key} holds {tensor.dtype} values; it takes integer ids (int64)")
 
 
-def _check_range(values: torch.Tensor, size: int, key: str, why: str, asynchronous: bool) -> None:
+def _check_range(values: torch.Tensor, size: int, key: str, why: str, asynchronous: bool,
+                 size_name: str | None = None) -> None:
     """Every entry of `values` (padding included) in [0, size), else an error naming `key` (and, when checked
-    synchronously, the first offending value and how many there are)."""
+    synchronously, the first offending value and how many there are). size_name: what the asynchronous message
+    calls a size that is not a number then."""
     if asynchronous:
         inside = ((values >= 0) & (values < size)).all()
-        torch._assert_async(inside, f"{key} holds values outside [0, {size}) ({why})")
+        torch._assert_async(inside, f"{key} holds values outside [0, {size_name or size}) ({why})")
         return
     bad = (values < 0) | (values >= size)
     if bool(bad.any()):
@@ -345,7 +350,9 @@ def request_slots(request_of_row: torch.Tensor, num_requests: int) -> tuple[torc
     """(each row's position among its request's rows, in row order [N]; the most rows of any request): where each
     candidate sits in the [R, C] layout of forward_request. Works on rows in any order, and under torch.export (C
     becomes a data-dependent size)."""
-    counts = torch.bincount(request_of_row, minlength=num_requests)
+    # Not bincount: its output length would be data-dependent under torch.export.
+    counts = torch.zeros(num_requests, dtype=torch.int64, device=request_of_row.device).index_add_(
+        0, request_of_row, torch.ones_like(request_of_row, dtype=torch.int64))
     order = torch.sort(request_of_row, stable=True).indices
     starts = torch.cumsum(counts, 0) - counts
     ranked = torch.arange(request_of_row.shape[0], device=request_of_row.device) - starts[request_of_row[order]]

@@ -248,8 +248,8 @@ def test_bad_history_inputs_are_named_errors():
         encoder({**inputs, "h/candidate:t": inputs["h/candidate:t"].double()}, request_of_row)
     with pytest.raises(TypeError, match=r"request_of_row holds torch.float32 values"):
         encoder(inputs, request_of_row.float())
-    with pytest.raises(ValueError, match=r"request_of_row holds 1 values outside \[0, 2\) \(first: 2; the history "
-                                         r"tensors of group 'h' hold that many requests\)"):
+    with pytest.raises(ValueError, match=r"request_of_row holds 1 values outside \[0, 2\) \(first: 2; one request "
+                                         r"per row of the history tensors of group 'h'\)"):
         encoder(inputs, torch.tensor([0, 2, 1]))
     with pytest.raises(ValueError, match=r"h/id:t has shape \(2, 5\) but h/mask has \(2, 6\): the tensors of "
                                          r"history group 'h' hold the same rows and items"):

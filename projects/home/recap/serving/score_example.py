@@ -18,6 +18,8 @@ candidates builds the inputs of that one request with `request_inputs`:
     candidates = pq.read_table("request.parquet")              # C rows: the candidates' features
     scores = model(*request_inputs(user, candidates, metadata))
 
+`check_inputs(inputs, metadata)` names an input of the wrong dtype (the program itself only says "dtype mismatch").
+
 The output
 holds the id columns listed in the metadata (when present in the file), then, per task, the columns `<task>.logit`,
 `<task>.probability` and `<task>.calibrated` (the names `recap predict` writes), and `score` when the model has a
@@ -270,6 +272,30 @@ def _candidates(table: pa.Table, group: dict, where: str) -> dict[str, torch.Ten
     return out
 
 
+def check_inputs(inputs: tuple, metadata: dict) -> None:
+    """Raise ValueError naming the input (e.g. histories['history/id:history.author_id']) whose dtype is not the one
+    metadata.json gives, or a history tensor that is missing: the program itself only says "dtype mismatch". A float
+    id would otherwise have to be cast by the caller, which is where ids go wrong."""
+    for spec, value in zip(metadata["inputs"], inputs, strict=True):
+        name = spec["name"]
+        if name == "histories":
+            for group in spec["groups"].values():
+                for key, tensor_spec in group["tensors"].items():
+                    if key not in value:
+                        raise ValueError(f"histories[{key!r}] is missing")
+                    _check_dtype(value[key], tensor_spec["dtype"], f"histories[{key!r}]")
+        elif "features" in spec:
+            for feature, tensor in zip(spec["features"], value, strict=True):
+                _check_dtype(tensor, spec["dtype"], f"{name}[{feature!r}]")
+        else:
+            _check_dtype(value, spec["dtype"], name)
+
+
+def _check_dtype(tensor: torch.Tensor, dtype: str, name: str) -> None:
+    if tensor.dtype != getattr(torch, dtype):
+        raise ValueError(f"input {name} holds {tensor.dtype}; the model takes {dtype}")
+
+
 # Per-task outputs of the program -> the suffix of their columns, `<task>.<suffix>`: the names `recap predict` writes
 # (`<task>.probability`, `<task>.calibrated`), so the two scorers' files can be read by the same code.
 COLUMN_SUFFIXES = {"logits": "logit", "probabilities": "probability", "calibrated_probabilities": "calibrated"}
@@ -296,8 +322,10 @@ def score_file(artifact: str | Path, input_path: str | Path, output_path: str | 
     try:
         for batch in source.iter_batches(batch_size=batch_size):
             table = pa.Table.from_batches([batch])
+            inputs = table_inputs(table, metadata, str(input_path))
+            check_inputs(inputs, metadata)
             with torch.inference_mode():
-                scores = model(*table_inputs(table, metadata, str(input_path)))
+                scores = model(*inputs)
             columns = {c: table.column(c) for c in ids}
             for name, key, j in outputs:
                 values = scores[key].numpy()

@@ -168,3 +168,14 @@ def test_an_artifact_of_the_per_row_format_is_refused_clearly(exported, tmp_path
     metadata["inputs"] = [spec for spec in metadata["inputs"] if spec["name"] not in ("histories", "request_of_row")]
     (old / "metadata.json").write_text(json.dumps(metadata))
     assert load_artifact(old)[1]["format"] == "recap-serving/1"
+
+
+def test_the_serving_benchmark_scores_the_same_rows_both_ways(tmp_path):
+    from projects.home.recap.serving.benchmark import main
+
+    output = tmp_path / "figures.json"
+    assert main(["--length", "4", "--candidates", "4", "--rows", "8", "--encoders", "transformer", "--seconds", "0",
+                 "--output", str(output)]) == 0
+    [figures] = json.loads(output.read_text())
+    assert figures["requests"] == 2 and figures["max_abs_logit_difference"] <= 1e-5
+    assert figures["request_path"]["rows_per_second"] > 0 and figures["row_by_row"]["repeats"] >= 5

@@ -22,7 +22,10 @@ the candidate token into one vector; the group's output is [encoder output, c, m
 model input.
 
 Inputs of `HistoryEncoder.forward` are padded [B, L] tensors keyed "<group>/<field>"; `padded_history` makes them
-from a batch's jagged group (lengths [B] and the rows' items one after another).
+from a batch's jagged group (lengths [B] and the rows' items one after another). On the request path the history
+tensors hold one row per request ([R, L]), the candidate ids one per candidate row ([N]), and `request_of_row` [N]
+says which request each candidate row belongs to: each history is encoded once, every candidate scored against its
+own request's, with the same result as row by row.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from common.init import EmbeddingInit, init_embedding_
 from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention
 from common.sparse_embeddings import hash_ids
 
-__all__ = ["HistoryEncoder", "HistoryTokens", "pad_jagged", "padded_history", "request_groups"]
+__all__ = ["HistoryEncoder", "HistoryTokens", "pad_jagged", "padded_history", "request_groups", "request_slots"]
 
 
 def _padding_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -131,8 +134,8 @@ class HistoryTokens(nn.Module):
         """[B, L, dim] tokens of the padded history."""
         blocks = [self._rows(inputs, prefix, column) for column in self.columns]
         if self.actions is not None:
-            actions = inputs[prefix + "actions"].to(torch.int64).clamp(0, self.num_actions - 1)
-            blocks.append(self.actions(actions))
+            # In [0, num_actions) (HistoryEncoder checks it): index num_actions is the candidate's own action.
+            blocks.append(self.actions(inputs[prefix + "actions"].to(torch.int64)))
         if self.continuous is not None:
             x = inputs[prefix + "continuous"].float()
             x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
@@ -167,10 +170,11 @@ class HistoryEncoder(nn.Module):
     def __init__(self, name: str, tokens: HistoryTokens, encoder: nn.Module, max_length: int,
                  share_requests: bool = True, candidate_columns: list[str] | None = None,
                  output_dim: int | None = None) -> None:
-        """max_length: the history length the inputs are padded to. share_requests: consecutive rows with the same history (the candidates of one request, as they sit
-        together in the files) encode it once and score their candidates in one pass; exact, since no candidate
-        reads another (eager mode only: an exported or scripted model scores row by row). candidate_columns: the
-        id columns whose candidate id is matched exactly against the history's ids (match features)."""
+        """max_length: the history length the inputs are padded to. share_requests: in eager evaluation,
+        consecutive rows with the same history (the candidates of one request, as they sit together in the files)
+        encode it once and score their candidates in one pass; exact, since no candidate reads another (an exported
+        program is given its requests instead: forward's request_of_row). candidate_columns: the id columns whose
+        candidate id is matched exactly against the history's ids (match features)."""
         super().__init__()
         if not isinstance(encoder, (HistoryPooling, TargetAttention, CandidateIsolatedTransformer)):
             raise TypeError(f"unknown history encoder {type(encoder).__name__}")
@@ -188,31 +192,80 @@ class HistoryEncoder(nn.Module):
         self.projection = nn.Linear(width, output_dim) if output_dim is not None else None
         self.output_dim = output_dim if output_dim is not None else width
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self._encode(inputs)
+    def forward(self, inputs: dict[str, torch.Tensor], request_of_row: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, output_dim] for N candidate rows.
+
+        Without `request_of_row` every input has one row per candidate: the history tensors [N, L, ...] and the
+        candidate ids [N]. With it (the request path) the history tensors hold R requests' histories ([R, L, ...]),
+        the candidate ids stay [N] and request_of_row [N] int64 gives each row's request in [0, R): each history is
+        encoded once and every candidate is scored against its own request's, exactly as if it carried the history
+        itself (no candidate reads another). Row by row is the case R = N, request_of_row = arange(N).
+        """
+        self.check_inputs(inputs, request_of_row)
+        out = self._encode(inputs, request_of_row)
         return self.projection(out) if self.projection is not None else out
 
-    def _encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        mask = inputs[self.prefix + "mask"]
-        candidate = self.tokens.candidate(inputs, self.prefix, mask)
-        matches = self.match_features(inputs)
+    def _encode(self, inputs: dict[str, torch.Tensor], request_of_row: torch.Tensor | None = None) -> torch.Tensor:
         # Only outside training: training rows are shuffled, so neighbours rarely share a history, and the check
         # would cost a device synchronization per step.
-        if self.share_requests and not self.pooling and not self.training and not _tracing():
+        if (request_of_row is None and self.share_requests and not self.pooling and not self.training
+                and not _tracing()):
             groups = request_groups(inputs, self.prefix)
             if groups is not None:
-                return torch.cat([self._per_request(inputs, mask, candidate, *groups), candidate, *matches], dim=1)
+                first, request_of_row, _ = groups
+                inputs = {k: v if k.startswith(self.prefix + "candidate:") else v.index_select(0, first)
+                          for k, v in inputs.items() if k.startswith(self.prefix)}
+        if request_of_row is not None:
+            return self._encode_requests(inputs, request_of_row)
+        mask = inputs[self.prefix + "mask"]
+        candidate = self.tokens.candidate(inputs, self.prefix, mask)
         history = self.tokens.items(inputs, self.prefix)
         if self.pooling:
             encoded = self.encoder(history, mask)
         else:
             encoded = self.encoder(history, mask, candidate)
-        return torch.cat([encoded, candidate, *matches], dim=1)
+        return torch.cat([encoded, candidate, *self.match_features(inputs)], dim=1)
+
+    def _encode_requests(self, inputs: dict[str, torch.Tensor], request_of_row: torch.Tensor) -> torch.Tensor:
+        """The request path: the R histories' tokens computed once each ([R, L, D]), then per encoder
+          pooling:          pooled once per request, then given to each of its rows;
+          target attention: each row weighs its request's tokens against its candidate (the weights are
+                            per (candidate, item) pair by definition: the tokens are shared, gathered per row);
+          transformer:      the history layers run once per request, every candidate of a request in one
+                            pass ([R, C, D], C the most rows of any request; forward_request);
+        and the match features from the rows' own view of their request's raw ids."""
+        request_of_row = request_of_row.to(torch.int64)
+        mask = inputs[self.prefix + "mask"]
+        candidate = self.tokens.candidate(inputs, self.prefix, request_of_row)
+        history = self.tokens.items(inputs, self.prefix)
+        if self.pooling:
+            encoded = self.encoder(history, mask).index_select(0, request_of_row)
+        elif isinstance(self.encoder, TargetAttention):
+            encoded = self.encoder(history.index_select(0, request_of_row), mask.index_select(0, request_of_row),
+                                   candidate)
+        else:
+            num_requests = mask.shape[0]
+            slot, width = request_slots(request_of_row, num_requests)
+            where = (request_of_row, slot)
+            candidates = candidate.new_zeros(num_requests, width, candidate.shape[1]).index_put(where, candidate)
+            present = torch.zeros(num_requests, width, dtype=torch.bool, device=mask.device).index_put(
+                where, torch.ones_like(request_of_row, dtype=torch.bool))
+            encoded = self.encoder.forward_request(history, mask, candidates, present)[where]
+        return torch.cat([encoded, candidate, *self.match_features(self._row_view(inputs, request_of_row))], dim=1)
+
+    def _row_view(self, inputs: dict[str, torch.Tensor], request_of_row: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the match features read, one row per candidate: the mask, matched id columns and actions of each
+        row's request (small integer gathers), and the candidate ids as given."""
+        keys = [self.prefix + "mask", self.prefix + "actions", *(self.prefix + "id:" + c for c in self.match_columns)]
+        rows = {k: inputs[k].index_select(0, request_of_row) for k in keys if k in inputs}
+        rows.update({k: v for k, v in inputs.items() if k.startswith(self.prefix + "candidate:")})
+        return rows
 
     def match_features(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Per id column with a candidate: how often and how recently the user engaged with the candidate's id,
         from exact raw-id matches m_j = [id_j = candidate id] over the real items: log1p(Σ_j m_j),
-        Σ_j m_j / (j + 1) (item j is the j-th most recent), and log1p(Σ_j m_j [action_j = a]) per action type a."""
+        Σ_j m_j / (j + 1) (item j is the j-th most recent), and log1p(Σ_j m_j [action_j = a]) per action type a.
+        Inputs one row per candidate."""
         if not self.match_columns:
             return []
         mask = inputs[self.prefix + "mask"]
@@ -230,23 +283,107 @@ class HistoryEncoder(nn.Module):
             out.append(torch.cat(parts, dim=1))
         return out
 
-    def _per_request(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor, candidate: torch.Tensor,
-                     first: torch.Tensor, request: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """Each distinct history once ([R, L, D]), its rows' candidates as [R, C, D]; back to one row each."""
-        rows = {k: v.index_select(0, first) for k, v in inputs.items()
-                if k.startswith(self.prefix) and not k.startswith(self.prefix + "candidate:")}
-        history = self.tokens.items(rows, self.prefix)
-        width = int(slot.max()) + 1
-        candidates = candidate.new_zeros(first.shape[0], width, candidate.shape[1])
-        candidates[request, slot] = candidate
-        present = torch.zeros(first.shape[0], width, dtype=torch.bool, device=mask.device)
-        present[request, slot] = True
-        out = self.encoder.forward_request(history, rows[self.prefix + "mask"], candidates, present)
-        return out[request, slot]
+    def check_inputs(self, inputs: dict[str, torch.Tensor], request_of_row: torch.Tensor | None = None) -> None:
+        """Raise an error naming the input for what this group cannot read: a missing tensor; ids, actions or
+        request_of_row that are not integers (a float id would be truncated into another id); history tensors whose
+        rows or length disagree with the mask, candidate ids not one per row; an action id outside
+        [0, num_actions) (it would read another action's embedding, or the candidate's own); a request_of_row
+        entry outside [0, R).
+
+        Values are checked exactly, with the offending value in the message, in eager mode; in an exported program
+        (and in training on an accelerator, where a synchronization per step would cost) an asynchronous assert
+        stops the call with a message naming the input and the allowed range."""
+        p = self.prefix
+        required = [p + "mask", *(p + "id:" + c for c in self.tokens.columns)]
+        required += [p + "actions"] if self.tokens.actions is not None else []
+        required += [p + "continuous"] if self.tokens.continuous is not None else []
+        required += [p + "candidate:" + c for c in self.match_columns]
+        missing = [k for k in required if k not in inputs]
+        if missing:
+            raise KeyError(f"history group {p[:-1]!r}: inputs {missing} are missing (it reads {required})")
+        integers = [k for k in inputs if (k.startswith((p + "id:", p + "candidate:")) or k == p + "actions")
+                    and not k.startswith(p + "candidate:emb:")]  # a sharded table's rows, looked up already
+        for key in integers:
+            _check_integer(inputs[key], key)
+        if request_of_row is not None:
+            _check_integer(request_of_row, "request_of_row")
+        if not _tracing():
+            self._check_shapes(inputs, request_of_row)
+        asynchronous = _tracing() or (self.training and inputs[p + "mask"].device.type != "cpu")
+        if self.tokens.num_actions is not None:
+            _check_range(inputs[p + "actions"], self.tokens.num_actions, p + "actions",
+                         f"model.sequences.{p[:-1]}.num_actions is {self.tokens.num_actions}", asynchronous)
+        if request_of_row is not None:
+            # Symbolic in an exported program: named rather than printed there.
+            _check_range(request_of_row, inputs[p + "mask"].shape[0], "request_of_row",
+                         f"one request per row of the history tensors of group {p[:-1]!r}", asynchronous,
+                         "requests")
+
+    def _check_shapes(self, inputs: dict[str, torch.Tensor], request_of_row: torch.Tensor | None) -> None:
+        p = self.prefix
+        mask = inputs[p + "mask"]
+        if mask.dim() != 2:
+            raise ValueError(f"{p}mask has shape {tuple(mask.shape)}; expected [rows or requests, max_length]")
+        for key, tensor in inputs.items():
+            if not key.startswith(p) or key.startswith(p + "candidate:") or key == p + "mask":
+                continue
+            dims = 3 if key == p + "continuous" or key.startswith(p + "emb:") else 2
+            if tensor.dim() != dims or tuple(tensor.shape[:2]) != tuple(mask.shape):
+                raise ValueError(f"{key} has shape {tuple(tensor.shape)} but {p}mask has {tuple(mask.shape)}: the "
+                                 f"tensors of history group {p[:-1]!r} hold the same rows and items")
+        rows = mask.shape[0] if request_of_row is None else request_of_row.shape[0]
+        if request_of_row is not None and request_of_row.dim() != 1:
+            raise ValueError(f"request_of_row has shape {tuple(request_of_row.shape)}; expected [rows]")
+        for key, tensor in inputs.items():
+            if key.startswith(p + "candidate:emb:"):  # a sharded table's row per candidate: [rows, dim]
+                if tensor.dim() != 2 or tensor.shape[0] != rows:
+                    raise ValueError(f"{key} has shape {tuple(tensor.shape)}; expected one row per candidate ({rows})")
+                continue
+            if key.startswith(p + "candidate:") and tuple(tensor.shape) != (rows,):
+                what = "request_of_row's rows" if request_of_row is not None else f"{p}mask's rows"
+                raise ValueError(f"{key} has shape {tuple(tensor.shape)}; expected one id per candidate row "
+                                 f"({rows}, {what})")
+
+
+def _check_integer(tensor: torch.Tensor, key: str) -> None:
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise TypeError(f"{key} holds {tensor.dtype} values; it takes integer ids (int64)")
+
+
+def _check_range(values: torch.Tensor, size: int, key: str, why: str, asynchronous: bool,
+                 size_name: str | None = None) -> None:
+    """Every entry of `values` (padding included) in [0, size), else an error naming `key` (and, when checked
+    synchronously, the first offending value and how many there are). size_name: what the asynchronous message
+    calls a size that is not a number then."""
+    if asynchronous:
+        inside = ((values >= 0) & (values < size)).all()
+        torch._assert_async(inside, f"{key} holds values outside [0, {size_name or size}) ({why})")
+        return
+    bad = (values < 0) | (values >= size)
+    if bool(bad.any()):
+        raise ValueError(f"{key} holds {int(bad.sum())} values outside [0, {size}) (first: {values[bad][0].item()}; "
+                         f"{why})")
 
 
 def _tracing() -> bool:
     return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def request_slots(request_of_row: torch.Tensor, num_requests: int) -> tuple[torch.Tensor, int]:
+    """(each row's position among its request's rows, in row order [N]; the most rows of any request): where each
+    candidate sits in the [R, C] layout of forward_request. Works on rows in any order, and under torch.export (C
+    becomes a data-dependent size)."""
+    # Not bincount: its output length would be data-dependent under torch.export.
+    counts = torch.zeros(num_requests, dtype=torch.int64, device=request_of_row.device).index_add_(
+        0, request_of_row, torch.ones_like(request_of_row, dtype=torch.int64))
+    order = torch.sort(request_of_row, stable=True).indices
+    starts = torch.cumsum(counts, 0) - counts
+    ranked = torch.arange(request_of_row.shape[0], device=request_of_row.device) - starts[request_of_row[order]]
+    slot = torch.empty_like(ranked).index_put((order,), ranked)
+    width = counts.max().item()
+    torch._check(width >= 1)
+    torch._check(width <= request_of_row.shape[0])
+    return slot, width
 
 
 def request_groups(inputs: dict[str, torch.Tensor], prefix: str

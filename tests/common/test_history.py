@@ -119,3 +119,143 @@ def test_an_output_projection_sets_the_groups_width():
     out = encoder(inputs)
     assert encoder.output_dim == 5 and out.shape == (1, 5)
     torch.testing.assert_close(out, encoder.projection(encoder._encode(inputs)))
+
+
+# The request path: the history tensors hold one row per request, the candidate ids one per row, request_of_row
+# each row's request.
+ENCODERS = ["pooling", "target_attention", "target_attention_softmax", "transformer", "transformer_rotary_causal"]
+
+
+def _variant(kind: str, features: str) -> HistoryEncoder:
+    """An encoder of this kind over ids only (features "ids") or ids, actions, continuous values and match
+    features ("all")."""
+    torch.manual_seed(1)
+    full = features == "all"
+    tokens = HistoryTokens(D, {"a": (50, True), "t": (20, False)}, num_actions=3 if full else None,
+                           num_continuous=2 if full else 0)
+    width = tokens.dim
+    module = {
+        "pooling": lambda: HistoryPooling("sum", width),
+        "target_attention": lambda: TargetAttention(width, (8,)),
+        "target_attention_softmax": lambda: TargetAttention(width, (8,), softmax=True),
+        "transformer": lambda: CandidateIsolatedTransformer(width, num_layers=2, num_heads=2, max_length=L),
+        "transformer_rotary_causal": lambda: CandidateIsolatedTransformer(
+            width, num_layers=1, num_heads=2, positions="rotary", max_length=L, causal=True),
+    }[kind]()
+    return HistoryEncoder("h", tokens, module, L, share_requests=False,
+                          candidate_columns=["a", "t"] if full else None).eval()
+
+
+def _request_inputs(encoder: HistoryEncoder, request_of_row: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Padded histories of R = max(request_of_row) + 1 requests (requests 3, 7, ... empty, some ids
+    shared with the candidates so that matches occur) and one candidate id per row."""
+    g = torch.Generator().manual_seed(seed)
+    requests, rows = int(request_of_row.max()) + 1, request_of_row.shape[0]
+    lengths = torch.randint(1, L + 1, (requests,), generator=g)
+    lengths[3::4] = 0
+    n = int(lengths.sum())
+    group = {"lengths": lengths, "id:a": torch.randint(-5, 5, (n,), generator=g),
+             "id:t": torch.randint(0, 6, (n,), generator=g)}
+    if encoder.tokens.num_actions is not None:
+        group["actions"] = torch.randint(0, 3, (n,), generator=g)
+    if encoder.tokens.continuous is not None:
+        group["continuous"] = torch.rand(n, 2, generator=g) * 50
+    inputs = padded_history(group, L, "h/")
+    inputs["h/candidate:a"] = torch.randint(-5, 5, (rows,), generator=g)
+    inputs["h/candidate:t"] = torch.randint(0, 6, (rows,), generator=g)
+    return inputs
+
+
+def _row_by_row(inputs: dict[str, torch.Tensor], request_of_row: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v if "candidate:" in k else v[request_of_row] for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("features", ["all", "ids"])
+@pytest.mark.parametrize("kind", ENCODERS)
+def test_the_request_path_equals_row_by_row(kind, features):
+    encoder = _variant(kind, features)
+    cases = {
+        "one request of one candidate": torch.tensor([0]),
+        "one request of nine candidates": torch.zeros(9, dtype=torch.int64),
+        "one empty history, three candidates": torch.zeros(3, dtype=torch.int64),
+        # Requests of 1, 4, 2, 3 and 1 candidates, rows in no particular order; request 3 has no items.
+        "mixed, unordered": torch.tensor([2, 1, 1, 3, 0, 1, 3, 2, 1, 3, 4]),
+    }
+    for name, request_of_row in cases.items():
+        inputs = _request_inputs(encoder, request_of_row, seed=len(name))
+        if name.startswith("one empty"):
+            inputs["h/mask"][:] = False
+        assert inputs["h/mask"][0].any() == (not name.startswith("one empty")), name
+        with torch.no_grad():
+            shared = encoder(inputs, request_of_row)
+            alone = encoder(_row_by_row(inputs, request_of_row))
+            identity = encoder(_row_by_row(inputs, request_of_row), torch.arange(request_of_row.shape[0]))
+        assert shared.shape == (request_of_row.shape[0], encoder.output_dim), name
+        torch.testing.assert_close(shared, alone, rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(identity, alone, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["target_attention", "transformer"])
+def test_on_the_request_path_a_candidate_reads_no_other_candidate(kind):
+    encoder = _variant(kind, "all")
+    request_of_row = torch.tensor([0, 0, 0, 1, 1, 0])
+    inputs = _request_inputs(encoder, request_of_row, seed=4)
+    with torch.no_grad():
+        full = encoder(inputs, request_of_row)
+        # Rows 5 and 3 alone, each as the only candidate of its request.
+        keep = torch.tensor([5, 3])
+        part = encoder({k: v[keep] if "candidate:" in k else v for k, v in inputs.items()}, torch.tensor([0, 1]))
+    torch.testing.assert_close(part, full[keep], rtol=0, atol=1e-5)
+
+
+def test_request_slots_place_each_row_after_the_earlier_rows_of_its_request():
+    from common.history import request_slots
+
+    slot, width = request_slots(torch.tensor([2, 0, 2, 2, 1, 0]), 4)
+    assert slot.tolist() == [0, 0, 1, 2, 0, 1] and width == 3
+
+
+def test_non_finite_continuous_history_values_count_as_zero():
+    encoder = _variant("target_attention", "all")
+    request_of_row = torch.tensor([0, 1, 1, 2])
+    inputs = _request_inputs(encoder, request_of_row, seed=2)
+    zeroed = dict(inputs, **{"h/continuous": inputs["h/continuous"].clone()})
+    bad = dict(inputs, **{"h/continuous": inputs["h/continuous"].clone()})
+    # Real items of requests 1 and 2, and the last slot of request 1 (an item or padding).
+    for value, (r, j) in zip((float("nan"), float("inf"), float("-inf")), ((1, 0), (2, 0), (1, L - 1))):
+        bad["h/continuous"][r, j, 0] = value
+        zeroed["h/continuous"][r, j, 0] = 0.0
+    with torch.no_grad():
+        got = encoder(bad, request_of_row)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, encoder(zeroed, request_of_row), rtol=0, atol=0)
+
+
+def test_bad_history_inputs_are_named_errors():
+    encoder = _variant("transformer", "all")
+    request_of_row = torch.tensor([0, 1, 1])
+    inputs = _request_inputs(encoder, request_of_row, seed=3)
+    assert inputs["h/mask"][1].any()
+    for value in (3, -1):
+        actions = inputs["h/actions"].clone()
+        actions[1, 0] = value
+        with pytest.raises(ValueError, match=rf"h/actions holds 1 values outside \[0, 3\) \(first: {value}; "
+                                             r"model.sequences.h.num_actions is 3\)"):
+            encoder({**inputs, "h/actions": actions}, request_of_row)
+    with pytest.raises(TypeError, match=r"h/id:a holds torch.float32 values; it takes integer ids"):
+        encoder({**inputs, "h/id:a": inputs["h/id:a"].float()}, request_of_row)
+    with pytest.raises(TypeError, match=r"h/candidate:t holds torch.float64 values"):
+        encoder({**inputs, "h/candidate:t": inputs["h/candidate:t"].double()}, request_of_row)
+    with pytest.raises(TypeError, match=r"request_of_row holds torch.float32 values"):
+        encoder(inputs, request_of_row.float())
+    with pytest.raises(ValueError, match=r"request_of_row holds 1 values outside \[0, 2\) \(first: 2; one request "
+                                         r"per row of the history tensors of group 'h'\)"):
+        encoder(inputs, torch.tensor([0, 2, 1]))
+    with pytest.raises(ValueError, match=r"h/id:t has shape \(2, 5\) but h/mask has \(2, 6\): the tensors of "
+                                         r"history group 'h' hold the same rows and items"):
+        encoder({**inputs, "h/id:t": inputs["h/id:t"][:, :5]}, request_of_row)
+    with pytest.raises(ValueError, match=r"h/candidate:a has shape \(2,\); expected one id per candidate row \(3, "
+                                         r"request_of_row's rows\)"):
+        encoder({**inputs, "h/candidate:a": inputs["h/candidate:a"][:2]}, request_of_row)
+    with pytest.raises(KeyError, match=r"history group 'h': inputs \['h/actions'\] are missing"):
+        encoder({k: v for k, v in inputs.items() if k != "h/actions"}, request_of_row)

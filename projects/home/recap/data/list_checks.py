@@ -1,5 +1,6 @@
-"""How list columns are read and checked: a null list is an empty one, a null inside a list is an error, the list
-columns of a history group have one length per row, action ids lie in [0, num_actions).
+"""How list columns are read and checked: a null list is an empty one, a null inside a list is an error, history
+columns have list types of integers (ids, actions) or numbers (continuous values), the list columns of a history group
+have one length per row, action ids lie in [0, num_actions).
 
 Shared by the training loader (data/columns.py) and the standalone scorer shipped with a serving export
 (serving/score_example.py), so both read the same parquet rows the same way. `recap export` copies this file next to
@@ -16,8 +17,7 @@ import pyarrow.compute as pc
 
 def is_list(arr: pa.Array) -> bool:
     """Whether a column holds lists (variable or fixed length)."""
-    t = arr.type
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+    return is_list_type(arr.type)
 
 
 def list_lengths(arr: pa.Array) -> np.ndarray:
@@ -26,6 +26,39 @@ def list_lengths(arr: pa.Array) -> np.ndarray:
     if lengths.null_count:
         lengths = pc.fill_null(lengths, 0)
     return lengths.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+# The history columns' kinds (as the loader's layout names them): what their values must be.
+HISTORY_VALUES = {
+    "sequence_id": (pa.types.is_integer, "integer ids"),
+    "sequence_action": (pa.types.is_integer, "integer action types"),
+    "sequence_continuous": (_is_number, "numbers"),
+}
+
+
+def history_type_problem(dtype: pa.DataType, kind: str, what: str) -> str | None:
+    """Why a parquet type cannot be a history list column of this kind (a key of HISTORY_VALUES), or None. `what`
+    names the column's place in the config, e.g. "data.features.sequences.history.ids[0]". A float or string id would
+    otherwise be cast or fail far from its column."""
+    is_value, wanted = HISTORY_VALUES[kind]
+    if not (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)):
+        return f"type {dtype} is not a variable-length list; {what} is a history column (list per row)"
+    return None if is_value(dtype.value_type) else f"type {dtype} does not hold {wanted} ({what})"
+
+
+def candidate_type_problem(dtype: pa.DataType) -> str | None:
+    """Why a parquet type cannot hold a candidate id column (int64 or a list of ints whose first id counts)."""
+    inner = dtype.value_type if is_list_type(dtype) else dtype
+    return None if pa.types.is_integer(inner) else f"type {dtype} cannot hold candidate ids: need list<int64> or int64"
+
+
+def is_list_type(t: pa.DataType) -> bool:
+    """Whether a parquet type is a list (variable or fixed length)."""
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
 def null_ids_problem(arr: pa.Array) -> str | None:

@@ -10,6 +10,7 @@ from projects.home.recap.data.config import DataConfig, DatasetConfig
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.files import ScannedDataset, scan_dataset
 from projects.home.recap.data.layout import BatchLayout, ColumnRole, build_layout
+from projects.home.recap.data.list_checks import HISTORY_VALUES, history_type_problem
 
 __all__ = ["check_schema", "detect_oracle", "scan_labels", "validate_dataset", "validate_scanned"]
 
@@ -40,9 +41,7 @@ _VALUE_CHECKS = {
     "label": (_is_number, "0/1 numbers or booleans"),
     "weight": (lambda t: pa.types.is_integer(t) or pa.types.is_floating(t), "numbers"),
     "oracle": (pa.types.is_floating, "floats (probabilities)"),
-    "sequence_id": (pa.types.is_integer, "integer ids"),
-    "sequence_action": (pa.types.is_integer, "integer action types"),
-    "sequence_continuous": (_is_number, "numbers"),
+    **HISTORY_VALUES,
     "candidate": (pa.types.is_integer, "integer ids"),
 }
 _SEQUENCE_KINDS = ("sequence_id", "sequence_action", "sequence_continuous")
@@ -57,9 +56,8 @@ def check_column_type(role: ColumnRole, dtype: pa.DataType) -> str | None:
         inner = dtype.value_type if _is_list(dtype) else dtype
         return None if is_value(inner) else f"type {dtype} cannot hold {role.kind} ids: need list<int64> or int64"
     if role.kind in _SEQUENCE_KINDS:
-        if not _is_list(dtype) or pa.types.is_fixed_size_list(dtype):
-            return f"type {dtype} is not a variable-length list; {role.key} is a history column (list per row)"
-        return None if is_value(dtype.value_type) else f"type {dtype} does not hold {wanted}"
+        # Shared with the standalone scorer (list_checks.py), so both refuse the same columns in the same words.
+        return history_type_problem(dtype, role.kind, role.key)
     if role.length is None:
         if _is_list(dtype):
             return f"type {dtype} is a list column but {role.key} declares a scalar column (set its length)"

@@ -58,7 +58,8 @@ class DenseRankingModel(nn.Module):
     """Everything after the sparse lookup; plain tensors in, logits / probabilities / calibrated probabilities out.
 
     Inputs: continuous [B, C], binary [B, Nb], discrete [B, D] int64, embeddings [B, E] (the dense upstream vectors),
-    pooled_sparse [B, P] (the collection's pooled output), and the padded history groups (common/history.py).
+    pooled_sparse [B, P] (the collection's pooled output), and the padded history groups (common/history.py), one
+    per row or, with request_of_row [B], one per request.
     Outputs: logits, probabilities, calibrated_probabilities [B, T]; with scoring weights w also score [B] =
     calibrated_probabilities @ w; with an expert mixture the gate weights [B, K] of each gate under "gates/<task>"
     (MMoE) or "gates/level_<l>/<task or shared>" (PLE). The input features are concatenated once in the order
@@ -169,7 +170,10 @@ class DenseRankingModel(nn.Module):
         embeddings: torch.Tensor,
         pooled_sparse: torch.Tensor,
         histories: dict[str, torch.Tensor] | None = None,
+        request_of_row: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """request_of_row: None (the history tensors hold one row per candidate row), or [B] int64, each row's
+        request, the history tensors then holding one row per request (HistoryEncoder.forward)."""
         parts = [self.featurizer(continuous, binary)]
         if self.numeric_embeddings is not None:
             parts.append(self.numeric_embeddings(continuous))
@@ -185,7 +189,7 @@ class DenseRankingModel(nn.Module):
             if histories is None:
                 raise ValueError(f"the model encodes the histories {list(self.histories.keys())}: pass histories")
             for encoder in self.histories.values():
-                parts.append(encoder(histories))
+                parts.append(encoder(histories, request_of_row))
         x = torch.cat(parts, dim=1)
         if self.backbone is not None:
             shared = self.backbone(x)["output"]

@@ -39,8 +39,15 @@ def random_batch(
     num_tasks = len(config.model.tasks)
     labels = (torch.rand(b, num_tasks, generator=g) < 0.2).float()
     weights = torch.ones(b, num_tasks)
-    sequences = {name: random_history(group, b, g, id_range) for name, group in schema.sequences.items()}
+    sequences = {name: random_history(group, b, g, id_range, _num_actions(config, name))
+                 for name, group in schema.sequences.items()}
     return RecapBatch(continuous, binary, discrete, sparse, embeddings, labels, weights, sequences=sequences)
+
+
+def _num_actions(config: RecapConfig, group: str) -> int:
+    """The group's action types (the model refuses ids outside them); 4 without a model section for it."""
+    spec = config.model.sequences.get(group)
+    return spec.num_actions if spec is not None and spec.num_actions is not None else 4
 
 
 def random_history(group, batch_size: int, generator: torch.Generator | None = None, id_range: int = 1 << 40,

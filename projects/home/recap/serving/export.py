@@ -34,7 +34,8 @@ from projects.home.recap.model.multi_task import MultiTaskRankingModel
 from projects.home.recap.schema import RecapConfig
 from projects.home.recap.serving.serving_model import ServedHistoryColumn, ServedSparseFeature, ServingRanker
 
-FORMAT = "recap-serving/1"
+# 2: histories one per request, with request_of_row (1: one history per row, no request_of_row).
+FORMAT = "recap-serving/2"
 MODEL_FILE = "model.pt2"
 METADATA_FILE = "metadata.json"
 README_FILE = "README.md"
@@ -216,23 +217,33 @@ def _example_inputs(config: RecapConfig, features: list[ServedSparseFeature], ba
         return continuous, binary, discrete, embeddings, values, lengths
     from projects.home.recap.model.synthetic_batch import random_history
 
+    # Requests of one and of several rows, the rows not in request order (5 rows: requests 0, 2, 1, 0, 2).
+    request_of_row = torch.arange(b) * 2 % min(b, 3)
+    requests = min(b, 3)
     histories: dict[str, torch.Tensor] = {}
     for name, group in schema.sequences.items():
         jagged = random_history(group, b, g, num_actions=config.model.sequences[name].num_actions or 1)
-        histories.update(padded_history(jagged, group.max_length, name + "/"))
-    return continuous, binary, discrete, embeddings, values, lengths, histories
+        padded = padded_history(jagged, group.max_length, name + "/")
+        histories.update({k: v if "/candidate:" in k else v[:requests] for k, v in padded.items()})
+    return continuous, binary, discrete, embeddings, values, lengths, histories, request_of_row
 
 
 def _dynamic_shapes(num_features: int, history_inputs: list[str] | None = None) -> tuple:
     batch = torch.export.Dim("batch", min=1)
     ids = [{0: torch.export.Dim(f"num_ids_{i}", min=0)} for i in range(num_features)]
     shapes = ({0: batch}, {0: batch}, {0: batch}, {0: batch}, ids, [{0: batch} for _ in range(num_features)])
-    # Histories come padded to max_length: only the batch size varies.
-    return shapes if not history_inputs else (*shapes, {key: {0: batch} for key in history_inputs})
+    if not history_inputs:
+        return shapes
+    # Histories come padded to max_length: only the number of requests varies; candidate ids are one per row.
+    requests = torch.export.Dim("requests", min=1)
+    histories = {key: {0: batch if "/candidate:" in key else requests} for key in history_inputs}
+    return (*shapes, histories, {0: batch})
 
 
-def _jagged_histories(histories: dict[str, torch.Tensor], groups: list[str]) -> dict[str, dict[str, torch.Tensor]]:
-    """Padded serving histories back in the batch's jagged form."""
+def _jagged_histories(histories: dict[str, torch.Tensor], request_of_row: torch.Tensor,
+                      groups: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """Serving histories (one per request) back in the batch's jagged form, one per row."""
+    histories = {k: v if "/candidate:" in k else v[request_of_row] for k, v in histories.items()}
     out: dict[str, dict[str, torch.Tensor]] = {}
     for group in groups:
         prefix = group + "/"
@@ -248,7 +259,7 @@ def _jagged_histories(histories: dict[str, torch.Tensor], groups: list[str]) -> 
 
 def _as_batch(inputs: tuple, feature_names: list[str], num_tasks: int, groups: list[str]) -> RecapBatch:
     continuous, binary, discrete, embeddings, values, lengths = inputs[:6]
-    sequences = _jagged_histories(inputs[6], groups) if len(inputs) > 6 else {}
+    sequences = _jagged_histories(inputs[6], inputs[7], groups) if len(inputs) > 6 else {}
     b = continuous.shape[0]
     sparse = None
     if feature_names:
@@ -343,6 +354,9 @@ def serving_metadata(
         inputs.append({"name": "histories", "groups": {
             name: _history_spec(name, group, config.model.sequences[name].num_actions)
             for name, group in schema.sequences.items()}})
+        inputs.append({"name": "request_of_row", "dtype": "int64", "shape": ["batch"],
+                       "description": "the request in [0, requests) of each row: its history is row "
+                                      "request_of_row[i] of every history tensor (row by row: arange(batch))"})
     position = config.model.position_debias
     return {
         "format": FORMAT,
@@ -384,19 +398,19 @@ def serving_metadata(
 
 
 def _history_spec(name: str, group, num_actions: int | None) -> dict[str, Any]:
-    """metadata.json's description of one history group's padded inputs (and its action types' count, which the
-    scorer checks action ids against as the loader does)."""
+    """metadata.json's description of one history group's padded inputs, one per request (the candidate ids one
+    per row), and its action types' count, which the scorer checks action ids against as the loader does."""
     length = group.max_length
-    tensors = {f"{name}/mask": {"dtype": "bool", "shape": ["batch", length]}}
+    tensors = {f"{name}/mask": {"dtype": "bool", "shape": ["requests", length]}}
     columns: dict[str, str] = {}
     for column in group.ids:
-        tensors[f"{name}/id:{column.name}"] = {"dtype": "int64", "shape": ["batch", length]}
+        tensors[f"{name}/id:{column.name}"] = {"dtype": "int64", "shape": ["requests", length]}
         columns[f"{name}/id:{column.name}"] = column.name
     if group.actions:
-        tensors[f"{name}/actions"] = {"dtype": "int64", "shape": ["batch", length]}
+        tensors[f"{name}/actions"] = {"dtype": "int64", "shape": ["requests", length]}
         columns[f"{name}/actions"] = group.actions
     if group.continuous:
-        tensors[f"{name}/continuous"] = {"dtype": "float32", "shape": ["batch", length, len(group.continuous)],
+        tensors[f"{name}/continuous"] = {"dtype": "float32", "shape": ["requests", length, len(group.continuous)],
                                          "columns": list(group.continuous)}
     for column in group.ids:
         if column.candidate:
@@ -416,7 +430,10 @@ def _readme(metadata: dict[str, Any]) -> str:
         elif "groups" in spec:
             groups = "; ".join(f"{g}: {len(v['tensors'])} tensors padded to {v['max_length']} items"
                                for g, v in spec["groups"].items())
-            rows.append(f"| `{spec['name']}` | dict of tensors, most recent item first | {groups} |")
+            rows.append(f"| `{spec['name']}` | dict of tensors, one history per request ([requests, ...]; the "
+                        f"candidate ids [batch]), most recent item first | {groups} |")
+        elif spec["name"] == "request_of_row":
+            rows.append(f"| `{spec['name']}` | int64 [batch] | each row's request, in [0, requests) |")
         else:
             rows.append(f"| `{spec['name']}` | list of {spec['dtype']} tensors | {', '.join(spec['features']) or '(none)'} |")
     sparse = "\n".join(
@@ -437,10 +454,10 @@ import json, torch
 
 meta = json.load(open("metadata.json"))
 model = torch.export.load("{metadata['model_file']}").module()
-out = model(continuous, binary, discrete, embeddings, sparse_values, sparse_lengths)
+out = model(continuous, binary, discrete, embeddings, sparse_values, sparse_lengths{_history_args(metadata)})
 out["calibrated_probabilities"]  # [batch, {len(metadata['tasks'])}], columns in meta["tasks"] order
 ```
-
+{_requests_note(metadata)}
 Or score a parquet file: `python {SCRIPT_FILE} . input.parquet --output predictions.parquet`
 (needs torch, numpy, pyarrow).
 
@@ -454,7 +471,7 @@ Or score a parquet file: `python {SCRIPT_FILE} . input.parquet --output predicti
 - `sparse_values[f]` holds the raw int64 ids of feature f for all rows, concatenated in row order;
   `sparse_lengths[f]` [batch] holds how many of them each row has (0 for none). The lengths must add up to the
   number of values. Ids may be any int64 (negative or out of range): the model maps them into its tables itself.
-- Batch size and number of ids are dynamic (batch >= 1, ids >= 0).
+- Batch size and number of ids are dynamic (batch >= 1, ids >= 0){", and so is the number of requests (>= 1)" if _has_histories(metadata) else ""}.
 {f"- Read but ignored at serving (position debias, always 'unknown'): {', '.join(ignored)}." if ignored else ""}
 
 Sparse features:
@@ -466,6 +483,27 @@ A dict of float32 [batch, tasks] tensors: `logits`, `probabilities` (sigmoid of 
 `calibrated_probabilities` (corrected for the training data's per-task downsampling, see `calibration`).
 Tasks, in column order: {', '.join(metadata['tasks'])}.
 {_score_line(metadata)}"""
+
+
+def _has_histories(metadata: dict[str, Any]) -> bool:
+    return any(spec["name"] == "histories" for spec in metadata["inputs"])
+
+
+def _history_args(metadata: dict[str, Any]) -> str:
+    return ", histories, request_of_row" if _has_histories(metadata) else ""
+
+
+def _requests_note(metadata: dict[str, Any]) -> str:
+    """The artifact README's word on requests, for a model with histories."""
+    if not _has_histories(metadata):
+        return ""
+    return """
+One request (one user history, C candidates): the history tensors hold 1 row, the other inputs and the candidate
+ids C rows, and `request_of_row = torch.zeros(C, dtype=torch.int64)`; the history is encoded once for the C
+candidates, and each candidate's scores are the ones it gets alone. Several requests: R history rows and each row's
+request in `request_of_row`; row by row: R = batch and `request_of_row = torch.arange(batch)`.
+`score_example.py` builds these inputs from parquet rows (`request_inputs` for one request).
+"""
 
 
 def _score_line(metadata: dict[str, Any]) -> str:

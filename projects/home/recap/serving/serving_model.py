@@ -7,12 +7,15 @@ Signature (the exported program's inputs, in this order):
 The F sparse features are the ones the embedding tables read, in table order (`feature_names`). Raw ids go through
 the same id transform as in training (common.sparse_embeddings), then F.embedding_bag pools them with the trained
 weights, and the DenseRankingModel maps everything to logits, probabilities and calibrated probabilities [B, T].
-A model with engagement histories takes a 7th input, `histories`: {"<group>/mask": [B, L] bool, "<group>/id:<col>",
-"<group>/actions": [B, L] int64, "<group>/continuous": [B, L, C] float32, "<group>/candidate:<col>": [B] int64},
-each group padded to its max_length, most recent item first (common/history.py). A history id column whose table
-is a sharded one (`history_columns`: a large table shared with a candidate feature, or its own) is looked up here in
-that table, with that table's id transform: its rows join the histories as "<group>/emb:<col>" [B, L, D] (zeros
-past each row's length) and "<group>/candidate:emb:<col>" [B, D], as the training model's lookup gives them.
+A model with engagement histories takes two more inputs: `histories`, the histories of R requests and the
+candidate ids of the B rows, {"<group>/mask": [R, L] bool, "<group>/id:<col>", "<group>/actions": [R, L] int64,
+"<group>/continuous": [R, L, C] float32, "<group>/candidate:<col>": [B] int64}, each group padded to its max_length,
+most recent item first (common/history.py); and `request_of_row` [B] int64, the request in [0, R) of each row. Each
+history is encoded once and every row scored against its request's (the same scores as row by row, R = B and
+request_of_row = arange(B)). A history id column whose table is a sharded one (`history_columns`: a large table
+shared with a candidate feature, or its own) is looked up here in that table, with that table's id transform: its
+rows join the histories as "<group>/emb:<col>" [R, L, D] (zeros past each history's length) and
+"<group>/candidate:emb:<col>" [B, D], as the training model's lookup gives them.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ class ServingRanker(nn.Module):
         sparse_values: list[torch.Tensor],
         sparse_lengths: list[torch.Tensor],
         histories: dict[str, torch.Tensor] | None = None,
+        request_of_row: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         pooled = []
         for f, values, lengths in zip(self.features, sparse_values, sparse_lengths, strict=True):
@@ -133,7 +137,8 @@ class ServingRanker(nn.Module):
             pooled_sparse = continuous.new_zeros(continuous.shape[0], 0)
         if histories is None:
             return self.dense(continuous, binary, discrete, embeddings, pooled_sparse)
-        return self.dense(continuous, binary, discrete, embeddings, pooled_sparse, self._with_rows(histories))
+        return self.dense(continuous, binary, discrete, embeddings, pooled_sparse, self._with_rows(histories),
+                          request_of_row)
 
     def _with_rows(self, histories: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The histories with the rows of the columns whose table is served here."""
@@ -154,10 +159,13 @@ class ServingRanker(nn.Module):
 
 
 def serving_inputs(
-    batch: RecapBatch, feature_names: list[str], history_lengths: dict[str, int] | None = None
+    batch: RecapBatch, feature_names: list[str], history_lengths: dict[str, int] | None = None,
+    share_requests: bool = True,
 ) -> tuple:
     """The ServingRanker's positional inputs for a RecapBatch (sparse features picked by name from its KJT); with
-    history groups ({group: max_length}) also the padded histories, as a 7th input."""
+    history groups ({group: max_length}) also the padded histories and request_of_row (7th and 8th inputs): one
+    history per run of consecutive rows whose histories are identical (the rows of one request, as the files hold
+    them) with `share_requests`, else one per row (request_of_row = arange(B))."""
     values: list[torch.Tensor] = []
     lengths: list[torch.Tensor] = []
     if feature_names:
@@ -176,4 +184,26 @@ def serving_inputs(
     histories: dict[str, torch.Tensor] = {}
     for group, max_length in history_lengths.items():
         histories.update(padded_history(batch.sequences[group], max_length, group + "/"))
-    return (*inputs, histories)
+    return (*inputs, *per_request(histories, share_requests))
+
+
+def per_request(histories: dict[str, torch.Tensor], share_requests: bool = True
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(histories, request_of_row) of padded per-row histories (every group's tensors one row per candidate row):
+    with `share_requests`, one history per run of consecutive rows whose history tensors, all groups together, are
+    identical; else one per row."""
+    candidate = [k for k in histories if "/candidate:" in k]
+    lists = {k: v for k, v in histories.items() if k not in candidate}
+    rows = next(iter(lists.values())).shape[0]
+    if not share_requests or rows < 2:
+        return histories, torch.arange(rows)
+    same = torch.ones(rows - 1, dtype=torch.bool)
+    for tensor in lists.values():
+        flat = tensor.reshape(rows, -1)
+        same &= (flat[1:] == flat[:-1]).all(dim=1)
+    starts = torch.cat([torch.ones(1, dtype=torch.bool), ~same])
+    first = torch.nonzero(starts).reshape(-1)
+    request_of_row = torch.cumsum(starts.to(torch.int64), 0) - 1
+    out = {k: v.index_select(0, first) for k, v in lists.items()}
+    out.update({k: histories[k] for k in candidate})
+    return out, request_of_row

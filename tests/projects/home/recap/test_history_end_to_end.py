@@ -20,7 +20,7 @@ from projects.home.recap.data.synthetic import generate  # noqa: E402
 from projects.home.recap.inference import load_for_inference  # noqa: E402
 from projects.home.recap.main import main  # noqa: E402
 from projects.home.recap.serving.export import export_serving_artifact  # noqa: E402
-from projects.home.recap.serving.score_example import table_inputs  # noqa: E402
+from projects.home.recap.serving.score_example import request_inputs, table_inputs  # noqa: E402
 from projects.home.recap.serving.serving_model import serving_inputs  # noqa: E402
 
 TASKS = ["fav", "reply"]
@@ -84,7 +84,7 @@ def test_export_and_the_standalone_scorer_take_the_history(run, tmp_path):
     program = torch.export.load(artifact / "model.pt2").module()
     metadata = yaml.safe_load((artifact / "metadata.json").read_text())
     group = next(spec for spec in metadata["inputs"] if spec["name"] == "histories")["groups"]["history"]
-    assert group["max_length"] == 5 and group["tensors"]["history/continuous"]["shape"] == ["batch", 5, 1]
+    assert group["max_length"] == 5 and group["tensors"]["history/continuous"]["shape"] == ["requests", 5, 1]
     features = [f["name"] for f in metadata["sparse_features"]]
     test_file = sorted((root / "data" / "test").glob("*.parquet"))[0]
     table = pq.read_table(test_file)
@@ -95,7 +95,22 @@ def test_export_and_the_standalone_scorer_take_the_history(run, tmp_path):
     with torch.no_grad():
         expected = model(batch)
         served = program(*serving_inputs(batch, features, {"history": 5}))
-        scored = program(*table_inputs(table, metadata, str(test_file)))
+        scored_inputs = table_inputs(table, metadata, str(test_file))
+        scored = program(*scored_inputs)
+    # The rows of one request_id share a history: the scorer encodes it once for them (neighbouring requests with
+    # identical histories, empty ones, may share one encoding too).
+    request_ids = table["request_id"].to_numpy()
+    request_of_row = scored_inputs[-1].numpy()
+    assert all(len(np.unique(request_of_row[request_ids == r])) == 1 for r in np.unique(request_ids))
+    assert request_of_row.max() + 1 <= len(np.unique(request_ids)) < table.num_rows
     for key in ("calibrated_probabilities", "score"):
         torch.testing.assert_close(served[key], expected[key], rtol=0, atol=1e-4)
         torch.testing.assert_close(scored[key], expected[key], rtol=0, atol=1e-4)
+    # One request from its rows: the history from the first row, the candidates from all of them.
+    rows = np.flatnonzero(request_ids == request_ids[0])
+    assert len(rows) > 1
+    candidates = table.slice(int(rows[0]), len(rows))
+    with torch.no_grad():
+        one = program(*request_inputs(table.slice(int(rows[0]), 1), candidates, metadata, str(test_file)))
+    for key in ("calibrated_probabilities", "score"):
+        torch.testing.assert_close(one[key], expected[key][rows], rtol=0, atol=1e-4)

@@ -209,12 +209,18 @@ def test_the_standalone_scorer_reads_histories_as_the_loader_does(tmp_path):
     config = sequence_config([str(path)], max_length=3)
     config.features.sequences["hist"]._num_actions = 4
     [batch] = RecapDataLoader(config, DatasetConfig(paths=[str(path)]), ["a", "b"], "predict", batch_size=12)
-    expected = serving_inputs(batch, [], {"hist": 3})[-1]
     metadata = _scorer_metadata(config)
-    scored = table_inputs(pq.read_table(path), metadata, "h.parquet")[-1]
-    assert scored.keys() == expected.keys()
-    for key in expected:
-        assert torch.equal(scored[key], expected[key]), key
+    for share in (True, False):
+        expected, expected_requests = serving_inputs(batch, [], {"hist": 3}, share)[-2:]
+        scored, requests = table_inputs(pq.read_table(path), metadata, "h.parquet", share)[-2:]
+        assert scored.keys() == expected.keys()
+        assert torch.equal(requests, expected_requests)
+        for key in expected:
+            assert torch.equal(scored[key], expected[key]), key
+    # Rows 0, 1 and 2 have empty histories (no item, a null list, empty lists): one request of three rows; every
+    # other row's history differs from its neighbours'. Row by row, 12 requests.
+    assert table_inputs(pq.read_table(path), metadata, "h.parquet")[-1].tolist() == [0, 0, 0, *range(1, 10)]
+    assert table_inputs(pq.read_table(path), metadata, "h.parquet", False)[-1].tolist() == list(range(12))
 
     # What the loader rejects, the scorer rejects with the same words, naming the column.
     bad = [(dict(hist_author=pa.array([[1], [2, None]] + [[]] * 10, pa.list_(pa.int64()))),
@@ -229,3 +235,44 @@ def test_the_standalone_scorer_reads_histories_as_the_loader_does(tmp_path):
             list(RecapDataLoader(config, DatasetConfig(paths=[str(path)]), ["a", "b"], "predict"))
         with pytest.raises(ValueError, match="h.parquet: " + message):
             table_inputs(pq.read_table(path), metadata, "h.parquet")
+
+
+def test_history_columns_of_the_wrong_type_or_unequal_lengths_are_named_by_the_loader_and_the_scorer(tmp_path):
+    import pyarrow.parquet as pq
+
+    from projects.home.recap.serving.score_example import table_inputs
+
+    floats = pa.array([[1.0], [2.5, 3.0], [], [4.0], [5.0], [6.0]], type=pa.list_(pa.float64()))
+    words = pa.array([["x"], ["y", "z"], [], ["w"], ["v"], ["u"]], type=pa.list_(pa.string()))
+    ints = pa.array([[1], [2, 3], [], [4], [5], [6]], type=pa.list_(pa.int64()))
+    ragged = pa.array([[1], [2], [], [3], [0], [1]], type=pa.list_(pa.int64()))
+    actions = pa.array([[1], [2, 3], [], [3], [0], [1]], type=pa.list_(pa.int64()))
+    same = {"hist_author": ints, "hist_action": actions, "hist_age": floats}
+    cases = [
+        # (changed columns, the loader's message, the scorer's message)
+        ({"hist_author": floats}, r"'hist_author'.*type list<\w+: double> does not hold integer ids "
+                                  r"\(data.features.sequences.hist.ids\[0\]\)",
+         r"column 'hist_author': type list<\w+: double> does not hold integer ids \(a list column of history "
+         r"group 'hist'\)"),
+        ({"hist_author": words}, r"'hist_author'.*does not hold integer ids \(data.features.sequences.hist.ids\[0\]\)",
+         r"column 'hist_author': type list<\w+: string> does not hold integer ids"),
+        ({"hist_action": floats}, r"'hist_action'.*does not hold integer action types "
+                                  r"\(data.features.sequences.hist.actions\)",
+         r"column 'hist_action': type list<\w+: double> does not hold integer action types \(a list column of "
+         r"history group 'hist'\)"),
+        ({"hist_age": words}, r"'hist_age'.*does not hold numbers \(data.features.sequences.hist.continuous\[0\]\)",
+         r"column 'hist_age': type list<\w+: string> does not hold numbers"),
+        ({"author": pa.array([1.5] * 6)}, r"'author'.*cannot hold candidate ids: need list<int64> or int64",
+         r"column 'author': type double cannot hold candidate ids"),
+        ({"hist_action": ragged}, r"'hist_action'.*1 rows whose list length differs from hist_author's in history "
+                                  r"group 'hist' \(first: row 1, 1 against 2\)",
+         r"column 'hist_action': 1 rows whose list length differs from hist_author's in history group 'hist'"),
+    ]
+    for changes, loader_message, scorer_message in cases:
+        paths = _write(tmp_path, **{**same, **changes})
+        config = sequence_config(paths)
+        config.features.sequences["hist"]._num_actions = 4
+        with pytest.raises(DataError, match=loader_message):
+            list(RecapDataLoader(config, DatasetConfig(paths=paths), ["a", "b"], "eval"))
+        with pytest.raises(ValueError, match="bad.parquet: " + scorer_message):
+            table_inputs(pq.read_table(paths[0]), _scorer_metadata(config), "bad.parquet")

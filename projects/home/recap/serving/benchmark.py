@@ -17,6 +17,7 @@ scores. Run it under `flock /tmp/bench.lock` on a shared machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import tempfile
@@ -123,7 +124,7 @@ def measure(args: argparse.Namespace, encoder: str) -> dict:
     out = {"encoder": encoder, "history_length": args.length, "candidates_per_request": args.candidates,
            "rows": args.rows, "requests": args.rows // args.candidates, "max_abs_logit_difference": difference}
     paths = {"request_path": on_requests, "row_by_row": row_by_row}
-    timings = interleaved({name: lambda inputs=inputs: program(*inputs) for name, inputs in paths.items()},
+    timings = interleaved({name: functools.partial(program, *inputs) for name, inputs in paths.items()},
                           args.seconds)
     for name, timing in timings.items():
         out[name] = {"rows_per_second": timing.rate(args.rows), "median_rows_per_second": args.rows / timing.median,

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from core.metrics import compute_metrics
 from core.metrics_accumulator import MetricsAccumulator

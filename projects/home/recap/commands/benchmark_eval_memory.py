@@ -48,7 +48,8 @@ def _reset_peak() -> None:
 
 
 def rank_rows(rank: int, world: int, rows: int, tasks: int, request_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Rank `rank`'s contiguous share of the synthetic rows (the same rows whatever the number of ranks)."""
+    """Rank `rank`'s contiguous share of the synthetic rows (deterministic for each rank and number of ranks;
+    request ids are row number // request_size, so a request can span two ranks)."""
     start, stop = rows * rank // world, rows * (rank + 1) // world
     rng = np.random.default_rng([seed, rank, world])
     n = stop - start

@@ -57,6 +57,7 @@ __all__ = [
     "binary_metrics",
     "calibration_ratio",
     "compute_metrics",
+    "group_auc_table",
     "grouped_auc",
     "log_loss",
     "metrics_document",
@@ -179,15 +180,13 @@ def calibration_ratio(predictions: Any, labels: Any, weights: Any = None) -> flo
     return float(np.sum(w * p)) / positives if positives > 0 else None
 
 
-def grouped_auc(predictions: Any, labels: Any, weights: Any, group_ids: Any) -> tuple[float | None, int]:
-    """Mean of per-group AUCs weighted by group Σw, skipping single-class groups; returns (value, groups counted)."""
-    p, y = _as_1d("predictions", predictions), _as_1d("labels", labels)
-    w = _default_weights(y, weights)
-    groups = np.asarray(group_ids)
-    if groups.shape != p.shape:
-        raise ValueError(f"group ids must have shape {p.shape}, got {groups.shape}")
-    if p.size == 0:
-        return None, 0
+def group_auc_table(
+    predictions: np.ndarray, labels: np.ndarray, weights: np.ndarray, group_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per group, in increasing group id: (the id, its positive weight, its negative weight, its weight of
+    positive-negative pairs ordered right, ties ½). A group's AUC is wins / (pos·neg). Arrays must be 1-D, non-empty
+    and of one shape (grouped_auc checks); shared with the sharded evaluation, which sums groups over ranks."""
+    p, y, w, groups = predictions, labels, weights, group_ids
     # By group, then score: a fast sort on scores, then a stable (radix) sort on the integer group ids.
     by_score = np.argsort(p)
     order = by_score[np.argsort(groups[by_score], kind="stable")]
@@ -206,6 +205,19 @@ def grouped_auc(predictions: Any, labels: Any, weights: Any, group_ids: Any) -> 
     pos_g = np.bincount(block_group, block_pos, num_groups)
     neg_g = np.bincount(block_group, block_neg, num_groups)
     wins_g = np.bincount(block_group, block_pos * (neg_below + 0.5 * block_neg), num_groups)
+    return g[np.flatnonzero(new_group)], pos_g, neg_g, wins_g
+
+
+def grouped_auc(predictions: Any, labels: Any, weights: Any, group_ids: Any) -> tuple[float | None, int]:
+    """Mean of per-group AUCs weighted by group Σw, skipping single-class groups; returns (value, groups counted)."""
+    p, y = _as_1d("predictions", predictions), _as_1d("labels", labels)
+    w = _default_weights(y, weights)
+    groups = np.asarray(group_ids)
+    if groups.shape != p.shape:
+        raise ValueError(f"group ids must have shape {p.shape}, got {groups.shape}")
+    if p.size == 0:
+        return None, 0
+    _, pos_g, neg_g, wins_g = group_auc_table(p, y, w, groups)
     valid = (pos_g > 0) & (neg_g > 0)
     if not valid.any():
         return None, 0

@@ -1,10 +1,19 @@
-"""Streaming evaluation: collect every row's predictions on each rank, gather them exactly, compute metrics once.
+"""Streaming evaluation: collect every row's predictions on each rank, compute exact metrics over all ranks' rows.
 
 Each rank calls `update` per batch (tensors are detached, cast and appended; no per-row work). `compute` and `curves`
 are collective calls: every rank of the process group must call them, in the same order and with the same
-arguments. They gather all rows (variable length per rank, empty ranks allowed) with torch.distributed, on the CPU
-for gloo and on the current CUDA device for NCCL, then compute on the destination rank (group rank 0) or on all
-ranks. Without an initialized process group they work on the local rows.
+arguments. Two ways to compute, with the same values (to the order of floating-point sums):
+
+- "sharded" (core.sharded_metrics): the rows stay where they are; a distributed sort by score, small prefix-sum
+  exchanges and all_reduces give every metric, and each group (request) is moved whole to one rank for the grouped
+  and per-request metrics. Memory per rank O(rows / ranks). The default ("auto") on more than one rank.
+- "gather": every row (variable length per rank, empty ranks allowed) is gathered to the destination rank (group
+  rank 0, or all ranks), which computes on the whole set with core.metrics, core.metrics_curves and
+  core.ranking_metrics: memory O(rows) there. The default on one rank, and the reference the sharded path is tested
+  against.
+
+Collectives run on the CPU for gloo and on the current CUDA device for NCCL. Without an initialized process group
+both work on the local rows.
 """
 
 from __future__ import annotations
@@ -18,8 +27,17 @@ import torch.distributed as dist
 from core.metrics import compute_metrics, metrics_document
 from core.metrics_curves import compute_curves, curves_document
 from core.ranking_metrics import ranking_block
+from core.sharded_metrics import (
+    Collective,
+    collective_device,
+    sharded_curves,
+    sharded_metrics,
+    sharded_ranking_block,
+)
 
-__all__ = ["MetricsAccumulator"]
+__all__ = ["METHODS", "MetricsAccumulator"]
+
+METHODS = ("auto", "sharded", "gather")
 
 _FLOAT_FIELDS = ("predictions", "labels", "weights", "oracle")
 
@@ -28,9 +46,15 @@ class MetricsAccumulator:
     """Per-rank buffers of (predictions, labels, weights, stratifiers, group ids, request ids, oracle) for exact
     metrics."""
 
-    def __init__(self, process_group: dist.ProcessGroup | None = None, storage_device: str | torch.device = "cpu"):
+    def __init__(self, process_group: dist.ProcessGroup | None = None, storage_device: str | torch.device = "cpu",
+                 method: str = "auto"):
+        """method: "sharded", "gather", or "auto" (sharded on more than one rank, else gather); see the module
+        docstring."""
+        if method not in METHODS:
+            raise ValueError(f"MetricsAccumulator method must be one of {METHODS}, got {method!r}")
         self._group = process_group
         self._storage = torch.device(storage_device)
+        self._method = method
         self.reset()
 
     def reset(self) -> None:
@@ -118,7 +142,11 @@ class MetricsAccumulator:
         """Collective: the metrics.json document on group rank 0 (every rank with all_ranks), None elsewhere. With
         request ids it holds the "ranking" block (core.ranking_metrics): NDCG@k for each of ndcg_ks, of the score
         Σ_t score_weights[t]·p_t (when given) and of each task alone, and each task's request AUC. Every row of a
-        request is gathered before it is computed, so a request spread over ranks counts once, whole."""
+        request is brought to one rank (gathered, or moved to its owner rank) before it is computed, so a request
+        spread over ranks counts once, whole."""
+        if self._sharded():
+            return self._sharded_compute(task_names, stratifier_names, dataset, step, checkpoint, all_ranks, ndcg_ks,
+                                         score_weights, request_column)
         data = self._gather(len(task_names), all_ranks)
         if data is None:
             return None
@@ -148,15 +176,62 @@ class MetricsAccumulator:
         all_ranks: bool = False,
     ) -> dict | None:
         """Collective: the curves.json document on group rank 0 (every rank with all_ranks), None elsewhere."""
-        data = self._gather(len(task_names), all_ranks)
-        if data is None:
-            return None
-        tasks = compute_curves(data["predictions"], data["labels"], data["weights"], task_names,
-                               data.get("oracle"), num_points)
+        if self._sharded():
+            data, comm = self._agreed_local(len(task_names))
+            tasks = sharded_curves(comm, data["predictions"], data["labels"], data["weights"], task_names,
+                                   data.get("oracle"), num_points)
+            if not (all_ranks or comm.rank == 0):
+                return None
+        else:
+            data = self._gather(len(task_names), all_ranks)
+            if data is None:
+                return None
+            tasks = compute_curves(data["predictions"], data["labels"], data["weights"], task_names,
+                                   data.get("oracle"), num_points)
         header = {"dataset": dataset, "step": step, "checkpoint": None if checkpoint is None else str(checkpoint)}
         return curves_document(tasks, header)
 
+    # --- sharded ---------------------------------------------------------------------------------------------------
+    def _sharded(self) -> bool:
+        if self._method != "auto":
+            return self._method == "sharded"
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size(self._group) > 1
+
+    def _agreed_local(self, num_tasks_hint: int) -> tuple[dict[str, np.ndarray], Collective]:
+        """This rank's rows as numpy arrays, in the shapes every rank agrees on (collective)."""
+        comm = Collective(self._group)
+        meta = self._meta()
+        metas = [m.tolist() for m in comm.gather(np.array([meta], dtype=np.int64))] if comm.active else [[meta]]
+        agreed = _agree([m[0] for m in metas], num_tasks_hint)
+        return {k: v.cpu().numpy() for k, v in self._local(*agreed).items()}, comm
+
+    def _sharded_compute(self, task_names, stratifier_names, dataset, step, checkpoint, all_ranks, ndcg_ks,
+                         score_weights, request_column) -> dict | None:
+        data, comm = self._agreed_local(len(task_names))
+        stratifiers = data.get("stratifiers")
+        if stratifiers is None and stratifier_names and comm.sum([data["predictions"].shape[0]])[0] == 0:
+            stratifiers = np.zeros((0, len(stratifier_names)), dtype=np.int64)
+        tasks = sharded_metrics(comm, data["predictions"], data["labels"], data["weights"], task_names,
+                                stratifiers if stratifier_names else None, stratifier_names, data.get("group_ids"),
+                                data.get("oracle"))
+        ranking = None
+        if "request_ids" in data:
+            ranking = sharded_ranking_block(comm, data["predictions"], data["labels"], data["weights"],
+                                            data["request_ids"], task_names, ndcg_ks, score_weights, request_column)
+        if not (all_ranks or comm.rank == 0):
+            return None
+        document = metrics_document(tasks, dataset, step, checkpoint, stratifier_names)
+        if ranking is not None:
+            document["ranking"] = ranking
+        return document
+
     # --- gathering -------------------------------------------------------------------------------------------------
+    def _meta(self) -> list[int]:
+        return [self.num_rows, self._num_tasks, self._num_stratifiers,
+                -1 if self._has_groups is None else int(self._has_groups),
+                -1 if self._has_requests is None else int(self._has_requests),
+                -1 if self._has_oracle is None else int(self._has_oracle)]
+
     def _local(self, num_tasks: int, num_stratifiers: int, has_groups: bool, has_requests: bool,
                has_oracle: bool) -> dict:
         """This rank's rows, concatenated; empty tensors of the agreed shapes when it saw none."""
@@ -178,12 +253,9 @@ class MetricsAccumulator:
         if self._gathered is not None and self._gathered[0] == all_ranks:
             return self._gathered[1]
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size(self._group) > 1
-        meta = [self.num_rows, self._num_tasks, self._num_stratifiers,
-                -1 if self._has_groups is None else int(self._has_groups),
-                -1 if self._has_requests is None else int(self._has_requests),
-                -1 if self._has_oracle is None else int(self._has_oracle)]
+        meta = self._meta()
         if distributed:
-            device = _collective_device(self._group)
+            device = collective_device(self._group)
             world = dist.get_world_size(self._group)
             mine = torch.tensor(meta, dtype=torch.int64, device=device)
             metas_t = [torch.empty_like(mine) for _ in range(world)]
@@ -222,14 +294,6 @@ def _agree(metas: list[list[int]], num_tasks_hint: int) -> tuple[int, int, bool,
         raise ValueError(f"ranks passed different inputs to MetricsAccumulator.update ({described})")
     num_tasks, num_stratifiers, has_groups, has_requests, has_oracle = seen[0][1:]
     return num_tasks, num_stratifiers, bool(has_groups), bool(has_requests), bool(has_oracle)
-
-
-def _collective_device(group: dist.ProcessGroup | None) -> torch.device:
-    # NCCL only moves CUDA tensors; gloo (alone or beside NCCL) takes CPU tensors.
-    backend = str(dist.get_backend(group)).lower()
-    if "gloo" not in backend and "nccl" in backend:
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def _gather_rows(

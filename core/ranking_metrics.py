@@ -35,7 +35,7 @@ import numpy as np
 
 from core.metrics import grouped_auc
 
-__all__ = ["gate_statistics", "ndcg_at_k", "ranking_block"]
+__all__ = ["gate_statistics", "ndcg_at_k", "ndcg_sums", "ranking_block"]
 
 
 def _request_index(request_ids: np.ndarray) -> np.ndarray:
@@ -47,6 +47,15 @@ def ndcg_at_k(
     scores: np.ndarray, gains: np.ndarray, request_ids: np.ndarray, ks: Sequence[int]
 ) -> dict[int, tuple[float | None, int]]:
     """{k: (mean NDCG@k over the requests with IDCG@k > 0, their count)}; (None, 0) when no request counts."""
+    return {k: (total / count if count else None, count) for k, (total, count) in ndcg_sums(scores, gains,
+                                                                                            request_ids, ks).items()}
+
+
+def ndcg_sums(
+    scores: np.ndarray, gains: np.ndarray, request_ids: np.ndarray, ks: Sequence[int]
+) -> dict[int, tuple[float, int]]:
+    """{k: (sum of NDCG@k over the requests with IDCG@k > 0, their count)}: sums over disjoint sets of whole
+    requests add up, which the sharded evaluation uses."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     gains = np.asarray(gains, dtype=np.float64).reshape(-1)
     if scores.shape != gains.shape or np.shape(request_ids)[0] != scores.shape[0]:
@@ -54,9 +63,12 @@ def ndcg_at_k(
                          "have one entry per row")
     if np.any(gains < 0) or not np.all(np.isfinite(gains)) or not np.all(np.isfinite(scores)):
         raise ValueError("gains must be finite and non-negative, scores finite")
-    out: dict[int, tuple[float | None, int]] = {}
+    out: dict[int, tuple[float, int]] = {}
     if scores.size == 0:
-        return {int(k): (None, 0) for k in ks}
+        for k in ks:
+            if int(k) < 1:
+                raise ValueError(f"NDCG cut-off k must be at least 1, got {int(k)}")
+        return {int(k): (0.0, 0) for k in ks}
     request = _request_index(request_ids)
     num_requests = int(request.max()) + 1
     # By request, then score descending (lexsort: the last key is the primary one).
@@ -81,7 +93,7 @@ def ndcg_at_k(
         idcg = np.bincount(r, ideal_gain * discount, num_requests)  # the ideal order has the same positions
         used = idcg > 0
         count = int(used.sum())
-        out[k] = (float(np.mean(dcg[used] / idcg[used])) if count else None, count)
+        out[k] = (float(np.sum(dcg[used] / idcg[used])), count)
     return out
 
 

@@ -6,9 +6,9 @@
     watch_checkpoints(config, ctx, datasets)                      # `recap evaluate --watch`
 
 Every rank runs the model over its share of each validation set (ranks that run out first keep stepping with
-zero-weight padding batches: the sharded lookups are collective); MetricsAccumulator gathers every row to rank 0,
-which computes the metrics once and writes SAVE_DIR/eval/<dataset>/step_<N>/{metrics.json, curves.json,
-report.md, report.html}. Predictions are the model's calibrated probabilities; labels and weights are the batch's
+zero-weight padding batches: the sharded lookups are collective); MetricsAccumulator computes the exact metrics
+over every rank's rows (on several ranks without gathering them: core.sharded_metrics), and rank 0 writes
+SAVE_DIR/eval/<dataset>/step_<N>/{metrics.json, curves.json, report.md, report.html}. Predictions are the model's calibrated probabilities; labels and weights are the batch's
 (weights include the downsampling correction, so the metrics estimate those of the undownsampled data).
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from core.config import BaseConfig
 
@@ -169,6 +169,12 @@ class CompileConfig(BaseConfig):
     target: Literal["off", "dense", "dense+loss"] = "off"
     # torch.compile's mode. reduce-overhead adds CUDA graphs (CUDA only; on the CPU it compiles as default does).
     mode: Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead"] = "default"
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        # YAML 1.1 reads a bare `off` as false.
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _mode_needs_target(self):

@@ -165,3 +165,13 @@ def test_a_mode_without_a_target_is_a_config_error():
     with pytest.raises(ValueError, match="applies only when target is dense"):
         CompileConfig(mode="max-autotune-no-cudagraphs")
     assert CompileConfig(target="dense", mode="reduce-overhead").mode == "reduce-overhead"
+
+
+def test_yaml_off_is_off():
+    from core.config import load_config
+    from core.train_config import TrainingConfig
+
+    loaded = load_config(None, TrainingConfig, ["compile.target=off"], data={"save_dir": "x", "num_train_steps": 1})
+    assert loaded.compile.target == "off"
+    assert load_config(None, TrainingConfig, ["compile.target=dense+loss"],
+                       data={"save_dir": "x", "num_train_steps": 1}).compile.target == "dense+loss"

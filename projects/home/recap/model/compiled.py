@@ -38,3 +38,14 @@ def compile_model(model: nn.Module, config: CompileConfig) -> nn.Module:
                 "steps compile (logged with their time)", config.target, config.mode,
                 " and the loss" if config.target == "dense+loss" else "")
     return model
+
+
+def uncompile_model(model: nn.Module) -> nn.Module:
+    """Undo compile_model in place: the dense model and the loss run eagerly again (benchmarks switch between
+    the two on one model); returns `model`."""
+    for module in model.modules():
+        if isinstance(module, DenseRankingModel):
+            module._compiled_call_impl = None  # what nn.Module.compile set
+        elif isinstance(module, ModelAndLoss):
+            module.loss_function = multi_task_bce
+    return model

@@ -9,6 +9,7 @@ not (model/compiled.py); it is left eager and grouped afterwards. Every variant'
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -82,3 +83,112 @@ def format_compile_table(doc: dict[str, Any]) -> list[str]:
     lines.append("compile s: wall time of the training calls that compiled (their steps included: an upper bound).")
     lines.append("")
     return lines
+
+
+# --- the dense model alone: python -m projects.home.recap.benchmark_compile ---------------------------------------------
+def _dense_variant(config: Any, name: str, size: int, precision: str, compiled: bool, grouped: bool,
+                   seconds: float) -> tuple[dict[str, Any], Any]:
+    """One variant of the dense model alone: its figures (no MFU yet) and its DenseTrainer."""
+    import itertools
+
+    from core import perf
+    from projects.home.recap.gpu_check.dense import DenseTrainer, build_dense, dense_batch
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_dense(config)
+    model.group_towers = grouped and model.group_towers
+    trainer = DenseTrainer(config, model, "cpu", precision)
+    batches = [dense_batch(config, model, size, "cpu", seed) for seed in range(2)]
+    trainer.batches = batches
+    if compiled:
+        trainer.model.compile()
+    clock = CompileClock()
+    with clock.measure(f"{name} {precision} {'compiled' if compiled else 'eager'}"):
+        for batch in batches:
+            trainer.step(batch)
+    cycle = itertools.cycle(batches)
+    t0 = time.perf_counter()
+    trainer.step(next(cycle))
+    calls = max(1, round(1.0 / max(time.perf_counter() - t0, 1e-6)))
+    timing = perf.time_call(lambda: trainer.step(next(cycle)), calls=calls, warmup=0, min_repeats=3,
+                            budget_seconds=seconds)
+    return {"examples_per_second": size / timing.best, "median_examples_per_second": size / timing.median,
+            "seconds_per_step": timing.best, "compile_seconds": clock.seconds,
+            "towers_grouped": model.group_towers}, trainer
+
+
+def dense_step_figures(config_name: str, precisions: tuple[str, ...], seconds: float, batch_size: int | None = None,
+                       variants: tuple[str, ...] = ("eager", "compiled")) -> dict[str, Any]:
+    """The dense model alone (gpu_check/dense.py: no sparse lookup, the pooled tables a random input), one training
+    step (forward, loss, backward, clipping, Adam) per call: examples/s and MFU of each of eager / compiled x towers
+    grouped / one by one, best of ~1 s windows, against the best matmul peak over the variants' own shapes. FLOPs
+    are the eager model's (every variant computes the same maths)."""
+    from core import perf
+    from projects.home.recap.gpu_check.dense import load_config
+
+    config = load_config(config_name)
+    size = batch_size or config.data.batch_size
+    out: dict[str, Any] = {"config": config_name, "batch_size": size, "precisions": {}}
+    for precision in precisions:
+        rows: dict[str, Any] = {}
+        shapes: dict[perf.MatmulShape, int] = {}
+        flops = 0
+        for variant in variants:
+            for grouped in (False, True):
+                row, trainer = _dense_variant(config, config_name, size, precision, variant == "compiled", grouped, seconds)
+                if variant == "eager":  # the shapes each layout runs; the FLOPs are the same
+                    def step(trainer: Any = trainer) -> None:
+                        trainer.forward_backward(trainer.batches[0])
+
+                    flops = flops or perf.count_flops(step)
+                    for (shape, _), f in perf.record_matmul_shapes(step).items():
+                        shapes[shape] = shapes.get(shape, 0) + f
+                rows[f"{variant}, towers {'grouped' if row['towers_grouped'] else 'one by one'}"] = row
+        peak = perf.matmul_peak(shapes, {"fp32": torch.float32, "bf16": torch.bfloat16}[precision], 0.3)
+        for row in rows.values():
+            row["gflops_per_second"] = flops / row["seconds_per_step"] / 1e9
+            row["mfu"] = row["gflops_per_second"] / peak.gflops
+        out["precisions"][precision] = {"flops_per_example": flops / size, "peak_gflops_per_second": peak.gflops,
+                                        "peak_shape": str(peak.best_shape), "variants": rows}
+    return out
+
+
+def format_dense_table(doc: dict[str, Any]) -> str:
+    lines = [f"{doc['config']} dense model alone, batch {doc['batch_size']}, one training step (forward, loss, "
+             "backward, clipping, Adam):",
+             f"{'prec':<5} {'variant':<32} {'ex/s':>9} {'GF/s':>6} {'MFU':>6} {'compile s':>10}"]
+    for precision, p in doc["precisions"].items():
+        for label, r in p["variants"].items():
+            lines.append(f"{precision:<5} {label:<32} {r['examples_per_second']:>9,.0f} {r['gflops_per_second']:>6.1f} "
+                         f"{r['mfu']:>6.1%} {r['compile_seconds']:>10.0f}")
+        lines.append(f"{precision:<5} peak {p['peak_gflops_per_second']:.0f} GF/s ({p['peak_shape']}), "
+                     f"{p['flops_per_example'] / 1e6:.2f} MFLOP per example")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="the dense model alone: eager vs compiled, towers grouped or not")
+    parser.add_argument("--config", default="demo", help="a config name under projects/home/recap/config")
+    parser.add_argument("--precision", dest="precisions", action="append", choices=("fp32", "bf16"))
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring budget per variant")
+    parser.add_argument("--eager-only", action="store_true")
+    parser.add_argument("--output", help="JSON file for the figures")
+    args = parser.parse_args(argv)
+    doc = dense_step_figures(args.config, tuple(args.precisions or ("fp32", "bf16")), args.seconds, args.batch_size,
+                             ("eager",) if args.eager_only else ("eager", "compiled"))
+    print(format_dense_table(doc))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(doc, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

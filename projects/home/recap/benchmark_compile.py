@@ -9,6 +9,7 @@ not (model/compiled.py); it is left eager and grouped afterwards. Every variant'
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -86,44 +87,62 @@ def format_compile_table(doc: dict[str, Any]) -> list[str]:
 
 
 # --- the dense model alone: python -m projects.home.recap.benchmark_compile ---------------------------------------------
-def _dense_variant(config: Any, name: str, size: int, precision: str, compiled: bool, grouped: bool,
-                   seconds: float) -> tuple[dict[str, Any], Any]:
-    """One variant of the dense model alone: its figures (no MFU yet) and its DenseTrainer."""
-    import itertools
-
-    from core import perf
+def _dense_trainer(config: Any, name: str, size: int, precision: str, compiled: bool, grouped: bool) -> Any:
+    """One variant of the dense model alone, built, compiled if asked and warmed up (its first steps, which compile,
+    are timed into trainer.compile_seconds); trainer.batches holds its two batches."""
     from projects.home.recap.gpu_check.dense import DenseTrainer, build_dense, dense_batch
 
-    torch._dynamo.reset()
     torch.manual_seed(0)
     model = build_dense(config)
     model.group_towers = grouped and model.group_towers
     trainer = DenseTrainer(config, model, "cpu", precision)
-    batches = [dense_batch(config, model, size, "cpu", seed) for seed in range(2)]
-    trainer.batches = batches
+    trainer.batches = [dense_batch(config, model, size, "cpu", seed) for seed in range(2)]
     if compiled:
         trainer.model.compile()
     clock = CompileClock()
     with clock.measure(f"{name} {precision} {'compiled' if compiled else 'eager'}"):
-        for batch in batches:
+        for batch in trainer.batches:
             trainer.step(batch)
-    cycle = itertools.cycle(batches)
-    t0 = time.perf_counter()
-    trainer.step(next(cycle))
-    calls = max(1, round(1.0 / max(time.perf_counter() - t0, 1e-6)))
-    timing = perf.time_call(lambda: trainer.step(next(cycle)), calls=calls, warmup=0, min_repeats=3,
-                            budget_seconds=seconds)
-    return {"examples_per_second": size / timing.best, "median_examples_per_second": size / timing.median,
-            "seconds_per_step": timing.best, "compile_seconds": clock.seconds,
-            "towers_grouped": model.group_towers}, trainer
+    trainer.compile_seconds = clock.seconds
+    return trainer
+
+
+def _interleaved_best(trainers: dict[str, Any], seconds: float, window: float = 0.5) -> dict[str, list[float]]:
+    """Seconds per step of each trainer in windows of about `window` s, taken in turns until `seconds` per trainer
+    have passed: a load that comes and goes on a shared machine slows every variant alike."""
+    calls = {}
+    for label, trainer in trainers.items():
+        t0 = time.perf_counter()
+        trainer.step(trainer.batches[0])
+        calls[label] = max(1, round(window / max(time.perf_counter() - t0, 1e-6)))
+    windows: dict[str, list[float]] = {label: [] for label in trainers}
+    start = time.perf_counter()
+    while min(len(w) for w in windows.values()) < 3 or time.perf_counter() - start < seconds * len(trainers):
+        for label, trainer in trainers.items():
+            t0 = time.perf_counter()
+            for i in range(calls[label]):
+                trainer.step(trainer.batches[i % 2])
+            windows[label].append((time.perf_counter() - t0) / calls[label])
+    return windows
+
+
+def profile_table(trainer: Any, steps: int = 20, rows: int = 15) -> str:
+    """torch.profiler's table of `steps` training steps of `trainer`, the top `rows` operators by their own CPU time:
+    where a step's time goes once the variant runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            trainer.step(trainer.batches[i % len(trainer.batches)])
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def dense_step_figures(config_name: str, precisions: tuple[str, ...], seconds: float, batch_size: int | None = None,
-                       variants: tuple[str, ...] = ("eager", "compiled")) -> dict[str, Any]:
+                       variants: tuple[str, ...] = ("eager", "compiled"), profile: bool = False) -> dict[str, Any]:
     """The dense model alone (gpu_check/dense.py: no sparse lookup, the pooled tables a random input), one training
     step (forward, loss, backward, clipping, Adam) per call: examples/s and MFU of each of eager / compiled x towers
-    grouped / one by one, best of ~1 s windows, against the best matmul peak over the variants' own shapes. FLOPs
-    are the eager model's (every variant computes the same maths)."""
+    grouped / one by one, best of ~0.5 s windows taken in turns, against the best matmul peak over the variants' own
+    shapes. FLOPs are the eager model's (every variant computes the same maths)."""
     from core import perf
     from projects.home.recap.gpu_check.dense import load_config
 
@@ -131,26 +150,36 @@ def dense_step_figures(config_name: str, precisions: tuple[str, ...], seconds: f
     size = batch_size or config.data.batch_size
     out: dict[str, Any] = {"config": config_name, "batch_size": size, "precisions": {}}
     for precision in precisions:
-        rows: dict[str, Any] = {}
-        shapes: dict[perf.MatmulShape, int] = {}
-        flops = 0
+        torch._dynamo.reset()
+        trainers: dict[str, Any] = {}
         for variant in variants:
             for grouped in (False, True):
-                row, trainer = _dense_variant(config, config_name, size, precision, variant == "compiled", grouped, seconds)
-                if variant == "eager":  # the shapes each layout runs; the FLOPs are the same
-                    def step(trainer: Any = trainer) -> None:
-                        trainer.forward_backward(trainer.batches[0])
+                trainer = _dense_trainer(config, config_name, size, precision, variant == "compiled", grouped)
+                trainers[f"{variant}, towers {'grouped' if trainer.model.group_towers else 'one by one'}"] = trainer
+        first = next(iter(trainers.values()))  # eager (or the first variant): the model's own FLOPs and shapes
 
-                    flops = flops or perf.count_flops(step)
-                    for (shape, _), f in perf.record_matmul_shapes(step).items():
-                        shapes[shape] = shapes.get(shape, 0) + f
-                rows[f"{variant}, towers {'grouped' if row['towers_grouped'] else 'one by one'}"] = row
+        def step(trainer: Any = first) -> None:
+            trainer.forward_backward(trainer.batches[0])
+
+        flops = perf.count_flops(step)
+        shapes: dict[perf.MatmulShape, int] = {}
+        for trainer in trainers.values():
+            if trainer.model._compiled_call_impl is None:  # the shapes each layout runs
+                for (shape, _), f in perf.record_matmul_shapes(lambda t=trainer: step(t)).items():
+                    shapes[shape] = shapes.get(shape, 0) + f
+            trainer.optimizer.zero_grad(set_to_none=True)
+        windows = _interleaved_best(trainers, seconds)
         peak = perf.matmul_peak(shapes, {"fp32": torch.float32, "bf16": torch.bfloat16}[precision], 0.3)
-        for row in rows.values():
-            row["gflops_per_second"] = flops / row["seconds_per_step"] / 1e9
-            row["mfu"] = row["gflops_per_second"] / peak.gflops
+        rows: dict[str, Any] = {}
+        for label, trainer in trainers.items():
+            best, median = min(windows[label]), statistics.median(windows[label])
+            rows[label] = {"examples_per_second": size / best, "median_examples_per_second": size / median,
+                           "windows": len(windows[label]), "gflops_per_second": flops / best / 1e9,
+                           "mfu": flops / best / 1e9 / peak.gflops, "compile_seconds": trainer.compile_seconds}
         out["precisions"][precision] = {"flops_per_example": flops / size, "peak_gflops_per_second": peak.gflops,
                                         "peak_shape": str(peak.best_shape), "variants": rows}
+        if profile:  # the last variant: compiled with grouped towers (eager with --eager-only)
+            out.setdefault("profiles", {})[precision] = profile_table(trainer)
     return out
 
 
@@ -177,11 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring budget per variant")
     parser.add_argument("--eager-only", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="print torch.profiler's top operators of the last variant (compiled, towers grouped)")
     parser.add_argument("--output", help="JSON file for the figures")
     args = parser.parse_args(argv)
     doc = dense_step_figures(args.config, tuple(args.precisions or ("fp32", "bf16")), args.seconds, args.batch_size,
-                             ("eager",) if args.eager_only else ("eager", "compiled"))
+                             ("eager",) if args.eager_only else ("eager", "compiled"), args.profile)
     print(format_dense_table(doc))
+    for precision, table in doc.get("profiles", {}).items():
+        print(f"\n{precision}: where the last variant's step time goes\n{table}")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(doc, f, indent=1)

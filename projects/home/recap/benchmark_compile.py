@@ -3,7 +3,7 @@ with the dense model eager or compiled (training.compile dense+loss), and with t
 one (model/grouped_towers.py), side by side in one process against the same matmul peak.
 
 The model is switched in place between variants: towers grouped or not (DenseRankingModel.group_towers), compiled or
-not (model/compiled.py); it is left eager and grouped afterwards. Every variant's FLOPs are the eager model's count
+not (model/compiled.py); it is left as the config built it afterwards. Every variant's FLOPs are the eager model's count
 (the variants compute the same maths), so examples/s and MFU rank them alike.
 """
 
@@ -20,10 +20,9 @@ from core.train_config import CompileConfig
 from projects.home.recap.model.compiled import compile_model, uncompile_model
 from projects.home.recap.model.multi_task import DenseRankingModel
 
-# (label, compile target, towers grouped); "eager" is the main table's training figure (the default model: towers
-# grouped where they allow); "compiled" is training.compile's default (towers one by one).
+# (label, compile target, towers grouped); "eager" is the main table's training figure (the config's model).
 VARIANTS = (
-    ("eager, towers one by one", "off", False),
+    ("eager, towers grouped", "off", True),
     ("compiled", "dense+loss", False),
     ("compiled, towers grouped", "dense+loss", True),
 )
@@ -36,14 +35,15 @@ def _dense(model: Any) -> DenseRankingModel:
 def compile_figures(bench: Any, precision: str, flops_per_batch: int, peak_gflops: float,
                     eager: dict[str, Any]) -> dict[str, Any]:
     """{variant: training figures + mfu (+ compile_seconds)} for one precision; `bench` is a ConfigBenchmark and
-    `eager` its training figures of the default (eager, grouped where the towers allow) model."""
+    `eager` its training figures of the config's (eager) model."""
     dense = _dense(bench.model)
-    groupable = dense.group_towers
-    out: dict[str, Any] = {"eager": {**eager, "towers_grouped": groupable}}
+    configured = dense.group_towers
+    groupable = dense._tower_plan is not None
+    out: dict[str, Any] = {"eager": {**eager, "towers_grouped": configured}}
     try:
         for label, target, grouped in VARIANTS:
             if grouped and not groupable:
-                continue  # the towers cannot be grouped: "towers one by one" is the figure
+                continue  # the towers cannot be grouped
             # Each variant compiles from scratch (the compile time is its own), and one process measuring several
             # configs and variants stays under torch.compile's per-function recompile limit.
             torch._dynamo.reset()
@@ -62,7 +62,7 @@ def compile_figures(bench: Any, precision: str, flops_per_batch: int, peak_gflop
             uncompile_model(bench.model)
     finally:
         uncompile_model(bench.model)
-        dense.group_towers = groupable
+        dense.group_towers = configured
     base = out["eager"]["examples_per_second"]
     for figures in out.values():
         figures["vs_eager"] = figures["examples_per_second"] / base
@@ -95,7 +95,7 @@ def _dense_trainer(config: Any, name: str, size: int, precision: str, compiled: 
 
     torch.manual_seed(0)
     model = build_dense(config)
-    model.group_towers = grouped and model.group_towers
+    model.group_towers = grouped and model._tower_plan is not None
     trainer = DenseTrainer(config, model, "cpu", precision)
     trainer.batches = [dense_batch(config, model, size, "cpu", seed) for seed in range(2)]
     if compiled:

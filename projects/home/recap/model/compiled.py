@@ -1,5 +1,4 @@
-"""training.compile for the ranker: the DenseRankingModel (and with dense+loss the loss) compiled in place, its task
-towers one by one (model/grouped_towers.py groups them in eager mode only).
+"""training.compile for the ranker: the DenseRankingModel (and with dense+loss the loss) compiled in place.
 
 The sparse side (id transform, the torchrec EmbeddingBagCollection or its sharded form under
 DistributedModelParallel, the padding of jagged histories) stays eager: MultiTaskRankingModel runs it and hands the
@@ -31,9 +30,6 @@ def compile_model(model: nn.Module, config: CompileConfig) -> nn.Module:
     if config.target == "dense+loss" and not losses:
         raise ValueError("training.compile.target dense+loss: the model has no loss (not a ModelAndLoss)")
     for module in dense:
-        # Compiled, the towers run one by one: inductor fuses their small ops itself, and on the CPU measured
-        # (README: "Compiling the model") that beats the grouped products by about 10% in fp32 and bf16.
-        module.group_towers = False
         compile_module(module, config.mode)
     if config.target == "dense+loss":
         for module in losses:
@@ -50,7 +46,6 @@ def uncompile_model(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(module, DenseRankingModel):
             module._compiled_call_impl = None  # what nn.Module.compile set
-            module.group_towers = module._tower_plan is not None
         elif isinstance(module, ModelAndLoss):
             module.loss_function = multi_task_bce
     return model

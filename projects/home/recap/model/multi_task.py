@@ -81,6 +81,7 @@ class DenseRankingModel(nn.Module):
         mixture: nn.Module | None = None,
         score_weights: list[float] | None = None,
         histories: nn.ModuleDict | None = None,
+        group_towers: bool = False,
     ) -> None:
         super().__init__()
         mixed = multi_task_type in ("mmoe", "ple")
@@ -108,10 +109,13 @@ class DenseRankingModel(nn.Module):
         self.share_partial = multi_task_type == "share_partial"
         self.task_modules = nn.ModuleDict(tasks)
         self.task_names = list(tasks)
-        # Towers of one architecture run as one grouped computation (model/grouped_towers.py): the same parameters
-        # and maths in a few large products. Set group_towers False to run the heads one by one.
+        # With group_towers, towers of one architecture run as one grouped computation (model/grouped_towers.py):
+        # the same parameters and maths in a few large products. The attribute can be switched at any time.
         self._tower_plan = group_plan(list(tasks.values()))
-        self.group_towers = self._tower_plan is not None
+        if group_towers and self._tower_plan is None:
+            raise ValueError("model.group_towers: the task towers cannot be grouped; each must be an MLP of the same "
+                             "layer sizes and dropout, without batch norm")
+        self.group_towers = group_towers
         # From the data config, not the checkpoint: changing the sampling rates re-calibrates a trained model.
         self.register_buffer("log_ratio", torch.tensor(log_ratios, dtype=torch.float32), persistent=False)
         # The ranking score's weights (model.scoring), also from the config: re-weighting needs no retraining.

@@ -177,14 +177,11 @@ def test_yaml_off_is_off():
                        data={"save_dir": "x", "num_train_steps": 1}).compile.target == "dense+loss"
 
 
-def test_compiled_towers_run_one_by_one_and_uncompiling_restores_the_eager_model(make_config):
+def test_uncompiling_restores_the_eager_model(make_config):
     from projects.home.recap.model.compiled import uncompile_model
 
-    towers = {"fav": {"mlp_config": {"layer_sizes": [4]}}, "report": {"mlp_config": {"layer_sizes": [4]}}}
-    model = build_model_and_loss(make_config({"tasks": towers}))
-    assert model.model.dense.group_towers
+    model = build_model_and_loss(make_config())
     compile_model(model, CompileConfig(target="dense+loss"))
-    assert not model.model.dense.group_towers and model.loss_function is not multi_task_bce
+    assert model.model.dense._compiled_call_impl is not None and model.loss_function is not multi_task_bce
     uncompile_model(model)
-    assert model.model.dense.group_towers and model.model.dense._compiled_call_impl is None
-    assert model.loss_function is multi_task_bce
+    assert model.model.dense._compiled_call_impl is None and model.loss_function is multi_task_bce

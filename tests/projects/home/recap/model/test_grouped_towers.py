@@ -1,6 +1,7 @@
 """Task towers of one architecture run as one grouped computation: the same logits and gradients as the heads one
-by one (shared input, expert mixtures, deeper towers, affine maps, bf16), the same state_dict, and the heads one
-by one wherever grouping does not apply (batch norm, other architectures, different widths, TorchScript)."""
+by one (shared input, expert mixtures, deeper towers, affine maps, bf16), the same state_dict; off by default, and
+refused where it does not apply (batch norm, other architectures, different widths); TorchScript runs them one by
+one."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ ARCHITECTURES = {
 
 
 def _models(make_config, model: dict, overrides=()):
-    config = make_config({**model, "tasks": copy.deepcopy(TOWERS)}, overrides=[*THREE_TASKS, *overrides])
+    config = make_config({**model, "tasks": copy.deepcopy(TOWERS), "group_towers": True},
+                         overrides=[*THREE_TASKS, *overrides])
     torch.manual_seed(0)
     grouped = build_model(config)
     one_by_one = copy.deepcopy(grouped)
@@ -84,9 +86,14 @@ def test_grouped_towers_under_bf16_autocast_and_with_dropout(make_config):
     ["model.tasks.fav={dcn_config: {poly_degree: 1}}"],  # another architecture
     ["model.tasks.fav.mlp_config.dropout=0.1"],  # another dropout
 ])
-def test_towers_that_differ_run_one_by_one(make_config, change):
-    _, grouped, _ = _models(make_config, ARCHITECTURES["share_all"], change)
-    assert not grouped.dense.group_towers
+def test_towers_that_differ_cannot_be_grouped(make_config, change):
+    with pytest.raises(ValueError, match="model.group_towers: the task towers cannot be grouped"):
+        _models(make_config, ARCHITECTURES["share_all"], change)
+
+
+def test_towers_run_one_by_one_unless_grouping_is_asked_for(make_config):
+    config = make_config({**ARCHITECTURES["share_all"], "tasks": copy.deepcopy(TOWERS)}, overrides=THREE_TASKS)
+    assert not build_model(config).dense.group_towers
 
 
 def test_the_dense_part_still_scripts_and_exports_with_grouped_towers(make_config):

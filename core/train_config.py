@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from core.config import BaseConfig
 from core.storage import check_location
@@ -165,6 +165,28 @@ class EarlyStoppingConfig(BaseConfig):
     min_delta: float = Field(default=0.0, ge=0.0)
 
 
+class CompileConfig(BaseConfig):
+    """torch.compile of the model's dense part for training, evaluation and prediction (core/compile.py); the sparse
+    embedding lookup always runs eagerly, outside the compiled graph."""
+
+    # off; dense: the dense model after the sparse lookup; dense+loss: also the loss, as a graph of its own.
+    target: Literal["off", "dense", "dense+loss"] = "off"
+    # torch.compile's mode. reduce-overhead adds CUDA graphs (CUDA only; on the CPU it compiles as default does).
+    mode: Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead"] = "default"
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        # YAML 1.1 reads a bare `off` as false.
+        return "off" if value is False else value
+
+    @model_validator(mode="after")
+    def _mode_needs_target(self):
+        if self.target == "off" and self.mode != "default":
+            raise ValueError(f"mode {self.mode} applies only when target is dense or dense+loss (it is off)")
+        return self
+
+
 class TrainingConfig(BaseConfig):
     exactly_one_of = (("num_train_steps", "num_epochs"),)
 
@@ -177,6 +199,8 @@ class TrainingConfig(BaseConfig):
     # inside backward (their rows are updated as their gradients are computed), so their gradients are never seen.
     clip_grad_norm: float | None = Field(default=None, gt=0.0)
     mixed_precision: Literal["fp32", "bf16"] = "fp32"
+    # torch.compile of the dense part (README: "Compiling the model"); off by default.
+    compile: CompileConfig = CompileConfig()
     train_log_every_n: int = Field(default=50, ge=1)
     checkpoint_every_n: int = Field(default=1000, ge=1)
     keep_last_k: int = Field(default=3, ge=1)

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from core.checkpoint import Checkpoint, CheckpointManager, load_model_weights, read_best
+from core.compile import CompileClock
 from core.distributed import DistributedContext, all_reduce_sum, average_buffers, data_parallel_module
 from core.early_stopping import EarlyStopping, describe, selected_value
 from core.log import get_logger
@@ -298,6 +299,8 @@ class TrainLoop:
         # True insists (an error says why it cannot), False never; see _PipelinedSteps.
         self.use_train_pipeline = use_train_pipeline
         self._pipelined: _PipelinedSteps | None = None
+        # Logs the training steps during which torch.compile built graphs, with their time.
+        self.compile_clock = CompileClock()
         self.early_stopping = (EarlyStopping(config.early_stopping)
                                if config.early_stopping is not None and evaluate is not None else None)
         self._reset_window()
@@ -693,7 +696,9 @@ class TrainLoop:
         try:
             with redirect, stop_signals() as requested:
                 while cfg.num_train_steps is None or self.step < cfg.num_train_steps:
-                    if not (self._pipelined_step() if self._pipelined is not None else self._train_step(data)):
+                    with self.compile_clock.measure(f"training step {self.step + 1}"):
+                        stepped = self._pipelined_step() if self._pipelined is not None else self._train_step(data)
+                    if not stepped:
                         break
                     self._stop_if_signalled(requested, writer, progress)
                     if progress is not None:

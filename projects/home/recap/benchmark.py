@@ -43,6 +43,7 @@ from core.distributed import DistributedContext, init_distributed
 from core.log import get_logger
 from core.metrics_accumulator import MetricsAccumulator
 from core.train_loop import TrainLoop
+from projects.home.recap.benchmark_compile import compile_figures, format_compile_table
 from projects.home.recap.commands.data_prepare import prepare
 from projects.home.recap.data.config import DatasetConfig
 from projects.home.recap.data.loader import RecapDataLoader
@@ -82,12 +83,14 @@ class BenchmarkSettings:
     torchrun_nproc: int = 0  # 0: skip the multi-rank figure
     torchrun_steps: int = 6
     seed: int = 0
+    # Also time training compiled and with the task towers one by one (benchmark_compile.py).
+    compile: bool = True
 
     @classmethod
     def quick(cls, **changes: Any) -> BenchmarkSettings:
         """Tiny budgets: every code path runs in seconds (figures are not meaningful)."""
         base = cls(peak_seconds=0.02, window_seconds=0.02, train_seconds=0.2, eval_seconds=0.1, loader_rows=2_000, pipeline_seconds=0.2,
-                   torchrun_steps=2)
+                   torchrun_steps=2, compile=False)
         return dataclasses.replace(base, **changes)
 
 
@@ -454,6 +457,8 @@ def benchmark_config(name: str, config: RecapConfig, settings: BenchmarkSettings
         },
         "peak": {}, "flops_per_example": {}, "train": {}, "eval": {},
     }
+    if settings.compile:
+        out["compile"] = {}
     for precision in settings.precisions:
         with phase(f"{precision} matmul peak on the model's shapes"):
             flops, shapes = bench.flops_and_shapes(precision)
@@ -474,6 +479,9 @@ def benchmark_config(name: str, config: RecapConfig, settings: BenchmarkSettings
             train = bench.train(precision, flops)
         train["mfu"] = train["gflops_per_second"] / peak.gflops
         out["train"][precision] = train
+        if settings.compile:
+            with phase(f"{precision} training compiled, towers grouped and one by one"):
+                out["compile"][precision] = compile_figures(bench, precision, flops, peak.gflops, train)
         with phase(f"{precision} evaluation"):
             out["eval"][precision] = bench.evaluate(precision)
         out["eval"][precision]["vs_train"] = (out["eval"][precision]["examples_per_second"]
@@ -644,6 +652,7 @@ def format_report(doc: dict[str, Any]) -> str:
             f"{pipe['vs_in_memory']:>9.1%} {worker:>14} {two:>12} {vs:>10}"
         )
     lines.append("")
+    lines += format_compile_table(doc)
     lines.append("pipeline = loader + sharded model + optimizers in the fastest precision (shown per config in the "
                  "JSON); loader/train compares with that precision's in-memory training; MFU = achieved GFLOP/s "
                  "(torch.utils.flop_counter, forward+backward) / the measured peak.")

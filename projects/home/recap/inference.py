@@ -28,6 +28,7 @@ from core.checkpoint import (
     load_tensors,
     resolve_checkpoint,
 )
+from core.compile import CompileClock
 from core.distributed import DistributedContext, lockstep, shard_model
 from core.log import get_logger
 from core.storage import location
@@ -35,6 +36,7 @@ from core.train_loop import CHECKPOINT_DIR
 from projects.home.recap.data import sharding
 from projects.home.recap.data.config import DataConfig, DatasetConfig
 from projects.home.recap.data.loader import Mode, RecapDataLoader
+from projects.home.recap.model.compiled import compile_model
 from projects.home.recap.model.factory import build_model_and_loss
 from projects.home.recap.model.loss import ModelAndLoss
 from projects.home.recap.model.tables import table_constraints
@@ -124,6 +126,7 @@ def load_sharded_for_inference(
         constraints=table_constraints(config, ctx.device.type),
     )
     load_weights(model, found, ctx)
+    compile_model(model, config.training.compile)
     return model, found
 
 
@@ -170,8 +173,10 @@ def run_model(
 ) -> Iterator[tuple[RecapBatch, dict[str, torch.Tensor]]]:
     """(batch on ctx.device, model outputs) for each of this rank's batches; while other ranks still have batches,
     a rank that ran out runs zero-weight padding batches (its last batch, or `template`) that are not yielded."""
-    for batch, real in lockstep(batches, zero_weight, ctx, template=template, max_steps=max_batches):
+    clock = CompileClock()  # logs the batches during which torch.compile built graphs (training.compile)
+    for i, (batch, real) in enumerate(lockstep(batches, zero_weight, ctx, template=template, max_steps=max_batches)):
         batch = batch.to(ctx.device, non_blocking=True)
-        _, outputs = model(batch)
+        with clock.measure(f"inference batch {i} ({batch.batch_size} rows)"):
+            _, outputs = model(batch)
         if real:
             yield batch, outputs

@@ -396,6 +396,9 @@ class ModelConfig(BaseConfig):
     tasks: dict[str, TaskModelConfig] = Field(min_length=1)
     # One ranking score from the task probabilities, in the model outputs, `recap predict` and the serving export.
     scoring: ScoringConfig | None = None
+    # Run the task towers as one grouped computation (model/grouped_towers.py): same parameters and checkpoints,
+    # towers of one MLP architecture only. Off: measured mixed on the CPU (README: "Compiling the model").
+    group_towers: bool = False
     # Engagement-history encoders, one per data.features.sequences group.
     sequences: dict[str, SequenceModelConfig] = {}
 

@@ -26,6 +26,7 @@ from core.train_loop import CHECKPOINT_DIR, TrainLoop, TrainResult, seed_everyth
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.data.validation import scan_labels
 from projects.home.recap.evaluate import build_evaluator, validation_loaders
+from projects.home.recap.model.compiled import compile_model
 from projects.home.recap.model.factory import build_model_and_loss
 from projects.home.recap.model.parameter_groups import dense_parameter_groups
 from projects.home.recap.model.tables import table_constraints, table_optimizer_settings
@@ -52,6 +53,7 @@ def build_training(
         static_graph=config.training.gradient_accumulation_steps == 1,
         constraints=table_constraints(config, ctx.device.type),
     )
+    compile_model(model, config.training.compile)
     groups = dense_parameter_groups(model)
     if total_steps is None:
         total_steps = total_train_steps(config.training, None)

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float,
                         help="measuring budget in seconds per training and pipeline figure (defaults 6 and 8; "
                              "evaluation gets half)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                        help="also time training compiled and with the task towers one by one (default: on, off with "
+                             "--quick; compiling takes a minute or more per config and precision)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny budgets and the demo config only unless --config is given: a smoke test")
 
@@ -55,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = BenchmarkSettings.quick() if args.quick else BenchmarkSettings()
     changes: dict = {"overrides": tuple(args.overrides), "batch_size": args.batch_size, "torchrun_nproc": args.torchrun}
+    if args.compile is not None:
+        changes["compile"] = args.compile
     if args.configs:
         changes["configs"] = tuple(args.configs)
     elif args.quick:

@@ -321,6 +321,7 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
             mixture=mixture,
             score_weights=model.score_weights(),
             histories=histories,
+            group_towers=model.group_towers,
         )
     except KeyError as exc:
         raise ValueError(

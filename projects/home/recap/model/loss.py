@@ -52,6 +52,8 @@ class ModelAndLoss(nn.Module):
         self.register_buffer(
             "stratifier_columns", torch.tensor(stratifier_columns or [], dtype=torch.int64), persistent=False
         )
+        # multi_task_bce, or its compiled form (training.compile.target dense+loss, model/compiled.py).
+        self.loss_function = multi_task_bce
 
     @property
     def task_names(self) -> list[str]:
@@ -59,7 +61,7 @@ class ModelAndLoss(nn.Module):
 
     def forward(self, batch: RecapBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         predictions = self.model(batch)
-        loss, task_losses = multi_task_bce(
+        loss, task_losses = self.loss_function(
             predictions["logits"], batch.labels, batch.weights, self.pos_weight, self.loss_weight
         )
         # Built key by key (not dict(predictions)) so torch.fx can trace it for torchrec's train pipelines.

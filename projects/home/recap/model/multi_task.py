@@ -17,6 +17,7 @@ from common.batch import RecapBatch
 from common.calibration import calibrate_logits
 from common.history import pad_jagged, padded_history
 from common.sparse_embeddings import SparseIdTransform, pool_jagged
+from projects.home.recap.model.grouped_towers import group_plan, grouped_logits
 
 if TYPE_CHECKING:  # only the sparse lookup needs torchrec: DenseRankingModel runs without it
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -82,6 +83,7 @@ class DenseRankingModel(nn.Module):
         mixture: nn.Module | None = None,
         score_weights: list[float] | None = None,
         histories: nn.ModuleDict | None = None,
+        group_towers: bool = False,
     ) -> None:
         super().__init__()
         mixed = multi_task_type in ("mmoe", "ple")
@@ -109,6 +111,13 @@ class DenseRankingModel(nn.Module):
         self.share_partial = multi_task_type == "share_partial"
         self.task_modules = nn.ModuleDict(tasks)
         self.task_names = list(tasks)
+        # With group_towers, towers of one architecture run as one grouped computation (model/grouped_towers.py):
+        # the same parameters and maths in a few large products. The attribute can be switched at any time.
+        self._tower_plan = group_plan(list(tasks.values()))
+        if group_towers and self._tower_plan is None:
+            raise ValueError("model.group_towers: the task towers cannot be grouped; each must be an MLP of the same "
+                             "layer sizes and dropout, without batch norm")
+        self.group_towers = group_towers
         # From the data config, not the checkpoint: changing the sampling rates re-calibrates a trained model.
         self.register_buffer("log_ratio", torch.tensor(log_ratios, dtype=torch.float32), persistent=False)
         # The ranking score's weights (model.scoring), also from the config: re-weighting needs no retraining.
@@ -155,12 +164,19 @@ class DenseRankingModel(nn.Module):
         return sum(p.output_dim for p in parts if p is not None) + pooled_sparse_dim
 
     __jit_unused_properties__ = ["input_width", "output_names", "history_lengths"]
+    __jit_ignored_attributes__ = ["_tower_plan"]
 
     @property
     def input_width(self) -> int:
         """Width of this model's concatenated input features."""
         return self.input_dim(self.featurizer, self.dense_embeddings, self.small_embeddings, self.position_debias,
                               self.pooled_sparse_dim, self.numeric_embeddings, self.histories)
+
+    @torch.jit.unused
+    def _grouped_logits(self, x: torch.Tensor, task_inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Every head's logit [B, T] in one grouped computation: from x, or from the mixture's task inputs."""
+        assert self._tower_plan is not None
+        return grouped_logits(list(self.task_modules.values()), self._tower_plan, task_inputs or x, self.training)
 
     def forward(
         self,
@@ -195,15 +211,19 @@ class DenseRankingModel(nn.Module):
             shared = self.backbone(x)["output"]
             x = torch.cat([x, shared], dim=1) if self.share_partial else shared
         gate_outputs: dict[str, torch.Tensor] = {}
+        task_inputs: list[torch.Tensor] = []
         if self.mixture is not None:
             task_inputs, gates = self.mixture(x)
             for name, key in self.gate_outputs:
                 gate_outputs[key] = gates[name].float()
-            heads = [head(h) for head, h in zip(self.task_modules.values(), task_inputs)]
+        if self.group_towers and not torch.jit.is_scripting():
+            logits = self._grouped_logits(x, task_inputs)
+        elif self.mixture is not None:
+            logits = torch.cat([head(h) for head, h in zip(self.task_modules.values(), task_inputs)], dim=1)
         else:
-            heads = [head(x) for head in self.task_modules.values()]
+            logits = torch.cat([head(x) for head in self.task_modules.values()], dim=1)
         # Logits and everything after them in float32, also under bf16 autocast.
-        logits = torch.cat(heads, dim=1).float()
+        logits = logits.float()
         calibrated = calibrate_logits(logits, self.log_ratio)
         out = {
             "logits": logits,

@@ -95,3 +95,36 @@ def test_recap_scale_config_has_the_documented_shape():
     counted = sum(p.numel() for group in dense_parameter_groups(model).values() for p in group)
     assert counted == expected
     assert 47e6 < counted < 50e6  # "about 48M dense parameters"
+
+
+def test_dense_benchmark_reports_each_variant_with_its_mfu():
+    from projects.home.recap.benchmark_compile import dense_step_figures, format_dense_table
+
+    doc = dense_step_figures("demo", ("fp32",), seconds=0.05, batch_size=64, variants=("eager",), profile=True)
+    figures = doc["precisions"]["fp32"]
+    assert set(figures["variants"]) == {"eager, towers one by one", "eager, towers grouped"}
+    for row in figures["variants"].values():
+        assert row["examples_per_second"] > 0
+        assert row["mfu"] == pytest.approx(row["gflops_per_second"] / figures["peak_gflops_per_second"])
+        assert row["gflops_per_second"] == pytest.approx(
+            row["examples_per_second"] * figures["flops_per_example"] / 1e9)
+    assert "Self CPU time total" in doc["profiles"]["fp32"]
+    assert "eager, towers grouped" in format_dense_table(doc)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_with_compile_reports_eager_and_compiled_side_by_side(tmp_path):
+    output = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "projects.home.recap.main", "benchmark", "--quick", "--compile", "--torchrun", "0",
+         "--precision", "fp32", "--set", "model.backbone={mlp_config: {layer_sizes: [16]}}", "--output", str(output)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "eager vs compiled" in proc.stdout
+    variants = json.loads(output.read_text())["configs"]["demo"]["compile"]["fp32"]
+    assert set(variants) == {"eager", "eager, towers grouped", "compiled", "compiled, towers grouped"}
+    assert variants["eager"]["vs_eager"] == 1.0 and not variants["eager"]["towers_grouped"]
+    assert variants["compiled"]["graph_breaks"] == 0 and variants["compiled"]["compile_seconds_upper_bound"] > 0
+    assert not variants["compiled"]["towers_grouped"] and variants["compiled, towers grouped"]["towers_grouped"]

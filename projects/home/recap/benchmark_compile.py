@@ -1,0 +1,228 @@
+"""`recap benchmark`'s eager-vs-compiled figures: the same in-memory training step (TrainLoop's, on the sharded model)
+with the dense model eager or compiled (training.compile dense+loss), and with the task towers grouped or run one by
+one (model/grouped_towers.py), side by side in one process against the same matmul peak.
+
+The model is switched in place between variants: towers grouped or not (DenseRankingModel.group_towers), compiled or
+not (model/compiled.py); it is left as the config built it afterwards. Every variant's FLOPs are the eager model's count
+(the variants compute the same maths), so examples/s and MFU rank them alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from core.compile import CompileClock, graph_breaks
+from core.train_config import CompileConfig
+from projects.home.recap.model.compiled import compile_model, uncompile_model
+from projects.home.recap.model.multi_task import DenseRankingModel
+
+# (label, compile target, towers grouped); "eager" is the main table's training figure (the config's model).
+VARIANTS = (
+    ("eager, towers grouped", "off", True),
+    ("compiled", "dense+loss", False),
+    ("compiled, towers grouped", "dense+loss", True),
+)
+
+
+def _dense(model: Any) -> DenseRankingModel:
+    return next(m for m in model.modules() if isinstance(m, DenseRankingModel))
+
+
+def compile_figures(bench: Any, precision: str, flops_per_batch: int, peak_gflops: float,
+                    eager: dict[str, Any]) -> dict[str, Any]:
+    """{variant: training figures + mfu (+ compile_seconds)} for one precision; `bench` is a ConfigBenchmark and
+    `eager` its training figures of the config's (eager) model."""
+    dense = _dense(bench.model)
+    configured = dense.group_towers
+    groupable = dense._tower_plan is not None
+    out: dict[str, Any] = {"eager": {**eager, "towers_grouped": configured}}
+    try:
+        for label, target, grouped in VARIANTS:
+            if grouped and not groupable:
+                continue  # the towers cannot be grouped
+            # Each variant compiles from scratch (the compile time is its own), and one process measuring several
+            # configs and variants stays under torch.compile's per-function recompile limit.
+            torch._dynamo.reset()
+            compile_model(bench.model, CompileConfig(target=target))
+            dense.group_towers = grouped and groupable
+            clock = CompileClock()
+            with clock.measure(f"{bench.name} {precision} {label}"):
+                figures = bench.train(precision, flops_per_batch)
+            figures["mfu"] = figures["gflops_per_second"] / peak_gflops
+            figures["towers_grouped"] = dense.group_towers
+            if target != "off":
+                # The first steps compile (timed inside the clock's window with the measured steps).
+                figures["compile_seconds_upper_bound"] = clock.seconds
+                figures["graph_breaks"] = graph_breaks()
+            out[label] = figures
+            uncompile_model(bench.model)
+    finally:
+        uncompile_model(bench.model)
+        dense.group_towers = configured
+    base = out["eager"]["examples_per_second"]
+    for figures in out.values():
+        figures["vs_eager"] = figures["examples_per_second"] / base
+    return out
+
+
+def format_compile_table(doc: dict[str, Any]) -> list[str]:
+    """The variants side by side: examples/s, MFU and the ratio to eager, per config and precision."""
+    rows = [(name, p, variants) for name, r in doc["configs"].items() for p, variants in r.get("compile", {}).items()]
+    if not rows:
+        return []
+    header = f"{'config':<12} {'prec':<5} {'variant':<28} {'train ex/s':>11} {'MFU':>6} {'vs eager':>9} {'compile s':>10}"
+    lines = ["eager vs compiled (training.compile dense+loss) and task towers grouped or one by one:", header,
+             "-" * len(header)]
+    for name, precision, variants in rows:
+        for label, f in variants.items():
+            compile_s = f"{f['compile_seconds_upper_bound']:.0f}" if "compile_seconds_upper_bound" in f else "-"
+            lines.append(f"{name:<12} {precision:<5} {label:<28} {f['examples_per_second']:>11,.0f} "
+                         f"{f['mfu']:>6.1%} {f['vs_eager']:>8.2f}x {compile_s:>10}")
+    lines.append("compile s: wall time of the training calls that compiled (their steps included: an upper bound).")
+    lines.append("")
+    return lines
+
+
+# --- the dense model alone: python -m projects.home.recap.benchmark_compile ---------------------------------------------
+def _dense_trainer(config: Any, name: str, size: int, precision: str, compiled: bool, grouped: bool) -> Any:
+    """One variant of the dense model alone, built, compiled if asked and warmed up (its first steps, which compile,
+    are timed into trainer.compile_seconds); trainer.batches holds its two batches."""
+    from projects.home.recap.gpu_check.dense import DenseTrainer, build_dense, dense_batch
+
+    torch.manual_seed(0)
+    model = build_dense(config)
+    model.group_towers = grouped and model._tower_plan is not None
+    trainer = DenseTrainer(config, model, "cpu", precision)
+    trainer.batches = [dense_batch(config, model, size, "cpu", seed) for seed in range(2)]
+    if compiled:
+        trainer.model.compile()
+    clock = CompileClock()
+    with clock.measure(f"{name} {precision} {'compiled' if compiled else 'eager'}"):
+        for batch in trainer.batches:
+            trainer.step(batch)
+    trainer.compile_seconds = clock.seconds
+    return trainer
+
+
+def _interleaved_best(trainers: dict[str, Any], seconds: float, window: float = 0.5) -> dict[str, list[float]]:
+    """Seconds per step of each trainer in windows of about `window` s, taken in turns until `seconds` per trainer
+    have passed: a load that comes and goes on a shared machine slows every variant alike."""
+    calls = {}
+    for label, trainer in trainers.items():
+        t0 = time.perf_counter()
+        trainer.step(trainer.batches[0])
+        calls[label] = max(1, round(window / max(time.perf_counter() - t0, 1e-6)))
+    windows: dict[str, list[float]] = {label: [] for label in trainers}
+    start = time.perf_counter()
+    while min(len(w) for w in windows.values()) < 3 or time.perf_counter() - start < seconds * len(trainers):
+        for label, trainer in trainers.items():
+            t0 = time.perf_counter()
+            for i in range(calls[label]):
+                trainer.step(trainer.batches[i % 2])
+            windows[label].append((time.perf_counter() - t0) / calls[label])
+    return windows
+
+
+def profile_table(trainer: Any, steps: int = 20, rows: int = 15) -> str:
+    """torch.profiler's table of `steps` training steps of `trainer`, the top `rows` operators by their own CPU time:
+    where a step's time goes once the variant runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            trainer.step(trainer.batches[i % len(trainer.batches)])
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def dense_step_figures(config_name: str, precisions: tuple[str, ...], seconds: float, batch_size: int | None = None,
+                       variants: tuple[str, ...] = ("eager", "compiled"), profile: bool = False) -> dict[str, Any]:
+    """The dense model alone (gpu_check/dense.py: no sparse lookup, the pooled tables a random input), one training
+    step (forward, loss, backward, clipping, Adam) per call: examples/s and MFU of each of eager / compiled x towers
+    grouped / one by one, best of ~0.5 s windows taken in turns, against the best matmul peak over the variants' own
+    shapes. FLOPs are the eager model's (every variant computes the same maths)."""
+    from core import perf
+    from projects.home.recap.gpu_check.dense import load_config
+
+    config = load_config(config_name)
+    size = batch_size or config.data.batch_size
+    out: dict[str, Any] = {"config": config_name, "batch_size": size, "precisions": {}}
+    for precision in precisions:
+        torch._dynamo.reset()
+        trainers: dict[str, Any] = {}
+        for variant in variants:
+            for grouped in (False, True):
+                trainer = _dense_trainer(config, config_name, size, precision, variant == "compiled", grouped)
+                trainers[f"{variant}, towers {'grouped' if trainer.model.group_towers else 'one by one'}"] = trainer
+        first = next(iter(trainers.values()))  # eager (or the first variant): the model's own FLOPs and shapes
+
+        def step(trainer: Any = first) -> None:
+            trainer.forward_backward(trainer.batches[0])
+
+        flops = perf.count_flops(step)
+        shapes: dict[perf.MatmulShape, int] = {}
+        for trainer in trainers.values():
+            if trainer.model._compiled_call_impl is None:  # the shapes each layout runs
+                for (shape, _), f in perf.record_matmul_shapes(lambda t=trainer: step(t)).items():
+                    shapes[shape] = shapes.get(shape, 0) + f
+            trainer.optimizer.zero_grad(set_to_none=True)
+        windows = _interleaved_best(trainers, seconds)
+        peak = perf.matmul_peak(shapes, {"fp32": torch.float32, "bf16": torch.bfloat16}[precision], 0.3)
+        rows: dict[str, Any] = {}
+        for label, trainer in trainers.items():
+            best, median = min(windows[label]), statistics.median(windows[label])
+            rows[label] = {"examples_per_second": size / best, "median_examples_per_second": size / median,
+                           "windows": len(windows[label]), "gflops_per_second": flops / best / 1e9,
+                           "mfu": flops / best / 1e9 / peak.gflops, "compile_seconds": trainer.compile_seconds}
+        out["precisions"][precision] = {"flops_per_example": flops / size, "peak_gflops_per_second": peak.gflops,
+                                        "peak_shape": str(peak.best_shape), "variants": rows}
+        if profile:  # the last variant: compiled with grouped towers (eager with --eager-only)
+            out.setdefault("profiles", {})[precision] = profile_table(trainer)
+    return out
+
+
+def format_dense_table(doc: dict[str, Any]) -> str:
+    lines = [f"{doc['config']} dense model alone, batch {doc['batch_size']}, one training step (forward, loss, "
+             "backward, clipping, Adam):",
+             f"{'prec':<5} {'variant':<32} {'ex/s':>9} {'GF/s':>6} {'MFU':>6} {'compile s':>10}"]
+    for precision, p in doc["precisions"].items():
+        for label, r in p["variants"].items():
+            lines.append(f"{precision:<5} {label:<32} {r['examples_per_second']:>9,.0f} {r['gflops_per_second']:>6.1f} "
+                         f"{r['mfu']:>6.1%} {r['compile_seconds']:>10.0f}")
+        lines.append(f"{precision:<5} peak {p['peak_gflops_per_second']:.0f} GF/s ({p['peak_shape']}), "
+                     f"{p['flops_per_example'] / 1e6:.2f} MFLOP per example")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="the dense model alone: eager vs compiled, towers grouped or not")
+    parser.add_argument("--config", default="demo", help="a config name under projects/home/recap/config")
+    parser.add_argument("--precision", dest="precisions", action="append", choices=("fp32", "bf16"))
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring budget per variant")
+    parser.add_argument("--eager-only", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="print torch.profiler's top operators of the last variant (compiled, towers grouped)")
+    parser.add_argument("--output", help="JSON file for the figures")
+    args = parser.parse_args(argv)
+    doc = dense_step_figures(args.config, tuple(args.precisions or ("fp32", "bf16")), args.seconds, args.batch_size,
+                             ("eager",) if args.eager_only else ("eager", "compiled"), args.profile)
+    print(format_dense_table(doc))
+    for precision, table in doc.get("profiles", {}).items():
+        print(f"\n{precision}: where the last variant's step time goes\n{table}")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(doc, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -31,7 +31,7 @@ from common.init import EmbeddingInit, init_embedding_
 from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention
 from common.sparse_embeddings import hash_ids
 
-__all__ = ["HistoryEncoder", "HistoryTokens", "pad_jagged", "padded_history", "request_groups"]
+__all__ = ["HistoryEncoder", "HistoryTokens", "pad_jagged", "packed_history", "padded_history", "request_groups"]
 
 
 def _padding_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -59,6 +59,21 @@ def pad_jagged(values: torch.Tensor, lengths: torch.Tensor, max_length: int) -> 
     zeros after them."""
     lengths = lengths.to(torch.int64)
     return _scatter(values, _slots(lengths, values.shape[0], max_length), lengths.shape[0], max_length)
+
+
+def packed_history(inputs: dict[str, torch.Tensor], prefix: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The padded history inputs' real items one after another (the jagged form again): each "<prefix>id:<col>",
+    "actions" [N] and "continuous" [N, C], in row order and most recent first within a row; and each item's row
+    [N]. On the CPU the items are then embedded and encoded once each, with no padding to compute and
+    differentiate; finding them costs a device synchronization on a GPU."""
+    mask = inputs[prefix + "mask"]
+    batch, length = mask.shape
+    real = torch.nonzero(mask.reshape(-1)).squeeze(1)
+    out = {}
+    for key, tensor in inputs.items():
+        if key.startswith(prefix) and key != prefix + "mask" and not key.startswith(prefix + "candidate:"):
+            out[key] = tensor.reshape(batch * length, *tensor.shape[2:]).index_select(0, real)
+    return out, torch.div(real, length, rounding_mode="floor")
 
 
 def padded_history(group: dict[str, torch.Tensor], max_length: int, prefix: str) -> dict[str, torch.Tensor]:
@@ -184,12 +199,27 @@ class HistoryEncoder(nn.Module):
             groups = request_groups(inputs, self.prefix)
             if groups is not None:
                 return torch.cat([self._per_request(inputs, mask, candidate, *groups), candidate, *matches], dim=1)
+        if self.packs(mask):
+            items, row = packed_history(inputs, self.prefix)
+            history = self.tokens.items(items, self.prefix)
+            if self.pooling:
+                encoded = self.encoder.forward_packed(history, row, mask.shape[0])
+            else:
+                encoded = self.encoder.forward_packed(history, row, candidate)
+            return torch.cat([encoded, candidate, *matches], dim=1)
         history = self.tokens.items(inputs, self.prefix)
         if self.pooling:
             encoded = self.encoder(history, mask)
         else:
             encoded = self.encoder(history, mask, candidate)
         return torch.cat([encoded, candidate, *matches], dim=1)
+
+    def packs(self, mask: torch.Tensor) -> bool:
+        """Whether the row path encodes the real items packed (pooling and target attention on the CPU, eager mode):
+        the same values as the padded form without computing anything for the padding. On a GPU, and in an
+        exported or scripted model, the padded form avoids a device synchronization and data-dependent shapes."""
+        return not isinstance(self.encoder, CandidateIsolatedTransformer) and mask.device.type == "cpu" and (
+            not _tracing())
 
     def match_features(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Per id column with a candidate: how often and how recently the user engaged with the candidate's id,

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from common.history import HistoryEncoder, HistoryTokens, pad_jagged, padded_history, request_groups
+from common.history import (
+    HistoryEncoder,
+    HistoryTokens,
+    packed_history,
+    pad_jagged,
+    padded_history,
+    request_groups,
+)
 from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention
 
 L, D = 6, 8
@@ -59,6 +66,38 @@ def test_a_candidates_score_does_not_depend_on_the_other_candidates(kind):
         keep = torch.tensor([3, 2, 1, 0, 5])
         part = encoder({k: v[keep] for k, v in inputs.items()})
     torch.testing.assert_close(part, full[keep], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["pooling", "target_attention"])
+def test_the_packed_row_path_equals_the_padded_one_in_value_and_gradient(kind, monkeypatch):
+    inputs = _requests([1] * 7, seed=5)  # one row per request: the row path, as in training
+    encoder = _encoder(kind, True).train()
+    assert encoder.packs(inputs["h/mask"])
+    packed = encoder(inputs)
+    grads = torch.autograd.grad(packed.square().sum(), list(encoder.parameters()), allow_unused=True)
+    monkeypatch.setattr(HistoryEncoder, "packs", lambda self, mask: False)
+    padded = encoder(inputs)
+    want = torch.autograd.grad(padded.square().sum(), list(encoder.parameters()), allow_unused=True)
+    torch.testing.assert_close(packed, padded, rtol=0, atol=1e-6)
+    for (name, _), a, b in zip(encoder.named_parameters(), grads, want):
+        assert (a is None) == (b is None), name
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+
+
+def test_packed_history_lists_the_real_items_in_order():
+    group = {"lengths": torch.tensor([2, 0, 3]), "id:a": torch.tensor([5, 6, 7, 8, 9]),
+             "continuous": torch.arange(10.0).reshape(5, 2), "candidate:a": torch.tensor([1, 2, 3])}
+    items, rows = packed_history(padded_history(group, 4, "p/"), "p/")
+    assert rows.tolist() == [0, 0, 2, 2, 2] and set(items) == {"p/id:a", "p/continuous"}
+    assert items["p/id:a"].tolist() == [5, 6, 7, 8, 9]
+    torch.testing.assert_close(items["p/continuous"], group["continuous"])
+
+
+def test_the_transformer_and_other_devices_keep_the_padded_form():
+    inputs = _requests([1, 1], seed=1)
+    assert not _encoder("transformer", True).packs(inputs["h/mask"])
+    assert not _encoder("target_attention", True).packs(inputs["h/mask"].to("meta"))
 
 
 def test_rows_without_shared_histories_take_the_row_path():

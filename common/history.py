@@ -193,6 +193,13 @@ class HistoryEncoder(nn.Module):
     def _encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = inputs[self.prefix + "mask"]
         candidate = self.tokens.candidate(inputs, self.prefix, mask)
+        # Only outside training: training rows are shuffled, so neighbours rarely share a history, and the check
+        # would cost a device synchronization per step.
+        if self.share_requests and not self.pooling and not self.training and not _tracing():
+            groups = request_groups(inputs, self.prefix)
+            if groups is not None:
+                encoded = self._per_request(inputs, mask, candidate, *groups)
+                return torch.cat([encoded, candidate, *self.match_features(inputs)], dim=1)
         if self.packs(mask):
             items, row, position = packed_history(inputs, self.prefix)
             matches = self.packed_match_features(inputs, items, row, position)
@@ -202,19 +209,12 @@ class HistoryEncoder(nn.Module):
             else:
                 encoded = self.encoder.forward_packed(history, row, candidate)
             return torch.cat([encoded, candidate, *matches], dim=1)
-        matches = self.match_features(inputs)
-        # Only outside training: training rows are shuffled, so neighbours rarely share a history, and the check
-        # would cost a device synchronization per step.
-        if self.share_requests and not self.pooling and not self.training and not _tracing():
-            groups = request_groups(inputs, self.prefix)
-            if groups is not None:
-                return torch.cat([self._per_request(inputs, mask, candidate, *groups), candidate, *matches], dim=1)
         history = self.tokens.items(inputs, self.prefix)
         if self.pooling:
             encoded = self.encoder(history, mask)
         else:
             encoded = self.encoder(history, mask, candidate)
-        return torch.cat([encoded, candidate, *matches], dim=1)
+        return torch.cat([encoded, candidate, *self.match_features(inputs)], dim=1)
 
     def packs(self, mask: torch.Tensor) -> bool:
         """Whether the row path encodes the real items packed (pooling and target attention on the CPU, eager mode):

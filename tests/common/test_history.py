@@ -87,6 +87,15 @@ def test_the_packed_row_path_equals_the_padded_one_in_value_and_gradient(kind, m
             torch.testing.assert_close(a, b, rtol=1e-5, atol=5e-5, msg=name)  # float32 sums in another order
 
 
+def test_shared_requests_keep_the_request_path_on_the_cpu(monkeypatch):
+    inputs = _requests([3, 2])
+    encoder = _encoder("target_attention", True)
+    calls = []
+    monkeypatch.setattr(HistoryEncoder, "_per_request", lambda self, *args: calls.append(1) or torch.zeros(5, 32))
+    encoder(inputs)
+    assert calls == [1]
+
+
 def test_packed_history_lists_the_real_items_in_order():
     group = {"lengths": torch.tensor([2, 0, 3]), "id:a": torch.tensor([5, 6, 7, 8, 9]),
              "continuous": torch.arange(10.0).reshape(5, 2), "candidate:a": torch.tensor([1, 2, 3])}

@@ -217,11 +217,11 @@ class HistoryEncoder(nn.Module):
         return torch.cat([encoded, candidate, *self.match_features(inputs)], dim=1)
 
     def packs(self, mask: torch.Tensor) -> bool:
-        """Whether the row path encodes the real items packed (pooling and target attention on the CPU, eager mode):
-        the same values as the padded form without computing anything for the padding. On a GPU, and in an
-        exported or scripted model, the padded form avoids a device synchronization and data-dependent shapes."""
-        return not isinstance(self.encoder, CandidateIsolatedTransformer) and mask.device.type == "cpu" and (
-            not _tracing())
+        """Whether the row path encodes the real items packed: on the CPU, in eager mode, with an encoder that has a
+        packed form (`forward_packed`: pooling and target attention), the same values as the padded form without
+        computing anything for the padding. On a GPU, and in an exported or scripted model, the padded form avoids
+        a device synchronization and data-dependent shapes."""
+        return hasattr(self.encoder, "forward_packed") and mask.device.type == "cpu" and not _tracing()
 
     def match_features(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Per id column with a candidate: how often and how recently the user engaged with the candidate's id,

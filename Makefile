@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 GPU ?= 0
 STAMP := $(VENV)/.installed-gpu$(GPU)
-DEMO_DIR ?= runs/demo
-DEMO_DATA ?= data/demo
+DEMO_DIR ?=
+DEMO_DATA ?=
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test lint docs bench clean
@@ -28,8 +29,10 @@ endif
 	rm -f $(VENV)/.installed-gpu*
 	touch $(STAMP)
 
+# The demo with the engagement history (data/demo_history, runs/demo_history); `make demo DEMO_ARGS=--no-history`
+# trains without it (data/demo, runs/demo).
 demo: $(STAMP)
-	$(BIN)/recap demo --data-dir $(DEMO_DATA) --save-dir $(DEMO_DIR)
+	$(BIN)/recap demo $(if $(DEMO_DATA),--data-dir $(DEMO_DATA)) $(if $(DEMO_DIR),--save-dir $(DEMO_DIR)) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

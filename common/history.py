@@ -34,10 +34,11 @@ import torch
 from torch import nn
 
 from common.init import EmbeddingInit, init_embedding_
-from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention
+from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention, row_sum
 from common.sparse_embeddings import hash_ids
 
-__all__ = ["HistoryEncoder", "HistoryTokens", "pad_jagged", "padded_history", "request_groups", "request_slots"]
+__all__ = ["HistoryEncoder", "HistoryTokens", "pad_jagged", "packed_history", "padded_history", "request_groups",
+           "request_slots"]
 
 
 def _padding_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -65,6 +66,22 @@ def pad_jagged(values: torch.Tensor, lengths: torch.Tensor, max_length: int) -> 
     zeros after them."""
     lengths = lengths.to(torch.int64)
     return _scatter(values, _slots(lengths, values.shape[0], max_length), lengths.shape[0], max_length)
+
+
+def packed_history(inputs: dict[str, torch.Tensor], prefix: str
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The padded history inputs' real items one after another (the jagged form again): each "<prefix>id:<col>",
+    "actions" [N] and "continuous" [N, C], in row order and most recent first within a row; each item's row [N] and
+    position in its row [N] (0 = most recent). On the CPU the items are then embedded and encoded once each, with
+    no padding to compute and differentiate; finding them costs a device synchronization on a GPU."""
+    mask = inputs[prefix + "mask"]
+    batch, length = mask.shape
+    real = torch.nonzero(mask.reshape(-1)).squeeze(1)
+    out = {}
+    for key, tensor in inputs.items():
+        if key.startswith(prefix) and key != prefix + "mask" and not key.startswith(prefix + "candidate:"):
+            out[key] = tensor.reshape(batch * length, *tensor.shape[2:]).index_select(0, real)
+    return out, torch.div(real, length, rounding_mode="floor"), torch.remainder(real, length)
 
 
 def padded_history(group: dict[str, torch.Tensor], max_length: int, prefix: str) -> dict[str, torch.Tensor]:
@@ -219,6 +236,15 @@ class HistoryEncoder(nn.Module):
             return self._encode_requests(inputs, request_of_row)
         mask = inputs[self.prefix + "mask"]
         candidate = self.tokens.candidate(inputs, self.prefix, mask)
+        if self.packs(mask):
+            items, row, position = packed_history(inputs, self.prefix)
+            matches = self.packed_match_features(inputs, items, row, position)
+            history = self.tokens.items(items, self.prefix)
+            if self.pooling:
+                encoded = self.encoder.forward_packed(history, row, mask.shape[0])
+            else:
+                encoded = self.encoder.forward_packed(history, row, candidate)
+            return torch.cat([encoded, candidate, *matches], dim=1)
         history = self.tokens.items(inputs, self.prefix)
         if self.pooling:
             encoded = self.encoder(history, mask)
@@ -261,6 +287,13 @@ class HistoryEncoder(nn.Module):
         rows.update({k: v for k, v in inputs.items() if k.startswith(self.prefix + "candidate:")})
         return rows
 
+    def packs(self, mask: torch.Tensor) -> bool:
+        """Whether the row path encodes the real items packed: on the CPU, in eager mode, with an encoder that has a
+        packed form (`forward_packed`: pooling and target attention), the same values as the padded form without
+        computing anything for the padding. On a GPU, and in an exported or scripted model, the padded form avoids
+        a device synchronization and data-dependent shapes."""
+        return hasattr(self.encoder, "forward_packed") and mask.device.type == "cpu" and not _tracing()
+
     def match_features(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Per id column with a candidate: how often and how recently the user engaged with the candidate's id,
         from exact raw-id matches m_j = [id_j = candidate id] over the real items: log1p(Σ_j m_j),
@@ -280,6 +313,29 @@ class HistoryEncoder(nn.Module):
                 kinds = torch.arange(self.tokens.num_actions, device=mask.device)
                 per_action = (match[:, :, None] * (actions[:, :, None] == kinds).float()).sum(dim=1)
                 parts.append(torch.log1p(per_action))
+            out.append(torch.cat(parts, dim=1))
+        return out
+
+    def packed_match_features(self, inputs: dict[str, torch.Tensor], items: dict[str, torch.Tensor], row: torch.Tensor,
+                              position: torch.Tensor) -> list[torch.Tensor]:
+        """match_features() from the packed real items (packed_history: their rows and positions): the same values,
+        with no [B, L] (or [B, L, num_actions]) intermediate."""
+        if not self.match_columns:
+            return []
+        batch = inputs[self.prefix + "mask"].shape[0]
+        recency = 1.0 / (position + 1).to(torch.float32)
+        actions = items.get(self.prefix + "actions")
+        out = []
+        for column in self.match_columns:
+            candidate = inputs[self.prefix + "candidate:" + column].index_select(0, row)
+            match = (items[self.prefix + "id:" + column] == candidate).to(torch.float32)
+            parts = [torch.log1p(row_sum(match, row, batch)).unsqueeze(1), row_sum(match * recency, row, batch)[:, None]]
+            if actions is not None and self.tokens.num_actions is not None:
+                kinds = self.tokens.num_actions
+                action = actions.to(torch.int64)
+                known = (action >= 0) & (action < kinds)  # as in match_features, an unknown action counts nowhere
+                per_action = row_sum(match * known, row * kinds + action.clamp(0, kinds - 1), batch * kinds)
+                parts.append(torch.log1p(per_action.view(batch, kinds)))
             out.append(torch.cat(parts, dim=1))
         return out
 

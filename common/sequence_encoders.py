@@ -19,6 +19,11 @@ isolated transformer over [e_1..e_L, c_1..c_C], per layer (pre-norm):
    Since no history token reads a candidate, the history is encoded once per request and each candidate reads
    the per-layer history keys and values plus its own: a candidate's output depends on the history and on itself
    only, never on which other candidates share its request or their order.
+
+Pooling and target attention also take the history packed (`forward_packed`): the real items only, one after
+another, `items: [N, D]` with `row: [N]` (the row of each item). The sums over j become sums over a row's items and
+the softmax a softmax within each row (`segment_softmax`): the same values as the padded form, without computing
+or differentiating anything for the padding.
 """
 
 from __future__ import annotations
@@ -41,6 +46,20 @@ def _as_bool(mask: torch.Tensor) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else mask != 0
 
 
+def row_sum(values: torch.Tensor, row: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """[num_rows, ...]: the sum of each row's packed values (`row[n]` the row of values[n]); 0 for a row with none."""
+    return values.new_zeros((num_rows, *values.shape[1:])).index_add_(0, row, values)
+
+
+def segment_softmax(logits: torch.Tensor, row: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Softmax of packed logits [N] within each row (`row[n]` the row of logits[n]): the masked softmax of the padded
+    form on its real items. The row's maximum is subtracted first, as a constant (softmax does not depend on it)."""
+    peak = logits.new_full((num_rows,), float("-inf"))
+    peak = peak.scatter_reduce(0, row, logits.detach(), "amax", include_self=True)
+    e = torch.exp(logits - peak.index_select(0, row))
+    return e / row_sum(e, row, num_rows).index_select(0, row)
+
+
 class HistoryPooling(nn.Module):
     """Masked sum or mean of the history tokens: [B, L, D], [B, L] -> [B, D]; a row with no real item gives 0."""
 
@@ -56,6 +75,14 @@ class HistoryPooling(nn.Module):
         out = torch.einsum("bl,bld->bd", m, history)
         if self.mode == "mean":
             out = out / m.sum(dim=1, keepdim=True).clamp(min=1.0)
+        return out
+
+    def forward_packed(self, items: torch.Tensor, row: torch.Tensor, num_rows: int) -> torch.Tensor:
+        """forward() on the packed real items (see the module docstring): [N, D], [N] -> [num_rows, D]."""
+        out = row_sum(items, row, num_rows)
+        if self.mode == "mean":
+            count = torch.bincount(row, minlength=num_rows).to(out.dtype)
+            out = out / count.clamp(min=1.0).unsqueeze(1)
         return out
 
 
@@ -121,6 +148,22 @@ class TargetAttention(nn.Module):
     def forward(self, history: torch.Tensor, history_mask: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
         """out = sum_j w_j e_j: [B, L, D], [B, L], [B, D] -> [B, D]."""
         return torch.einsum("bl,bld->bd", self.weights(history, history_mask, candidate), history)
+
+    def packed_weights(self, items: torch.Tensor, row: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        """The attention weights [N] of packed real items [N, D] (`row` [N] their rows) for candidates [B, D]."""
+        first = self.mlp[0]
+        w_e, w_c, w_d, w_p = first.weight.split(items.shape[-1], dim=1)
+        # As in weights(): (W_e + W_d) e + W_p (e c) per item, (W_c - W_d) c + b once per row.
+        own = F.linear(candidate, w_c - w_d, first.bias)
+        pair = candidate.index_select(0, row)
+        hidden = F.linear(torch.cat([items, items * pair], dim=-1), torch.cat([w_e + w_d, w_p], dim=1))
+        logits = self.mlp[1:](hidden + own.index_select(0, row)).squeeze(-1)
+        return segment_softmax(logits, row, candidate.shape[0]) if self.softmax else logits
+
+    def forward_packed(self, items: torch.Tensor, row: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        """forward() on the packed real items (see the module docstring): [N, D], [N], [B, D] -> [B, D]."""
+        weights = self.packed_weights(items, row, candidate)
+        return row_sum(weights.unsqueeze(1) * items, row, candidate.shape[0])
 
     def forward_request(self, history: torch.Tensor, history_mask: torch.Tensor, candidates: torch.Tensor,
                         candidate_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -3,20 +3,27 @@
 import pytest
 import torch
 
-from common.history import HistoryEncoder, HistoryTokens, pad_jagged, padded_history, request_groups
+from common.history import (
+    HistoryEncoder,
+    HistoryTokens,
+    packed_history,
+    pad_jagged,
+    padded_history,
+    request_groups,
+)
 from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention
 
 L, D = 6, 8
 
 
-def _encoder(kind: str, share: bool) -> HistoryEncoder:
+def _encoder(kind: str, share: bool, matched: list[str] | None = None) -> HistoryEncoder:
     torch.manual_seed(0)
     tokens = HistoryTokens(D, {"a": (50, True), "t": (20, False)}, num_actions=3, num_continuous=1)
     width = tokens.dim
     module = {"transformer": CandidateIsolatedTransformer(width, num_layers=2, num_heads=2, max_length=L),
               "target_attention": TargetAttention(width, (8,), softmax=True),
               "pooling": HistoryPooling("mean", width)}[kind]
-    return HistoryEncoder("h", tokens, module, L, share).eval()
+    return HistoryEncoder("h", tokens, module, L, share, matched).eval()
 
 
 def _requests(sizes: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -59,6 +66,52 @@ def test_a_candidates_score_does_not_depend_on_the_other_candidates(kind):
         keep = torch.tensor([3, 2, 1, 0, 5])
         part = encoder({k: v[keep] for k, v in inputs.items()})
     torch.testing.assert_close(part, full[keep], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["pooling", "target_attention"])
+def test_the_packed_row_path_equals_the_padded_one_in_value_and_gradient(kind, monkeypatch):
+    inputs = _requests([1] * 7, seed=5)  # one row per request: the row path, as in training
+    inputs["h/id:a"][:, 1] = inputs["h/candidate:a"]  # matches beside the chance ones, at position 1 (or padding)
+    inputs["h/id:t"][2:5, :] = inputs["h/candidate:t"][2:5, None]
+    encoder = _encoder(kind, True, ["a", "t"]).train()
+    assert encoder.packs(inputs["h/mask"])
+    packed = encoder(inputs)
+    grads = torch.autograd.grad(packed.square().sum(), list(encoder.parameters()), allow_unused=True)
+    monkeypatch.setattr(HistoryEncoder, "packs", lambda self, mask: False)
+    padded = encoder(inputs)
+    want = torch.autograd.grad(padded.square().sum(), list(encoder.parameters()), allow_unused=True)
+    torch.testing.assert_close(packed, padded, rtol=0, atol=1e-6)
+    for (name, _), a, b in zip(encoder.named_parameters(), grads, want):
+        assert (a is None) == (b is None), name
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=5e-5, msg=name)  # float32 sums in another order
+
+
+def test_shared_requests_keep_the_request_path_on_the_cpu(monkeypatch):
+    inputs = _requests([3, 2])
+    encoder = _encoder("target_attention", True)
+    calls = []
+    through = HistoryEncoder._encode_requests
+    monkeypatch.setattr(HistoryEncoder, "_encode_requests",
+                        lambda self, *args: calls.append(args[1].tolist()) or through(self, *args))
+    encoder(inputs)
+    assert calls == [[0, 0, 0, 1, 1]]  # two requests, each history encoded once
+
+
+def test_packed_history_lists_the_real_items_in_order():
+    group = {"lengths": torch.tensor([2, 0, 3]), "id:a": torch.tensor([5, 6, 7, 8, 9]),
+             "continuous": torch.arange(10.0).reshape(5, 2), "candidate:a": torch.tensor([1, 2, 3])}
+    items, rows, positions = packed_history(padded_history(group, 4, "p/"), "p/")
+    assert rows.tolist() == [0, 0, 2, 2, 2] and positions.tolist() == [0, 1, 0, 1, 2]
+    assert set(items) == {"p/id:a", "p/continuous"}
+    assert items["p/id:a"].tolist() == [5, 6, 7, 8, 9]
+    torch.testing.assert_close(items["p/continuous"], group["continuous"])
+
+
+def test_the_transformer_and_other_devices_keep_the_padded_form():
+    inputs = _requests([1, 1], seed=1)
+    assert not _encoder("transformer", True).packs(inputs["h/mask"])
+    assert not _encoder("target_attention", True).packs(inputs["h/mask"].to("meta"))
 
 
 def test_rows_without_shared_histories_take_the_row_path():
@@ -108,6 +161,12 @@ def test_match_features_count_exact_id_matches_by_recency_and_action():
     torch.testing.assert_close(features[0], torch.stack([log2, torch.tensor(1 + 1 / 3), log1, log1, torch.tensor(0.0)]))
     assert features[1].abs().sum() == 0
     assert encoder(inputs).shape == (2, 29)
+    # The packed form (the CPU row path) counts the same; an action id outside [0, num_actions) counts nowhere.
+    inputs["h/actions"][0, 2] = 5
+    [padded] = encoder.match_features(inputs)
+    [packed] = encoder.packed_match_features(inputs, *packed_history(inputs, "h/"))
+    torch.testing.assert_close(packed, padded, rtol=0, atol=1e-7)
+    assert packed[0, 2:].tolist() == [0.0, pytest.approx(float(log1)), 0.0]
 
 
 def test_an_output_projection_sets_the_groups_width():

@@ -13,6 +13,7 @@ from common.sequence_encoders import (
     HistoryPooling,
     TargetAttention,
     attention_flops,
+    segment_softmax,
 )
 
 POSITIONS = ["learned", "rotary", "none"]
@@ -84,6 +85,47 @@ def test_target_attention_request_path_scores_each_candidate_like_forward():
         if k < 2:
             torch.testing.assert_close(out[0, k], want[0])
     torch.testing.assert_close(out[0, 2], torch.zeros(4))
+
+
+def _packed(history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real items of a padded history one after another, and the row of each."""
+    rows, _ = torch.nonzero(mask, as_tuple=True)
+    return history[mask], rows
+
+
+def test_segment_softmax_is_a_softmax_within_each_row():
+    logits = torch.tensor([1.0, 2.0, 3.0, 1000.0, -5.0])
+    row = torch.tensor([0, 0, 0, 2, 2])  # row 1 has no items
+    out = segment_softmax(logits, row, 3)
+    torch.testing.assert_close(out[:3], torch.softmax(logits[:3], 0))
+    torch.testing.assert_close(out[3:], torch.tensor([1.0, 0.0]))  # a large logit does not overflow
+
+
+@pytest.mark.parametrize("encoder", ["sum", "mean", "din", "din_softmax"])
+def test_the_packed_forms_equal_the_padded_ones_in_value_and_gradient(encoder):
+    torch.manual_seed(0)
+    module = {"sum": HistoryPooling("sum"), "mean": HistoryPooling("mean"),
+              "din": TargetAttention(6, hidden_dims=[8, 4], activation="gelu"),
+              "din_softmax": TargetAttention(6, hidden_dims=[5], softmax=True)}[encoder]
+    lengths = torch.tensor([3, 0, 5, 1, 5])
+    mask = torch.arange(5)[None, :] < lengths[:, None]
+    history = torch.randn(5, 5, 6, requires_grad=True)
+    candidate = torch.randn(5, 6, requires_grad=True)
+    pooling = isinstance(module, HistoryPooling)
+    padded = module(history, mask) if pooling else module(history, mask, candidate)
+    items, rows = _packed(history, mask)
+    packed = module.forward_packed(items, rows, 5) if pooling else module.forward_packed(items, rows, candidate)
+    torch.testing.assert_close(packed, padded, rtol=0, atol=1e-6)
+    torch.testing.assert_close(packed[1], torch.zeros(6))  # the row without items
+    weights = torch.randn(5, 6)
+    inputs = [history, candidate, *module.parameters()]
+    want = torch.autograd.grad((padded * weights).sum(), inputs, allow_unused=True)
+    got = torch.autograd.grad((packed * weights).sum(), inputs, allow_unused=True)
+    for a, b in zip(got, want):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
 # --- the isolated transformer ------------------------------------------------------------------------------------

@@ -518,11 +518,15 @@ def _worker_main(argv: list[str]) -> int:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--output", required=True)
+    parser.add_argument("--data-batches", type=int, default=0,
+                        help="train on this many batches read from the config's training data (0: random batches)")
     args = parser.parse_args(argv)
     ctx = init_distributed("cpu")
     config = load_recap_config(args.config, args.overrides)
     with tempfile.TemporaryDirectory(prefix="recap-benchmark-rank-") as tmp:
         bench = ConfigBenchmark("worker", config, BenchmarkSettings(), ctx, Path(tmp))
+        if args.data_batches:
+            bench.batches = read_batches(config, bench.tasks, args.data_batches, ctx.rank, ctx.world_size)
         loop = bench._loop(args.precision, _InMemoryData(bench.batches))
         step = _train_step_of(loop)
         data = _cycle(bench.batches)
@@ -548,12 +552,15 @@ def _worker_main(argv: list[str]) -> int:
 
 
 def multi_rank(config_path: Path, overrides: tuple[str, ...], nproc: int, precision: str, steps: int,
-               workdir: Path) -> dict[str, Any]:
-    """Launch the training-step benchmark on nproc ranks with torchrun; {} with an error message if it failed."""
+               workdir: Path, data_batches: int = 0) -> dict[str, Any]:
+    """Launch the training-step benchmark on nproc ranks with torchrun (on random batches, or on data_batches
+    batches per rank read from the config's training data); {} with an error message if it failed."""
     output = workdir / f"torchrun_{nproc}.json"
+    workdir.mkdir(parents=True, exist_ok=True)
+    output.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "projects.home.recap.benchmark", "--config", str(config_path), "--precision", precision,
-           "--steps", str(steps), "--output", str(output)]
+           "--steps", str(steps), "--output", str(output), "--data-batches", str(data_batches)]
     for item in overrides:
         cmd += ["--set", item]
     env = dict(os.environ)
@@ -568,6 +575,119 @@ def multi_rank(config_path: Path, overrides: tuple[str, ...], nproc: int, precis
     result["precision"] = precision
     result["wall_seconds"] = time.perf_counter() - start
     return result
+
+
+# --- with and without an engagement history, on the same data ----------------------------------------------------------
+HISTORY_PAIR = (("demo", CONFIG_DIR / "demo.yaml"), ("demo_history", CONFIG_DIR / "demo_history.yaml"))
+
+
+def read_batches(config: RecapConfig, tasks: list[str], count: int, rank: int = 0, world_size: int = 1
+                 ) -> list[RecapBatch]:
+    """The first `count` training batches of the config's training data on this rank, as training reads them."""
+    loader = RecapDataLoader(config.data, config.data.train, tasks, "train", rank, world_size,
+                             config.data.batch_size)
+    batches: list[RecapBatch] = []
+    data = iter(loader)
+    for batch in data:
+        batches.append(batch)
+        if len(batches) == count:
+            break
+    data.close()  # stops the loader's workers, which would go on reading ahead
+    if not batches:
+        raise ValueError(f"no full training batch in {config.data.train.paths}")
+    return batches
+
+
+def interleaved_timing(steps: dict[str, Callable[[], object]], calls: dict[str, int], budget_seconds: float,
+                       min_rounds: int = 3) -> dict[str, perf.Timing]:
+    """Time each step in windows of calls[name] calls, the steps taking turns window by window, so that a burst of
+    other work on a shared machine slows both alike; the best and the median window of each."""
+    windows: dict[str, list[float]] = {name: [] for name in steps}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_rounds or time.perf_counter() - start < budget_seconds:
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(calls[name]):
+                step()
+            windows[name].append((time.perf_counter() - t0) / calls[name])
+        rounds += 1
+    return {name: perf.Timing(min(w), float(np.median(w)), len(w), calls[name]) for name, w in windows.items()}
+
+
+def history_comparison(data_dir: Path, settings: BenchmarkSettings, batches: int = 8,
+                       pair: tuple[tuple[str, Path], ...] = HISTORY_PAIR) -> dict[str, Any]:
+    """Training rows/s of each config of `pair` (the first without the history, the second with it) on the same
+    data, data_dir (written by `recap data generate --history-length L`): the training loop's step on `batches`
+    batches read by each config's own loader, fp32, timed in turns in one process; then the same on
+    settings.torchrun_nproc ranks under torchrun (each config in turn, twice, the best kept), as `make demo`
+    trains. Reports rows/s and the ratio with/without."""
+    os.environ["RECAP_DATA_DIR"] = str(data_dir)  # the demo configs' data paths; torchrun workers inherit it
+    ctx = init_distributed("cpu")
+    overrides = list(settings.overrides)
+    if settings.batch_size is not None:
+        overrides.append(f"data.batch_size={settings.batch_size}")
+    out: dict[str, Any] = {"data": str(data_dir), "batches": batches, "configs": [n for n, _ in pair]}
+    with tempfile.TemporaryDirectory(prefix="recap-benchmark-history-") as tmp:
+        steps, calls, rows = {}, {}, {}
+        for name, path in pair:
+            config = load_recap_config(path, overrides)
+            bench = ConfigBenchmark(name, config, settings, ctx, Path(tmp) / name)
+            bench.batches = read_batches(config, bench.tasks, batches)
+            step = _train_step_of(bench._loop("fp32", _InMemoryData(bench.batches)))
+            data = _cycle(bench.batches)
+            bench.model.train()
+            step(data)  # the first step allocates the optimizer's and the autograd's buffers
+            t0 = time.perf_counter()
+            step(data)
+            calls[name] = max(1, round(settings.window_seconds / max(time.perf_counter() - t0, 1e-6)))
+            steps[name] = (lambda step=step, data=data: step(data))
+            rows[name] = bench.batch_size * bench.accumulation
+            items = [int(b.sequences[g]["lengths"].sum()) for b in bench.batches for g in b.sequences]
+            if items:
+                out["history_items_per_row"] = sum(items) / sum(b.batch_size for b in bench.batches)
+        timings = interleaved_timing(steps, calls, settings.train_seconds * len(pair))
+        out["one_rank"] = {name: {"rows_per_second": rows[name] / t.best,
+                                  "median_rows_per_second": rows[name] / t.median, "step": _timing_json(t)}
+                           for name, t in timings.items()}
+        without, with_ = (n for n, _ in pair)
+        out["one_rank"]["ratio"] = (out["one_rank"][with_]["rows_per_second"]
+                                    / out["one_rank"][without]["rows_per_second"])
+        if settings.torchrun_nproc > 1:
+            ranks: dict[str, Any] = {}
+            for _ in range(2):
+                for name, path in pair:
+                    r = multi_rank(path, tuple(overrides), settings.torchrun_nproc, "fp32", settings.torchrun_steps,
+                                   Path(tmp) / name, data_batches=batches)
+                    if "error" in r or r["examples_per_second"] > ranks.get(name, {}).get("examples_per_second", 0):
+                        ranks[name] = r
+            if all("examples_per_second" in ranks[n] for n in (without, with_)):
+                ranks["ratio"] = ranks[with_]["examples_per_second"] / ranks[without]["examples_per_second"]
+            out["torchrun"] = ranks
+    return out
+
+
+def format_history_comparison(doc: dict[str, Any]) -> str:
+    """The with/without history figures as a text table."""
+    without, with_ = doc["configs"]
+    lines = [f"training rows/s on the same data ({doc['data']}; {doc.get('history_items_per_row', 0):.1f} history "
+             f"items per row), fp32, best window (median):",
+             f"{'ranks':<10} {without + ' rows/s':>24} {with_ + ' rows/s':>28} {'ratio':>7}"]
+    one = doc["one_rank"]
+    rows = [("1", one[without]["rows_per_second"], one[without]["median_rows_per_second"],
+             one[with_]["rows_per_second"], one[with_]["median_rows_per_second"], one["ratio"])]
+    ranks = doc.get("torchrun")
+    if ranks and "ratio" in ranks:
+        rows.append((str(ranks[with_]["world_size"]), ranks[without]["examples_per_second"],
+                     ranks[without]["median_examples_per_second"], ranks[with_]["examples_per_second"],
+                     ranks[with_]["median_examples_per_second"], ranks["ratio"]))
+    for label, a, am, b, bm, ratio in rows:
+        lines.append(f"{label:<10} {f'{a:,.0f} ({am:,.0f})':>24} {f'{b:,.0f} ({bm:,.0f})':>28} {ratio:>6.2f}x")
+    if ranks:
+        for name in (without, with_):
+            if "error" in ranks.get(name, {}):
+                lines.append(f"{name}: torchrun failed: {ranks[name]['error']}")
+    return "\n".join(lines)
 
 
 # --- the whole run ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,12 @@
-"""`recap benchmark history`: the candidate-isolated transformer on long histories, request path against row path.
+"""`recap benchmark history`: what the engagement history costs in training, and the candidate-isolated transformer
+on long histories, request path against row path.
 
-For each history length (default 128 and 1024) and number of candidates per request (1, 16, 64), a batch of rows
+Training (`--parts training`): the demo config with its 32-item history (demo_history.yaml) against the demo config
+without it (demo.yaml), on the same data (`recap data generate --history-length 32`, written to a temporary
+directory unless --data-dir is given): rows/s of the training loop's step on 1 rank (the two configs timed in turns
+in one process) and on 2 ranks under torchrun, as `make demo` trains, and the ratio.
+
+Transformer (`--parts transformer`): for each history length (default 128 and 1024) and number of candidates per request (1, 16, 64), a batch of rows
 (the same rows either way) is scored twice in inference mode:
   - request path: the history of each request is encoded once and all its candidates are scored in one pass
     (CandidateIsolatedTransformer.forward_request), what `share_requests` does when a request's rows sit together;
@@ -13,7 +19,10 @@ path beside them), GFLOP/s and MFU against the machine's measured matmul peak on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
+import tempfile
 from pathlib import Path
 
 import torch
@@ -22,8 +31,18 @@ from common.sequence_encoders import CandidateIsolatedTransformer, attention_flo
 from core import perf
 from core.storage import local_path_argument
 
+PARTS = ("training", "transformer")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (both)")
+    parser.add_argument("--data-dir", help="training part: data written by `recap data generate --history-length 32` "
+                                           "(default: 100,000 rows generated in a temporary directory)")
+    parser.add_argument("--train-batches", type=int, default=8, help="training part: batches per config (8)")
+    parser.add_argument("--train-seconds", type=float, default=10.0,
+                        help="training part: measuring budget per config on 1 rank (10)")
+    parser.add_argument("--torchrun", type=int, default=2, metavar="N",
+                        help="training part: also on N ranks under torchrun (2; 0 skips)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 1024], metavar="L",
                         help="history lengths (128 1024)")
     parser.add_argument("--candidates", type=int, nargs="+", default=[1, 16, 64], metavar="C",
@@ -86,7 +105,38 @@ def measure(length: int, per_request: int, rows: int, args: argparse.Namespace, 
     return out
 
 
+def training(args: argparse.Namespace) -> dict:
+    """The training part: demo_history.yaml against demo.yaml on the same data (see the module docstring)."""
+    from projects.home.recap.benchmark import BenchmarkSettings, format_history_comparison, history_comparison
+    from projects.home.recap.data.synthetic import SyntheticSpec, generate
+
+    settings = dataclasses.replace(BenchmarkSettings(), train_seconds=args.train_seconds,
+                                   torchrun_nproc=args.torchrun, torchrun_steps=2 * args.train_batches)
+    # Progress lines from the benchmark only: torchrec and fbgemm log every table they build at INFO.
+    logging.getLogger().setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="recap-history-data-") as tmp:
+        data_dir = Path(args.data_dir) if args.data_dir else Path(tmp)
+        if not args.data_dir:
+            generate(tmp, 100_000, spec=SyntheticSpec(history_length=32))
+        doc = history_comparison(data_dir, settings, args.train_batches)
+    print(format_history_comparison(doc))
+    return doc
+
+
 def run(args: argparse.Namespace) -> int:
+    doc: dict = {"settings": vars(args)}
+    if "training" in args.parts:
+        doc["training"] = training(args)
+    if "transformer" in args.parts:
+        doc["results"] = transformer(args)
+    if args.output:
+        Path(args.output).write_text(json.dumps(doc, indent=1))
+        print(f"figures: {args.output}")
+    return 0
+
+
+def transformer(args: argparse.Namespace) -> list[dict]:
+    """The transformer part (see the module docstring)."""
     torch.set_num_threads(torch.get_num_threads())
     print(f"candidate-isolated transformer: dim {args.dim}, {args.layers} layers, {args.heads} heads, {args.dtype}, "
           f"inference; {torch.get_num_threads()} threads")
@@ -106,7 +156,4 @@ def run(args: argparse.Namespace) -> int:
     print("MFU: counted FLOP/s over the best FLOP/s this machine reaches on the same matmul shapes (measured now). "
           "Row and request paths agree to "
           f"{max(r['max_abs_difference'] for r in results):.1e} (max abs difference of a request's outputs).")
-    if args.output:
-        Path(args.output).write_text(json.dumps({"settings": vars(args), "results": results}, indent=1))
-        print(f"figures: {args.output}")
-    return 0
+    return results

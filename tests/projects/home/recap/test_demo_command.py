@@ -13,6 +13,7 @@ import train_helpers as helpers  # noqa: E402
 
 from core.config import ConfigError  # noqa: E402
 from core.optimizers import check_schedules  # noqa: E402
+from projects.home.recap.commands import demo  # noqa: E402
 from projects.home.recap.commands.demo import _has_data, fit_schedule, print_comparison  # noqa: E402
 from projects.home.recap.schema import load_recap_config  # noqa: E402
 
@@ -49,3 +50,20 @@ def test_a_small_demo_fits_its_cosine_warm_up_into_the_run(tmp_path):
     assert fitted == ["optimizer.dense.learning_rate.linear_ramp_to_cosine.num_ramp_steps=5"]
     check_schedules(load_recap_config(helpers.DEMO, values + fitted).optimizer.dense, 56)
     assert fit_schedule(load_recap_config(helpers.DEMO, values + fitted), 2) == []  # a schedule that fits is kept
+
+
+def test_the_demo_reads_the_history_unless_told_not_to():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    history = demo.demo_defaults(parser.parse_args([]))
+    assert (history.config, history.data_dir, history.save_dir, history.rows) == (
+        str(demo.DEMO_HISTORY_CONFIG), "data/demo_history", "runs/demo_history", demo.DEMO_HISTORY_ROWS)
+    assert load_recap_config(history.config).data.features.sequences["history"].max_length == 32
+    plain = demo.demo_defaults(parser.parse_args(["--no-history"]))
+    assert (plain.config, plain.data_dir, plain.save_dir, plain.rows) == (
+        str(demo.DEMO_CONFIG), "data/demo", "runs/demo", demo.DEMO_ROWS)
+    assert not load_recap_config(plain.config).data.features.sequences
+    given = demo.demo_defaults(parser.parse_args(["--no-history", "--data-dir", "d", "--rows", "7"]))
+    assert (given.data_dir, given.rows, given.save_dir) == ("d", 7, "runs/demo")

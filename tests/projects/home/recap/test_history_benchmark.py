@@ -11,7 +11,7 @@ from projects.home.recap.schema import load_recap_config
 
 def test_history_benchmark_reports_both_paths(tmp_path, capsys):
     out = tmp_path / "history.json"
-    assert main(["benchmark", "history", "--lengths", "16", "--candidates", "1", "4", "--rows", "8", "--dim", "8",
+    assert main(["benchmark", "history", "--parts", "transformer", "--lengths", "16", "--candidates", "1", "4", "--rows", "8", "--dim", "8",
                  "--heads", "2", "--seconds", "0.05", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "request path rows/s" in printed and "speed-up" in printed
@@ -23,6 +23,23 @@ def test_history_benchmark_reports_both_paths(tmp_path, capsys):
             assert r[path]["flops"] > 0 and 0 < r[path]["mfu"] and r[path]["rows_per_second"] > 0
     # Four candidates share one history encoding: fewer FLOPs than four copies of it.
     assert results[1]["request_path"]["flops"] < results[1]["row_path"]["flops"]
+
+
+def test_history_benchmark_compares_training_with_and_without_the_history(tmp_path, capsys):
+    from projects.home.recap.data.synthetic import SyntheticSpec, generate
+
+    generate(tmp_path / "data", 2_500, spec=SyntheticSpec(history_length=8))
+    out = tmp_path / "history.json"
+    assert main(["benchmark", "history", "--parts", "training", "--data-dir", str(tmp_path / "data"),
+                 "--train-batches", "2", "--train-seconds", "0.01", "--torchrun", "0", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "demo_history rows/s" in printed and "ratio" in printed
+    doc = json.loads(out.read_text())["training"]
+    one = doc["one_rank"]
+    assert one["demo"]["rows_per_second"] > 0 and one["demo_history"]["rows_per_second"] > 0
+    assert one["ratio"] == one["demo_history"]["rows_per_second"] / one["demo"]["rows_per_second"]
+    assert 0 < doc["history_items_per_row"] <= 8
+    assert "results" not in json.loads(out.read_text())
 
 
 def test_schema_writer_fills_history_groups(tmp_path):

@@ -1,10 +1,13 @@
 """Multi-node rehearsal on one machine: two `recap train --nnodes 2 --nproc-per-node 1` launchers (torchrun agents)
 meet at a c10d rendezvous on 127.0.0.1 and train with the large tables sharded over their two workers (gloo). After
 the first checkpoint, node 1 is lost (its launcher and its worker SIGKILLed) and started again with the same command,
-as a scheduler replaces a machine; the job restarts (--max-restarts 1), resumes from the checkpoint and finishes. The
-command is the one docs/guides/clusters.md's "Multi-node" section shows; the launcher options' validation is checked too."""
+as a scheduler replaces a machine; the job restarts (--max-restarts 1), resumes from the checkpoint and finishes. It
+runs twice: with the save_dir on a local directory both "nodes" see, and on an S3-protocol server (moto's, on
+localhost), with no directory shared between them for the run. The command is the one docs/guides/clusters.md's
+"Multi-node" section shows; the launcher options' validation is checked too."""
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -24,6 +27,10 @@ from processes import children  # noqa: E402
 
 from core.checkpoint import list_checkpoints  # noqa: E402
 from core.distributed import Rendezvous, launcher_arguments  # noqa: E402
+from core.storage import location  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parents[3]))
+from s3_server import s3_server  # noqa: E402
 
 # docs/guides/clusters.md shows this line; the test fills in FILE, HOST0:PORT and ID and adds its --set overrides.
 COMMAND = ("recap train --config FILE --nnodes 2 --nproc-per-node 1 --rdzv-endpoint HOST0:PORT --rdzv-id ID "
@@ -31,7 +38,6 @@ COMMAND = ("recap train --config FILE --nnodes 2 --nproc-per-node 1 --rdzv-endpo
 STEPS = 40
 EVERY = 5
 TIMEOUT = 240.0
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _free_port() -> int:
@@ -45,7 +51,7 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _node_command(data: Path, save_dir: Path, port: int) -> list[str]:
+def _node_command(data: Path, save_dir: Path | str, port: int) -> list[str]:
     filled = {"FILE": str(helpers.DEMO), "HOST0:PORT": f"127.0.0.1:{port}", "ID": "rehearsal"}
     argv = [filled.get(word, word) for word in COMMAND.split()]
     assert argv[:2] == ["recap", "train"]
@@ -57,7 +63,8 @@ def _start_node(command: list[str], log: Path) -> subprocess.Popen:
     # A session of its own: the whole node (launcher and, through their own sessions, workers) can be killed
     # without touching pytest.
     with open(log, "w") as err:  # the launcher keeps its own copy of the descriptor
-        return subprocess.Popen(command, cwd=helpers.REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=err,
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the S3 server's endpoint and credentials included
+        return subprocess.Popen(command, cwd=helpers.REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True)
 
 
@@ -98,11 +105,26 @@ def _lose_node(launcher: subprocess.Popen) -> None:
     launcher.wait(timeout=30)
 
 
+@contextlib.contextmanager
+def _save_dir(kind: str, tmp_path: Path):
+    """The run's save_dir: a local directory, or a prefix on a local S3-protocol server."""
+    if kind == "disk":
+        yield tmp_path / "run"
+        return
+    with s3_server(tmp_path / "moto") as server:
+        yield f"{server.make_bucket('runs')}/run"
+
+
 @pytest.mark.slow
-def test_a_lost_node_is_replaced_and_the_job_resumes_from_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("kind", ["disk", "s3"])
+def test_a_lost_node_is_replaced_and_the_job_resumes_from_its_checkpoint(tmp_path, kind):
+    with _save_dir(kind, tmp_path) as save_dir:
+        _rehearse(tmp_path, save_dir)
+
+
+def _rehearse(tmp_path: Path, save_dir: Path | str) -> None:
     data = helpers.make_data(tmp_path / "data")
-    save_dir = tmp_path / "run"
-    checkpoints = save_dir / "checkpoints"
+    checkpoints = location(save_dir) / "checkpoints"
     port = _free_port()
     command = _node_command(data, save_dir, port)
     logs = [tmp_path / "node0.log", tmp_path / "node1.log", tmp_path / "node1_again.log"]

@@ -162,4 +162,3 @@ def _history_lists(world: World, history: _History, request: np.ndarray) -> dict
         "history.age_hours": history.age[request][keep],
         "lengths": lengths,
     }
-

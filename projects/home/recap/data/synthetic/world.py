@@ -138,4 +138,3 @@ def _solve_biases(logits: np.ndarray, rates: np.ndarray) -> np.ndarray:
             return step
         bias = np.where(converged | ((step > lo) & (step < hi)), step, (lo + hi) / 2)
     return bias
-

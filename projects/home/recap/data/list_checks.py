@@ -2,10 +2,10 @@
 columns have list types of integers (ids, actions) or numbers (continuous values), the list columns of a history group
 have one length per row, action ids lie in [0, num_actions).
 
-Shared by the training loader (data/columns.py) and the standalone scorer shipped with a serving export
-(serving/score_example.py), so both read the same parquet rows the same way. `recap export` copies this file next to
-score_example.py; it therefore imports numpy and pyarrow only, and says what is wrong as text that each caller puts
-in its own error (the loader's DataError, the scorer's ValueError).
+Shared by the training loader (data/columns.py, data/sequence_columns.py) and the standalone scorer shipped with a
+serving export (serving/score_example.py), so both read the same parquet rows the same way. `recap export` copies
+this file next to score_example.py; it therefore imports numpy and pyarrow only, and says what is wrong as text that
+each caller puts in its own error (the loader's DataError, the scorer's ValueError).
 """
 
 from __future__ import annotations

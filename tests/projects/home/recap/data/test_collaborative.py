@@ -18,13 +18,12 @@ from projects.home.recap.data.synthetic import (
     ORACLE_PREFIX,
     TASK_RATES,
     SyntheticSpec,
-    _draw,
-    _rng,
-    _sigmoid,
     generate,
     generate_table,
     make_world,
 )
+from projects.home.recap.data.synthetic.rows import _draw
+from projects.home.recap.data.synthetic.sampling import _rng, _sigmoid
 from projects.home.recap.main import main
 
 ON = SyntheticSpec(collaborative_dim=4, collaborative_strength=1.0)

@@ -95,37 +95,3 @@ def test_num_workers_is_read_from_the_config(two_files):
     explicit = RecapDataLoader(data, data.train, ["a"], "train", batch_size=8, num_workers=0)
     assert explicit.state_dict()["num_workers"] == 0
     assert sum(epochs(explicit, 1)[0], []) == list(range(64))
-
-
-def test_prefetched_keeps_order_raises_the_producers_error_and_stops_when_closed():
-    import threading
-
-    from projects.home.recap.data.loader import prefetched
-
-    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
-
-    def failing():
-        yield 1
-        raise ValueError("corrupt row group")
-
-    items = prefetched(failing())
-    assert next(items) == 1
-    with pytest.raises(ValueError, match="corrupt row group"):
-        next(items)
-
-    produced = []
-
-    def endless():
-        i = 0
-        while True:
-            produced.append(i)
-            yield i
-            i += 1
-
-    before = set(threading.enumerate())
-    items = prefetched(endless())
-    assert [next(items) for _ in range(3)] == [0, 1, 2]
-    (producer,) = [t for t in threading.enumerate() if t not in before and t.name == "recap-loader-prefetch"]
-    items.close()  # the producer thread ends instead of reading on
-    assert not producer.is_alive()
-    assert len(produced) <= 3 + 2  # at most the queued item and the one being put

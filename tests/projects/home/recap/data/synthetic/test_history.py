@@ -21,11 +21,11 @@ from projects.home.recap.data.synthetic import (
     ORACLE_PREFIX,
     TASK_RATES,
     SyntheticSpec,
-    _rng,
     generate,
     generate_table,
     make_world,
 )
+from projects.home.recap.data.synthetic.sampling import _rng
 from projects.home.recap.main import main
 
 LENGTH = 16

@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("benchmark", "measure throughput and MFU against the machine's matmul peak"),
     "benchmark ids": ("benchmark_ids", "id learning: our model vs a plain-PyTorch reference vs the oracle"),
     "benchmark baselines": ("benchmark_baselines", "ours vs plain PyTorch references on small data and census"),
-    "benchmark history": ("benchmark_history", "history transformer: one encoding per request vs per row, MFU"),
+    "benchmark history": ("benchmark_history", "history: training rows/s with vs without it; the transformer per request vs per row, MFU"),
     "benchmark eval-memory": ("benchmark_eval_memory", "exact evaluation's peak memory per rank, sharded vs gathered"),
     "demo": ("demo", "generate data, train on 2 ranks, evaluate: the two-command start"),
 }

@@ -44,9 +44,9 @@ from core.log import get_logger
 from core.metrics_accumulator import MetricsAccumulator
 from core.train_loop import TrainLoop
 from projects.home.recap.benchmark_compile import compile_figures, format_compile_table
-from projects.home.recap.commands.data_prepare import prepare
 from projects.home.recap.data.config import DatasetConfig
 from projects.home.recap.data.loader import RecapDataLoader
+from projects.home.recap.data.preparing import prepare
 from projects.home.recap.inference import inference_mode, run_model
 from projects.home.recap.model.multi_task import DenseRankingModel
 from projects.home.recap.model.synthetic_batch import random_batch

@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from projects.home.recap.commands.data_prepare import prepare
 from projects.home.recap.data.files import resolve_paths
 from projects.home.recap.data.loader import RecapDataLoader
+from projects.home.recap.data.preparing import prepare
 from projects.home.recap.data.synthetic import generate
 from projects.home.recap.schema import load_recap_config
 

@@ -199,7 +199,7 @@ def test_a_corrupt_parquet_file_met_mid_epoch_is_one_error_line_exit_1_and_the_r
 def test_a_zeroed_block_in_a_prepared_file_met_mid_epoch_is_a_data_error_after_the_last_checkpoint(data_dir, ctx,
                                                                                                    tmp_path):
     # Same size, other bytes: only the checksums written by `recap data prepare` can tell.
-    from projects.home.recap.commands.data_prepare import prepare
+    from projects.home.recap.data.preparing import prepare
     from projects.home.recap.train import train
 
     prepared = tmp_path / "prepared"

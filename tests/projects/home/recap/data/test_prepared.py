@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from common.batch import RecapBatch
-from projects.home.recap.commands import data_prepare
-from projects.home.recap.commands.data_prepare import prepare
-from projects.home.recap.data import prepared
+from projects.home.recap.data.preparing import prepare
+from projects.home.recap.data import prepared, preparing
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.loader import RecapDataLoader
 
@@ -171,7 +170,7 @@ def test_prepare_checks_columns_and_values_like_the_loader(tmp_path):
 
 def test_interrupted_prepare_is_an_error_then_resumes(source, tmp_path, monkeypatch):
     dst = tmp_path / "prepared"
-    real = data_prepare._prepare_file
+    real = preparing._prepare_file
     calls = []
 
     def failing(layout, src, target, *args):
@@ -180,7 +179,7 @@ def test_interrupted_prepare_is_an_error_then_resumes(source, tmp_path, monkeypa
             raise KeyboardInterrupt
         return real(layout, src, target, *args)
 
-    monkeypatch.setattr(data_prepare, "_prepare_file", failing)
+    monkeypatch.setattr(preparing, "_prepare_file", failing)
     with pytest.raises(KeyboardInterrupt):
         prepare(data_config([str(source)]), str(source), str(dst))
     data = data_config([str(dst)])

@@ -122,7 +122,7 @@ def test_unequal_lengths_nulls_inside_lists_and_wrong_types_are_named(tmp_path):
 
 
 def test_prepared_data_gives_the_same_histories(files, tmp_path):
-    from projects.home.recap.commands.data_prepare import prepare
+    from projects.home.recap.data.preparing import prepare
 
     source = tmp_path / "source"
     source.mkdir()

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from common.batch import RecapBatch
-from projects.home.recap.data.preparing import prepare
 from projects.home.recap.data import prepared, preparing
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.loader import RecapDataLoader
+from projects.home.recap.data.preparing import prepare
 
 from .conftest import data_config, write_rows
 

@@ -111,6 +111,7 @@ def _save_dir(kind: str, tmp_path: Path):
     if kind == "disk":
         yield tmp_path / "run"
         return
+    (tmp_path / "moto").mkdir()
     with s3_server(tmp_path / "moto") as server:
         yield f"{server.make_bucket('runs')}/run"
 

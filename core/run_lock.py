@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from core.log import get_logger
-from core.storage import ObjectPath, StorageError, location
+from core.object_path import ObjectPath
+from core.storage import location
+from core.storage_retries import StorageError
 
 logger = get_logger(__name__)
 

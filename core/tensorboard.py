@@ -16,9 +16,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from core import storage
 from core.log import get_logger
-from core.storage import ObjectPath, location
+from core.object_path import ObjectPath
+from core.storage import location
+from core.storage_ops import upload_file
+from core.storage_retries import StorageError
 
 logger = get_logger(__name__)
 
@@ -82,8 +84,8 @@ class MetricsWriter:
             if self._uploaded.get(file) != size:
                 target = self.log_dir / file.relative_to(self._staging).as_posix()
                 try:
-                    storage.upload_file(file, target)
-                except storage.StorageError as exc:  # a report: training goes on; the next upload tries again
+                    upload_file(file, target)
+                except StorageError as exc:  # a report: training goes on; the next upload tries again
                     logger.error("TensorBoard events not uploaded (%s)", exc)
                     return
                 self._uploaded[file] = size

@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.checkpoint import Checkpoint, CheckpointManager, load_model_weights, read_best
+from core.checkpoint import Checkpoint, read_best
+from core.checkpoint_manager import CheckpointManager, load_model_weights
 from core.compile import CompileClock
 from core.distributed import DistributedContext, all_reduce_sum, average_buffers, data_parallel_module
 from core.early_stopping import EarlyStopping, describe, selected_value

@@ -30,7 +30,8 @@ class S3Server:
 
     def upload(self, local: Path, url: str) -> str:
         """Copy a local directory tree to an s3:// prefix; returns the URL."""
-        from core.storage import location, upload_tree
+        from core.storage import location
+        from core.storage_ops import upload_tree
 
         upload_tree(local, location(url))
         return url

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.storage import ObjectPath, location
+from core.object_path import ObjectPath
+from core.storage import location
 
 __all__ = [
     "CURVES_FILE",

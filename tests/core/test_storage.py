@@ -1,8 +1,7 @@
-"""core/storage.py without a server: which strings are URLs, which schemes are accepted, the config's and the
-commands' validation, retries of transient errors and the one-line error messages."""
+"""core/storage.py without a server: which strings are URLs, which schemes are accepted, and the config's and the
+commands' validation."""
 
 import argparse
-import errno
 import importlib.util
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from pydantic import ValidationError
 
 from core import storage
 from core.config import ConfigError, load_config
-from core.storage import ObjectPath, check_location, location, url_scheme
+from core.storage import check_location, location, url_scheme
 from core.train_config import TrainingConfig
 
 HAVE_S3FS = importlib.util.find_spec("s3fs") is not None
@@ -55,15 +54,6 @@ def test_a_scheme_without_its_package_says_which_extra_installs_it(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "gcsfs" else real(name))
     with pytest.raises(ValueError, match=r"gs://b/run: gs:// needs the gcsfs package .*recap-ranker\[gcs\]"):
         check_location("gs://b/run")
-
-
-@pytest.mark.skipif(not HAVE_S3FS, reason="s3fs is not installed")
-def test_s3_urls_are_object_paths():
-    path = location("s3://bucket/runs/ml")
-    assert isinstance(path, ObjectPath)
-    assert str(path / "checkpoints" / "step_1") == "s3://bucket/runs/ml/checkpoints/step_1"
-    assert (path / "a").name == "a" and (path / "a").parent == path
-    assert str(path.with_name("other")) == "s3://bucket/runs/other"
 
 
 def test_a_mangled_url_in_a_path_is_refused():
@@ -123,58 +113,3 @@ def test_local_only_outputs_refuse_urls():
     with pytest.raises(argparse.ArgumentTypeError, match="only to a local path"):
         storage.local_path_argument("s3://b/x")
     assert storage.local_path_argument("runs/x") == "runs/x"
-
-
-# --- retries and errors ----------------------------------------------------------------------------------------------
-def test_a_transient_error_is_retried_with_backoff_and_logged(monkeypatch, caplog):
-    monkeypatch.setattr(storage, "BACKOFF_SECONDS", 0.001)
-    calls = []
-
-    def flaky():
-        calls.append(1)
-        if len(calls) < 3:
-            raise OSError(errno.EBUSY, "SlowDown: please reduce your request rate")  # s3fs's 503
-        return "ok"
-
-    assert storage.retrying("writing", "s3://b/k", flaky) == "ok"
-    assert len(calls) == 3
-    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
-    assert len(retries) == 2 and "s3://b/k" in retries[0] and "SlowDown" in retries[0]
-
-
-def test_a_persistent_transient_error_gives_up(monkeypatch):
-    monkeypatch.setattr(storage, "BACKOFF_SECONDS", 0.001)
-    calls = []
-
-    def down():
-        calls.append(1)
-        raise ConnectionError("connection reset")
-
-    with pytest.raises(storage.StorageError, match=r"^s3://b/k: writing failed after 5 attempts"):
-        storage.retrying("writing", "s3://b/k", down)
-    assert len(calls) == storage.ATTEMPTS
-
-
-def test_a_permanent_error_is_not_retried():
-    calls = []
-
-    def denied():
-        calls.append(1)
-        raise PermissionError("Access Denied")
-
-    with pytest.raises(storage.StorageError, match=r"s3://b/k: reading failed: access denied"):
-        storage.retrying("reading", "s3://b/k", denied)
-    assert len(calls) == 1
-
-
-def test_a_missing_file_stays_file_not_found():
-    def missing():
-        raise FileNotFoundError("b/k")
-
-    with pytest.raises(FileNotFoundError):
-        storage.retrying("reading", "s3://b/k", missing)
-
-
-def test_staged_output_is_the_output_itself_when_local(tmp_path):
-    with storage.staged_output(tmp_path / "out") as staging:
-        assert staging == tmp_path / "out"

@@ -1,6 +1,7 @@
-"""core/storage.py and its writers against a real S3-protocol server (moto's, on localhost; tests/s3_server.py):
-object paths, checkpoints written in place with their complete marker, interrupted checkpoints, keep-last-K and best
-pruning whole prefixes, the save_dir lease, TensorBoard uploads, and the one-line errors and retries."""
+"""The object-store side of core/storage.py, core/object_path.py, core/storage_ops.py and core/storage_retries.py,
+and their writers, against a real S3-protocol server (moto's, on localhost; tests/s3_server.py): object paths,
+checkpoints written in place with their complete marker, interrupted checkpoints, keep-last-K and best pruning whole
+prefixes, the save_dir lease, TensorBoard uploads, and the one-line errors and retries."""
 
 import errno
 import json
@@ -17,12 +18,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from s3_server import s3_server  # noqa: E402
 
-import core.checkpoint as checkpoint_module  # noqa: E402
-from core import storage  # noqa: E402
-from core.checkpoint import CheckpointManager, list_checkpoints, resolve_checkpoint  # noqa: E402
+from core import storage_ops, storage_retries  # noqa: E402
+from core.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint  # noqa: E402
+from core.checkpoint_manager import CheckpointManager  # noqa: E402
 from core.distributed import init_distributed, shutdown_distributed  # noqa: E402
+from core.object_path import ObjectPath, filesystem  # noqa: E402
 from core.run_lock import LeaseLock, RunLock, RunLockedError  # noqa: E402
-from core.storage import ObjectPath, StorageError, location  # noqa: E402
+from core.storage import location  # noqa: E402
+from core.storage_retries import StorageError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,9 +70,9 @@ def test_object_paths_read_write_list_and_remove(bucket):
     assert [p.name for p in root.iterdir()] == ["a.json", "sub"]
     assert (root / "sub").is_dir() and (root / "a.json").is_file()
     assert (root / "sub" / "b.bin").stat().st_size == 2
-    storage.move_tree(root / "sub", root / "moved")
+    storage_ops.move_tree(root / "sub", root / "moved")
     assert (root / "moved" / "b.bin").read_bytes() == b"\x00\x01" and not (root / "sub").exists()
-    storage.rmtree(root)
+    storage_ops.rmtree(root)
     assert list(root.iterdir()) == []
     with pytest.raises(FileNotFoundError):
         (root / "a.json").read_bytes()
@@ -117,7 +120,7 @@ def test_a_checkpoint_interrupted_mid_write_is_skipped_and_deleted_at_the_next_s
         real_save(state, **kwargs)
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr(checkpoint_module.dcp, "save", killed_after_the_shards)
+    monkeypatch.setattr(dcp, "save", killed_after_the_shards)
     with pytest.raises(KeyboardInterrupt):
         _save(manager, 2, _model(2))
     interrupted = directory / "step_00000002"
@@ -127,7 +130,7 @@ def test_a_checkpoint_interrupted_mid_write_is_skipped_and_deleted_at_the_next_s
     checkpoint, _, _ = CheckpointManager(directory, ctx).load_latest(state)
     assert checkpoint.step == 1
     assert "step_00000002 has no checkpoint.json: not a complete checkpoint, ignored" in caplog.text
-    monkeypatch.setattr(checkpoint_module.dcp, "save", real_save)
+    monkeypatch.setattr(dcp, "save", real_save)
     _save(manager, 3, _model(3))
     assert not interrupted.exists()
 
@@ -140,7 +143,7 @@ def test_a_corrupt_shard_on_the_store_is_detected(ctx, bucket):
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.raises(checkpoint_module.CheckpointError, match="is corrupt"):
+    with pytest.raises(CheckpointError, match="is corrupt"):
         manager.verify(saved)
 
 
@@ -242,8 +245,8 @@ def test_commands_end_with_the_one_line_error(server, tmp_path):
 def test_a_transient_5xx_is_retried_with_backoff_and_logged(bucket, monkeypatch, caplog):
     """s3fs raises OSError(EBUSY) for a 503 SlowDown that outlasted its own retries: wrap the client so the first
     two PUTs fail that way."""
-    monkeypatch.setattr(storage, "BACKOFF_SECONDS", 0.01)
-    fs = storage.filesystem("s3")
+    monkeypatch.setattr(storage_retries, "BACKOFF_SECONDS", 0.01)
+    fs = filesystem("s3")
     real = fs.pipe_file
     failures = []
 
@@ -264,18 +267,18 @@ def test_a_transient_5xx_is_retried_with_backoff_and_logged(bucket, monkeypatch,
 
 
 def test_staged_output_uploads_only_on_success(bucket):
-    with storage.staged_output(f"{bucket}/out") as local:
+    with storage_ops.staged_output(f"{bucket}/out") as local:
         (local / "a" / "b.txt").parent.mkdir(parents=True)
         (local / "a" / "b.txt").write_text("b")
     assert (location(f"{bucket}/out") / "a" / "b.txt").read_text() == "b"
-    with pytest.raises(RuntimeError), storage.staged_output(f"{bucket}/failed") as local:
+    with pytest.raises(RuntimeError), storage_ops.staged_output(f"{bucket}/failed") as local:
         (local / "x").write_text("x")
         raise RuntimeError("the command failed")
     assert not location(f"{bucket}/failed").exists()
 
 
 def test_warm_start_from_a_checkpoint_on_the_store(ctx, bucket):
-    from core.checkpoint import load_model_weights
+    from core.checkpoint_manager import load_model_weights
 
     source = _model(4)
     _save(CheckpointManager(f"{bucket}/old/checkpoints", ctx), 7, source)

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from core.checkpoint import CheckpointManager
+from core.checkpoint_manager import CheckpointManager
 from core.config import ConfigError
 from core.distributed import init_distributed, shard_model, shutdown_distributed
 from core.sparse_optimizers import SparseOptimizerSettings

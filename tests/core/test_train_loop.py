@@ -15,7 +15,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import toy_training as toy  # noqa: E402
 
-from core.checkpoint import CheckpointManager, list_checkpoints  # noqa: E402
+from core.checkpoint import list_checkpoints  # noqa: E402
+from core.checkpoint_manager import CheckpointManager  # noqa: E402
 from core.config import ConfigError, load_config  # noqa: E402
 from core.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from core.schedules import LinearRampToConstant, LinearRampToCosine, PiecewiseConstant  # noqa: E402

@@ -35,11 +35,13 @@ from core.config import ConfigError
 from core.distributed import DistributedContext
 from core.log import get_logger
 from core.metrics_accumulator import MetricsAccumulator
+from core.object_path import ObjectPath
 from core.progress import Progress
 from core.ranking_metrics import gate_statistics
 from core.report import eval_step_dir, metrics_to_scalars, read_training_scalars, write_report
 from core.report.format import fixed_cell
-from core.storage import ObjectPath, download_tree, location, staged_output
+from core.storage import location
+from core.storage_ops import download_tree, staged_output
 from core.tensorboard import MetricsWriter
 from core.train_loop import CHECKPOINT_DIR, TENSORBOARD_DIR, total_train_steps
 from projects.home.recap.data import sharding

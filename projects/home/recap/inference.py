@@ -21,13 +21,9 @@ import torch
 from torch import nn
 
 from common.batch import RecapBatch
-from core.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    CheckpointManager,
-    load_tensors,
-    resolve_checkpoint,
-)
+from core.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
+from core.checkpoint_dcp import load_tensors
+from core.checkpoint_manager import CheckpointManager
 from core.compile import CompileClock
 from core.distributed import DistributedContext, lockstep, shard_model
 from core.log import get_logger

@@ -11,7 +11,7 @@ import sys
 
 from core.config import ConfigError
 from core.log import setup_logging
-from core.storage import StorageError
+from core.storage_retries import StorageError
 
 # name -> (module in projects.home.recap.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -23,8 +23,10 @@ import torch
 
 from core.distributed import DistributedContext, all_reduce_sum, barrier
 from core.log import get_logger
+from core.object_path import ObjectPath
 from core.progress import Progress
-from core.storage import ObjectPath, location, upload_file
+from core.storage import location
+from core.storage_ops import upload_file
 from projects.home.recap.data.config import DatasetConfig
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.inference import (

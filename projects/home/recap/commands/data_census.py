@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from core.storage import location_argument, staged_output
+from core.storage import location_argument
+from core.storage_ops import staged_output
 from projects.home.recap.data.census import STATS_FILE, convert_census
 
 

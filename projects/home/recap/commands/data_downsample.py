@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from core.progress import Progress
-from core.storage import location_argument, staged_output
+from core.storage import location_argument
+from core.storage_ops import staged_output
 from projects.home.recap.data.downsampling import downsample_negatives
 from projects.home.recap.data.files import scan_dataset
 from projects.home.recap.schema import load_recap_config

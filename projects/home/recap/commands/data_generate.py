@@ -9,7 +9,8 @@ import os
 import time
 
 from core.log import get_logger
-from core.storage import location_argument, staged_output
+from core.storage import location_argument
+from core.storage_ops import staged_output
 from projects.home.recap.data.synthetic import DEFAULT_SPLITS, SyntheticSpec, generate
 
 logger = get_logger(__name__)

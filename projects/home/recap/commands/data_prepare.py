@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from core.log import get_logger
-from core.storage import location_argument, staged_output
+from core.storage import location_argument
+from core.storage_ops import staged_output
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.preparing import prepare
 from projects.home.recap.schema import load_recap_config

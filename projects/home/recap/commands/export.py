@@ -9,7 +9,10 @@ from pathlib import Path
 
 from core.checkpoint import CheckpointError
 from core.log import get_logger
-from core.storage import ObjectPath, StorageError, is_remote, location, location_argument, upload_tree
+from core.object_path import ObjectPath
+from core.storage import is_remote, location, location_argument
+from core.storage_ops import upload_tree
+from core.storage_retries import StorageError
 from projects.home.recap.commands.run_source import add_source_arguments, checkpoint_of, load_source_config
 
 logger = get_logger(__name__)

@@ -17,7 +17,8 @@ from core.distributed import (
     shutdown_distributed,
 )
 from core.log import get_logger
-from core.storage import ObjectPath, location
+from core.object_path import ObjectPath
+from core.storage import location
 from projects.home.recap.schema import load_recap_config
 
 logger = get_logger(__name__)

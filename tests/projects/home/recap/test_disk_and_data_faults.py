@@ -16,7 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import train_helpers as helpers  # noqa: E402
 
-from core.checkpoint import CheckpointError, CheckpointManager, list_checkpoints  # noqa: E402
+from core.checkpoint import CheckpointError, list_checkpoints  # noqa: E402
+from core.checkpoint_manager import CheckpointManager  # noqa: E402
 from projects.home.recap.data.errors import DataError  # noqa: E402
 
 data_dir, ctx = helpers.data_dir, helpers.ctx  # the module's fixtures

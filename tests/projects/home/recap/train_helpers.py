@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.checkpoint import CheckpointManager, resolve_checkpoint
+from core.checkpoint import resolve_checkpoint
+from core.checkpoint_manager import CheckpointManager
 from core.distributed import DistributedContext, init_distributed, shutdown_distributed
 from projects.home.recap.data.synthetic import generate
 from projects.home.recap.schema import RecapConfig, load_recap_config

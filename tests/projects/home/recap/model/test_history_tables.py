@@ -230,7 +230,7 @@ def _train(config: RecapConfig, ctx, rank: int, steps: int):
 def _worker(rank: int, world: int, store: str, out: str) -> None:
     import os
 
-    from core.checkpoint import CheckpointManager
+    from core.checkpoint_manager import CheckpointManager
     from core.distributed import init_distributed
     from projects.home.recap.train import build_training
 

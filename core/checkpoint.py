@@ -151,7 +151,7 @@ def step_dirs(directory: StorePath) -> list[tuple[StorePath, int]]:
     return found
 
 
-def read_best(directory: str | os.PathLike) -> dict[str, Any] | None:
+def read_best(directory: str | os.PathLike | ObjectPath) -> dict[str, Any] | None:
     """The model-selection record (best.json) of a checkpoints directory, or None when it has none."""
     path = location(directory) / BEST_FILE
     try:

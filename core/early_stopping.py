@@ -1,4 +1,5 @@
-"""Model selection on the periodic evaluation: the best checkpoint and early stopping.
+"""Model selection on the periodic evaluation: the best checkpoint and early stopping (the decisions: EarlyStopping;
+taking them inside the training loop, alike on every rank: ModelSelection).
 
 After each periodic evaluation the selected value (core.train_config.EarlyStoppingConfig) is compared with the
 best so far; an improvement by more than min_delta makes the current step the best one, and `patience` evaluations
@@ -13,10 +14,23 @@ loss-weighted sum over tasks) and eval/<dataset>/ranking/<score|task>/ndcg@<k>.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.distributed as dist
+
+from core.checkpoint import read_best
+from core.log import get_logger
 from core.train_config import EarlyStoppingConfig
+
+if TYPE_CHECKING:
+    from core.checkpoint_manager import CheckpointManager
+    from core.distributed import DistributedContext
+    from core.tensorboard import MetricsWriter
+
+logger = get_logger(__name__)
 
 MEAN = "mean"
 
@@ -112,3 +126,65 @@ class EarlyStopping:
             return
         self.history = [(int(s), float(v)) for s, v in state.get("history", [])]
         self.stopped_at = state.get("stopped_at")
+
+
+class ModelSelection:
+    """Early stopping inside the training loop (core/train_loop.py): after each periodic evaluation (collective) the
+    selected value is agreed by every rank (rank 0 holds the metrics), the best step is kept as a checkpoint and
+    marked in the checkpoints' best.json, and the decisions are logged and written to TensorBoard. `group` carries
+    the agreement (a gloo group under NCCL, so it costs no device synchronization; None: the default group)."""
+
+    def __init__(self, config: EarlyStoppingConfig, task_names: Sequence[str], checkpoints: CheckpointManager,
+                 ctx: DistributedContext, group: dist.ProcessGroup | None = None) -> None:
+        self.stopping = EarlyStopping(config)
+        self.task_names = list(task_names)
+        self.checkpoints = checkpoints
+        self.ctx = ctx
+        self.group = group
+
+    def restore(self, step: int) -> None:
+        """Early stopping's history as of the step training resumes from (none for a fresh run)."""
+        record = read_best(self.checkpoints.directory)
+        if record is not None:
+            self.stopping.load_state_dict(record)
+        self.stopping.rewind(step)
+
+    def stopped_at(self, step: int) -> bool:
+        """Whether the run stopped early at `step` already (then it is said: nothing is left to train)."""
+        if self.stopping.stopped_at != step:
+            return False
+        logger.info("this run stopped early at step %d (%s); nothing to train: its best checkpoint is %s",
+                    step, describe(self.stopping.config), self.stopping.best())
+        return True
+
+    def select(self, step: int, metrics: dict[str, float], writer: MetricsWriter,
+               checkpoint_step: Callable[[], None]) -> bool:
+        """After the evaluation of `step` (collective): mark and keep the best checkpoint (checkpoint_step writes the
+        checkpoint of this step unless it exists); True to stop training."""
+        stopping = self.stopping
+        value = selected_value(stopping.config, self.task_names, metrics) if self.ctx.is_main else None
+        if self.ctx.world_size > 1:  # rank 0 holds the metrics; every rank must take the same decisions
+            holder = torch.tensor([math.nan if value is None else value], dtype=torch.float64)
+            dist.broadcast(holder, src=0, group=self.group)
+            value = None if math.isnan(holder.item()) else holder.item()
+        if value is None:
+            logger.warning("early stopping: this evaluation has no %s; nothing decided", describe(stopping.config))
+            return False
+        improved, stop = stopping.update(step, value)
+        if improved or stop:
+            checkpoint_step()  # the best (or the last) step must exist as a checkpoint
+        self.checkpoints.mark_best(stopping.state_dict())
+        best = stopping.best()
+        assert best is not None  # update() has just recorded a value
+        best_step, best_value = best
+        writer.scalars({"early_stopping/value": value, "early_stopping/best_value": best_value,
+                        "early_stopping/best_step": float(best_step)}, step)
+        logger.info("early stopping: %s = %.6g at step %d; best %.6g at step %d (%d evaluation(s) without "
+                    "improvement)", describe(stopping.config), value, step, best_value, best_step,
+                    stopping.evaluations_without_improvement())
+        if stop:
+            writer.scalars({"early_stopping/stopped_at": float(step)}, step)
+            logger.warning("early stopping at step %d: %s did not improve by more than %g in %d evaluations; the "
+                           "best checkpoint is step %d (checkpoints/best)", step, describe(stopping.config),
+                           stopping.config.min_delta, stopping.config.patience, best_step)
+        return stop

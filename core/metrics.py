@@ -43,7 +43,7 @@ metrics.json (schema_version 1), written once per dataset and evaluated step::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,10 +57,12 @@ __all__ = [
     "binary_metrics",
     "calibration_ratio",
     "compute_metrics",
+    "finish_block",
     "group_auc_table",
     "grouped_auc",
     "log_loss",
     "metrics_document",
+    "no_rows_block",
     "nrce",
     "rce",
     "tie_blocks",
@@ -261,33 +263,58 @@ def binary_metrics(predictions: Any, labels: Any, weights: Any = None, group_ids
     total = float(w.sum())
     out["count"], out["rows"] = total, int(p.size)
     if p.size == 0:
-        notes.append("no rows with positive weight: every metric is undefined")
-        if groups is not None:
-            out["group_auc"], out["group_auc_groups"] = None, 0
-        out["notes"] = notes
-        return out
+        return no_rows_block(out, notes, grouped=groups is not None)
     positives = float(np.sum(w * y))
     mean_label = positives / total
+    mean_pred = float(np.sum(w * p)) / total
     out["pos_rate"] = mean_label
     out["logloss"] = log_loss(p, y, w)
     out["calibration"] = calibration_ratio(p, y, w)
     _, pos, neg = tie_blocks(p, w * y, w * (1.0 - y))
     out["auc"] = _auc_from_blocks(pos, neg)
     out["pr_auc"] = _ap_from_blocks(pos, neg)
-    baseline = _baseline_entropy(mean_label)
+    return finish_block(out, notes, positives, total, mean_pred,
+                        lambda: log_loss(p * (mean_label / mean_pred), y, w),
+                        None if groups is None else grouped_auc(p, y, w, groups))
+
+
+def no_rows_block(out: dict[str, Any], notes: list[str], grouped: bool) -> dict:
+    """A metrics block without a row of positive weight: every metric undefined, and the note that says so (grouped:
+    with group_auc). Shared with core.sharded_metrics, whose blocks read like these."""
+    notes.append("no rows with positive weight: every metric is undefined")
+    if grouped:
+        out["group_auc"], out["group_auc_groups"] = None, 0
+    out["notes"] = notes
+    return out
+
+
+def finish_block(
+    out: dict[str, Any],
+    notes: list[str],
+    positives: float,
+    total: float,
+    mean_prediction: float,
+    normalized_logloss: Callable[[], float | None],
+    group: tuple[float | None, int] | None,
+) -> dict:
+    """Complete a block whose count, rows, pos_rate, logloss, calibration, auc and pr_auc are set: rce, nrce (from
+    normalized_logloss, the log loss of the predictions rescaled by mean label / mean prediction, asked for only
+    where nrce is defined), group_auc (group: its value and the groups counted; None without group ids), and the
+    notes that say which metrics are undefined and why; a non-finite value becomes None with a note. Shared with
+    core.sharded_metrics, whose blocks read like these."""
+    baseline = _baseline_entropy(positives / total)
     if baseline is not None:
         out["rce"] = 100.0 * (1.0 - out["logloss"] / baseline)
-        mean_pred = float(np.sum(w * p)) / total
-        if mean_pred > 0:
-            out["nrce"] = 100.0 * (1.0 - log_loss(p * (mean_label / mean_pred), y, w) / baseline)
+        if mean_prediction > 0:
+            out["nrce"] = 100.0 * (1.0 - normalized_logloss() / baseline)
         else:
             notes.append("every prediction is 0: nrce is undefined")
     if positives <= 0:
         notes.append("no positive labels: auc, rce, nrce, pr_auc and calibration are undefined")
     elif positives >= total:
         notes.append("no negative labels: auc, rce and nrce are undefined")
-    if groups is not None:
-        out["group_auc"], out["group_auc_groups"] = grouped_auc(p, y, w, groups)
+    if group is not None:
+        out["group_auc"], out["group_auc_groups"] = group
         if out["group_auc"] is None:
             notes.append("no group holds both classes: group_auc is undefined")
     out["notes"] = notes

@@ -24,16 +24,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from core.collective import Collective, collective_device
 from core.metrics import compute_metrics, metrics_document
 from core.metrics_curves import compute_curves, curves_document
 from core.ranking_metrics import ranking_block
-from core.sharded_metrics import (
-    Collective,
-    collective_device,
-    sharded_curves,
-    sharded_metrics,
-    sharded_ranking_block,
-)
+from core.sharded_curves import sharded_curves
+from core.sharded_metrics import sharded_metrics
+from core.sharded_ranking import sharded_ranking_block
 
 __all__ = ["METHODS", "MetricsAccumulator"]
 

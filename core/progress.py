@@ -9,19 +9,23 @@ On a terminal (stderr is a TTY) it is a tqdm bar with rows/s and, when the total
 log file, CI) one INFO line every RECAP_PROGRESS_SECONDS seconds (default 30) with the rows done, rows/s and ETA.
 Disabled (other ranks) it does nothing. Rows are counted on the host from sizes the caller already has, so a loop
 gains no device synchronization.
+
+The training loop's steps have a bar of their own on a terminal (`step_bar`), which the loop's log lines print above.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
 from core.log import get_logger
 
-__all__ = ["DEFAULT_SECONDS", "ENV_SECONDS", "Progress", "progress_seconds"]
+__all__ = ["DEFAULT_SECONDS", "ENV_SECONDS", "Progress", "progress_seconds", "step_bar"]
 
 logger = get_logger(__name__)
 
@@ -107,3 +111,22 @@ class Progress:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def step_bar(enabled: bool, total: int | None, initial: int) -> Iterator[Any]:
+    """The training's tqdm bar of steps (from `initial` of `total`) while the block runs, with log lines printed
+    above it; None unless enabled (rank 0) on a terminal (stderr a TTY), where the loop's log lines say it all."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, leave=False)
+    try:
+        with logging_redirect_tqdm():
+            yield bar
+    finally:
+        bar.refresh()  # the final count, even when the last update fell inside tqdm's mininterval
+        bar.close()

@@ -217,3 +217,13 @@ class TrainingConfig(BaseConfig):
     warm_start_from: Location | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def total_train_steps(config: TrainingConfig, steps_per_epoch: int | None) -> int | None:
+    """The optimizer steps training will take: num_train_steps, else num_epochs x batches per epoch over the
+    accumulation steps (None when neither is known)."""
+    if config.num_train_steps is not None:
+        return config.num_train_steps
+    if steps_per_epoch is not None and config.num_epochs is not None:
+        return -(-config.num_epochs * steps_per_epoch // config.gradient_accumulation_steps)
+    return None

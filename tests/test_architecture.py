@@ -18,7 +18,7 @@ TORCHREC_ALLOWED = (
     "core/optimizers.py",  # the tables' fused optimizer
     "core/sparse_optimizers.py",  # the data-parallel tables' optimizer
     "core/table_placement.py",  # planner constraints
-    "core/train_loop.py",  # torchrec's train pipeline on CUDA
+    "core/train_pipeline.py",  # torchrec's train pipeline on CUDA
     "projects/home/recap/data/loader.py",  # sparse ids into a KeyedJaggedTensor
     "projects/home/recap/model/multi_task.py",  # the sparse lookup's output joins the dense input
     "projects/home/recap/model/synthetic_batch.py",  # random sparse ids for benchmarks

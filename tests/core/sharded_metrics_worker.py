@@ -12,8 +12,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from core.collective import Collective
 from core.metrics_accumulator import MetricsAccumulator
-from core.sharded_metrics import Collective, score_keys, sort_blocks
+from core.sharded_sort import score_keys, sort_blocks
 
 TASKS = ["fav", "reply", "never"]
 STRATIFIERS = ["client", "hour"]

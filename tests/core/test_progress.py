@@ -1,5 +1,5 @@
 """core.progress: periodic log lines with rows/s and ETA without a terminal, a tqdm bar with one, nothing on the
-other ranks of a job."""
+other ranks of a job; and the training's bar of steps."""
 
 import logging
 import sys
@@ -73,3 +73,25 @@ def test_the_interval_comes_from_the_environment_and_a_bad_value_names_it(monkey
         monkeypatch.setenv(ENV_SECONDS, bad)
         with pytest.raises(ValueError, match=ENV_SECONDS):
             progress_seconds()
+
+
+def test_the_training_step_bar_shows_on_a_terminal_of_rank_zero_only(monkeypatch):
+    import io
+
+    from core.progress import step_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with step_bar(False, 4, 0) as bar:
+        assert bar is None
+    with step_bar(True, 4, 1) as bar:
+        bar.update(3)
+    frames = terminal.getvalue().replace("\r", "\n")
+    assert "train: 100%" in frames and "4/4" in frames
+    monkeypatch.setattr(terminal, "isatty", lambda: False)
+    with step_bar(True, 4, 0) as bar:
+        assert bar is None

@@ -19,9 +19,10 @@ from core.checkpoint import list_checkpoints  # noqa: E402
 from core.checkpoint_manager import CheckpointManager  # noqa: E402
 from core.config import ConfigError, load_config  # noqa: E402
 from core.distributed import init_distributed, shutdown_distributed  # noqa: E402
+from core.loss_window import NonFiniteLossError  # noqa: E402
 from core.schedules import LinearRampToConstant, LinearRampToCosine, PiecewiseConstant  # noqa: E402
+from core.stop_signals import TrainingStopped  # noqa: E402
 from core.train_config import OptimizerConfig  # noqa: E402
-from core.train_loop import NonFiniteLossError, TrainingStopped, rng_state, set_rng_state  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -297,15 +298,6 @@ def test_warm_start_loads_weights_but_not_optimizer_state_or_step(ctx, tmp_path)
     toy.assert_same(weights, toy.parameters(target))
     assert target.step == 0
     assert all((s["exp_avg"] == 0).all() for s in target.dense_optimizer.state_tensors().values())
-
-
-def test_rng_state_round_trips_through_json():
-    state = json.loads(json.dumps(rng_state()))
-    expected = (torch.rand(3), __import__("numpy").random.rand(2).tolist(), __import__("random").random())
-    set_rng_state(state)
-    assert torch.equal(torch.rand(3), expected[0])
-    assert __import__("numpy").random.rand(2).tolist() == expected[1]
-    assert __import__("random").random() == expected[2]
 
 
 @pytest.mark.slow

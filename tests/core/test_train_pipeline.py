@@ -82,7 +82,7 @@ def test_cuda_falls_back_where_the_pipeline_cannot_honour_the_loop(ctx, tmp_path
     accumulating = toy.build_loop(ctx, toy.training_config(tmp_path, num_train_steps=2,
                                                            gradient_accumulation_steps=2))
     accumulating.ctx = dataclasses.replace(ctx, device=torch.device("cuda", 0))
-    with caplog.at_level("INFO", logger="core.train_loop"):
+    with caplog.at_level("INFO", logger="core.train_pipeline"):
         assert not accumulating._wants_pipeline()
     assert "gradient_accumulation_steps > 1" in caplog.text
     accumulating.use_train_pipeline = True

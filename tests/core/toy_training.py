@@ -15,10 +15,11 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from core.config import load_config
 from core.distributed import DistributedContext, shard_model
 from core.optimizers import SHARED_GROUP, apply_sparse_optimizer, build_dense_optimizer, sparse_settings
+from core.rng_state import seed_everything
 from core.sparse_optimizers import build_sparse_optimizers
 from core.table_placement import TablePlacement, planner_constraints
-from core.train_config import OptimizerConfig, TrainingConfig
-from core.train_loop import TrainLoop, seed_everything, total_train_steps
+from core.train_config import OptimizerConfig, TrainingConfig, total_train_steps
+from core.train_loop import TrainLoop
 
 TASKS = ("click", "like")
 NUM_IDS = 40  # ids the batches use

@@ -43,7 +43,8 @@ from core.report.format import fixed_cell
 from core.storage import location
 from core.storage_ops import download_tree, staged_output
 from core.tensorboard import MetricsWriter
-from core.train_loop import CHECKPOINT_DIR, TENSORBOARD_DIR, total_train_steps
+from core.train_config import total_train_steps
+from core.train_loop import CHECKPOINT_DIR, TENSORBOARD_DIR
 from projects.home.recap.data import sharding
 from projects.home.recap.data.files import scan_dataset
 from projects.home.recap.data.loader import RecapDataLoader

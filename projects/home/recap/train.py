@@ -20,11 +20,13 @@ from core.loader_workers import stop_signals_held
 from core.log import get_logger
 from core.object_path import ObjectPath
 from core.optimizers import apply_sparse_optimizer, build_dense_optimizer, check_schedules
+from core.rng_state import seed_everything
 from core.run_lock import RunLock, RunLockedError
 from core.sparse_optimizers import SparseOptimizers, build_sparse_optimizers
 from core.storage import location
 from core.storage_ops import move_tree, rmtree
-from core.train_loop import CHECKPOINT_DIR, TrainLoop, TrainResult, seed_everything, total_train_steps
+from core.train_config import total_train_steps
+from core.train_loop import CHECKPOINT_DIR, TrainLoop, TrainResult
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.data.validation import scan_labels
 from projects.home.recap.evaluate import build_evaluator, validation_loaders

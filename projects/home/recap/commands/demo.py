@@ -91,7 +91,7 @@ def _generate(data_dir: Path, rows: int, history_length: int = 0) -> None:
 def fit_schedule(config: RecapConfig, nproc_per_node: int) -> list[str]:
     """--set values that fit a cosine warm-up longer than the training (data of a small --rows) into it: a ramp over
     the first tenth of the steps; [] when the configured schedule fits."""
-    from core.train_loop import total_train_steps
+    from core.train_config import total_train_steps
     from projects.home.recap.data import sharding
     from projects.home.recap.data.files import scan_dataset
 

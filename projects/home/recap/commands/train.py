@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     quiet_library_logging()
     # Imported after the logging is quieted: loading torchrec and fbgemm logs at INFO.
     from core.checkpoint import CheckpointError
-    from core.train_loop import NonFiniteLossError, TrainingStopped
+    from core.loss_window import NonFiniteLossError
+    from core.stop_signals import TrainingStopped
     from projects.home.recap.data.errors import DataError
     from projects.home.recap.train import train
 

@@ -95,7 +95,7 @@ def sparse_stage(out: Path, optimizer: str, device: str = "cuda") -> dict[str, A
     if ctx.device.type == "cuda" and ctx.backend != "nccl":
         raise RuntimeError(f"expected an NCCL process group on cuda, got {ctx.backend} on {ctx.device}")
     messages = _Messages()
-    logging.getLogger("core.train_loop").addHandler(messages)
+    logging.getLogger("core.train_pipeline").addHandler(messages)
 
     def config(steps: int):
         overrides = _overrides(data, work / "run", optimizer, steps) + [f"training.device={device}"]

@@ -19,8 +19,10 @@ import torch
 from core.config import ConfigError
 from core.distributed import DistributedContext
 from core.log import get_logger
+from core.loss_window import NonFiniteLossError
 from core.optimizers import build_dense_optimizer
-from core.train_loop import NonFiniteLossError, seed_everything, total_train_steps
+from core.rng_state import seed_everything
+from core.train_config import total_train_steps
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.id_benchmark.reference_model import EmbeddingBagTables, ReferenceRankingModel
 from projects.home.recap.model.factory import build_model_and_loss, large_table_specs

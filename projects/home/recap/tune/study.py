@@ -246,7 +246,7 @@ class Search:
     def run(self) -> int | None:
         """Run the search in this (main) thread's care; the number of the signal that stopped it, or None."""
         # The training's own handling (imported late: it loads torch): record the signal, stop cleanly.
-        from core.train_loop import stop_signals
+        from core.stop_signals import stop_signals
 
         workers = [threading.Thread(target=self._worker, name=f"recap-tune-{i}", daemon=True)
                    for i in range(self.parallel)]

@@ -13,7 +13,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from common.sparse_embeddings import hash_ids, pooled_embedding_dim
 from core.distributed import DistributedContext
-from core.train_loop import seed_everything
+from core.rng_state import seed_everything
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.id_benchmark import reference_model
 from projects.home.recap.id_benchmark.reference_model import EmbeddingBagTables

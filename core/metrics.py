@@ -17,7 +17,8 @@ label counts as a positive with weight w·y and as a negative with weight w·(1 
   skipped (group_auc_groups says how many counted).
 
 A value that is undefined for the data (AUC of a single-class task, RCE with ȳ ∈ {0, 1}, anything on no rows) is
-None (null in JSON) and a sentence in "notes" says why; no NaN or infinity is ever returned.
+None (null in JSON) and a sentence in "notes" says why; no NaN or infinity is ever returned. core/metrics_block.py
+completes each task's block, here and in the sharded evaluation alike.
 
 metrics.json (schema_version 1), written once per dataset and evaluated step::
 
@@ -42,11 +43,12 @@ metrics.json (schema_version 1), written once per dataset and evaluated step::
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
+
+from core.metrics_block import baseline_entropy, finish_block, no_rows_block
 
 __all__ = [
     "EPSILON",
@@ -57,12 +59,10 @@ __all__ = [
     "binary_metrics",
     "calibration_ratio",
     "compute_metrics",
-    "finish_block",
     "group_auc_table",
     "grouped_auc",
     "log_loss",
     "metrics_document",
-    "no_rows_block",
     "nrce",
     "rce",
     "tie_blocks",
@@ -144,18 +144,12 @@ def log_loss(predictions: Any, labels: Any, weights: Any = None) -> float | None
     return float(-np.sum(w * (y * np.log(clipped) + (1.0 - y) * np.log1p(-clipped))) / total)
 
 
-def _baseline_entropy(mean_label: float) -> float | None:
-    if not 0.0 < mean_label < 1.0:
-        return None
-    return -(mean_label * math.log(mean_label) + (1.0 - mean_label) * math.log1p(-mean_label))
-
-
 def rce(predictions: Any, labels: Any, weights: Any = None) -> float | None:
     """Relative cross-entropy 100·(1 − CE/CE_baseline) against always predicting the weighted mean label."""
     p, y = _as_1d("predictions", predictions), _as_1d("labels", labels)
     w = _default_weights(y, weights)
     total = w.sum()
-    baseline = _baseline_entropy(float(np.sum(w * y) / total)) if total > 0 else None
+    baseline = baseline_entropy(float(np.sum(w * y) / total)) if total > 0 else None
     if baseline is None:
         return None
     return 100.0 * (1.0 - log_loss(p, y, w) / baseline)
@@ -273,60 +267,10 @@ def binary_metrics(predictions: Any, labels: Any, weights: Any = None, group_ids
     _, pos, neg = tie_blocks(p, w * y, w * (1.0 - y))
     out["auc"] = _auc_from_blocks(pos, neg)
     out["pr_auc"] = _ap_from_blocks(pos, neg)
+    # The rows left all have positive weight, so their log loss is never None.
     return finish_block(out, notes, positives, total, mean_pred,
-                        lambda: log_loss(p * (mean_label / mean_pred), y, w),
+                        lambda: cast(float, log_loss(p * (mean_label / mean_pred), y, w)),
                         None if groups is None else grouped_auc(p, y, w, groups))
-
-
-def no_rows_block(out: dict[str, Any], notes: list[str], grouped: bool) -> dict:
-    """A metrics block without a row of positive weight: every metric undefined, and the note that says so (grouped:
-    with group_auc). Shared with core.sharded_metrics, whose blocks read like these."""
-    notes.append("no rows with positive weight: every metric is undefined")
-    if grouped:
-        out["group_auc"], out["group_auc_groups"] = None, 0
-    out["notes"] = notes
-    return out
-
-
-def finish_block(
-    out: dict[str, Any],
-    notes: list[str],
-    positives: float,
-    total: float,
-    mean_prediction: float,
-    normalized_logloss: Callable[[], float | None],
-    group: tuple[float | None, int] | None,
-) -> dict:
-    """Complete a block whose count, rows, pos_rate, logloss, calibration, auc and pr_auc are set: rce, nrce (from
-    normalized_logloss, the log loss of the predictions rescaled by mean label / mean prediction, asked for only
-    where nrce is defined), group_auc (group: its value and the groups counted; None without group ids), and the
-    notes that say which metrics are undefined and why; a non-finite value becomes None with a note. Shared with
-    core.sharded_metrics, whose blocks read like these."""
-    baseline = _baseline_entropy(positives / total)
-    if baseline is not None:
-        out["rce"] = 100.0 * (1.0 - out["logloss"] / baseline)
-        if mean_prediction > 0:
-            out["nrce"] = 100.0 * (1.0 - normalized_logloss() / baseline)
-        else:
-            notes.append("every prediction is 0: nrce is undefined")
-    if positives <= 0:
-        notes.append("no positive labels: auc, rce, nrce, pr_auc and calibration are undefined")
-    elif positives >= total:
-        notes.append("no negative labels: auc, rce and nrce are undefined")
-    if group is not None:
-        out["group_auc"], out["group_auc_groups"] = group
-        if out["group_auc"] is None:
-            notes.append("no group holds both classes: group_auc is undefined")
-    out["notes"] = notes
-    return _finite(out)
-
-
-def _finite(block: dict) -> dict:
-    for key, value in block.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            block[key] = None
-            block["notes"].append(f"{key} was not finite and is reported as null")
-    return block
 
 
 def _value_key(value: Any) -> str:

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from core.collective import Collective
-from core.metrics import EPSILON, METRIC_KEYS, _value_key, finish_block, group_auc_table, no_rows_block
+from core.metrics import EPSILON, METRIC_KEYS, _value_key, group_auc_table
+from core.metrics_block import finish_block, no_rows_block
 from core.sharded_sort import by_owner, score_keys, segment_scans, sort_blocks
 
 __all__ = ["sharded_metrics"]

@@ -129,10 +129,12 @@ def time_call(
     min_repeats: int = 3,
     max_repeats: int = 50,
     budget_seconds: float = 5.0,
+    on_window: Callable[[int], object] | None = None,
 ) -> Timing:
     """Time fn in windows of `calls` calls after `warmup` calls: at least min_repeats windows, then more until
     budget_seconds of measuring has passed or max_repeats is reached. A shared machine only ever slows a window
-    down, so the best window is the robust estimate and the median shows how noisy the run was."""
+    down, so the best window is the robust estimate and the median shows how noisy the run was. on_window, if
+    given, is called with the window's number of calls after each window, outside its timing (a progress report)."""
     if calls < 1 or min_repeats < 1 or max_repeats < min_repeats:
         raise ValueError("time_call needs calls >= 1 and 1 <= min_repeats <= max_repeats")
     for _ in range(warmup):
@@ -146,6 +148,8 @@ def time_call(
         for _ in range(calls):
             fn()
         windows.append((time.perf_counter() - t0) / calls)
+        if on_window is not None:
+            on_window(calls)
     return Timing(min(windows), statistics.median(windows), len(windows), calls)
 
 

@@ -49,10 +49,11 @@ def test_records_and_counts_a_linear_layer_forward_and_backward():
 
 
 def test_time_call_windows_warmup_and_limits():
-    calls = []
+    calls, windows = [], []
     timing = perf.time_call(lambda: calls.append(1), calls=3, warmup=2, min_repeats=4, max_repeats=4,
-                            budget_seconds=100.0)
+                            budget_seconds=100.0, on_window=lambda n: windows.append((n, len(calls))))
     assert len(calls) == 2 + 4 * 3
+    assert windows == [(3, 5), (3, 8), (3, 11), (3, 14)]  # after each window, with its calls (not the warmup's)
     assert timing.repeats == 4 and timing.calls == 3
     assert 0 <= timing.best <= timing.median
     assert timing.rate(10.0) == pytest.approx(10.0 / timing.best)

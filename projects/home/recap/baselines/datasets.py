@@ -8,8 +8,8 @@ from pathlib import Path
 
 from core.log import get_logger
 from projects.home.recap.baselines.small_data import generate_small, read_manifest
+from projects.home.recap.benchmarks.ids.run import has_data
 from projects.home.recap.data.census import convert_census
-from projects.home.recap.id_benchmark.run import has_data
 
 logger = get_logger(__name__)
 

@@ -1,25 +1,19 @@
 """`recap benchmark`: throughput and MFU of the demo and recap-scale models against this machine's matmul peak.
 
 Prints a table and writes every figure as JSON (--output). `--quick` runs every phase at tiny budgets (a smoke test:
-the figures mean nothing). See projects/home/recap/benchmark.py for what is measured and how.
+the figures mean nothing). See projects/home/recap/benchmarks/throughput.py for what is measured and how.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import logging
 from pathlib import Path
 
 from core.storage import local_path_argument
-from projects.home.recap.benchmark import (
-    DEFAULT_CONFIGS,
-    PRECISIONS,
-    BenchmarkSettings,
-    format_report,
-    run_benchmark,
-)
+from projects.home.recap.benchmarks.config_benchmark import DEFAULT_CONFIGS, PRECISIONS, BenchmarkSettings
+from projects.home.recap.benchmarks.reporting import quiet_logging, write_figures
+from projects.home.recap.benchmarks.throughput import format_report, run_benchmark
 
 DEFAULT_OUTPUT = "runs/benchmark.json"
 
@@ -71,13 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise SystemExit("--batch-size must be positive")
     settings = dataclasses.replace(settings, **changes)
-    # Progress lines from the benchmark only: torchrec and fbgemm log every table they build at INFO.
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("projects.home.recap.benchmark").setLevel(logging.INFO)
+    quiet_logging()
     doc = run_benchmark(settings)
     print(format_report(doc))
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(doc, indent=1))
-    print(f"figures written to {output}")
+    write_figures(doc, args.output)
     return 0

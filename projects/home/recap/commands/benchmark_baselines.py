@@ -8,7 +8,6 @@ and writes every figure with the command line as JSON. See projects/home/recap/b
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from projects.home.recap.baselines.datasets import DEFAULT_CENSUS_INPUT, DEFAULT
 from projects.home.recap.baselines.run import DATASETS, QUICK_SMALL_ROWS, BaselineSettings, run_baselines
 from projects.home.recap.baselines.small_data import DEFAULT_ROWS
 from projects.home.recap.baselines.table import format_table
+from projects.home.recap.benchmarks.reporting import write_figures
 
 DEFAULT_OUTPUT = Path("runs/baselines/baselines.json")
 
@@ -92,7 +92,5 @@ def run(args: argparse.Namespace) -> int:
                                 quick=args.quick)
     doc = {"command": command_line(args, configs, save_dir), **run_baselines(settings)}
     print(format_table(doc))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"figures written to {args.output}")
+    write_figures(doc, args.output)
     return 0

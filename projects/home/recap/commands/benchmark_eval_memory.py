@@ -1,28 +1,21 @@
 """`recap benchmark eval-memory`: the peak memory of exact evaluation per rank, sharded against gathered.
 
-Each method runs in fresh processes (`--ranks` gloo ranks, torch.multiprocessing spawn). Every rank builds its share
-of `--rows` synthetic rows (float32 predictions, 0/1 labels, weights, one request id per `--request-size` rows, so
-requests are cut by the rank split) in a MetricsAccumulator, then runs the evaluator's metric calls (compute, then
-curves). Memory is the resident set (RSS) read from /proc/self/status: the peak (VmHWM) is reset just before the
-metrics (writing 5 to /proc/self/clear_refs), so "peak" is the highest RSS during compute + curves and "delta" that
-peak minus the RSS just before them (the rows already held by the accumulator are in the baseline, not the delta).
-The metrics documents of both methods are compared: the largest relative difference of any value is printed.
+Each method runs in fresh processes (`--ranks` gloo ranks) over `--rows` synthetic rows (one request id per
+`--request-size` rows); prints each rank's RSS before the metrics, its peak during compute + curves and the
+difference, and how far the two methods' metrics agree. See projects/home/recap/benchmarks/eval_memory.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import socket
-import tempfile
-import time
-from pathlib import Path
 
-import numpy as np
-
-METHODS = ("gather", "sharded")
+from projects.home.recap.benchmarks.eval_memory import (
+    METHODS,
+    EvalMemorySettings,
+    format_eval_memory,
+    run_eval_memory,
+)
+from projects.home.recap.benchmarks.reporting import write_figures
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,123 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="also write the figures as JSON to this file")
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}: this measurement needs Linux")
-
-
-def _reset_peak() -> None:
-    """Set the process's peak RSS (VmHWM) to its current RSS."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def rank_rows(rank: int, world: int, rows: int, tasks: int, request_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Rank `rank`'s contiguous share of the synthetic rows (deterministic for each rank and number of ranks;
-    request ids are row number // request_size, so a request can span two ranks)."""
-    start, stop = rows * rank // world, rows * (rank + 1) // world
-    rng = np.random.default_rng([seed, rank, world])
-    n = stop - start
-    truth = rng.uniform(0.01, 0.5, (n, tasks)).astype(np.float32)
-    data = {
-        # A score grid of 2^-16: many ties, as float32 model outputs have at this many rows.
-        "predictions": np.round(np.clip(truth + rng.normal(0, 0.1, (n, tasks)).astype(np.float32), 0, 1) * 65536)
-        .astype(np.float32) / np.float32(65536),
-        "labels": (rng.uniform(size=(n, tasks)) < truth).astype(np.float32),
-        "weights": rng.choice(np.array([1.0, 2.0, 10.0], dtype=np.float32), (n, tasks)),
-    }
-    if request_size > 0:
-        data["request_ids"] = np.arange(start, stop, dtype=np.int64) // request_size
-    return data
-
-
-def _worker(rank: int, world: int, port: int, method: str, args: dict, out_dir: str) -> None:
-    import torch
-    import torch.distributed as dist
-
-    from core.metrics_accumulator import MetricsAccumulator
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    tasks = [f"task_{t}" for t in range(args["tasks"])]
-    accumulator = MetricsAccumulator(method=method)
-    data = rank_rows(rank, world, args["rows"], args["tasks"], args["request_size"])
-    batch = 65536
-    for i in range(0, data["predictions"].shape[0], batch):
-        accumulator.update(**{k: torch.from_numpy(v[i : i + batch]) for k, v in data.items()})
-    del data
-    dist.barrier()
-    before = _status_kib("VmRSS")
-    _reset_peak()
-    start = time.perf_counter()
-    metrics = accumulator.compute(tasks, ndcg_ks=(5, 10), score_weights=[1.0] * len(tasks),
-                                  request_column="request" if args["request_size"] else None)
-    curves = accumulator.curves(tasks)
-    seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM")
-    figures = {"rank": rank, "rss_before_mib": before / 1024, "peak_mib": peak / 1024,
-               "delta_mib": (peak - before) / 1024, "seconds": seconds}
-    Path(out_dir, f"{method}_rank{rank}.json").write_text(json.dumps(figures))
-    if rank == 0:
-        Path(out_dir, f"{method}_metrics.json").write_text(json.dumps({"metrics": metrics, "curves": curves}))
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def largest_relative_difference(a, b, path: str = "") -> tuple[float, str]:
-    """The largest |a − b| / max(|a|, |b|, 1e-12) over the numbers of two documents of the same structure (inf and
-    the path when they differ in structure or in a non-number)."""
-    if isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b):
-        found = [largest_relative_difference(a[k], b[k], f"{path}.{k}") for k in a]
-        return max(found, default=(0.0, path))
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        found = [largest_relative_difference(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b))]
-        return max(found, default=(0.0, path))
-    if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) / max(abs(a), abs(b), 1e-12), path
-    return (0.0, path) if a == b else (math.inf, path)
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch.multiprocessing as mp
-
-    settings = {"rows": args.rows, "tasks": args.tasks, "request_size": args.request_size}
-    results: dict = {"settings": {**settings, "ranks": args.ranks}, "memory": "RSS from /proc/self/status; peak = "
-                     "VmHWM reset just before compute + curves, delta = peak - RSS before"}
-    with tempfile.TemporaryDirectory() as out_dir:
-        for method in args.methods:
-            mp.spawn(_worker, args=(args.ranks, _free_port(), method, settings, out_dir), nprocs=args.ranks)
-            results[method] = [json.loads(Path(out_dir, f"{method}_rank{r}.json").read_text())
-                               for r in range(args.ranks)]
-        documents = {m: json.loads(Path(out_dir, f"{m}_metrics.json").read_text()) for m in args.methods}
-    print(f"exact evaluation of {args.rows:,} rows x {args.tasks} tasks on {args.ranks} gloo ranks "
-          f"(requests of {args.request_size} rows); RSS in MiB, peak during compute + curves")
-    print(f"{'method':<8} {'rank':>4} {'RSS before':>11} {'peak':>8} {'delta':>8} {'seconds':>8}")
-    for method in args.methods:
-        for r in results[method]:
-            print(f"{method:<8} {r['rank']:>4} {r['rss_before_mib']:>11.0f} {r['peak_mib']:>8.0f} "
-                  f"{r['delta_mib']:>8.0f} {r['seconds']:>8.1f}")
-    if set(METHODS) <= set(args.methods):
-        gather0, sharded = results["gather"][0], results["sharded"]
-        worst_sharded = max(r["peak_mib"] for r in sharded)
-        difference, where = largest_relative_difference(documents["gather"], documents["sharded"])
-        results["comparison"] = {
-            "sharded_max_peak_over_gather_rank0_peak": worst_sharded / gather0["peak_mib"],
-            "sharded_max_delta_over_gather_rank0_delta": max(r["delta_mib"] for r in sharded) / gather0["delta_mib"],
-            "largest_relative_difference": difference, "at": where,
-        }
-        c = results["comparison"]
-        print(f"sharded's highest rank peak / gather's rank-0 peak: {c['sharded_max_peak_over_gather_rank0_peak']:.2f} "
-              f"(deltas: {c['sharded_max_delta_over_gather_rank0_delta']:.2f}); metrics and curves agree to "
-              f"{difference:.1e} relative (largest at {where or 'nowhere'})")
+    settings = EvalMemorySettings(rows=args.rows, ranks=args.ranks, tasks=args.tasks,
+                                  request_size=args.request_size, methods=tuple(args.methods))
+    results = run_eval_memory(settings)
+    print(format_eval_memory(results, settings.methods))
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=1))
-        print(f"figures: {args.output}")
+        write_figures(results, args.output, "figures:")
     return 0

@@ -3,26 +3,26 @@
 Generates data whose engagement depends on hidden user x author interactions (if --data-dir is empty), trains the
 ids config through `recap train`'s path and the reference (nn.EmbeddingBag tables + Adam, the same dense model) on the
 same files, evaluates both on the test split with the project's evaluator, prints per-task AUC / RCE side by side
-and writes every figure as JSON. See projects/home/recap/id_benchmark/.
+and writes every figure as JSON. See projects/home/recap/benchmarks/ids/.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 from core.storage import local_path_argument
-from projects.home.recap.id_benchmark.reference_training import EMBEDDING_LEARNING_RATE
-from projects.home.recap.id_benchmark.run import (
+from projects.home.recap.benchmarks.ids.reference_training import EMBEDDING_LEARNING_RATE
+from projects.home.recap.benchmarks.ids.run import (
     DEFAULT_ROWS,
     IDS_CONFIG,
     IdBenchmarkSettings,
     run_id_benchmark,
 )
-from projects.home.recap.id_benchmark.table import format_table
+from projects.home.recap.benchmarks.ids.table import format_table
+from projects.home.recap.benchmarks.reporting import write_figures
 
 OUTPUT_NAME = "ids_benchmark.json"
 
@@ -69,8 +69,5 @@ def run(args: argparse.Namespace) -> int:
     )
     doc = run_id_benchmark(settings)
     print(format_table(doc))
-    output = Path(args.output) if args.output else save_dir / OUTPUT_NAME
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(doc, indent=1))
-    print(f"figures written to {output}")
+    write_figures(doc, args.output or save_dir / OUTPUT_NAME)
     return 0

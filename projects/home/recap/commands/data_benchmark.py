@@ -90,7 +90,7 @@ def _write_data(config_path: str, overrides: list[str], rows: int, directory: st
     if Path(config_path).resolve() == DEMO_CONFIG:
         generate(directory, rows, seed=0, processes=min(2, os.cpu_count() or 1))
         return [f"data.train.paths=[{directory}/train]"]
-    from projects.home.recap.benchmark import write_schema_parquet
+    from projects.home.recap.benchmarks.schema_data import write_schema_parquet
 
     config = load_recap_config(config_path, overrides)
     write_schema_parquet(config, Path(directory) / "train" / "part-00000.parquet", rows)

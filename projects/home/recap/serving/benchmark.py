@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from core import perf
+from projects.home.recap.benchmarks.timing import interleaved_timing
 from projects.home.recap.model.factory import build_model
 from projects.home.recap.model.synthetic_batch import random_batch
 from projects.home.recap.schema import RecapConfig, load_recap_config
@@ -95,19 +94,8 @@ def interleaved(calls: dict[str, Callable[[], object]], budget_seconds: float, w
     """Time each call in turn, one call per window, alternating between them until each has had its share of the
     budget (and at least min_repeats windows): a shared machine's load then falls on both alike, so their ratio
     holds even when the absolute figures move."""
-    windows: dict[str, list[float]] = {name: [] for name in calls}
     with torch.inference_mode():
-        for fn in calls.values():
-            for _ in range(warmup):
-                fn()
-        start = time.perf_counter()
-        while (min(len(w) for w in windows.values()) < min_repeats
-               or time.perf_counter() - start < budget_seconds * len(calls)):
-            for name, fn in calls.items():
-                t0 = time.perf_counter()
-                fn()
-                windows[name].append(time.perf_counter() - t0)
-    return {name: perf.Timing(min(w), statistics.median(w), len(w), 1) for name, w in windows.items()}
+        return interleaved_timing(calls, budget_seconds, warmup=warmup, min_rounds=min_repeats)
 
 
 def measure(args: argparse.Namespace, encoder: str) -> dict:

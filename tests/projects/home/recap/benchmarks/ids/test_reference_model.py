@@ -14,10 +14,10 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from common.sparse_embeddings import hash_ids, pooled_embedding_dim
 from core.distributed import DistributedContext
 from core.rng_state import seed_everything
+from projects.home.recap.benchmarks.ids import reference_model
+from projects.home.recap.benchmarks.ids.reference_model import EmbeddingBagTables
+from projects.home.recap.benchmarks.ids.reference_training import build_reference, train_reference
 from projects.home.recap.data.loader import RecapDataLoader
-from projects.home.recap.id_benchmark import reference_model
-from projects.home.recap.id_benchmark.reference_model import EmbeddingBagTables
-from projects.home.recap.id_benchmark.reference_training import build_reference, train_reference
 from projects.home.recap.model.factory import build_model, build_model_and_loss, large_table_specs
 
 CPU = DistributedContext(0, 1, 0, 1, torch.device("cpu"), "gloo")

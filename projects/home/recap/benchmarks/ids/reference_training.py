@@ -21,10 +21,15 @@ from core.distributed import DistributedContext
 from core.log import get_logger
 from core.loss_window import NonFiniteLossError
 from core.optimizers import build_dense_optimizer
+<<<<<<< HEAD:projects/home/recap/id_benchmark/reference_training.py
 from core.rng_state import seed_everything
 from core.train_config import total_train_steps
+=======
+from core.progress import Progress
+from core.train_loop import NonFiniteLossError, seed_everything, total_train_steps
+from projects.home.recap.benchmarks.ids.reference_model import EmbeddingBagTables, ReferenceRankingModel
+>>>>>>> s-bench-pkg:projects/home/recap/benchmarks/ids/reference_training.py
 from projects.home.recap.data.loader import RecapDataLoader
-from projects.home.recap.id_benchmark.reference_model import EmbeddingBagTables, ReferenceRankingModel
 from projects.home.recap.model.factory import build_model_and_loss, large_table_specs
 from projects.home.recap.model.loss import ModelAndLoss
 from projects.home.recap.model.parameter_groups import dense_parameter_groups
@@ -86,33 +91,36 @@ def train_reference(
     # The loss is summed on the device and read only when a line is logged: no synchronization per step.
     window, window_steps, start = torch.zeros((), device=ctx.device), 0, time.perf_counter()
     epoch = 0
-    while total_steps is None or step < total_steps:
-        data.set_epoch(epoch)
-        for batch in data:
-            batch = batch.to(ctx.device, non_blocking=True)
-            dense_optimizer.set_step(step + 1)
-            with autocast:
-                loss, _ = model(batch)
-            loss.backward()
-            if training.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(dense_params, training.clip_grad_norm)
-            dense_optimizer.step()
-            dense_optimizer.zero_grad()
-            if table_optimizer is not None:
-                table_optimizer.step()
-                table_optimizer.zero_grad(set_to_none=True)
-            step += 1
-            examples += batch.batch_size
-            window += loss.detach().float()
-            window_steps += 1
-            if step % training.train_log_every_n == 0 or step == total_steps:
-                mean = float(window) / window_steps
-                if not math.isfinite(mean):
-                    raise NonFiniteLossError(f"reference model: non-finite training loss before step {step}")
-                logger.info("reference step %d/%s epoch %d | loss %.4f | %.0f ex/s", step, total_steps, epoch, mean,
-                            examples / (time.perf_counter() - start))
-                window, window_steps = torch.zeros((), device=ctx.device), 0
-            if total_steps is not None and step >= total_steps:
-                break
-        epoch += 1
+    rows = None if total_steps is None else total_steps * config.data.batch_size
+    with Progress("training the reference model", rows, enabled=ctx.is_main) as progress:
+        while total_steps is None or step < total_steps:
+            data.set_epoch(epoch)
+            for batch in data:
+                batch = batch.to(ctx.device, non_blocking=True)
+                dense_optimizer.set_step(step + 1)
+                with autocast:
+                    loss, _ = model(batch)
+                loss.backward()
+                if training.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(dense_params, training.clip_grad_norm)
+                dense_optimizer.step()
+                dense_optimizer.zero_grad()
+                if table_optimizer is not None:
+                    table_optimizer.step()
+                    table_optimizer.zero_grad(set_to_none=True)
+                step += 1
+                examples += batch.batch_size
+                progress.update(batch.batch_size)
+                window += loss.detach().float()
+                window_steps += 1
+                if step % training.train_log_every_n == 0 or step == total_steps:
+                    mean = float(window) / window_steps
+                    if not math.isfinite(mean):
+                        raise NonFiniteLossError(f"reference model: non-finite training loss before step {step}")
+                    logger.info("reference step %d/%s epoch %d | loss %.4f | %.0f ex/s", step, total_steps, epoch, mean,
+                                examples / (time.perf_counter() - start))
+                    window, window_steps = torch.zeros((), device=ctx.device), 0
+                if total_steps is not None and step >= total_steps:
+                    break
+            epoch += 1
     return ReferenceRun(model, step, examples, time.perf_counter() - start)

@@ -1,28 +1,27 @@
 """`recap benchmark` at a tiny size (every phase and figure, including a real 2-rank torchrun launch; no speed
-assertions), the temporary parquet it reads, and the recap-scale config it measures."""
+assertions, its progress lines) and the recap-scale config it measures."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from projects.home.recap.benchmark import CONFIG_DIR, write_schema_parquet
-from projects.home.recap.data.config import DatasetConfig
-from projects.home.recap.data.loader import RecapDataLoader
+from projects.home.recap.benchmarks.config_benchmark import CONFIG_DIR
 from projects.home.recap.model.factory import build_model
 from projects.home.recap.model.parameter_groups import dense_parameter_groups
 from projects.home.recap.schema import load_recap_config
 
-ROOT = Path(__file__).resolve().parents[4]
+ROOT = Path(__file__).resolve().parents[5]
 
 
 @pytest.mark.slow
 def test_quick_benchmark_prints_and_writes_every_figure(tmp_path):
     output = tmp_path / "bench.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RECAP_PROGRESS_SECONDS="0")
     proc = subprocess.run(
         [sys.executable, "-m", "projects.home.recap.main", "benchmark", "--quick", "--torchrun", "2",
          "--output", str(output)],
@@ -32,6 +31,12 @@ def test_quick_benchmark_prints_and_writes_every_figure(tmp_path):
     for heading in ("peak GF/s", "train ex/s", "MFU", "eval ex/s", "loader rows/s", "pipeline ex/s", "vs memory",
                     "worker RSS MB", "2-rank ex/s", "load average"):
         assert heading in proc.stdout
+    assert proc.stdout.rstrip().endswith(f"figures written to {output}")
+    # No terminal: each phase is logged as it starts, and the phases that process rows log them as they go.
+    for phase in ("fp32 training", "bf16 evaluation", "loader", "loader on the prepared layout"):
+        assert f"INFO projects.home.recap.benchmarks.throughput: demo: {phase}\n" in proc.stderr
+        assert re.search(f"INFO core.progress: demo: {phase}: [\\d,]+ rows in .*rows/s\n", proc.stderr), phase
+    assert "demo: fp32 matmul peak on the model's shapes: " not in proc.stderr
     doc = json.loads(output.read_text())
     assert doc["machine"]["logical_cpus"] >= 1 and len(doc["machine"]["load_average"]) == 3
     demo = doc["configs"]["demo"]
@@ -57,23 +62,6 @@ def test_quick_benchmark_prints_and_writes_every_figure(tmp_path):
     assert ranks["examples_per_second"] == pytest.approx(sum(ranks["per_rank_examples_per_second"]))
 
 
-def test_schema_parquet_is_read_by_the_loader(tmp_path):
-    config = load_recap_config(CONFIG_DIR / "demo.yaml")
-    path = write_schema_parquet(config, tmp_path / "train" / "part-00000.parquet", rows=300, row_group_rows=128)
-    data = config.data.model_copy(update={"train": DatasetConfig(paths=[str(path.parent)])})
-    tasks = list(config.model.tasks)
-    loader = RecapDataLoader(data, data.train, tasks, "eval", batch_size=128, num_workers=0)
-    batches = list(loader)
-    assert [b.batch_size for b in batches] == [128, 128, 44]
-    f = config.data.features
-    batch = batches[0]
-    assert batch.continuous.shape == (128, f.num_continuous) and batch.binary.shape == (128, f.num_binary)
-    assert batch.discrete.shape == (128, f.num_discrete)
-    assert batch.embeddings.shape == (128, sum(e.dim for e in f.embeddings))
-    assert batch.labels.shape == (128, len(tasks)) and set(batch.labels.unique().tolist()) <= {0.0, 1.0}
-    assert batch.sparse.keys() == list(f.sparse)
-
-
 def test_recap_scale_config_has_the_documented_shape():
     config = load_recap_config(CONFIG_DIR / "recap_scale.yaml")
     model = build_model(config, sparse_device="meta")
@@ -95,36 +83,3 @@ def test_recap_scale_config_has_the_documented_shape():
     counted = sum(p.numel() for group in dense_parameter_groups(model).values() for p in group)
     assert counted == expected
     assert 47e6 < counted < 50e6  # "about 48M dense parameters"
-
-
-def test_dense_benchmark_reports_each_variant_with_its_mfu():
-    from projects.home.recap.benchmark_compile import dense_step_figures, format_dense_table
-
-    doc = dense_step_figures("demo", ("fp32",), seconds=0.05, batch_size=64, variants=("eager",), profile=True)
-    figures = doc["precisions"]["fp32"]
-    assert set(figures["variants"]) == {"eager, towers one by one", "eager, towers grouped"}
-    for row in figures["variants"].values():
-        assert row["examples_per_second"] > 0
-        assert row["mfu"] == pytest.approx(row["gflops_per_second"] / figures["peak_gflops_per_second"])
-        assert row["gflops_per_second"] == pytest.approx(
-            row["examples_per_second"] * figures["flops_per_example"] / 1e9)
-    assert "Self CPU time total" in doc["profiles"]["fp32"]
-    assert "eager, towers grouped" in format_dense_table(doc)
-
-
-@pytest.mark.slow
-def test_quick_benchmark_with_compile_reports_eager_and_compiled_side_by_side(tmp_path):
-    output = tmp_path / "bench.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "projects.home.recap.main", "benchmark", "--quick", "--compile", "--torchrun", "0",
-         "--precision", "fp32", "--set", "model.backbone={mlp_config: {layer_sizes: [16]}}", "--output", str(output)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "eager vs compiled" in proc.stdout
-    variants = json.loads(output.read_text())["configs"]["demo"]["compile"]["fp32"]
-    assert set(variants) == {"eager", "eager, towers grouped", "compiled", "compiled, towers grouped"}
-    assert variants["eager"]["vs_eager"] == 1.0 and not variants["eager"]["towers_grouped"]
-    assert variants["compiled"]["graph_breaks"] == 0 and variants["compiled"]["compile_seconds_upper_bound"] > 0
-    assert not variants["compiled"]["towers_grouped"] and variants["compiled, towers grouped"]["towers_grouped"]

@@ -1,6 +1,6 @@
 """`recap benchmark ids`: generate the collaborative data if absent, train our model (`recap train`'s path) and the
 plain-PyTorch reference on the same training files, evaluate both on the same validation sets with the project's
-evaluator, and collect the figures into one document (projects/home/recap/id_benchmark/table.py prints it).
+evaluator, and collect the figures into one document (projects/home/recap/benchmarks/ids/table.py prints it).
 
 One process (one rank): both models see the same batches in the same order.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 from core.distributed import init_distributed, launched_by_torchrun, shutdown_distributed
 from core.log import get_logger
 from core.metrics import METRIC_KEYS
+from projects.home.recap.benchmarks.ids.reference_training import EMBEDDING_LEARNING_RATE, train_reference
 from projects.home.recap.data.synthetic import SyntheticSpec, generate
 from projects.home.recap.evaluate import (
     build_evaluator,
@@ -22,13 +23,12 @@ from projects.home.recap.evaluate import (
     evaluation_datasets,
     validation_loaders,
 )
-from projects.home.recap.id_benchmark.reference_training import EMBEDDING_LEARNING_RATE, train_reference
 from projects.home.recap.schema import RecapConfig, load_recap_config
 from projects.home.recap.train import train
 
 logger = get_logger(__name__)
 
-IDS_CONFIG = Path(__file__).resolve().parents[1] / "config" / "ids.yaml"
+IDS_CONFIG = Path(__file__).resolve().parents[2] / "config" / "ids.yaml"
 SPLITS = ("train", "validation", "test")
 # Rows generated when the data directory is empty: one epoch of both models, evaluation included, in about
 # 5-10 minutes on 2 CPU cores.

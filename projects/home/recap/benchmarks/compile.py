@@ -9,16 +9,30 @@ not (model/compiled.py); it is left as the config built it afterwards. Every var
 
 from __future__ import annotations
 
-import statistics
-import time
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from core import perf
 from core.compile import CompileClock, graph_breaks
+from core.log import setup_logging
+from core.progress import Progress
 from core.train_config import CompileConfig
+from projects.home.recap.benchmarks.config_benchmark import ConfigBenchmark, dense_model
+from projects.home.recap.benchmarks.reporting import quiet_logging, ruled
+from projects.home.recap.benchmarks.timing import (
+    calls_per_window,
+    gflops_per_second,
+    interleaved_timing,
+    matmul_shapes,
+    mfu,
+    rates,
+)
 from projects.home.recap.model.compiled import compile_model, uncompile_model
-from projects.home.recap.model.multi_task import DenseRankingModel
 
 # (label, compile target, towers grouped); "eager" is the main table's training figure (the config's model).
 VARIANTS = (
@@ -28,15 +42,11 @@ VARIANTS = (
 )
 
 
-def _dense(model: Any) -> DenseRankingModel:
-    return next(m for m in model.modules() if isinstance(m, DenseRankingModel))
-
-
-def compile_figures(bench: Any, precision: str, flops_per_batch: int, peak_gflops: float,
-                    eager: dict[str, Any]) -> dict[str, Any]:
-    """{variant: training figures + mfu (+ compile_seconds)} for one precision; `bench` is a ConfigBenchmark and
-    `eager` its training figures of the config's (eager) model."""
-    dense = _dense(bench.model)
+def compile_figures(bench: ConfigBenchmark, precision: str, flops_per_batch: int, peak_gflops: float,
+                    eager: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
+    """{variant: training figures + mfu (+ compile_seconds)} for one precision; `eager` is bench's training figures
+    of the config's (eager) model. The rows every variant trains on are counted on `progress`."""
+    dense = dense_model(bench.model)
     configured = dense.group_towers
     groupable = dense._tower_plan is not None
     out: dict[str, Any] = {"eager": {**eager, "towers_grouped": configured}}
@@ -51,7 +61,7 @@ def compile_figures(bench: Any, precision: str, flops_per_batch: int, peak_gflop
             dense.group_towers = grouped and groupable
             clock = CompileClock()
             with clock.measure(f"{bench.name} {precision} {label}"):
-                figures = bench.train(precision, flops_per_batch)
+                figures = bench.train(precision, flops_per_batch, progress)
             figures["mfu"] = figures["gflops_per_second"] / peak_gflops
             figures["towers_grouped"] = dense.group_towers
             if target != "off":
@@ -75,8 +85,7 @@ def format_compile_table(doc: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     header = f"{'config':<12} {'prec':<5} {'variant':<28} {'train ex/s':>11} {'MFU':>6} {'vs eager':>9} {'compile s':>10}"
-    lines = ["eager vs compiled (training.compile dense+loss) and task towers grouped or one by one:", header,
-             "-" * len(header)]
+    lines = ["eager vs compiled (training.compile dense+loss) and task towers grouped or one by one:", *ruled(header)]
     for name, precision, variants in rows:
         for label, f in variants.items():
             compile_s = f"{f['compile_seconds_upper_bound']:.0f}" if "compile_seconds_upper_bound" in f else "-"
@@ -87,7 +96,7 @@ def format_compile_table(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-# --- the dense model alone: python -m projects.home.recap.benchmark_compile ---------------------------------------------
+# --- the dense model alone: python -m projects.home.recap.benchmarks.compile --------------------------------------------
 def _dense_trainer(config: Any, name: str, size: int, precision: str, compiled: bool, grouped: bool) -> Any:
     """One variant of the dense model alone, built, compiled if asked and warmed up (its first steps, which compile,
     are timed into trainer.compile_seconds); trainer.batches holds its two batches."""
@@ -108,23 +117,21 @@ def _dense_trainer(config: Any, name: str, size: int, precision: str, compiled: 
     return trainer
 
 
-def _interleaved_best(trainers: dict[str, Any], seconds: float, window: float = 0.5) -> dict[str, list[float]]:
-    """Seconds per step of each trainer in windows of about `window` s, taken in turns until `seconds` per trainer
-    have passed: a load that comes and goes on a shared machine slows every variant alike."""
-    calls = {}
-    for label, trainer in trainers.items():
-        t0 = time.perf_counter()
-        trainer.step(trainer.batches[0])
-        calls[label] = max(1, round(window / max(time.perf_counter() - t0, 1e-6)))
-    windows: dict[str, list[float]] = {label: [] for label in trainers}
-    start = time.perf_counter()
-    while min(len(w) for w in windows.values()) < 3 or time.perf_counter() - start < seconds * len(trainers):
-        for label, trainer in trainers.items():
-            t0 = time.perf_counter()
-            for i in range(calls[label]):
-                trainer.step(trainer.batches[i % 2])
-            windows[label].append((time.perf_counter() - t0) / calls[label])
-    return windows
+def _on_its_batches(trainer: Any) -> Callable[[], None]:
+    """One call: one training step of trainer on its next batch (its batches in turn)."""
+    batches = itertools.cycle(trainer.batches)
+    return lambda: trainer.step(next(batches))
+
+
+def _interleaved_steps(trainers: dict[str, Any], seconds: float, rows_per_step: int, progress: Progress | None,
+                       window: float = 0.5) -> dict[str, perf.Timing]:
+    """Seconds per training step of each trainer (on its batches in turn) in windows of about `window` s, taken in
+    turns until `seconds` per trainer have passed: a load that comes and goes on a shared machine slows every
+    variant alike."""
+    steps = {label: _on_its_batches(trainer) for label, trainer in trainers.items()}
+    calls = {label: calls_per_window(step, window, warmup=0) for label, step in steps.items()}
+    return interleaved_timing(steps, seconds, calls=calls, progress=progress,
+                              rows=dict.fromkeys(trainers, rows_per_step))
 
 
 def profile_table(trainer: Any, steps: int = 20, rows: int = 15) -> str:
@@ -143,8 +150,8 @@ def dense_step_figures(config_name: str, precisions: tuple[str, ...], seconds: f
     """The dense model alone (gpu_check/dense.py: no sparse lookup, the pooled tables a random input), one training
     step (forward, loss, backward, clipping, Adam) per call: examples/s and MFU of each of eager / compiled x towers
     grouped / one by one, best of ~0.5 s windows taken in turns, against the best matmul peak over the variants' own
-    shapes. FLOPs are the eager model's (every variant computes the same maths)."""
-    from core import perf
+    shapes. FLOPs are the eager model's (every variant computes the same maths). The rows trained in the timed
+    windows are counted on a progress report per precision."""
     from projects.home.recap.gpu_check.dense import load_config
 
     config = load_config(config_name)
@@ -163,20 +170,20 @@ def dense_step_figures(config_name: str, precisions: tuple[str, ...], seconds: f
             trainer.forward_backward(trainer.batches[0])
 
         flops = perf.count_flops(step)
-        shapes: dict[perf.MatmulShape, int] = {}
+        shapes: Counter[perf.MatmulShape] = Counter()
         for trainer in trainers.values():
             if trainer.model._compiled_call_impl is None:  # the shapes each layout runs
-                for (shape, _), f in perf.record_matmul_shapes(lambda t=trainer: step(t)).items():
-                    shapes[shape] = shapes.get(shape, 0) + f
+                shapes.update(matmul_shapes(lambda t=trainer: step(t)))
             trainer.optimizer.zero_grad(set_to_none=True)
-        windows = _interleaved_best(trainers, seconds)
+        with Progress(f"{config_name} dense model, {precision}") as progress:
+            timings = _interleaved_steps(trainers, seconds, size, progress)
         peak = perf.matmul_peak(shapes, {"fp32": torch.float32, "bf16": torch.bfloat16}[precision], 0.3)
         rows: dict[str, Any] = {}
         for label, trainer in trainers.items():
-            best, median = min(windows[label]), statistics.median(windows[label])
-            rows[label] = {"examples_per_second": size / best, "median_examples_per_second": size / median,
-                           "windows": len(windows[label]), "gflops_per_second": flops / best / 1e9,
-                           "mfu": flops / best / 1e9 / peak.gflops, "compile_seconds": trainer.compile_seconds}
+            timing = timings[label]
+            rows[label] = {**rates(size, timing), "windows": timing.repeats,
+                           "gflops_per_second": gflops_per_second(flops, timing.best),
+                           "mfu": mfu(flops, timing.best, peak.gflops), "compile_seconds": trainer.compile_seconds}
         out["precisions"][precision] = {"flops_per_example": flops / size, "peak_gflops_per_second": peak.gflops,
                                         "peak_shape": str(peak.best_shape), "variants": rows}
         if profile:  # the last variant: compiled with grouped towers (eager with --eager-only)
@@ -211,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="print torch.profiler's top operators of the last variant (compiled, towers grouped)")
     parser.add_argument("--output", help="JSON file for the figures")
     args = parser.parse_args(argv)
+    # fbgemm logs while loading (imported above, through torchrec), which gives the root logger a handler of
+    # logging.basicConfig's: one handler, ours, for the progress lines.
+    logging.getLogger().handlers.clear()
+    setup_logging(force=True)
+    quiet_logging()
     doc = dense_step_figures(args.config, tuple(args.precisions or ("fp32", "bf16")), args.seconds, args.batch_size,
                              ("eager",) if args.eager_only else ("eager", "compiled"), args.profile)
     print(format_dense_table(doc))

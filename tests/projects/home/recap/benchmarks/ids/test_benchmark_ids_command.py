@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from projects.home.recap.id_benchmark.run import IDS_CONFIG
+from projects.home.recap.benchmarks.ids.run import IDS_CONFIG
 from projects.home.recap.main import main
 from projects.home.recap.schema import load_recap_config
 
@@ -28,7 +28,7 @@ def test_the_shipped_config_reads_ids_and_no_upstream_embeddings(monkeypatch):
     assert list(config.model.tasks) == TASKS
 
 
-def test_command_trains_both_models_and_prints_the_table(tmp_path, monkeypatch, capsys):
+def test_command_trains_both_models_and_prints_the_table(tmp_path, monkeypatch, capsys, progress_lines):
     monkeypatch.setenv("RECAP_DATA_DIR", "unused")  # restored after the test: the command sets it
     data, run, output = tmp_path / "data", tmp_path / "run", tmp_path / "figures.json"
     args = ["benchmark", "ids", "--data-dir", str(data), "--save-dir", str(run), "--rows", "3000",
@@ -53,6 +53,9 @@ def test_command_trains_both_models_and_prints_the_table(tmp_path, monkeypatch, 
     assert test["is_favorited"]["oracle"]["rce"] > 0 and test["is_favorited"]["ours"]["auc"] is not None
     assert (run / "reference" / "eval" / "test" / "step_5" / "metrics.json").is_file()
     assert (run / "ours" / "checkpoints").is_dir()
+    # Without a terminal the reference's training reports its rows as it goes, up to all of them.
+    reference = [line for line in progress_lines() if line.startswith("training the reference model: ")]
+    assert reference[-1].startswith("training the reference model: 2,560/2,560 rows (100%) in ")
 
     # A second run reuses the data; a save_dir that holds a run is refused before anything trains.
     with pytest.raises(SystemExit, match="already holds a run"):

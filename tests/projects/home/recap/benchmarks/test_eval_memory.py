@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from projects.home.recap.commands.benchmark_eval_memory import largest_relative_difference, rank_rows
+from projects.home.recap.benchmarks.eval_memory import largest_relative_difference, rank_rows
 from projects.home.recap.main import main
 
 

@@ -21,14 +21,10 @@ from core.distributed import DistributedContext
 from core.log import get_logger
 from core.loss_window import NonFiniteLossError
 from core.optimizers import build_dense_optimizer
-<<<<<<< HEAD:projects/home/recap/id_benchmark/reference_training.py
+from core.progress import Progress
 from core.rng_state import seed_everything
 from core.train_config import total_train_steps
-=======
-from core.progress import Progress
-from core.train_loop import NonFiniteLossError, seed_everything, total_train_steps
 from projects.home.recap.benchmarks.ids.reference_model import EmbeddingBagTables, ReferenceRankingModel
->>>>>>> s-bench-pkg:projects/home/recap/benchmarks/ids/reference_training.py
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.model.factory import build_model_and_loss, large_table_specs
 from projects.home.recap.model.loss import ModelAndLoss

@@ -28,20 +28,24 @@ __all__ = ["CompileClock", "compile_function", "compile_module", "compile_option
 logger = get_logger(__name__)
 
 
-def compile_options(mode: str) -> dict[str, Any]:
-    """torch.compile's keyword arguments for a CompileConfig mode ("default" is torch's own default)."""
-    return {} if mode == "default" else {"mode": mode}
+def compile_options(mode: str, backend: str = "inductor") -> dict[str, Any]:
+    """torch.compile's keyword arguments for a CompileConfig mode and backend ("default" and "inductor" are
+    torch's own defaults)."""
+    options: dict[str, Any] = {} if mode == "default" else {"mode": mode}
+    if backend != "inductor":
+        options["backend"] = backend
+    return options
 
 
-def compile_module(module: nn.Module, mode: str = "default") -> nn.Module:
+def compile_module(module: nn.Module, mode: str = "default", backend: str = "inductor") -> nn.Module:
     """Compile `module`'s calls in place (its state_dict keys and parameters unchanged); returns it."""
-    module.compile(**compile_options(mode))
+    module.compile(**compile_options(mode, backend))
     return module
 
 
-def compile_function(fn: Callable[..., Any], mode: str = "default") -> Callable[..., Any]:
-    """`fn` compiled with torch.compile in the given mode."""
-    return torch.compile(fn, **compile_options(mode))
+def compile_function(fn: Callable[..., Any], mode: str = "default", backend: str = "inductor") -> Callable[..., Any]:
+    """`fn` compiled with torch.compile in the given mode and backend."""
+    return torch.compile(fn, **compile_options(mode, backend))
 
 
 def graphs_built() -> int:

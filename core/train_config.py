@@ -173,6 +173,9 @@ class CompileConfig(BaseConfig):
     target: Literal["off", "dense", "dense+loss"] = "off"
     # torch.compile's mode. reduce-overhead adds CUDA graphs (CUDA only; on the CPU it compiles as default does).
     mode: Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead"] = "default"
+    # inductor (generated kernels); aot_eager traces forward and backward but runs them with eager kernels: no code
+    # generation, a quick way to tell a tracing problem from a code-generation one (and to compile in seconds).
+    backend: Literal["inductor", "aot_eager"] = "inductor"
 
     @field_validator("target", mode="before")
     @classmethod
@@ -184,6 +187,10 @@ class CompileConfig(BaseConfig):
     def _mode_needs_target(self):
         if self.target == "off" and self.mode != "default":
             raise ValueError(f"mode {self.mode} applies only when target is dense or dense+loss (it is off)")
+        if self.target == "off" and self.backend != "inductor":
+            raise ValueError(f"backend {self.backend} applies only when target is dense or dense+loss (it is off)")
+        if self.backend != "inductor" and self.mode != "default":
+            raise ValueError(f"mode {self.mode} is an inductor mode: backend {self.backend} takes only default")
         return self
 
 

@@ -57,7 +57,8 @@ def compile_figures(bench: ConfigBenchmark, precision: str, flops_per_batch: int
             # Each variant compiles from scratch (the compile time is its own), and one process measuring several
             # configs and variants stays under torch.compile's per-function recompile limit.
             torch._dynamo.reset()
-            compile_model(bench.model, CompileConfig(target=target))
+            compile_model(bench.model, CompileConfig(
+                target=target, backend=bench.settings.compile_backend if target != "off" else "inductor"))
             dense.group_towers = grouped and groupable
             clock = CompileClock()
             with clock.measure(f"{bench.name} {precision} {label}"):

@@ -68,6 +68,9 @@ class BenchmarkSettings:
     seed: int = 0
     # Also time training compiled and with the task towers one by one (compile.py).
     compile: bool = True
+    # The compiled variants' torch.compile backend: inductor (what users compile with), or aot_eager (tracing only,
+    # no code generation: a quick check that every variant runs).
+    compile_backend: str = "inductor"
 
     @classmethod
     def quick(cls, **changes: Any) -> BenchmarkSettings:

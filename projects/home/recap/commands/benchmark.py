@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
                         help="also time training compiled and with the task towers one by one (default: on, off with "
                              "--quick; compiling takes a minute or more per config and precision)")
+    parser.add_argument("--compile-backend", choices=["inductor", "aot_eager"], default="inductor",
+                        help="torch.compile backend of the compiled variants (inductor; aot_eager traces without "
+                             "generating code: a quick check, not a speed figure)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny budgets and the demo config only unless --config is given: a smoke test")
 
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     changes: dict = {"overrides": tuple(args.overrides), "batch_size": args.batch_size, "torchrun_nproc": args.torchrun}
     if args.compile is not None:
         changes["compile"] = args.compile
+    changes["compile_backend"] = args.compile_backend
     if args.configs:
         changes["configs"] = tuple(args.configs)
     elif args.quick:

@@ -30,12 +30,12 @@ def compile_model(model: nn.Module, config: CompileConfig) -> nn.Module:
     if config.target == "dense+loss" and not losses:
         raise ValueError("training.compile.target dense+loss: the model has no loss (not a ModelAndLoss)")
     for module in dense:
-        compile_module(module, config.mode)
+        compile_module(module, config.mode, config.backend)
     if config.target == "dense+loss":
         for module in losses:
-            module.loss_function = compile_function(multi_task_bce, config.mode)
-    logger.info("torch.compile (%s, mode %s) of the dense model%s; the sparse lookup runs eagerly. The first "
-                "steps compile (logged with their time)", config.target, config.mode,
+            module.loss_function = compile_function(multi_task_bce, config.mode, config.backend)
+    logger.info("torch.compile (%s, mode %s, backend %s) of the dense model%s; the sparse lookup runs eagerly. The "
+                "first steps compile (logged with their time)", config.target, config.mode, config.backend,
                 " and the loss" if config.target == "dense+loss" else "")
     return model
 

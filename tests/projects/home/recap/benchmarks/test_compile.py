@@ -35,7 +35,8 @@ def test_quick_benchmark_with_compile_reports_eager_and_compiled_side_by_side(tm
     output = tmp_path / "bench.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, "-m", "projects.home.recap.main", "benchmark", "--quick", "--compile", "--torchrun", "0",
+        [sys.executable, "-m", "projects.home.recap.main", "benchmark", "--quick", "--compile", "--compile-backend", "aot_eager",
+         "--torchrun", "0",
          "--precision", "fp32", "--set", "model.backbone={mlp_config: {layer_sizes: [16]}}", "--output", str(output)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )

@@ -79,12 +79,12 @@ def test_the_loss_is_one_graph():
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
-def _pair(make_config, target: str = "dense+loss"):
+def _pair(make_config, target: str = "dense+loss", backend: str = "inductor"):
     """(eager, compiled) ModelAndLoss with the same weights; the tiny model of the model tests with dropout."""
     config = make_config(overrides=["model.tasks.fav.mlp_config.dropout=0.2"])
     torch.manual_seed(0)
     eager = build_model_and_loss(config)
-    compiled = compile_model(copy.deepcopy(eager), CompileConfig(target=target))
+    compiled = compile_model(copy.deepcopy(eager), CompileConfig(target=target, backend=backend))
     return config, eager, compiled
 
 
@@ -127,7 +127,9 @@ def test_compiled_training_and_evaluation_match_eager(make_config, precision, to
 
 @pytest.mark.slow
 def test_only_a_new_batch_size_recompiles_and_only_once(make_config):
-    config, _, compiled = _pair(make_config, target="dense")
+    # Recompiling is torch.compile's front end's decision, the same for every backend: aot_eager skips the code
+    # generation.
+    config, _, compiled = _pair(make_config, target="dense", backend="aot_eager")
     g = torch.Generator().manual_seed(2)
     built = []
     for size in (16, 16, 16, 7, 11, 16, 5):
@@ -161,10 +163,27 @@ def test_off_compiles_nothing_and_a_model_without_a_dense_part_is_refused(make_c
         compile_model(eager.model, CompileConfig(target="dense+loss"))
 
 
-def test_a_mode_without_a_target_is_a_config_error():
+def test_a_mode_or_backend_without_a_target_is_a_config_error():
     with pytest.raises(ValueError, match="applies only when target is dense"):
         CompileConfig(mode="max-autotune-no-cudagraphs")
+    with pytest.raises(ValueError, match="backend aot_eager applies only when target is dense"):
+        CompileConfig(backend="aot_eager")
+    with pytest.raises(ValueError, match="is an inductor mode"):
+        CompileConfig(target="dense", backend="aot_eager", mode="max-autotune-no-cudagraphs")
+    with pytest.raises(ValueError, match="backend"):
+        CompileConfig(target="dense", backend="eager_typo")
     assert CompileConfig(target="dense", mode="reduce-overhead").mode == "reduce-overhead"
+
+
+def test_aot_eager_backend_traces_and_matches_eager(make_config):
+    config, eager, compiled = _pair(make_config, backend="aot_eager")
+    batch = random_batch(config, 16, torch.Generator().manual_seed(1))
+    loss_e, _, grads_e = _step(eager, batch, seed=5)
+    loss_c, _, grads_c = _step(compiled, batch, seed=5)
+    assert graphs_built() == 2 and graph_breaks() == 0
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-6, atol=1e-6)
+    for name, grad in grads_e.items():
+        torch.testing.assert_close(grads_c[name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_yaml_off_is_off():

@@ -48,7 +48,7 @@ from projects.home.recap.data.config import DatasetConfig
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.data.preparing import prepare
 from projects.home.recap.inference import inference_mode, run_model
-from projects.home.recap.model.multi_task import DenseRankingModel
+from projects.home.recap.model.dense import DenseRankingModel
 from projects.home.recap.model.synthetic_batch import random_batch
 from projects.home.recap.schema import RecapConfig, load_recap_config
 from projects.home.recap.train import build_sparse_optimizer, build_training

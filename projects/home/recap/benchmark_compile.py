@@ -18,7 +18,7 @@ import torch
 from core.compile import CompileClock, graph_breaks
 from core.train_config import CompileConfig
 from projects.home.recap.model.compiled import compile_model, uncompile_model
-from projects.home.recap.model.multi_task import DenseRankingModel
+from projects.home.recap.model.dense import DenseRankingModel
 
 # (label, compile target, towers grouped); "eager" is the main table's training figure (the config's model).
 VARIANTS = (

@@ -23,15 +23,10 @@ from common.sparse_embeddings import (
     pooled_embedding_dim,
 )
 from projects.home.recap.data.config import FeatureSchema
+from projects.home.recap.model.dense import AffineMap, DenseRankingModel, TaskHead
 from projects.home.recap.model.feature_stats import load_feature_stats
 from projects.home.recap.model.loss import ModelAndLoss
-from projects.home.recap.model.multi_task import (
-    AffineMap,
-    DenseRankingModel,
-    MultiTaskRankingModel,
-    TaskHead,
-    UnpooledTables,
-)
+from projects.home.recap.model.multi_task import MultiTaskRankingModel, UnpooledTables
 from projects.home.recap.model.numeric_boundaries import load_boundaries
 from projects.home.recap.model_config import (
     FeaturizationConfig,

@@ -22,7 +22,8 @@ TORCHREC_ALLOWED = (
     "projects/home/recap/data/loader.py",  # sparse ids into a KeyedJaggedTensor
     "projects/home/recap/model/multi_task.py",  # the sparse lookup's output joins the dense input
     "projects/home/recap/model/synthetic_batch.py",  # random sparse ids for benchmarks
-    "projects/home/recap/serving/export.py",  # the tables gathered from their shards
+    "projects/home/recap/serving/build.py",  # the tables gathered from their shards
+    "projects/home/recap/serving/tracing.py",  # the sparse ids of the export-time check's batch
     "projects/home/recap/gpu_check/",  # the sparse_* stages
 )
 

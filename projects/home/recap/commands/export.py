@@ -11,6 +11,7 @@ from core.checkpoint import CheckpointError
 from core.log import get_logger
 from core.storage import ObjectPath, StorageError, is_remote, location, location_argument, upload_tree
 from projects.home.recap.commands.run_source import add_source_arguments, checkpoint_of, load_source_config
+from projects.home.recap.serving.artifact import ExportError
 
 logger = get_logger(__name__)
 
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from projects.home.recap.inference import load_for_inference
-    from projects.home.recap.serving.export import ExportError, check_output_dir, export_serving_artifact
+    from projects.home.recap.serving.export import check_output_dir, export_serving_artifact
 
     config = load_source_config(args)
     checkpoint = checkpoint_of(args)
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
 def check_remote_output(target: ObjectPath, overwrite: bool) -> None:
     """check_output_dir for an object-store prefix: empty, or (with overwrite) holding only an artifact's files."""
-    from projects.home.recap.serving.export import ARTIFACT_FILES, ExportError
+    from projects.home.recap.serving.artifact import ARTIFACT_FILES
 
     present = {p.name for p in target.iterdir()}
     if present and not overwrite:

@@ -3,7 +3,8 @@
 The steps, each in its module: the checks and the ServingRanker sharing the model's tables (build.py), the example
 inputs it is traced with and the check of the program against the eager model (tracing.py), metadata.json
 (metadata.py) and README.md (artifact_readme.py); the artifact's files are listed in artifact.py. It is written to
-a temporary sibling directory and renamed into place, so a failed export leaves nothing half-written.
+a temporary sibling directory and renamed into place, so a failed export leaves nothing half-written. The slow
+phases (tracing, the check, saving) report through core.progress.Phases.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from core.progress import Phases
 from projects.home.recap.data import list_checks
 from projects.home.recap.model.multi_task import MultiTaskRankingModel
 from projects.home.recap.schema import RecapConfig
@@ -33,6 +35,9 @@ from projects.home.recap.serving.artifact_readme import artifact_readme
 from projects.home.recap.serving.build import build_serving_model
 from projects.home.recap.serving.metadata import check_config, serving_metadata
 from projects.home.recap.serving.tracing import check_agreement, dynamic_shapes, example_inputs
+
+# The phases export_serving_artifact reports (a caller adds its own, such as loading the checkpoint, to the total).
+PHASES = 3
 
 
 def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -63,8 +68,11 @@ def export_serving_artifact(
     output_dir: str | os.PathLike,
     overwrite: bool = False,
     source: str | None = None,
+    phases: Phases | None = None,
 ) -> Path:
-    """Export an unsharded CPU model (tables materialized) to output_dir; returns the artifact directory."""
+    """Export an unsharded CPU model (tables materialized) to output_dir; returns the artifact directory.
+    phases: where the PHASES slow steps report (default: nowhere)."""
+    phases = phases if phases is not None else Phases("export", enabled=False)
     serving = build_serving_model(model)
     check_config(model, config)
     target = check_output_dir(output_dir, overwrite)
@@ -76,11 +84,15 @@ def export_serving_artifact(
     serving.eval()
     try:
         history_inputs = list(inputs[6]) if len(inputs) > 6 else None
-        program = torch.export.export(serving, inputs, dynamic_shapes=dynamic_shapes(len(features), history_inputs))
-        check_agreement(model, program.module(), inputs, features)
+        with phases.phase("tracing the serving model with torch.export"):
+            program = torch.export.export(serving, inputs,
+                                          dynamic_shapes=dynamic_shapes(len(features), history_inputs))
+        with phases.phase("checking the exported program against the model"):
+            check_agreement(model, program.module(), inputs, features)
     finally:
         model.train(was_training)
-    _write(program, metadata, target)
+    with phases.phase(f"saving the artifact to {target}"):
+        _write(program, metadata, target)
     return target
 
 

@@ -67,7 +67,8 @@ class ModelConfig(BaseConfig):
     # One ranking score from the task probabilities, in the model outputs, `recap predict` and the serving export.
     scoring: ScoringConfig | None = None
     # Run the task towers as one grouped computation (model/grouped_towers.py): same parameters and checkpoints,
-    # towers of one MLP architecture only. Off: measured mixed on the CPU (README: "Compiling the model").
+    # towers of one MLP architecture only. Off: measured mixed on the CPU
+    # ([Compiling the model](../benchmarks/performance.md#compiling-the-model)).
     group_towers: bool = False
     # Engagement-history encoders, one per data.features.sequences group.
     sequences: dict[str, SequenceModelConfig] = {}

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from core.config import BaseConfig
 
 # The default of model.embedding_init: a small normal init (peers use 1e-4); 0.01 did as well or better on validation
-# on small id data, census and 1M id-heavy rows (README "Defaults").
+# on small id data, census and 1M id-heavy rows (docs/benchmarks/defaults.md).
 DEFAULT_EMBEDDING_INIT_STD = 0.01
 
 # Task and table names become module names (task_modules.<task>, embedding_bags.<table>): no dots, no spaces.

@@ -11,6 +11,15 @@ Disabled (other ranks) it does nothing. Rows are counted on the host from sizes 
 gains no device synchronization.
 
 The training loop's steps have a bar of their own on a terminal (`step_bar`), which the loop's log lines print above.
+
+A command whose slow steps have no rows to count (loading a checkpoint, tracing, saving) reports its phases:
+
+    with Phases("export", total=3) as phases:
+        with phases.phase("loading the checkpoint"):
+            ...
+
+On a terminal a tqdm bar over the phases, named by the running one; otherwise an INFO line when each phase starts
+and one with its seconds when it ends.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import Any
 
 from core.log import get_logger
 
-__all__ = ["DEFAULT_SECONDS", "ENV_SECONDS", "Progress", "progress_seconds", "step_bar"]
+__all__ = ["DEFAULT_SECONDS", "ENV_SECONDS", "Phases", "Progress", "progress_seconds", "step_bar"]
 
 logger = get_logger(__name__)
 
@@ -130,3 +139,60 @@ def step_bar(enabled: bool, total: int | None, initial: int) -> Iterator[Any]:
     finally:
         bar.refresh()  # the final count, even when the last update fell inside tqdm's mininterval
         bar.close()
+
+
+class Phases:
+    """The named phases of a command (total: how many, None when unknown): a tqdm bar over them on a terminal,
+    an INFO line at each phase's start and end otherwise; `seconds` holds each finished phase's duration (summed
+    over the phases of one name)."""
+
+    def __init__(self, desc: str, total: int | None = None, *, enabled: bool | None = None) -> None:
+        """enabled: None means rank 0 of the job (the RANK environment variable), as for Progress."""
+        self.desc = desc
+        self.total = total
+        self.enabled = int(os.environ.get("RANK", "0")) == 0 if enabled is None else enabled
+        self.done = 0
+        self.seconds: dict[str, float] = {}
+        self._bar: Any = None
+        if self.enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit="phase", dynamic_ncols=True, leave=False)
+
+    def _label(self, name: str) -> str:
+        count = self.done + 1
+        return f"{self.desc} [{count}/{self.total}] {name}" if self.total else f"{self.desc} [{count}] {name}"
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the body as the phase `name`; a phase that raises is not reported as done."""
+        if not self.enabled:
+            yield
+            return
+        label = self._label(name)
+        if self._bar is not None:
+            self._bar.set_description(f"{self.desc}: {name}")  # the bar counts the phases itself
+        else:
+            logger.info("%s ...", label)
+        start = time.monotonic()
+        yield
+        elapsed = time.monotonic() - start
+        self.done += 1
+        self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+        if self._bar is not None:
+            self._bar.update(1)
+        else:
+            logger.info("%s: done in %.1f s", label, elapsed)
+
+    def close(self) -> None:
+        """Remove the bar (log lines need no closing)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> Phases:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()

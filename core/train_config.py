@@ -96,9 +96,9 @@ class DenseOptimizerConfig(BaseConfig):
 
 SPARSE_EPSILON_DEFAULT = 1e-8
 # adam: the dense layers' usual rate, as in peer libraries; it holds on small data with many rows per id, where 0.03
-# overfits the tables within an epoch, and loses a little where ids are seen a few times each (README: "Defaults",
-# "Id-heavy data", which measures 0.01-0.03 there). The others: the best measured per type with `recap benchmark
-# ids`; sgd keeps the old 0.05.
+# overfits the tables within an epoch, and loses a little where ids are seen a few times each
+# (docs/benchmarks/defaults.md, and docs/guides/large-tables.md "Id-heavy data", which measures 0.01-0.03 there).
+# The others: the best measured per type with `recap benchmark ids`; sgd keeps the old 0.05.
 SPARSE_LEARNING_RATE_DEFAULTS = {"adam": 0.001, "rowwise_adagrad": 0.2, "adagrad": 0.1, "sgd": 0.05}
 
 
@@ -106,7 +106,8 @@ class SparseOptimizerConfig(BaseConfig):
     """The optimizer of the large embedding tables: fused into the backward pass where fbgemm's kernel on the device
     runs it, else applied after backward to the looked-up rows of data-parallel tables (core/sparse_optimizers.py)."""
 
-    # adam wins on id-heavy data (README: "Id-heavy data"); on CPU it keeps the tables data_parallel.
+    # adam wins on id-heavy data ([Id-heavy data](../guides/large-tables.md#id-heavy-data-which-settings)); on CPU
+    # it keeps the tables data_parallel.
     type: Literal["sgd", "adagrad", "rowwise_adagrad", "adam"] = "adam"
     # Unset: the type's default in SPARSE_LEARNING_RATE_DEFAULTS.
     learning_rate: float | None = Field(default=None, gt=0.0)
@@ -206,7 +207,8 @@ class TrainingConfig(BaseConfig):
     # inside backward (their rows are updated as their gradients are computed), so their gradients are never seen.
     clip_grad_norm: float | None = Field(default=None, gt=0.0)
     mixed_precision: Literal["fp32", "bf16"] = "fp32"
-    # torch.compile of the dense part (README: "Compiling the model"); off by default.
+    # torch.compile of the dense part ([Compiling the model](../benchmarks/performance.md#compiling-the-model));
+    # off by default.
     compile: CompileConfig = CompileConfig()
     train_log_every_n: int = Field(default=50, ge=1)
     checkpoint_every_n: int = Field(default=1000, ge=1)

@@ -1,12 +1,13 @@
 """core.progress: periodic log lines with rows/s and ETA without a terminal, a tqdm bar with one, nothing on the
-other ranks of a job; and the training's bar of steps."""
+other ranks of a job; the training's bar of steps; the same for a command's named phases (a line at each
+phase's start and end)."""
 
 import logging
 import sys
 
 import pytest
 
-from core.progress import ENV_SECONDS, Progress, progress_seconds
+from core.progress import ENV_SECONDS, Phases, Progress, progress_seconds
 
 
 def progress_lines(caplog) -> list[str]:
@@ -95,3 +96,49 @@ def test_the_training_step_bar_shows_on_a_terminal_of_rank_zero_only(monkeypatch
     monkeypatch.setattr(terminal, "isatty", lambda: False)
     with step_bar(True, 4, 0) as bar:
         assert bar is None
+
+
+def test_without_a_terminal_each_phase_logs_its_start_and_its_seconds(monkeypatch, caplog):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    caplog.set_level(logging.INFO)
+    clock = iter([10.0, 12.5, 20.0, 20.25])
+    monkeypatch.setattr("core.progress.time.monotonic", lambda: next(clock))
+    with Phases("export", total=2, enabled=True) as phases:
+        with phases.phase("tracing"):
+            pass
+        with phases.phase("saving"):
+            pass
+    assert progress_lines(caplog) == ["export [1/2] tracing ...", "export [1/2] tracing: done in 2.5 s",
+                                      "export [2/2] saving ...", "export [2/2] saving: done in 0.2 s"]
+    assert phases.seconds == {"tracing": 2.5, "saving": 0.25} and phases.done == 2
+
+
+def test_a_phase_that_fails_is_not_reported_done_and_an_unknown_total_numbers_the_phases(monkeypatch, caplog):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    caplog.set_level(logging.INFO)
+    with Phases("export", enabled=True) as phases:
+        with phases.phase("loading"):
+            pass
+        with pytest.raises(RuntimeError, match="no checkpoint"), phases.phase("tracing"):
+            raise RuntimeError("no checkpoint")
+    lines = progress_lines(caplog)
+    assert lines[0] == "export [1] loading ..." and lines[2] == "export [2] tracing ..." and len(lines) == 3
+    assert list(phases.seconds) == ["loading"]
+
+
+def test_phases_on_a_terminal_are_a_bar_and_on_other_ranks_nothing(monkeypatch, caplog, capsys):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.delenv("RANK", raising=False)
+    caplog.set_level(logging.INFO)
+    with Phases("export", total=3) as phases:
+        with phases.phase("tracing"):
+            pass
+        phases._bar.refresh()
+        assert phases._bar.n == 1
+    assert "export: tracing" in capsys.readouterr().err and progress_lines(caplog) == []
+    monkeypatch.setenv("RANK", "1")
+    for tty in (False, True):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty)
+        with Phases("export", total=1) as phases, phases.phase("tracing"):
+            pass
+    assert progress_lines(caplog) == [] and capsys.readouterr().err == "" and phases.seconds == {}

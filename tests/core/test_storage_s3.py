@@ -192,7 +192,7 @@ def test_the_lease_is_renewed_and_taken_over_only_after_expiry(bucket, caplog):
 def test_tensorboard_events_are_uploaded_and_read_back(bucket):
     from core.report.tensorboard import read_training_scalars
     from core.tensorboard import MetricsWriter
-    from projects.home.recap.evaluate import _training_scalars
+    from projects.home.recap.eval_report import training_scalars
 
     writer = MetricsWriter(f"{bucket}/run/tensorboard")
     writer.scalars({"train/loss": 0.5}, 1)
@@ -201,7 +201,7 @@ def test_tensorboard_events_are_uploaded_and_read_back(bucket):
     assert len(events) == 1
     writer.scalars({"train/loss": 0.25}, 2)
     writer.close()
-    assert _training_scalars(location(f"{bucket}/run"))["train/loss"] == [(1, 0.5), (2, 0.25)]
+    assert training_scalars(location(f"{bucket}/run"))["train/loss"] == [(1, 0.5), (2, 0.25)]
     assert read_training_scalars  # the same reader as for a local run
 
 

@@ -3,25 +3,23 @@
     evaluator = build_evaluator(config, model, ctx, tasks)        # the training loop's `evaluate` callable
     scalars = evaluator(step, template_batch)                     # {TensorBoard tag: value}; writes the report
     evaluate_checkpoint(config, "latest", ["test"], ctx)          # `recap evaluate`
-    watch_checkpoints(config, ctx, datasets)                      # `recap evaluate --watch`
 
 Every rank runs the model over its share of each validation set (ranks that run out first keep stepping with
 zero-weight padding batches: the sharded lookups are collective); MetricsAccumulator computes the exact metrics
 over every rank's rows (on several ranks without gathering them: core.sharded_metrics), and rank 0 writes
-SAVE_DIR/eval/<dataset>/step_<N>/{metrics.json, curves.json, report.md, report.html}. Predictions are the model's calibrated probabilities; labels and weights are the batch's
-(weights include the downsampling correction, so the metrics estimate those of the undownsampled data).
+SAVE_DIR/eval/<dataset>/step_<N>/{metrics.json, curves.json, report.md, report.html}. Predictions are the model's
+calibrated probabilities; labels and weights are the batch's (weights include the downsampling correction, so the
+metrics estimate those of the undownsampled data).
+
+Beside it: the group ids of grouped metrics (eval_groups.py), the reports, TensorBoard scalars and summary table
+(eval_report.py), and `recap evaluate --watch` (eval_watch.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,28 +28,28 @@ import torch.distributed as dist
 from torch import nn
 
 from common.batch import RecapBatch
-from core.checkpoint import Checkpoint, CheckpointError, list_checkpoints, read_best, read_info
+from core.checkpoint import Checkpoint
 from core.config import ConfigError
 from core.distributed import DistributedContext
 from core.log import get_logger
 from core.metrics_accumulator import MetricsAccumulator
-from core.object_path import ObjectPath
 from core.progress import Progress
 from core.ranking_metrics import gate_statistics
-from core.report import eval_step_dir, metrics_to_scalars, read_training_scalars, write_report
-from core.report.format import fixed_cell
+from core.report import eval_step_dir
 from core.storage import location
-from core.storage_ops import download_tree, staged_output
 from core.tensorboard import MetricsWriter
-from core.train_config import total_train_steps
-from core.train_loop import CHECKPOINT_DIR, TENSORBOARD_DIR
-from projects.home.recap.data import sharding
-from projects.home.recap.data.files import scan_dataset
+from core.train_loop import TENSORBOARD_DIR
 from projects.home.recap.data.loader import RecapDataLoader
+from projects.home.recap.eval_groups import GroupColumn
+from projects.home.recap.eval_report import (
+    eval_scalars,
+    summary_lines,
+    training_scalars,
+    write_dataset_report,
+)
 from projects.home.recap.inference import (
     inference_mode,
     load_sharded_for_inference,
-    load_weights,
     padding_batch,
     rank_rows,
     run_model,
@@ -60,59 +58,14 @@ from projects.home.recap.schema import RecapConfig
 
 __all__ = [
     "Evaluator",
-    "GroupColumn",
+    "GateTotals",
     "build_evaluator",
     "evaluate_checkpoint",
     "evaluation_datasets",
-    "final_step",
-    "group_ids_of",
-    "summary_lines",
     "validation_loaders",
-    "watch_checkpoints",
 ]
 
 logger = get_logger(__name__)
-
-
-# --- group ids for grouped AUC ---------------------------------------------------------------------------------------
-def _stable_hash(text: bytes) -> int:
-    # Python's hash() is salted per process; ranks must map the same id to the same group.
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little", signed=True)
-
-
-def group_ids_of(values: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """int64 group ids [B] of an id column: integers as they are, anything else (strings, bytes, floats, nulls) by
-    a 64-bit hash of its text that is the same in every process."""
-    if isinstance(values, torch.Tensor):
-        return values.reshape(-1).to(torch.int64)
-    array = np.asarray(values)
-    if array.dtype.kind in "iub":
-        return torch.from_numpy(array.astype(np.int64).reshape(-1))
-    cache: dict[bytes, int] = {}
-    out = np.empty(array.size, dtype=np.int64)
-    for i, value in enumerate(array.reshape(-1).tolist()):
-        text = value if isinstance(value, bytes) else str(value).encode("utf-8")
-        found = cache.get(text)
-        out[i] = found if found is not None else cache.setdefault(text, _stable_hash(text))
-    return torch.from_numpy(out)
-
-
-@dataclass(frozen=True)
-class GroupColumn:
-    """Where group ids come from (grouped AUC's users, ranking metrics' requests): a scalar discrete column (its
-    index) or an id column."""
-
-    name: str
-    discrete_index: int | None = None
-    setting: str = "evaluation.group_auc_column"
-
-    def ids(self, batch: RecapBatch) -> torch.Tensor:
-        """The batch's group ids, int64 [B]."""
-        if self.discrete_index is not None:
-            return batch.discrete[:, self.discrete_index]
-        if self.name not in batch.ids:
-            raise KeyError(f"{self.setting} {self.name!r} is not among the batch's id columns {sorted(batch.ids)}")
-        return group_ids_of(batch.ids[self.name])
 
 
 class GateTotals:
@@ -257,9 +210,8 @@ class Evaluator:
                 report_dir = eval_step_dir(self.save_dir, name, step)
                 try:
                     if scalars is None:
-                        scalars = _training_scalars(self.save_dir)
-                    with staged_output(report_dir) as local:  # uploaded whole on an object store
-                        write_report(local, metrics, curves, scalars)
+                        scalars = training_scalars(self.save_dir)
+                    write_dataset_report(report_dir, metrics, curves, scalars)
                 except Exception as exc:
                     if report_errors_fatal:
                         raise
@@ -269,16 +221,19 @@ class Evaluator:
         return documents
 
     def scalars(self, documents: dict[str, dict]) -> dict[str, float]:
-        """TensorBoard scalars of metrics documents: eval/<dataset>/<task>/<metric> (and .../oracle/<metric>),
-        and eval/<dataset>/loss, the loss-weighted sum of the tasks' log losses."""
-        out: dict[str, float] = {}
-        for name, metrics in documents.items():
-            out.update(metrics_to_scalars(metrics))
-            losses = [(w, metrics["tasks"].get(t, {}).get("logloss")) for t, w in zip(self.task_names,
-                                                                                      self.loss_weights)]
-            if any(loss is not None for _, loss in losses):
-                out[f"eval/{name}/loss"] = sum(w * loss for w, loss in losses if loss is not None)
-        return out
+        """TensorBoard scalars of metrics documents (eval_report.eval_scalars, with this evaluator's loss weights)."""
+        return eval_scalars(documents, self.task_names, self.loss_weights)
+
+    def write_tensorboard(self, documents: dict[str, dict], step: int) -> None:
+        """Rank 0: the documents' scalars at `step` into save_dir's TensorBoard events (`recap evaluate`; during
+        training the loop writes the scalars __call__ returns)."""
+        if not self.ctx.is_main or not documents or self.save_dir is None:
+            return
+        writer = MetricsWriter(self.save_dir / TENSORBOARD_DIR)
+        try:
+            writer.scalars(self.scalars(documents), step)
+        finally:
+            writer.close()
 
     def __call__(self, step: int, template: Any = None) -> dict[str, float]:
         """The training loop's evaluation: every validation set at `step` (collective); the scalars on rank 0,
@@ -288,16 +243,6 @@ class Evaluator:
         for line in summary_lines(documents):
             logger.info("%s", line)
         return self.scalars(documents)
-
-
-def _training_scalars(save_dir: Path | ObjectPath) -> dict:
-    """The run's TensorBoard scalars for the reports; on an object store its event files are read from a local
-    copy."""
-    if not isinstance(save_dir, ObjectPath):
-        return read_training_scalars(save_dir)
-    with tempfile.TemporaryDirectory(prefix="recap-events-") as local:
-        download_tree(save_dir / TENSORBOARD_DIR, Path(local) / TENSORBOARD_DIR)
-        return read_training_scalars(local)
 
 
 def evaluation_datasets(config: RecapConfig, names: list[str] | None = None) -> list[str]:
@@ -366,16 +311,6 @@ def build_evaluator(
 
 
 # --- `recap evaluate` ------------------------------------------------------------------------------------------------
-def _write_tensorboard(evaluator: Evaluator, documents: dict[str, dict], step: int, ctx: DistributedContext) -> None:
-    if not ctx.is_main or not documents or evaluator.save_dir is None:
-        return
-    writer = MetricsWriter(evaluator.save_dir / TENSORBOARD_DIR)
-    try:
-        writer.scalars(evaluator.scalars(documents), step)
-    finally:
-        writer.close()
-
-
 def evaluate_checkpoint(
     config: RecapConfig,
     checkpoint: str | os.PathLike | None,
@@ -390,135 +325,5 @@ def evaluate_checkpoint(
     model, found = load_sharded_for_inference(config, checkpoint, ctx)
     evaluator = build_evaluator(config, model, ctx, tasks, loaders)
     documents = evaluator.evaluate(found.step, checkpoint=str(found.path))
-    _write_tensorboard(evaluator, documents, found.step, ctx)
+    evaluator.write_tensorboard(documents, found.step)
     return found, documents
-
-
-def final_step(config: RecapConfig, world_size: int) -> int | None:
-    """The step of the training's last checkpoint: total_train_steps of the training config, with the batches per
-    epoch that world_size ranks take from data.train when it runs in epochs (None when that cannot be scanned)."""
-    training = config.training
-    steps_per_epoch = None
-    if training.num_train_steps is None and config.data.train is not None:
-        try:
-            rows = scan_dataset(config.data.train.paths, config.data.ignore_data_errors).num_rows
-        except (OSError, ValueError) as exc:
-            logger.warning("cannot tell the final training step (%s); --watch stops at its timeout", exc)
-            return None
-        steps_per_epoch = sharding.train_batches_per_rank(rows, world_size, config.data.batch_size)
-    return total_train_steps(training, steps_per_epoch)
-
-
-def _broadcast(value: Any, ctx: DistributedContext) -> Any:
-    """Rank 0's value on every rank."""
-    if ctx.world_size == 1:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
-def _is_final(config: RecapConfig, checkpoint: Checkpoint) -> bool:
-    try:
-        world_size = int(read_info(checkpoint.path).get("world_size", 1))
-    except CheckpointError:
-        return False
-    last = final_step(config, world_size)
-    try:
-        selection = read_best(checkpoint.path.parent)
-    except CheckpointError:
-        selection = None
-    if selection is not None and selection.get("stopped_at") == checkpoint.step:
-        return True  # training stopped early here: no later checkpoint will come
-    return last is not None and checkpoint.step >= last
-
-
-def watch_checkpoints(
-    config: RecapConfig,
-    ctx: DistributedContext,
-    datasets: list[str] | None = None,
-    directory: str | os.PathLike | None = None,
-    poll_seconds: float = 30.0,
-    timeout: float | None = None,
-) -> list[int]:
-    """Evaluate every checkpoint in `directory` (default training.save_dir/checkpoints), oldest first, then each new
-    one as training writes it; stop after the final one (step = the training's last step) or when no new checkpoint
-    appeared for `timeout` seconds. Collective; returns the evaluated steps."""
-    tasks = list(config.model.tasks)
-    loaders = validation_loaders(config, evaluation_datasets(config, datasets), tasks, ctx)
-    directory = location(directory) if directory is not None else location(config.training.save_dir) / CHECKPOINT_DIR
-    if (directory / CHECKPOINT_DIR).is_dir():
-        directory = directory / CHECKPOINT_DIR  # a run's save_dir
-    elif re.fullmatch(r"step_\d+", directory.name):
-        raise ConfigError(f"--watch needs a checkpoints directory or a run's save_dir, not the checkpoint {directory}")
-    model = evaluator = None
-    done: list[int] = []
-    last_new = time.monotonic()
-    while True:
-        decision: tuple[str, int] | str | None = None
-        if ctx.is_main:
-            pending = [c for c in list_checkpoints(directory) if not done or c.step > done[-1]]
-            if pending:
-                decision = (str(pending[0].path), pending[0].step)
-            elif timeout is not None and time.monotonic() - last_new > timeout:
-                decision = "timeout"
-        decision = _broadcast(decision, ctx)
-        if decision == "timeout":
-            logger.warning("no new checkpoint in %s for %.0f s: stopping (evaluated steps %s)", directory, timeout,
-                           done)
-            return done
-        if decision is None:
-            time.sleep(poll_seconds)
-            continue
-        path, step = decision
-        checkpoint = Checkpoint(location(path), step)
-        last_new = time.monotonic()
-        try:
-            if model is None:
-                model, _ = load_sharded_for_inference(config, checkpoint.path, ctx)
-                evaluator = build_evaluator(config, model, ctx, tasks, loaders)
-            else:
-                load_weights(model, checkpoint, ctx)
-        except CheckpointError as exc:
-            # Pruned (keep_last_k) or written by another run while being read: skip it.
-            logger.warning("skipping %s: %s", checkpoint.path, exc)
-            done.append(step)
-            continue
-        assert evaluator is not None
-        documents = evaluator.evaluate(step, checkpoint=str(checkpoint.path))
-        _write_tensorboard(evaluator, documents, step, ctx)
-        done.append(step)
-        if _broadcast(_is_final(config, checkpoint) if ctx.is_main else None, ctx):
-            logger.info("step %d is the training's final step: stopping", step)
-            return done
-
-
-def summary_lines(documents: dict[str, dict]) -> list[str]:
-    """A short plain-text table per dataset: rows, AUC, RCE, calibration per task, and the oracle's RCE when the
-    data has one."""
-    lines = []
-    for name, metrics in documents.items():
-        with_oracle = any("oracle" in block for block in metrics["tasks"].values())
-        header = f"{name} (step {metrics.get('step')}): {'task':<24}{'rows':>9}{'AUC':>8}{'RCE':>8}{'calib':>8}"
-        lines.append(header + (f"{'oracle RCE':>12}" if with_oracle else ""))
-        for task, block in metrics["tasks"].items():
-            cells = [fixed_cell(block.get("auc"), 8, 4), fixed_cell(block.get("rce"), 8, 2),
-                     fixed_cell(block.get("calibration"), 8, 3)]
-            if with_oracle:
-                cells.append(fixed_cell((block.get("oracle") or {}).get("rce"), 12, 2))
-            lines.append(f"  {task:<24}{block.get('rows', 0):>9}" + "".join(cells))
-        ranking = metrics.get("ranking")
-        if ranking and ranking.get("score"):
-            ndcg = "  ".join(f"NDCG@{k} {fixed_cell(ranking['score'].get(f'ndcg@{k}'), 0, 4).strip()}"
-                             for k in ranking["k"])
-            # NDCG is averaged over the requests with a positive gain only (the others have no ideal order): both
-            # counts, so a reader does not take the average for one over every request.
-            counts = [ranking["score"].get(f"requests@{k}", 0) for k in ranking["k"]]
-            averaged = str(counts[0]) if len(set(counts)) == 1 else "/".join(map(str, counts))
-            lines.append(f"  ranking score over {ranking['requests']} requests (NDCG averaged over the {averaged} "
-                         f"with a positive gain): {ndcg}")
-        for gate, stats in (metrics.get("gates") or {}).items():
-            lines.append(f"  gate {gate}: entropy of mean weights "
-                         f"{fixed_cell(stats.get('entropy_of_mean'), 0, 3).strip()} of at most "
-                         f"{stats['max_entropy']:.3f}")
-    return lines

@@ -31,7 +31,8 @@ from core.storage import location
 from core.train_loop import CHECKPOINT_DIR
 from projects.home.recap.data import sharding
 from projects.home.recap.data.config import DataConfig, DatasetConfig
-from projects.home.recap.data.loader import Mode, RecapDataLoader
+from projects.home.recap.data.loader import RecapDataLoader
+from projects.home.recap.data.mode import Mode
 from projects.home.recap.model.compiled import compile_model
 from projects.home.recap.model.factory import build_model_and_loss
 from projects.home.recap.model.loss import ModelAndLoss

@@ -1,13 +1,4 @@
-"""`recap data prepare SRC DST --config FILE`: rewrite a parquet dataset in the prepared layout (data/prepared.py).
-
-The configured columns of every source file are checked as the loader checks them (missing or mistyped columns,
-labels, fixed list lengths, null weights or ids) and converted once, a row group at a time (memory: one row group),
-into DST/part-NNNNN.arrow. Each file is written under a temporary name and renamed when complete, and the progress is
-kept in DST/_recap_prepared.partial.json: an interrupted run, started again with the same arguments, keeps the files
-already written. The manifest DST/_recap_prepared.json, written last, is what makes DST a dataset. Preparing again a
-destination whose source changed since (files changed, added or removed) rewrites what changed; a destination holding
-another source's or config's dataset is replaced only with --overwrite.
-"""
+"""`recap data prepare SRC DST --config FILE`: runs `prepare` of data/preparing.py, which describes it."""
 
 from __future__ import annotations
 

@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from core.checkpoint import CheckpointError
     from core.distributed import init_distributed
     from projects.home.recap.data.errors import DataError
-    from projects.home.recap.evaluate import evaluate_checkpoint, summary_lines, watch_checkpoints
+    from projects.home.recap.eval_report import summary_lines
+    from projects.home.recap.eval_watch import watch_checkpoints
+    from projects.home.recap.evaluate import evaluate_checkpoint
     from projects.home.recap.inference import DEFAULT, LATEST
 
     try:

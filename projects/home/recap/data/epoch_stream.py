@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -26,9 +25,7 @@ from projects.home.recap.data.columns import (
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.files import READ_ERRORS, ScannedDataset
 from projects.home.recap.data.layout import BatchLayout
-
-if TYPE_CHECKING:
-    from projects.home.recap.data.loader import Mode
+from projects.home.recap.data.mode import Mode
 
 logger = get_logger(__name__)
 _OPEN_FILES = 16

@@ -16,7 +16,6 @@ workers.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader
@@ -30,13 +29,13 @@ from projects.home.recap.data.epoch_stream import WORKER_DATA_ERROR, EpochStream
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.files import scan_dataset
 from projects.home.recap.data.layout import build_layout
+from projects.home.recap.data.mode import Mode
 from projects.home.recap.data.prefetch import prefetched
 from projects.home.recap.data.validation import detect_oracle, validate_dataset, validate_scanned
 
-__all__ = ["Mode", "RecapDataLoader", "prefetched", "split_batches", "validate_dataset"]
+__all__ = ["RecapDataLoader", "prefetched", "split_batches", "validate_dataset"]
 
 logger = get_logger(__name__)
-Mode = Literal["train", "eval", "predict"]
 
 
 def _identity(x):

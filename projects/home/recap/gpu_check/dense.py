@@ -21,8 +21,8 @@ from core import perf
 from projects.home.recap.gpu_check.gpu import PRECISIONS, cuda_seconds, float32_matmul_precision
 from projects.home.recap.gpu_check.stage_record import read_stage
 from projects.home.recap.model import factory
+from projects.home.recap.model.dense import DenseRankingModel
 from projects.home.recap.model.loss import multi_task_bce
-from projects.home.recap.model.multi_task import DenseRankingModel
 from projects.home.recap.model.synthetic_batch import random_batch
 from projects.home.recap.schema import RecapConfig, load_recap_config
 

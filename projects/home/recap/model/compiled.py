@@ -12,8 +12,8 @@ from torch import nn
 from core.compile import compile_function, compile_module
 from core.log import get_logger
 from core.train_config import CompileConfig
+from projects.home.recap.model.dense import DenseRankingModel
 from projects.home.recap.model.loss import ModelAndLoss, multi_task_bce
-from projects.home.recap.model.multi_task import DenseRankingModel
 
 logger = get_logger(__name__)
 

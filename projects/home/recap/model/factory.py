@@ -23,23 +23,15 @@ from common.sparse_embeddings import (
     pooled_embedding_dim,
 )
 from projects.home.recap.data.config import FeatureSchema
+from projects.home.recap.model.dense import AffineMap, DenseRankingModel, TaskHead
 from projects.home.recap.model.feature_stats import load_feature_stats
 from projects.home.recap.model.loss import ModelAndLoss
-from projects.home.recap.model.multi_task import (
-    AffineMap,
-    DenseRankingModel,
-    MultiTaskRankingModel,
-    TaskHead,
-    UnpooledTables,
-)
+from projects.home.recap.model.multi_task import MultiTaskRankingModel, UnpooledTables
 from projects.home.recap.model.numeric_boundaries import load_boundaries
-from projects.home.recap.model_config import (
-    FeaturizationConfig,
-    MlpConfig,
-    ModelConfig,
-    TowerConfig,
-    history_table_name,
-)
+from projects.home.recap.model_config import ModelConfig
+from projects.home.recap.model_config_features import FeaturizationConfig
+from projects.home.recap.model_config_history import history_table_name
+from projects.home.recap.model_config_towers import MlpConfig, TowerConfig
 from projects.home.recap.schema import RecapConfig
 
 

@@ -8,7 +8,7 @@ from core.log import get_logger
 from core.optimizers import sparse_settings
 from core.sparse_optimizers import SparseOptimizerSettings, fused_unsupported
 from core.table_placement import TablePlacement, planner_constraints
-from projects.home.recap.model_config import history_table_name
+from projects.home.recap.model_config_history import history_table_name
 from projects.home.recap.schema import RecapConfig
 
 logger = get_logger(__name__)

@@ -1,15 +1,11 @@
 """`recap evaluate` on a tiny trained run: exact metrics (equal to the metrics of the unsharded model's predictions),
-reports with plots, TensorBoard scalars, clear errors, --watch while training writes checkpoints, the Evaluator as
-the training loop's periodic evaluation, and a 2-process torchrun evaluation equal to the single-process one."""
+reports with plots, TensorBoard scalars, clear errors, the Evaluator as the training loop's periodic evaluation,
+and a 2-process torchrun evaluation equal to the single-process one (--watch: test_eval_watch.py)."""
 
 import json
 import logging
 import math
-import os
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +21,8 @@ from core.metrics import METRIC_KEYS, compute_metrics  # noqa: E402
 from core.ranking_metrics import ranking_block  # noqa: E402
 from core.report import read_training_scalars  # noqa: E402
 from projects.home.recap.data.loader import RecapDataLoader  # noqa: E402
-from projects.home.recap.evaluate import Evaluator, GroupColumn, final_step, group_ids_of  # noqa: E402
+from projects.home.recap.eval_groups import GroupColumn  # noqa: E402
+from projects.home.recap.evaluate import Evaluator  # noqa: E402
 from projects.home.recap.inference import load_for_inference  # noqa: E402
 from projects.home.recap.main import main  # noqa: E402
 
@@ -153,19 +150,6 @@ def test_bad_checkpoint_label_column_and_dataset_fail_clearly(run, data_dir, tmp
     assert "data.validation has no dataset ['holdout']" in capsys.readouterr().err
 
 
-def test_group_ids_are_integers_or_a_hash_that_is_the_same_in_every_process():
-    assert group_ids_of(np.array([5, -3, 5])).tolist() == [5, -3, 5]
-    names = np.array(["ann", "bob", "ann", None], dtype=object)
-    ids = group_ids_of(names).tolist()
-    assert ids[0] == ids[2] and len({ids[0], ids[1], ids[3]}) == 3
-    script = ("import numpy as np; from projects.home.recap.evaluate import group_ids_of; "
-              "print(group_ids_of(np.array(['ann', 'bob', 'ann', None], dtype=object)).tolist())")
-    seed = str(hash("ann") % 1000 + 1)  # another string hash salt than this process's
-    out = subprocess.run([sys.executable, "-c", script], cwd=helpers.REPO, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(helpers.REPO)})
-    assert out.stdout.strip() == str(ids), out.stderr[-2000:]
-
-
 def test_evaluator_uses_oracle_stratifiers_string_groups_and_max_batches(run):
     """Hand-made batches through the Evaluator equal compute_metrics on the same rows."""
     config_file, _ = run
@@ -214,54 +198,6 @@ def test_the_evaluator_runs_as_the_training_loops_periodic_evaluation(data_dir, 
     assert [s for s, _ in scalars["eval/validation/fav/rce"]] == [3, 6]
     losses = [v for _, v in scalars["train/loss"]]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
-
-
-@pytest.mark.slow
-def test_watch_evaluates_each_checkpoint_as_training_writes_it(data_dir, tmp_path):
-    """On 2 workers started by --nproc-per-node: rank 0 decides which checkpoint comes next for both."""
-    config_file = helpers.write_config(tmp_path / "experiment.yaml", data_dir, tmp_path / "save")
-    result = {}
-    watcher = threading.Thread(target=lambda: result.update(done=helpers.recap(
-        "evaluate", "--config", str(config_file), "--watch", "--poll-interval", "0.2", "--timeout", "200",
-        "--nproc-per-node", "2")))
-    watcher.start()  # before training starts: the checkpoints directory does not exist yet
-    helpers.train_run(config_file, ["training.num_train_steps=3"])
-    first = tmp_path / "save" / "eval" / "test" / "step_3" / "metrics.json"
-    deadline = time.monotonic() + 180
-    while not first.is_file() and watcher.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert first.is_file(), result
-    helpers.train_run(config_file)  # resumes from step 3 and writes the final checkpoint, step 6
-    watcher.join(timeout=240)
-    done = result["done"]
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "evaluated steps: 3, 6" in done.stdout
-    assert "final step" in done.stderr
-    for step in (3, 6):
-        assert (tmp_path / "save" / "eval" / "test" / f"step_{step}" / "report.html").is_file()
-
-
-def test_watch_stops_at_its_timeout_before_the_final_step(run, tmp_path, capsys):
-    config_file, save_dir = run
-    argv = ["evaluate", "--config", str(config_file), "--watch", "--poll-interval", "0.05", "--timeout", "0.3",
-            "--dataset", "single", "--set", "training.num_train_steps=100", "--set", f"training.save_dir={tmp_path}",
-            "--checkpoint", str(save_dir)]
-    assert main(argv) == 0
-    assert "evaluated steps: 3, 6" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "eval" / "single").iterdir()) == ["step_3", "step_6"]
-    step = save_dir / "checkpoints" / "step_00000006"
-    assert main([*argv[:-1], str(step)]) == 1
-    assert "--watch needs a checkpoints directory or a run's save_dir" in capsys.readouterr().err
-
-
-def test_final_step_is_the_configured_steps_or_the_steps_of_the_epochs(run):
-    config_file, _ = run
-    assert final_step(helpers.load(config_file), world_size=2) == helpers.NUM_TRAIN_STEPS
-    epochs = helpers.load(config_file, ["training.num_train_steps=null", "training.num_epochs=2",
-                                        "training.gradient_accumulation_steps=3"])
-    # 600 training rows: 600 // (2 ranks * 64) = 4 batches per rank and epoch; 8 batches make 3 updates.
-    assert final_step(epochs, world_size=2) == 3
-    assert final_step(epochs, world_size=1) == -(-2 * (600 // 64) // 3)
 
 
 def test_evaluator_runs_the_model_in_eval_mode_without_gradients_under_bf16_autocast(run):
@@ -343,28 +279,6 @@ def test_build_evaluator_takes_the_training_precision(run):
     for precision, bf16 in (("bf16", True), ("fp32", False)):
         config = helpers.load(config_file, [f"training.mixed_precision={precision}"])
         assert build_evaluator(config, torch.nn.Identity(), LOCAL, TASKS, loaders={}).bf16 is bf16
-
-
-def test_summary_lines_show_each_task_and_the_oracle_when_there_is_one():
-    from projects.home.recap.evaluate import summary_lines
-
-    block = {"rows": 10, "auc": 0.75, "rce": 12.5, "calibration": 1.02}
-    plain = summary_lines({"test": {"step": 7, "tasks": {"fav": block, "rare": {"rows": 10, "auc": None}}}})
-    assert plain[0].startswith("test (step 7): task") and "oracle" not in plain[0]
-    assert plain[1].split() == ["fav", "10", "0.7500", "12.50", "1.020"]
-    assert plain[2].split() == ["rare", "10", "-", "-", "-"]
-    with_oracle = summary_lines({"test": {"step": 7, "tasks": {"fav": {**block, "oracle": {"rce": 20.0}}}}})
-    assert with_oracle[0].endswith("oracle RCE") and with_oracle[1].split()[-1] == "20.00"
-
-
-def test_the_ranking_summary_says_how_many_requests_ndcg_averages():
-    from projects.home.recap.evaluate import summary_lines
-
-    ranking = {"requests": 313, "k": [5, 10],
-               "score": {"ndcg@5": 0.5, "requests@5": 258, "ndcg@10": 0.6, "requests@10": 258}}
-    lines = summary_lines({"test": {"step": 7, "tasks": {}, "ranking": ranking}})
-    assert lines[-1] == ("  ranking score over 313 requests (NDCG averaged over the 258 with a positive gain): "
-                         "NDCG@5 0.5000  NDCG@10 0.6000")
 
 
 def test_expert_gates_are_in_metrics_the_report_and_tensorboard(data_dir, tmp_path):

@@ -106,7 +106,7 @@ def test_two_ranks_train_on_the_store_stop_resume_and_score_there(store, tmp_pat
 
     exported = helpers.recap("export", "--run", run, "--output", f"{bucket}/export", timeout=600)
     assert exported.returncode == 0, exported.stderr[-3000:]
-    from projects.home.recap.serving.export import ARTIFACT_FILES
+    from projects.home.recap.serving.artifact import ARTIFACT_FILES
 
     assert set(ARTIFACT_FILES) <= {p.name for p in location(f"{bucket}/export").iterdir()}
 

@@ -29,13 +29,13 @@ def _evaluated_config(data_dir: Path, save_dir: Path, steps: int):
 
 def test_a_report_that_cannot_be_written_costs_neither_the_run_nor_its_checkpoint(data_dir, ctx, tmp_path, monkeypatch,
                                                                                   caplog):
-    import projects.home.recap.evaluate as evaluate
+    import projects.home.recap.eval_report as eval_report
     from projects.home.recap.train import train
 
     def broken_writer(*args, **kwargs):
         raise ZeroDivisionError("float division by zero")  # what the chart's tick step once raised
 
-    monkeypatch.setattr(evaluate, "write_report", broken_writer)
+    monkeypatch.setattr(eval_report, "write_report", broken_writer)
     with caplog.at_level(logging.ERROR):
         result = train(_evaluated_config(data_dir, tmp_path, 4), ctx)
     assert result.step == 4

@@ -19,18 +19,18 @@ Labels are Bernoulli draws from the true probabilities,
 which are written as oracle.<label column> so evaluation can compare a model with the best achievable.
 
 The modules, in the order a file is made: spec.py (the shape of the data and the ground truth's constants),
-sampling.py (the random draws), world.py (the ground truth and its task biases), history.py (interests, histories
-and the match term), rows.py (one batch of rows and their logits), table.py (labels, oracle columns, the Arrow
+sampling.py (the random draws), ground_truth.py (the ground truth's types), world.py (the ground truth and its task
+biases), history.py (interests, histories and the match term), rows.py (one batch of rows and their logits), table.py (labels, oracle columns, the Arrow
 table) and writer.py (splits and parquet files). The public names are importable from this package.
 """
 
 from projects.home.recap.data.layout import ORACLE_PREFIX
+from projects.home.recap.data.synthetic.ground_truth import Interests, World
 from projects.home.recap.data.synthetic.history import (
     HISTORY_ACTIONS,
     HISTORY_COLUMNS,
     HISTORY_LOADINGS,
     NUM_ACTIONS,
-    Interests,
 )
 from projects.home.recap.data.synthetic.spec import (
     BINARY,
@@ -42,7 +42,7 @@ from projects.home.recap.data.synthetic.spec import (
     SyntheticSpec,
 )
 from projects.home.recap.data.synthetic.table import generate_table
-from projects.home.recap.data.synthetic.world import World, make_world
+from projects.home.recap.data.synthetic.world import make_world
 from projects.home.recap.data.synthetic.writer import DEFAULT_SPLITS, generate, split_sizes
 
 __all__ = [

@@ -3,16 +3,15 @@ their request's history, the match term every task's logit gains, and the histor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from projects.home.recap.data.synthetic.ground_truth import Interests, World
 from projects.home.recap.data.synthetic.sampling import _rng, _Zipf
 
 if TYPE_CHECKING:
     from projects.home.recap.data.synthetic.spec import SyntheticSpec
-    from projects.home.recap.data.synthetic.world import World
 
 # Engagement history: the action types of history.action, their weights in the match term, and each task's loading
 # on log1p(match) (engagements respond positively, negative feedback and reports negatively).
@@ -37,16 +36,6 @@ _HISTORY_TAU_HOURS = 24.0  # decay of an engagement's weight with its age
 _HISTORY_GAP_HOURS = 4.0  # mean time between a user's engagements
 _INTEREST_POOL = 8  # preferred authors and hashtags per user
 _FROM_POOL = 0.75  # share of history items from the user's pools (the rest: the global popularity)
-
-
-@dataclass(frozen=True)
-class Interests:
-    """Each user's preferred authors and hashtags (indices, [U, pool]), which their engagement history mostly comes
-    from, and each task's loading on the history term ([T])."""
-
-    authors: np.ndarray
-    hashtags: np.ndarray
-    loadings: np.ndarray
 
 
 def _make_interests(spec: SyntheticSpec, seed: int) -> Interests | None:

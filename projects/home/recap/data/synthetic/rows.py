@@ -4,10 +4,10 @@ logit before its bias."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from projects.home.recap.data.synthetic.ground_truth import World
 from projects.home.recap.data.synthetic.history import (
     _draw_history,
     _history_lists,
@@ -21,9 +21,6 @@ from projects.home.recap.data.synthetic.sampling import (
     _sigmoid_inplace,
 )
 from projects.home.recap.data.synthetic.spec import _CONTEXT, FACTORS
-
-if TYPE_CHECKING:
-    from projects.home.recap.data.synthetic.world import World
 
 
 def _draw(world: World, rng: np.random.Generator, n: int) -> dict:

@@ -3,19 +3,15 @@ an Arrow schema without nullable fields."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pyarrow as pa
 
 from projects.home.recap.data.layout import ORACLE_PREFIX
+from projects.home.recap.data.synthetic.ground_truth import World
 from projects.home.recap.data.synthetic.history import HISTORY_COLUMNS
 from projects.home.recap.data.synthetic.rows import _draw
 from projects.home.recap.data.synthetic.sampling import _sigmoid_inplace
 from projects.home.recap.data.synthetic.spec import BINARY, CONTINUOUS, LABEL_PREFIX
-
-if TYPE_CHECKING:
-    from projects.home.recap.data.synthetic.world import World
 
 
 def _fixed_list(values: np.ndarray) -> pa.FixedSizeListArray:

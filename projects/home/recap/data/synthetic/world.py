@@ -1,56 +1,18 @@
-"""The ground truth: per-id effects and latent vectors, feature loadings and the task biases solved for the target
-positive rates, all fixed by the seed."""
+"""The ground truth drawn for a seed: per-id effects and latent vectors, feature loadings and the task biases solved
+for the target positive rates (its type, World, is in ground_truth.py)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from projects.home.recap.data.collaborative import CollaborativeSignal, make_collaborative
-from projects.home.recap.data.synthetic.history import Interests, _make_interests
+from projects.home.recap.data.collaborative import make_collaborative
+from projects.home.recap.data.synthetic.ground_truth import World
+from projects.home.recap.data.synthetic.history import _make_interests
 from projects.home.recap.data.synthetic.rows import _draw
 from projects.home.recap.data.synthetic.sampling import _matmul, _rng, _sigmoid, _Zipf
 from projects.home.recap.data.synthetic.spec import _CONTEXT, FACTORS, LOADINGS, SyntheticSpec
-
-
-@dataclass
-class World:
-    """The ground truth: everything fixed by the seed that rows are drawn from."""
-
-    spec: SyntheticSpec
-    users: _Zipf
-    authors: _Zipf
-    hashtags: _Zipf
-    user_latent: np.ndarray
-    user_bias: np.ndarray
-    user_activity: np.ndarray
-    author_latent: np.ndarray
-    author_bias: np.ndarray
-    author_popularity: np.ndarray
-    author_type: np.ndarray
-    type_media: np.ndarray
-    hashtag_latent: np.ndarray
-    hashtag_bias: np.ndarray
-    client_effect: np.ndarray
-    hour_phase: float
-    continuous_loadings: np.ndarray
-    continuous_mu: np.ndarray
-    continuous_sigma: np.ndarray
-    binary_loadings: np.ndarray
-    binary_threshold: np.ndarray
-    # Upstream embeddings: per-user and per-author vectors (noisy projections of their latent vectors), or for
-    # other names the projection applied to each row's tweet latent vector.
-    embedding_tables: list[np.ndarray]
-    loadings: np.ndarray  # [T, len(FACTORS)]
-    task_bias: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    collaborative: CollaborativeSignal | None = None
-    interests: Interests | None = None
-
-    @property
-    def task_names(self) -> list[str]:
-        return [name for name, _ in self.spec.tasks]
 
 
 def make_world(spec: SyntheticSpec, seed: int) -> World:

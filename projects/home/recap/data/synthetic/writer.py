@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.progress import Progress
+from projects.home.recap.data.synthetic.ground_truth import World
 from projects.home.recap.data.synthetic.sampling import _rng
 from projects.home.recap.data.synthetic.spec import SyntheticSpec
 from projects.home.recap.data.synthetic.table import generate_table
-from projects.home.recap.data.synthetic.world import World, make_world
+from projects.home.recap.data.synthetic.world import make_world
 
 DEFAULT_SPLITS: tuple[tuple[str, float], ...] = (("train", 0.9), ("validation", 0.05), ("test", 0.05))
 

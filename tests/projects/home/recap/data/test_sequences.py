@@ -180,7 +180,7 @@ def test_non_finite_history_values_are_counted_like_continuous_features(tmp_path
 def _scorer_metadata(config) -> dict:
     """The part of an export's metadata.json the standalone scorer reads for this data: no dense or sparse
     features, the history group as `recap export` describes it."""
-    from projects.home.recap.serving.export import _history_spec
+    from projects.home.recap.serving.metadata import _history_spec
 
     dense = [{"name": k, "dtype": "float32" if k != "discrete" else "int64", "columns": [], "missing_value": 0}
              for k in ("continuous", "binary", "discrete", "embeddings")]

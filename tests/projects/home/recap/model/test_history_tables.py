@@ -176,7 +176,7 @@ def test_a_replicated_history_table_is_an_nn_embedding_trained_densely():
 
 
 def test_export_scores_equal_the_model_with_the_shared_table(tmp_path):
-    from projects.home.recap.serving.export import build_serving_model
+    from projects.home.recap.serving.build import build_serving_model
     from projects.home.recap.serving.serving_model import serving_inputs
 
     config = history_config()

@@ -1,5 +1,6 @@
 """export_serving_artifact: the artifact reproduces the trained model in a process that can import torch only,
-for any batch size and number of ids; its metadata describes the inputs; bad models and outputs fail clearly."""
+for any batch size and number of ids; bad outputs fail clearly (test_metadata.py checks what the artifact says of
+the model, test_build.py the models that cannot be exported)."""
 
 import json
 import subprocess
@@ -8,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from projects.home.recap.model.factory import build_model, build_model_and_loss
 from projects.home.recap.model.synthetic_batch import random_batch
-from projects.home.recap.serving.export import ExportError, export_serving_artifact
+from projects.home.recap.serving.artifact import ExportError
+from projects.home.recap.serving.export import export_serving_artifact
 from projects.home.recap.serving.serving_model import serving_inputs
 
 OUTPUTS = ("logits", "probabilities", "calibrated_probabilities", "score")
@@ -54,41 +55,6 @@ torch.save(outputs, {str(tmp_path / "outputs.pt")!r})
                 torch.testing.assert_close(got[key], expected[key], rtol=0, atol=atol, msg=f"{name}: {key}")
 
 
-def test_metadata_describes_the_inputs(model, artifact):
-    metadata = json.loads((artifact / "metadata.json").read_text())
-    assert sorted(p.name for p in artifact.iterdir()) == [
-        "README.md", "list_checks.py", "metadata.json", "model.pt2", "score_example.py"]
-    assert metadata["tasks"] == model.task_names == ["fav", "report", "reply"]
-    inputs = {spec["name"]: spec for spec in metadata["inputs"]}
-    assert [spec["name"] for spec in metadata["inputs"]] == [
-        "continuous", "binary", "discrete", "embeddings", "sparse_values", "sparse_lengths"
-    ]
-    assert inputs["continuous"]["shape"] == ["batch", 6]
-    assert inputs["continuous"]["columns"] == [{"name": "counts", "length": 5}, {"name": "ratio", "length": None}]
-    assert [c["name"] for c in inputs["discrete"]["columns"]] == ["country", "position", "hour"]
-    assert inputs["embeddings"]["shape"] == ["batch", 7]
-    # Table order, the unused sparse column left out.
-    assert inputs["sparse_values"]["features"] == inputs["sparse_lengths"]["features"] == FEATURES
-    sparse = {f["name"]: f for f in metadata["sparse_features"]}
-    assert sparse["author_id"] == {
-        "name": "author_id", "table": "people", "num_embeddings": 97, "embedding_dim": 4, "pooling": "mean",
-        "id_transform": "hash",
-    }
-    assert (sparse["hashtags"]["pooling"], sparse["hashtags"]["id_transform"]) == ("sum", "mod")
-    assert metadata["calibration"]["report"] == {"pos_rate": 0.5, "neg_rate": 0.2}
-    assert metadata["outputs"]["score"] == ["batch"] and metadata["outputs"]["logits"] == ["batch", 3]
-    assert metadata["scoring"]["weights"] == {"fav": 0.5, "report": -234.0, "reply": 5.0}
-    assert metadata["ignored_at_serving"] == ["position"] and metadata["id_columns"] == ["impression_id"]
-    assert metadata["versions"]["torch"] == torch.__version__
-    # The same metadata travels inside model.pt2.
-    extra = {"metadata.json": ""}
-    torch.export.load(artifact / "model.pt2", extra_files=extra)
-    assert json.loads(extra["metadata.json"]) == metadata
-    readme = (artifact / "README.md").read_text()
-    assert "torch.export.load" in readme and "fav, report, reply" in readme
-    assert "`score` [batch]: the ranking score, 0.5 * fav + -234 * report + 5 * reply" in readme
-
-
 def test_artifact_rejects_inconsistent_sparse_inputs(artifact, config):
     program = torch.export.load(artifact / "model.pt2").module()
     batch = random_batch(config, 4, torch.Generator().manual_seed(3), max_ids_per_row=2)
@@ -119,18 +85,6 @@ def test_model_without_sparse_features_overwrite_and_training_mode_restored(make
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
-def test_meta_tensors_are_an_error(config, tmp_path):
-    model = build_model(config, sparse_device="meta")
-    with pytest.raises(ExportError, match="on the meta device, not materialized.*large_embeddings"):
-        export_serving_artifact(model, config, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-def test_model_and_loss_is_an_error_with_a_hint(config, tmp_path):
-    with pytest.raises(ExportError, match="got ModelAndLoss \\(pass model_and_loss.model\\)"):
-        export_serving_artifact(build_model_and_loss(config), config, tmp_path / "out")
-
-
 def test_output_that_cannot_be_written(model, config, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -149,18 +103,6 @@ def test_existing_output_needs_overwrite_and_other_files_are_never_replaced(mode
     with pytest.raises(ExportError, match="not a serving artifact: \\['notes.txt'\\]"):
         export_serving_artifact(model, config, foreign, overwrite=True)
     assert (foreign / "notes.txt").read_text() == "keep me"
-
-
-def test_config_must_describe_the_model(model, make_config, tmp_path):
-    resampled = make_config(["data.tasks.fav.neg_rate=0.5"])
-    with pytest.raises(ExportError, match="task 'fav': the model calibrates with log ratio -2.30259, but data.tasks.fav"):
-        export_serving_artifact(model, resampled, tmp_path / "out")
-    other_tasks = make_config(["model.tasks={fav: {mlp_config: {layer_sizes: [2]}}}", "model.scoring=null"])
-    with pytest.raises(ExportError, match="the model's tasks \\['fav', 'report', 'reply'\\] are not the config's"):
-        export_serving_artifact(model, other_tasks, tmp_path / "out")
-    reweighted = make_config(["model.scoring.weights.fav=2.0"])
-    with pytest.raises(ExportError, match="the model scores with weights \\[0.5, -234.0, 5.0\\], but the config's"):
-        export_serving_artifact(model, reweighted, tmp_path / "out")
 
 
 @pytest.mark.parametrize("mixture", [

@@ -1,7 +1,10 @@
 """`recap export --config FILE --checkpoint PATH --output DIR` loads the checkpoint through
-projects.home.recap.inference.load_for_inference and writes the artifact; bad outputs fail before loading."""
+projects.home.recap.inference.load_for_inference and writes the artifact, reporting its slow phases; bad outputs
+fail before loading."""
 
 import json
+import logging
+import re
 import sys
 import types
 
@@ -55,3 +58,19 @@ def test_unwritable_output_fails_before_loading(loader, config_file, tmp_path, c
     assert main(argv) == 1
     assert "recap export: output directory" in capsys.readouterr().err
     assert loader == []
+
+
+def test_the_slow_phases_are_logged_with_their_seconds_when_not_on_a_terminal(loader, config_file, tmp_path,
+                                                                              monkeypatch, caplog):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "serving"
+    assert main(["export", "--config", str(config_file), "--checkpoint", "ckpt", "--output", str(out)]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "core.progress"]
+    phases = ["loading the checkpoint ckpt", "tracing the serving model with torch.export",
+              "checking the exported program against the model", f"saving the artifact to {out}"]
+    assert len(lines) == 2 * len(phases)
+    for i, name in enumerate(phases):
+        label = f"export [{i + 1}/4] {name}"
+        assert lines[2 * i] == f"{label} ..."
+        assert re.fullmatch(re.escape(label) + r": done in \d+\.\d s", lines[2 * i + 1]), lines[2 * i + 1]

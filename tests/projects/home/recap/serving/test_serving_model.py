@@ -5,9 +5,10 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from common.sparse_embeddings import LargeTableSpec, SparseIdTransform
+from common.sparse_embeddings import HASH_MULTIPLIER, LargeTableSpec, SparseIdTransform
 from projects.home.recap.model.synthetic_batch import random_batch
-from projects.home.recap.serving.export import HASH_MULTIPLIER, ID_TRANSFORMS, build_serving_model
+from projects.home.recap.serving.build import build_serving_model
+from projects.home.recap.serving.metadata import ID_TRANSFORMS
 from projects.home.recap.serving.serving_model import ServedSparseFeature, ServingRanker, serving_inputs
 
 

@@ -15,7 +15,8 @@ from core.config import ConfigError
 from core.distributed import DistributedContext
 from core.log import get_logger
 from core.storage import location
-from core.train_loop import CHECKPOINT_DIR, total_train_steps
+from core.train_config import total_train_steps
+from core.train_loop import CHECKPOINT_DIR
 from projects.home.recap.data import sharding
 from projects.home.recap.data.files import scan_dataset
 from projects.home.recap.evaluate import build_evaluator, evaluation_datasets, validation_loaders

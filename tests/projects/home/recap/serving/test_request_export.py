@@ -171,7 +171,7 @@ def test_an_artifact_of_the_per_row_format_is_refused_clearly(exported, tmp_path
 
 
 def test_the_serving_benchmark_scores_the_same_rows_both_ways(tmp_path):
-    from projects.home.recap.serving.benchmark import main
+    from projects.home.recap.benchmarks.serving import main
 
     output = tmp_path / "figures.json"
     assert main(["--length", "4", "--candidates", "4", "--rows", "8", "--encoders", "transformer", "--seconds", "0",

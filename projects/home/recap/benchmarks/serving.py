@@ -1,6 +1,6 @@
 """Rows/s of a serving artifact on the request path against row by row, side by side in one process.
 
-    python -m projects.home.recap.serving.benchmark [--config projects/home/recap/config/demo_history.yaml]
+    python -m projects.home.recap.benchmarks.serving [--config projects/home/recap/config/demo_history.yaml]
         [--length 32] [--candidates 16] [--rows 1024] [--encoders pooling target_attention transformer]
         [--seconds 3] [--output figures.json]
 

@@ -71,6 +71,8 @@ class BenchmarkSettings:
     # The compiled variants' torch.compile backend: inductor (what users compile with), or aot_eager (tracing only,
     # no code generation: a quick check that every variant runs).
     compile_backend: str = "inductor"
+    # Also time a bare plain-PyTorch loop of the same dense shape in turns with our training step (bare_peer.py).
+    bare_peer: bool = True
 
     @classmethod
     def quick(cls, **changes: Any) -> BenchmarkSettings:

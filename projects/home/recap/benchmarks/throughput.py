@@ -35,6 +35,7 @@ from core import perf
 from core.distributed import DistributedContext, init_distributed
 from core.log import get_logger
 from core.progress import Progress
+from projects.home.recap.benchmarks.bare_peer import against_peer, peer_shape, peer_step
 from projects.home.recap.benchmarks.compile import compile_figures, format_compile_table
 from projects.home.recap.benchmarks.config_benchmark import (
     BenchmarkSettings,
@@ -44,6 +45,7 @@ from projects.home.recap.benchmarks.config_benchmark import (
 )
 from projects.home.recap.benchmarks.multi_rank import multi_rank
 from projects.home.recap.benchmarks.reporting import machine_info, mb, ruled
+from projects.home.recap.benchmarks.timing import calls_per_window
 from projects.home.recap.schema import RecapConfig, load_recap_config
 
 logger = get_logger(__name__)
@@ -131,6 +133,16 @@ def benchmark_config(name: str, config: RecapConfig, settings: BenchmarkSettings
             train = bench.train(precision, flops, progress)
         train["mfu"] = train["gflops_per_second"] / peak.gflops
         out["train"][precision] = train
+        shape = peer_shape(config, out["input_features"]) if settings.bare_peer else None
+        if shape is not None:
+            with phase(f"{precision} training against the bare peer, in turns", rows=False):
+                ours = bench.in_memory_step(precision)
+                peer, _ = peer_step(shape, bench.batch_size, precision)
+                calls = {"ours": calls_per_window(ours, settings.window_seconds),
+                         "peer": calls_per_window(peer, settings.window_seconds)}
+                out.setdefault("bare_peer", {})[precision] = against_peer(
+                    ours, flops * bench.accumulation, bench.examples_per_step, shape, bench.batch_size, precision,
+                    settings.train_seconds, calls, peak.gflops)
         if settings.compile:
             with phase(f"{precision} training compiled, towers grouped and one by one") as progress:
                 out["compile"][precision] = compile_figures(bench, precision, flops, peak.gflops, train, progress)
@@ -155,6 +167,9 @@ def benchmark_config(name: str, config: RecapConfig, settings: BenchmarkSettings
     pipeline["precision"] = fastest
     pipeline["vs_in_memory"] = pipeline["examples_per_second"] / out["train"][fastest]["examples_per_second"]
     out["pipeline"] = pipeline
+    if fastest in out.get("bare_peer", {}):
+        peer = out["bare_peer"][fastest]["peer"]["gflops_per_second"]
+        pipeline["vs_bare_peer"] = pipeline["examples_per_second"] * out["flops_per_example"][fastest] / 1e9 / peer
     out["phase_seconds"] = phase.seconds
     return out
 
@@ -189,6 +204,27 @@ def _settings_json(settings: BenchmarkSettings) -> dict[str, Any]:
     d = dataclasses.asdict(settings)
     d["configs"] = [[n, str(p)] for n, p in settings.configs]
     return d
+
+
+def format_peer_table(doc: dict[str, Any]) -> list[str]:
+    """Our training step against the bare peer (bare_peer.py), timed in turns; [] when none was measured."""
+    rows = [(name, p, f) for name, r in doc["configs"].items() for p, f in r.get("bare_peer", {}).items()]
+    if not rows:
+        return []
+    lines = ruled(f"{'config':<12} {'prec':<5} {'ours ex/s':>10} {'ours GF/s':>10} {'MFU':>6} {'peer ex/s':>10} "
+                  f"{'peer GF/s':>10} {'MFU':>6} {'ours/peer':>10} {'pipeline/peer':>14}")
+    for name, p, f in rows:
+        pipe = doc["configs"][name]["pipeline"]
+        vs_pipe = f"{pipe['vs_bare_peer']:.2f}x" if pipe["precision"] == p and "vs_bare_peer" in pipe else "-"
+        o, q = f["ours"], f["peer"]
+        lines.append(f"{name:<12} {p:<5} {o['examples_per_second']:>10,.0f} {o['gflops_per_second']:>10,.1f} "
+                     f"{o['mfu']:>6.1%} {q['examples_per_second']:>10,.0f} {q['gflops_per_second']:>10,.1f} "
+                     f"{q['mfu']:>6.1%} {f['ratio']:>9.2f}x {vs_pipe:>14}")
+    lines.append("ours/peer: GFLOP/s of our whole training step (lookups, featurization, clipping, both optimizers) "
+                 "over those of a bare plain-PyTorch loop of the same dense shape on one in-memory tensor with fused "
+                 "Adam, timed in turns; pipeline/peer: the same with our loader feeding the step.")
+    lines.append("")
+    return lines
 
 
 # --- the table -------------------------------------------------------------------------------------------------------
@@ -235,6 +271,7 @@ def format_report(doc: dict[str, Any]) -> str:
             f"{pipe['vs_in_memory']:>9.1%} {worker:>14} {two:>12} {vs:>10}"
         )
     lines.append("")
+    lines += format_peer_table(doc)
     lines += format_compile_table(doc)
     lines.append("pipeline = loader + sharded model + optimizers in the fastest precision (shown per config in the "
                  "JSON); loader/train compares with that precision's in-memory training; MFU = achieved GFLOP/s "

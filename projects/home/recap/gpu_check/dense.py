@@ -103,7 +103,8 @@ class DenseTrainer:
         self.loss_weight = torch.tensor([tasks[t].loss_weight for t in model.task_names], device=device)
         self.clip = config.training.clip_grad_norm
         self.parameters = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.parameters, lr=1e-3)
+        # Fused, as training's dense Adam is (core/optimizers.py): one kernel for every tensor's update.
+        self.optimizer = torch.optim.Adam(self.parameters, lr=1e-3, fused=True)
 
     def _context(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()

@@ -56,6 +56,14 @@ def test_quick_benchmark_prints_and_writes_every_figure(tmp_path):
     pipeline = demo["pipeline"]
     assert pipeline["vs_in_memory"] == pytest.approx(
         pipeline["examples_per_second"] / demo["train"][pipeline["precision"]]["examples_per_second"])
+    for precision in ("fp32", "bf16"):
+        peer = demo["bare_peer"][precision]
+        assert peer["ratio"] == pytest.approx(peer["ours"]["gflops_per_second"] / peer["peer"]["gflops_per_second"])
+        assert peer["peer"]["examples_per_second"] > 0 and peer["shape"]["input_width"] == demo["input_features"]
+    assert pipeline["vs_bare_peer"] == pytest.approx(
+        pipeline["examples_per_second"] * demo["flops_per_example"][pipeline["precision"]] / 1e9
+        / demo["bare_peer"][pipeline["precision"]]["peer"]["gflops_per_second"])
+    assert "ours/peer" in proc.stdout
     ranks = demo["torchrun"]
     assert "error" not in ranks, ranks.get("error")
     assert ranks["world_size"] == 2 and len(ranks["per_rank_examples_per_second"]) == 2

@@ -98,6 +98,8 @@ def history_comparison(data_dir: Path, settings: BenchmarkSettings, batches: int
             # The first step allocates the optimizer's and the autograd's buffers.
             calls[name] = calls_per_window(steps[name], settings.window_seconds)
             rows[name] = bench.examples_per_step
+            # FLOPs of one forward+backward, averaged over the batches (histories differ in length batch to batch).
+            out.setdefault("flops_per_row", {})[name] = _flops_per_row(bench)
             items = [int(b.sequences[g]["lengths"].sum()) for b in bench.batches for g in b.sequences]
             if items:
                 out["history_items_per_row"] = sum(items) / sum(b.batch_size for b in bench.batches)
@@ -108,6 +110,10 @@ def history_comparison(data_dir: Path, settings: BenchmarkSettings, batches: int
         without, with_ = (n for n, _ in pair)
         out["one_rank"]["ratio"] = (out["one_rank"][with_]["rows_per_second"]
                                     / out["one_rank"][without]["rows_per_second"])
+        flops = out["flops_per_row"]
+        out["flops_ratio"] = flops[with_] / flops[without]
+        # Rows/s ratio x FLOPs ratio: how fast the history step runs its FLOPs against the step without it.
+        out["one_rank"]["flop_rate_ratio"] = out["one_rank"]["ratio"] * out["flops_ratio"]
         if settings.torchrun_nproc > 1:
             ranks: dict[str, Any] = {}
             for _ in range(2):
@@ -119,8 +125,18 @@ def history_comparison(data_dir: Path, settings: BenchmarkSettings, batches: int
                         ranks[name] = r
             if all("examples_per_second" in ranks[n] for n in (without, with_)):
                 ranks["ratio"] = ranks[with_]["examples_per_second"] / ranks[without]["examples_per_second"]
+                ranks["flop_rate_ratio"] = ranks["ratio"] * out["flops_ratio"]
             out["torchrun"] = ranks
     return out
+
+
+def _flops_per_row(bench: ConfigBenchmark) -> float:
+    bench.model.train()
+    total = 0
+    for batch in bench.batches[:4]:
+        total += perf.count_flops(lambda batch=batch: bench.model(batch)[0].backward())
+        bench.dense_optimizer.zero_grad()
+    return total / sum(b.batch_size for b in bench.batches[:4])
 
 
 def format_history_comparison(doc: dict[str, Any]) -> str:
@@ -128,17 +144,23 @@ def format_history_comparison(doc: dict[str, Any]) -> str:
     without, with_ = doc["configs"]
     lines = [f"training rows/s on the same data ({doc['data']}; {doc.get('history_items_per_row', 0):.1f} history "
              f"items per row), fp32, best window (median):",
-             f"{'ranks':<10} {without + ' rows/s':>24} {with_ + ' rows/s':>28} {'ratio':>7}"]
+             f"{'ranks':<10} {without + ' rows/s':>24} {with_ + ' rows/s':>28} {'ratio':>7} {'per FLOP':>9}"]
     one = doc["one_rank"]
     rows = [("1", one[without]["rows_per_second"], one[without]["median_rows_per_second"],
-             one[with_]["rows_per_second"], one[with_]["median_rows_per_second"], one["ratio"])]
+             one[with_]["rows_per_second"], one[with_]["median_rows_per_second"], one["ratio"],
+             one["flop_rate_ratio"])]
     ranks = doc.get("torchrun")
     if ranks and "ratio" in ranks:
         rows.append((str(ranks[with_]["world_size"]), ranks[without]["examples_per_second"],
                      ranks[without]["median_examples_per_second"], ranks[with_]["examples_per_second"],
-                     ranks[with_]["median_examples_per_second"], ranks["ratio"]))
-    for label, a, am, b, bm, ratio in rows:
-        lines.append(f"{label:<10} {f'{a:,.0f} ({am:,.0f})':>24} {f'{b:,.0f} ({bm:,.0f})':>28} {ratio:>6.2f}x")
+                     ranks[with_]["median_examples_per_second"], ranks["ratio"], ranks["flop_rate_ratio"]))
+    for label, a, am, b, bm, ratio, per_flop in rows:
+        lines.append(f"{label:<10} {f'{a:,.0f} ({am:,.0f})':>24} {f'{b:,.0f} ({bm:,.0f})':>28} {ratio:>6.2f}x "
+                     f"{per_flop:>8.2f}x")
+    flops = doc["flops_per_row"]
+    lines.append(f"FLOPs per row (forward+backward): {without} {flops[without] / 1e6:.2f}M, {with_} "
+                 f"{flops[with_] / 1e6:.2f}M ({doc['flops_ratio']:.2f}x); per FLOP = ratio x that: the rate at which "
+                 "the history step runs its FLOPs against the step without it")
     if ranks:
         for name in (without, with_):
             if "error" in ranks.get(name, {}):

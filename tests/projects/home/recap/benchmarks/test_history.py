@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from projects.home.recap.main import main
 
 
@@ -35,4 +37,9 @@ def test_history_benchmark_compares_training_with_and_without_the_history(tmp_pa
     assert one["demo"]["rows_per_second"] > 0 and one["demo_history"]["rows_per_second"] > 0
     assert one["ratio"] == one["demo_history"]["rows_per_second"] / one["demo"]["rows_per_second"]
     assert 0 < doc["history_items_per_row"] <= 8
+    # The history adds FLOPs per row; the per-FLOP figure is the rows/s ratio scaled by them.
+    assert doc["flops_per_row"]["demo_history"] > doc["flops_per_row"]["demo"] > 0
+    assert doc["flops_ratio"] == doc["flops_per_row"]["demo_history"] / doc["flops_per_row"]["demo"]
+    assert one["flop_rate_ratio"] == pytest.approx(one["ratio"] * doc["flops_ratio"])
+    assert "per FLOP" in printed and "FLOPs per row" in printed
     assert "results" not in json.loads(out.read_text())

@@ -17,8 +17,9 @@ isolated transformer over [u?, e_1..e_L, c_1..c_C], per layer (pre-norm):
    with the allowed (query -> key) pairs
                    e_i -> e_j   iff m_j (and, when causal, j >= i: an item sees itself and older items only)
                    c_k -> e_j   iff m_j;      c_k -> c_k;      never c_k -> c_l (k != l);  never e_i -> c_k.
-   With a user token u (`user`, one per request), u is one more history token: it attends to the real items and
-   itself, the items attend to it (unless causal: then only u and the candidates read u), and so do candidates.
+   With a user token u (`user`, one per request), u is one more history token, placed after the oldest item: all
+   pairs with the real items (causal: every item reads u, as the oldest token, and u reads itself only); the
+   candidates read it like an item.
    Since no history token reads a candidate, the history is encoded once per request and each candidate reads
    the per-layer history keys and values plus its own: a candidate's output depends on the history and on itself
    only, never on which other candidates share its request or their order.
@@ -304,7 +305,8 @@ class CandidateIsolatedTransformer(nn.Module):
     def _prepare(self, history: torch.Tensor, history_mask: torch.Tensor, user: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(history with positions, the mask as bool, history_allowed [R, 1, T, T], key_real [R, 1, 1, T]); with a
-        user token [R, D] it is the first of the T = L + 1 history tokens (no position of its own)."""
+        user token [R, D] it is the last of the T = L + 1 history tokens, after the oldest item (no position of its
+        own)."""
         length = history.shape[1]
         if self.positions != "none" and length > self.max_length:
             raise ValueError(f"history length {length} exceeds max_length {self.max_length}")
@@ -315,8 +317,8 @@ class CandidateIsolatedTransformer(nn.Module):
             if user.dim() != 2 or user.shape[0] != history.shape[0] or user.shape[1] != history.shape[2]:
                 raise ValueError(f"user token has shape {tuple(user.shape)}; expected [{history.shape[0]}, "
                                  f"{history.shape[2]}] (one per request)")
-            history = torch.cat([user.to(history.dtype).unsqueeze(1), history], dim=1)
-            real = torch.cat([torch.ones_like(real[:, :1]), real], dim=1)
+            history = torch.cat([history, user.to(history.dtype).unsqueeze(1)], dim=1)
+            real = torch.cat([real, torch.ones_like(real[:, :1])], dim=1)
             length += 1
         key_real = real[:, None, None, :]
         allowed = key_real.expand(-1, 1, length, -1)
@@ -328,12 +330,12 @@ class CandidateIsolatedTransformer(nn.Module):
         return history, real, allowed, key_real
 
     def _rope(self, length: int, dtype: torch.dtype, user: bool = False) -> tuple[torch.Tensor, ...] | None:
-        """Rotations of the history tokens (a user token first, unrotated) and of the candidates."""
+        """Rotations of the history tokens (a user token last, unrotated) and of the candidates."""
         if self.positions != "rotary":
             return None
         cos, sin = self.rope_cos[:length].to(dtype), self.rope_sin[:length].to(dtype)
         if user:
-            cos, sin = torch.cat([torch.ones_like(cos[:1]), cos]), torch.cat([torch.zeros_like(sin[:1]), sin])
+            cos, sin = torch.cat([cos, torch.ones_like(cos[:1])]), torch.cat([sin, torch.zeros_like(sin[:1])])
         return (cos, sin, self.rope_cos[self.max_length].to(dtype), self.rope_sin[self.max_length].to(dtype))
 
     def encode_history(self, history: torch.Tensor, history_mask: torch.Tensor,
@@ -347,7 +349,7 @@ class CandidateIsolatedTransformer(nn.Module):
         for layer in self.layers:
             history, _ = layer(history, no_candidates, allowed, key_real, rope)
         out = self.final_norm(history) * real.unsqueeze(-1).to(history.dtype)
-        return out[:, 1:] if user is not None else out
+        return out[:, :-1] if user is not None else out
 
     def forward_request(self, history: torch.Tensor, history_mask: torch.Tensor, candidates: torch.Tensor,
                         candidate_mask: torch.Tensor | None = None, user: torch.Tensor | None = None

@@ -212,6 +212,11 @@ def test_the_user_token_takes_part_in_the_transformer():
         with pytest.raises(ValueError, match=r"user token has shape \(8,\); expected \[2, 8\]"):
             model(history, mask, candidate, user[0])
     assert torch.isfinite(with_user).all()
+    # Causal: every item reads u (the oldest token), so the items' states move with it.
+    causal = CandidateIsolatedTransformer(8, num_layers=1, num_heads=2, max_length=L, causal=True).eval()
+    with torch.no_grad():
+        moved = causal.encode_history(history, mask, user) - causal.encode_history(history, mask)
+    assert moved[0].abs().amax(dim=1).min() > 1e-3 and moved[1].abs().sum() == 0  # padding stays 0
     assert (without - with_user).abs().amax(dim=1).min() > 1e-3  # u moves every row, the empty one included
     # The encoder's learned u gets a gradient and is the same for every request.
     encoder = _encoder("transformer", weights=False, user_token=True).train()

@@ -70,13 +70,11 @@ class HistoryTokens(nn.Module):
         if self.actions is not None:
             init_embedding_(self.actions.weight, init, "actions")
         self.num_continuous = num_continuous
-        self.continuous = None
+        self.continuous: nn.Module | None = None
         if num_continuous:
             self.continuous = nn.Linear(num_continuous, dim)
-        elif candidate_features:  # a block of the bias alone for the items (nn.Linear would warn of its 0 inputs)
-            self.continuous = nn.Linear(1, dim)
-            self.continuous.weight = nn.Parameter(torch.empty(dim, 0))
-            nn.init.uniform_(self.continuous.bias, -dim ** -0.5, dim ** -0.5)
+        elif candidate_features:  # the bias alone: the items' block (no parameter that nothing reads)
+            self.continuous = _Bias(dim)
         self.candidate_projection = nn.Linear(candidate_features, dim, bias=False) if candidate_features else None
         if self.candidate_projection is not None:
             nn.init.zeros_(self.candidate_projection.weight)
@@ -139,6 +137,14 @@ class HistoryTokens(nn.Module):
                 block = block + self.candidate_projection(finite(features.float()))
             blocks.append(block)
         return torch.cat(blocks, dim=-1)
+
+
+class _Bias(nn.Module):
+    """The continuous block of a group without continuous columns: a learned bias b, as nn.Linear(0, dim) has."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.empty(dim).uniform_(-dim ** -0.5, dim ** -0.5))
 
 
 class ItemWeights(nn.Module):

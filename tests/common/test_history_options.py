@@ -66,11 +66,14 @@ def _row_by_row(inputs: dict[str, torch.Tensor], request_of_row: torch.Tensor) -
 KINDS = ["pooling", "target_attention", "target_attention_softmax", "transformer", "transformer_rotary_causal"]
 
 
+@pytest.mark.parametrize("num_continuous", [2, 0])
 @pytest.mark.parametrize("kind", KINDS)
-def test_with_every_option_the_request_path_equals_row_by_row(kind):
-    encoder = _encoder(kind, user_token=kind.startswith("transformer"))
+def test_with_every_option_the_request_path_equals_row_by_row(kind, num_continuous):
+    """With continuous columns (and then time decay) or without (the candidate features' block alone)."""
+    encoder = _encoder(kind, weights=bool(num_continuous), user_token=kind.startswith("transformer"),
+                       num_continuous=num_continuous)
     request_of_row = torch.tensor([2, 1, 1, 3, 0, 1, 3, 2, 1, 3, 4])
-    inputs, features = _inputs(request_of_row)
+    inputs, features = _inputs(request_of_row, num_continuous=num_continuous)
     with torch.no_grad():
         shared = encoder(inputs, request_of_row, features)
         alone = encoder(_row_by_row(inputs, request_of_row), None, features)

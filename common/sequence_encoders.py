@@ -6,16 +6,20 @@ True = real item), the candidate `candidate: [B, D]`, and on the request path `c
 side), so appending padding never moves a real item; positions count from the most recent item (item j has
 position j) and every candidate has position `max_length`, the one just after the longest history.
 
-pooling:           out = sum_j m_j e_j                                   (sum)
-                   out = sum_j m_j e_j / max(1, sum_j m_j)               (mean)
+pooling:           out = sum_j m_j g_j e_j                               (sum)
+                   out = sum_j m_j g_j e_j / max(1, sum_j m_j)           (mean)
 target attention:  a_j = MLP([e_j, c, e_j - c, e_j * c])   (a scalar; Zhou et al. 2018, DIN)
                    w_j = m_j a_j,  or  w = softmax over real j of a_j    (softmax=True; padding is -inf)
-                   out = sum_j w_j e_j
-isolated transformer over [e_1..e_L, c_1..c_C], per layer (pre-norm):
+                   out = sum_j g_j w_j e_j
+   g_j is an optional per-item weight (`item_weight`, e.g. from the item's action type and age; 1 without it).
+isolated transformer over [u?, e_1..e_L, c_1..c_C], per layer (pre-norm):
                    x <- x + Attn(LN(x)),  x <- x + FFN(LN(x)),  and LN once more at the end,
    with the allowed (query -> key) pairs
                    e_i -> e_j   iff m_j (and, when causal, j >= i: an item sees itself and older items only)
                    c_k -> e_j   iff m_j;      c_k -> c_k;      never c_k -> c_l (k != l);  never e_i -> c_k.
+   With a user token u (`user`, one per request), u is one more history token, placed after the oldest item: all
+   pairs with the real items (causal: every item reads u, as the oldest token, and u reads itself only); the
+   candidates read it like an item.
    Since no history token reads a candidate, the history is encoded once per request and each candidate reads
    the per-layer history keys and values plus its own: a candidate's output depends on the history and on itself
    only, never on which other candidates share its request or their order.
@@ -70,16 +74,20 @@ class HistoryPooling(nn.Module):
         self.mode = mode
         self.output_dim = dim
 
-    def forward(self, history: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, history: torch.Tensor, history_mask: torch.Tensor,
+                item_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, L, D], [B, L], optional item weights g [B, L] -> [B, D]."""
         m = _as_bool(history_mask).to(history.dtype)
-        out = torch.einsum("bl,bld->bd", m, history)
+        weight = m if item_weight is None else m * item_weight.to(history.dtype)
+        out = torch.einsum("bl,bld->bd", weight, history)
         if self.mode == "mean":
             out = out / m.sum(dim=1, keepdim=True).clamp(min=1.0)
         return out
 
-    def forward_packed(self, items: torch.Tensor, row: torch.Tensor, num_rows: int) -> torch.Tensor:
-        """forward() on the packed real items (see the module docstring): [N, D], [N] -> [num_rows, D]."""
-        out = row_sum(items, row, num_rows)
+    def forward_packed(self, items: torch.Tensor, row: torch.Tensor, num_rows: int,
+                       item_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """forward() on the packed real items (see the module docstring): [N, D], [N], [N] -> [num_rows, D]."""
+        out = row_sum(items if item_weight is None else item_weight.unsqueeze(1) * items, row, num_rows)
         if self.mode == "mean":
             count = torch.bincount(row, minlength=num_rows).to(out.dtype)
             out = out / count.clamp(min=1.0).unsqueeze(1)
@@ -111,8 +119,13 @@ class TargetAttention(nn.Module):
         self.softmax = softmax
         self.output_dim = dim
 
-    def weights(self, history: torch.Tensor, history_mask: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-        """The attention weights w [B, L] (or [R, C, L] for candidates [R, C, D]); 0 on padding."""
+    def weights(self, history: torch.Tensor, history_mask: torch.Tensor, candidate: torch.Tensor,
+                item_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention weights g_j w_j [B, L] (or [R, C, L] for candidates [R, C, D]; item_weight [B, L] or
+        [R, L]); 0 on padding."""
+        if item_weight is not None:
+            gate = item_weight.unsqueeze(1) if candidate.dim() == 3 else item_weight
+            return self.weights(history, history_mask, candidate) * gate.to(history.dtype)
         mask = _as_bool(history_mask)
         if candidate.dim() == 3:  # [R, C, D]: every candidate scores the same history
             e = history.unsqueeze(1).expand(-1, candidate.shape[1], -1, -1)  # [R, C, L, D]
@@ -145,12 +158,17 @@ class TargetAttention(nn.Module):
         logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
         return torch.softmax(logits, dim=-1) * mask.to(logits.dtype)
 
-    def forward(self, history: torch.Tensor, history_mask: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-        """out = sum_j w_j e_j: [B, L, D], [B, L], [B, D] -> [B, D]."""
-        return torch.einsum("bl,bld->bd", self.weights(history, history_mask, candidate), history)
+    def forward(self, history: torch.Tensor, history_mask: torch.Tensor, candidate: torch.Tensor,
+                item_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """out = sum_j g_j w_j e_j: [B, L, D], [B, L], [B, D], optional [B, L] -> [B, D]."""
+        return torch.einsum("bl,bld->bd", self.weights(history, history_mask, candidate, item_weight), history)
 
-    def packed_weights(self, items: torch.Tensor, row: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-        """The attention weights [N] of packed real items [N, D] (`row` [N] their rows) for candidates [B, D]."""
+    def packed_weights(self, items: torch.Tensor, row: torch.Tensor, candidate: torch.Tensor,
+                       item_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention weights g_j w_j [N] of packed real items [N, D] (`row` [N] their rows) for candidates
+        [B, D]; item_weight [N] or None."""
+        if item_weight is not None:
+            return self.packed_weights(items, row, candidate) * item_weight.to(items.dtype)
         first = self.mlp[0]
         w_e, w_c, w_d, w_p = first.weight.split(items.shape[-1], dim=1)
         # As in weights(): (W_e + W_d) e + W_p (e c) per item, (W_c - W_d) c + b once per row.
@@ -160,16 +178,18 @@ class TargetAttention(nn.Module):
         logits = self.mlp[1:](hidden + own.index_select(0, row)).squeeze(-1)
         return segment_softmax(logits, row, candidate.shape[0]) if self.softmax else logits
 
-    def forward_packed(self, items: torch.Tensor, row: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-        """forward() on the packed real items (see the module docstring): [N, D], [N], [B, D] -> [B, D]."""
-        weights = self.packed_weights(items, row, candidate)
+    def forward_packed(self, items: torch.Tensor, row: torch.Tensor, candidate: torch.Tensor,
+                       item_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """forward() on the packed real items (see the module docstring): [N, D], [N], [B, D], [N] -> [B, D]."""
+        weights = self.packed_weights(items, row, candidate, item_weight)
         return row_sum(weights.unsqueeze(1) * items, row, candidate.shape[0])
 
     def forward_request(self, history: torch.Tensor, history_mask: torch.Tensor, candidates: torch.Tensor,
-                        candidate_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Every candidate of a request against its one history: [R, L, D], [R, L], [R, C, D], [R, C] -> [R, C, D]
-        (padding candidates give 0)."""
-        out = torch.einsum("rcl,rld->rcd", self.weights(history, history_mask, candidates), history)
+                        candidate_mask: torch.Tensor | None = None,
+                        item_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Every candidate of a request against its one history: [R, L, D], [R, L], [R, C, D], [R, C], [R, L]
+        -> [R, C, D] (padding candidates give 0)."""
+        out = torch.einsum("rcl,rld->rcd", self.weights(history, history_mask, candidates, item_weight), history)
         if candidate_mask is not None:
             out = out * _as_bool(candidate_mask).unsqueeze(-1).to(out.dtype)
         return out
@@ -282,15 +302,24 @@ class CandidateIsolatedTransformer(nn.Module):
         self.final_norm = nn.LayerNorm(dim)
         self.output_dim = dim
 
-    def _prepare(self, history: torch.Tensor, history_mask: torch.Tensor
+    def _prepare(self, history: torch.Tensor, history_mask: torch.Tensor, user: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(history with positions, the mask as bool, history_allowed [R, 1, L, L], key_real [R, 1, 1, L])."""
+        """(history with positions, the mask as bool, history_allowed [R, 1, T, T], key_real [R, 1, 1, T]); with a
+        user token [R, D] it is the last of the T = L + 1 history tokens, after the oldest item (no position of its
+        own)."""
         length = history.shape[1]
         if self.positions != "none" and length > self.max_length:
             raise ValueError(f"history length {length} exceeds max_length {self.max_length}")
         real = _as_bool(history_mask)
         if self.position is not None:
             history = history + self.position.weight[:length]
+        if user is not None:
+            if user.dim() != 2 or user.shape[0] != history.shape[0] or user.shape[1] != history.shape[2]:
+                raise ValueError(f"user token has shape {tuple(user.shape)}; expected [{history.shape[0]}, "
+                                 f"{history.shape[2]}] (one per request)")
+            history = torch.cat([history, user.to(history.dtype).unsqueeze(1)], dim=1)
+            real = torch.cat([real, torch.ones_like(real[:, :1])], dim=1)
+            length += 1
         key_real = real[:, None, None, :]
         allowed = key_real.expand(-1, 1, length, -1)
         idx = torch.arange(length, device=history.device)
@@ -300,29 +329,38 @@ class CandidateIsolatedTransformer(nn.Module):
         allowed = allowed | (idx[None, :] == idx[:, None])
         return history, real, allowed, key_real
 
-    def _rope(self, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...] | None:
+    def _rope(self, length: int, dtype: torch.dtype, user: bool = False) -> tuple[torch.Tensor, ...] | None:
+        """Rotations of the history tokens (a user token last, unrotated) and of the candidates."""
         if self.positions != "rotary":
             return None
-        return (self.rope_cos[:length].to(dtype), self.rope_sin[:length].to(dtype),
-                self.rope_cos[self.max_length].to(dtype), self.rope_sin[self.max_length].to(dtype))
+        cos, sin = self.rope_cos[:length].to(dtype), self.rope_sin[:length].to(dtype)
+        if user:
+            cos, sin = torch.cat([cos, torch.ones_like(cos[:1])]), torch.cat([sin, torch.zeros_like(sin[:1])])
+        return (cos, sin, self.rope_cos[self.max_length].to(dtype), self.rope_sin[self.max_length].to(dtype))
 
-    def encode_history(self, history: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
-        """The history tokens' final states (no candidate involved): [B, L, D], [B, L] -> [B, L, D]; 0 on padding."""
-        history, real, allowed, key_real = self._prepare(history, history_mask)
+    def encode_history(self, history: torch.Tensor, history_mask: torch.Tensor,
+                       user: torch.Tensor | None = None) -> torch.Tensor:
+        """The history tokens' final states (no candidate involved): [B, L, D], [B, L] -> [B, L, D]; 0 on padding.
+        With a user token [B, D] it takes part and is left out of the output."""
+        length = history.shape[1]
+        history, real, allowed, key_real = self._prepare(history, history_mask, user)
         no_candidates = history[:, :0]
-        rope = self._rope(history.shape[1], history.dtype)
+        rope = self._rope(length, history.dtype, user is not None)
         for layer in self.layers:
             history, _ = layer(history, no_candidates, allowed, key_real, rope)
-        return self.final_norm(history) * real.unsqueeze(-1).to(history.dtype)
+        out = self.final_norm(history) * real.unsqueeze(-1).to(history.dtype)
+        return out[:, :-1] if user is not None else out
 
     def forward_request(self, history: torch.Tensor, history_mask: torch.Tensor, candidates: torch.Tensor,
-                        candidate_mask: torch.Tensor | None = None) -> torch.Tensor:
+                        candidate_mask: torch.Tensor | None = None, user: torch.Tensor | None = None
+                        ) -> torch.Tensor:
         """Every candidate of a request in one pass, the history encoded once:
-        [R, L, D], [R, L], [R, C, D], [R, C] -> [R, C, D] (padding candidates give 0)."""
-        history, _, allowed, key_real = self._prepare(history, history_mask)
+        [R, L, D], [R, L], [R, C, D], [R, C], user token [R, D] -> [R, C, D] (padding candidates give 0)."""
+        length = history.shape[1]
+        history, _, allowed, key_real = self._prepare(history, history_mask, user)
         if self.position is not None:
             candidates = candidates + self.position.weight[self.max_length]
-        rope = self._rope(history.shape[1], history.dtype)
+        rope = self._rope(length, history.dtype, user is not None)
         for layer in self.layers:
             history, candidates = layer(history, candidates, allowed, key_real, rope)
         out = self.final_norm(candidates)
@@ -330,9 +368,10 @@ class CandidateIsolatedTransformer(nn.Module):
             out = out * _as_bool(candidate_mask).unsqueeze(-1).to(out.dtype)
         return out
 
-    def forward(self, history: torch.Tensor, history_mask: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-        """One candidate per row: [B, L, D], [B, L], [B, D] -> [B, D]."""
-        return self.forward_request(history, history_mask, candidate.unsqueeze(1)).squeeze(1)
+    def forward(self, history: torch.Tensor, history_mask: torch.Tensor, candidate: torch.Tensor,
+                user: torch.Tensor | None = None) -> torch.Tensor:
+        """One candidate per row: [B, L, D], [B, L], [B, D], user token [B, D] -> [B, D]."""
+        return self.forward_request(history, history_mask, candidate.unsqueeze(1), user=user).squeeze(1)
 
 
 def attention_flops(batch: int, history_len: int, num_candidates: int, dim: int, num_layers: int,

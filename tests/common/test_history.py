@@ -11,6 +11,7 @@ from common.history import (
     padded_history,
     request_groups,
 )
+from common.history_match import match_features, packed_match_features
 from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention
 
 L, D = 6, 8
@@ -155,7 +156,7 @@ def test_match_features_count_exact_id_matches_by_recency_and_action():
         "h/actions": torch.tensor([[1, 0, 0, 2], [0, 0, 0, 0]]),
         "h/candidate:a": torch.tensor([7, 9]),
     }
-    [features] = encoder.match_features(inputs)
+    [features] = match_features(inputs, "h/", ["a"], 3)
     log2 = torch.log1p(torch.tensor(2.0))
     log1 = torch.log1p(torch.tensor(1.0))
     torch.testing.assert_close(features[0], torch.stack([log2, torch.tensor(1 + 1 / 3), log1, log1, torch.tensor(0.0)]))
@@ -163,8 +164,8 @@ def test_match_features_count_exact_id_matches_by_recency_and_action():
     assert encoder(inputs).shape == (2, 29)
     # The packed form (the CPU row path) counts the same; an action id outside [0, num_actions) counts nowhere.
     inputs["h/actions"][0, 2] = 5
-    [padded] = encoder.match_features(inputs)
-    [packed] = encoder.packed_match_features(inputs, *packed_history(inputs, "h/"))
+    [padded] = match_features(inputs, "h/", ["a"], 3)
+    [packed] = packed_match_features(inputs, *packed_history(inputs, "h/"), "h/", ["a"], 3)
     torch.testing.assert_close(packed, padded, rtol=0, atol=1e-7)
     assert packed[0, 2:].tolist() == [0.0, pytest.approx(float(log1)), 0.0]
 

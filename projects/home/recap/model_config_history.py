@@ -104,6 +104,15 @@ class HistoryEncoderConfig(BaseConfig):
     transformer: TransformerEncoderConfig | None = None
 
 
+class TimeDecayConfig(BaseConfig):
+    """An item's weight in pooling and target attention times exp(-softplus(tau) * age), tau learned."""
+
+    # The group's continuous column holding each item's age (data.features.sequences.<group>.continuous).
+    column: str
+    # The decay's initial time constant, in the column's unit: softplus(tau) starts at 1 / init_hours.
+    init_hours: float = Field(default=24.0, gt=0)
+
+
 class SequenceModelConfig(BaseConfig):
     """How one data.features.sequences group is encoded: token width, a table per id column, the action types and
     the encoder. The group's [encoder output, candidate token] (2 * embedding_dim values) joins the model input."""
@@ -124,3 +133,15 @@ class SequenceModelConfig(BaseConfig):
     output_dim: int | None = Field(default=None, ge=1)
     # The group's id and action tables' initial weights instead of model.embedding_init.
     init: EmbeddingInitConfig | None = None
+    # A learned scalar per action type (1 at first) multiplies each item's weight in pooling and target attention.
+    action_weights: bool = False
+    # A learned decay of each item's weight with its age (pooling and target attention); null: none.
+    time_decay: TimeDecayConfig | None = None
+    # The candidate token's continuous block adds a projection (zero at first) of the row's featurized features.
+    candidate_features: bool = False
+    # The masked mean of the item tokens joins the group's output beside the encoder's (embedding_dim per block).
+    mean_pooling: bool = False
+    # The actions are ordered (ratings): the match features add the mean action of the matches and of the history.
+    ordinal_actions: bool = False
+    # transformer: a learned user token u that the history items and the candidates attend to (SPEC's u).
+    user_token: bool = False

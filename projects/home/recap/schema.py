@@ -201,9 +201,23 @@ def _check_sequence_group(name: str, group, model) -> None:
         raise ValueError(f"model.sequences.{name}.num_actions is "
                          + ("set but the group has no actions column" if group.actions is None else
                             f"needed: the group reads action types from {group.actions!r}"))
+    where = f"model.sequences.{name}"
     transformer = model.encoder.transformer
-    # A token is one embedding_dim block per id column, action column and continuous set.
-    width = model.embedding_dim * (len(group.ids) + (group.actions is not None) + bool(group.continuous))
+    if model.action_weights and group.actions is None:
+        raise ValueError(f"{where}.action_weights needs the group's actions column")
+    if model.ordinal_actions and group.actions is None:
+        raise ValueError(f"{where}.ordinal_actions needs the group's actions column")
+    if model.time_decay is not None and model.time_decay.column not in group.continuous:
+        raise ValueError(f"{where}.time_decay.column {model.time_decay.column!r} is not one of the group's continuous "
+                         f"columns {list(group.continuous)}")
+    if transformer is not None and (model.action_weights or model.time_decay is not None):
+        raise ValueError(f"{where}: action_weights and time_decay weigh items in pooling and target attention, "
+                         "not in the transformer")
+    if model.user_token and transformer is None:
+        raise ValueError(f"{where}.user_token needs the transformer encoder")
+    # A token is one embedding_dim block per id column, action column and continuous set (or candidate features).
+    width = model.embedding_dim * (len(group.ids) + (group.actions is not None)
+                                   + bool(group.continuous or model.candidate_features))
     if transformer is not None and width % transformer.num_heads:
         raise ValueError(f"model.sequences.{name}: the token width {width} (embedding_dim x {width // model.embedding_dim}"
                          f" blocks) is not a multiple of transformer.num_heads {transformer.num_heads}")

@@ -47,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "then moves nothing)")
 
 
+    parser.add_argument("--history-ratings", action="store_true",
+                        help="history.action holds ratings 0..4 (1 to 5 stars) that follow the user's taste for the "
+                             "item's author and weigh the history term by their sign (num_actions: 5)")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.rows < 1 or args.rows_per_file < 1 or args.row_group_size < 1:
         raise SystemExit("--rows, --rows-per-file and --row-group-size must be positive")
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                          f"must be finite (got {args.history_strength})")
     spec = SyntheticSpec(collaborative_dim=args.collaborative_dim, collaborative_strength=args.collaborative_strength,
                          candidates_per_request=args.candidates_per_request, history_length=args.history_length,
-                         history_strength=args.history_strength)
+                         history_strength=args.history_strength, history_ratings=args.history_ratings)
     start = time.perf_counter()
     with staged_output(args.output) as output:  # on an object store: written locally, then uploaded
         sizes = generate(output, args.rows, args.seed, spec=spec, splits=DEFAULT_SPLITS,

@@ -197,7 +197,8 @@ class DenseRankingModel(nn.Module):
             if histories is None:
                 raise ValueError(f"the model encodes the histories {list(self.histories.keys())}: pass histories")
             for encoder in self.histories.values():
-                parts.append(encoder(histories, request_of_row))
+                # parts[0]: the featurized continuous and binary features, which a candidate token may project.
+                parts.append(encoder(histories, request_of_row, parts[0]))
         x = torch.cat(parts, dim=1)
         if self.backbone is not None:
             shared = self.backbone(x)["output"]

@@ -10,7 +10,7 @@ from common.dcn import Dcn
 from common.embeddings import DenseEmbeddingNorm, PositionDebias, SmallEmbeddings
 from common.expert_mixtures import PLE, MMoE
 from common.featurization import ClipLog1pAbs, DoubleNormLog, Log1pAbs, ZScoreLog
-from common.history import HistoryEncoder, HistoryTokens
+from common.history import HistoryEncoder, HistoryTokens, ItemWeights
 from common.mask_net import MaskBlockSpec, MaskNet
 from common.mlp import MlpSpec
 from common.numeric_embeddings import NumericEmbeddings
@@ -96,8 +96,9 @@ def build_mixture(model: ModelConfig, in_features: int) -> nn.Module:
     return PLE(in_features, tasks, m.num_levels, m.num_task_experts, m.num_shared_experts, make_expert)
 
 
-def build_histories(config: RecapConfig) -> nn.ModuleDict | None:
-    """One HistoryEncoder per data.features.sequences group (common/history.py), or None without groups."""
+def build_histories(config: RecapConfig, feature_width: int = 0) -> nn.ModuleDict | None:
+    """One HistoryEncoder per data.features.sequences group (common/history.py), or None without groups;
+    feature_width: the featurized continuous and binary features' width (a candidate token may project them)."""
     groups = config.data.features.sequences
     if not groups:
         return None
@@ -113,7 +114,12 @@ def build_histories(config: RecapConfig) -> nn.ModuleDict | None:
             spec.num_actions,
             len(group.continuous),
             config.model.init_of(spec.init),
+            feature_width if spec.candidate_features else 0,
         )
+        decay = spec.time_decay
+        weights = ItemWeights(spec.num_actions, spec.action_weights,
+                              list(group.continuous).index(decay.column) if decay is not None else None,
+                              decay.init_hours if decay is not None else 24.0)
         dim = tokens.dim  # the blocks side by side
         encoder = spec.encoder
         if encoder.pooling is not None:
@@ -128,7 +134,8 @@ def build_histories(config: RecapConfig) -> nn.ModuleDict | None:
                                                   group.max_length, t.causal, t.ffn_multiplier)
         matched = [c.name for c in group.ids if c.candidate] if spec.match_features else []
         encoders[name] = HistoryEncoder(name, tokens, module, group.max_length, spec.share_requests, matched,
-                                        spec.output_dim)
+                                        spec.output_dim, weights, spec.ordinal_actions, spec.mean_pooling,
+                                        spec.user_token)
     return nn.ModuleDict(encoders)
 
 
@@ -275,7 +282,7 @@ def build_model(config: RecapConfig, sparse_device: torch.device | str = "cpu") 
     )
     tables = large_table_specs(config)
     pooled_dim = pooled_embedding_dim(tables)
-    histories = build_histories(config)
+    histories = build_histories(config, featurizer.output_dim)
     in_features = DenseRankingModel.input_dim(
         featurizer, dense_embeddings, small_embeddings, position_debias, pooled_dim, numeric_embeddings, histories
     )

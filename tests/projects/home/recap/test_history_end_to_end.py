@@ -29,7 +29,16 @@ GROUP = {"max_length": 5, "most_recent": "first", "actions": "history.action", "
                  {"name": "history.hashtag", "candidate": "hashtags"}]}
 
 
-@pytest.fixture(scope="module", params=["target_attention", "transformer"])
+# The opt-in settings of each encoder (docs/guides/history.md): the same scores on every path with them on.
+OPTIONS = {
+    "target_attention": dict(action_weights=True, time_decay={"column": "history.age_hours"}, candidate_features=True,
+                             mean_pooling=True, ordinal_actions=True),
+    "transformer": dict(candidate_features=True, mean_pooling=True, user_token=True),
+}
+
+
+@pytest.fixture(scope="module", params=["target_attention", "transformer", "target_attention+options",
+                                        "transformer+options"])
 def run(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("history")
     spec = dataclasses.replace(helpers.SPEC, history_length=8)
@@ -37,10 +46,11 @@ def run(request, tmp_path_factory):
     document = helpers.config_dict(root / "data", root / "save")
     del document["data"]["validation"]["single"]
     document["data"]["features"]["sequences"] = {"history": GROUP}
-    encoder = ({"target_attention": {"hidden_dims": [8]}} if request.param == "target_attention"
+    kind, _, options = request.param.partition("+")
+    encoder = ({"target_attention": {"hidden_dims": [8]}} if kind == "target_attention"
                else {"transformer": {"num_layers": 1, "num_heads": 2, "positions": "learned"}})
     document["model"]["sequences"] = {"history": {
-        "embedding_dim": 8, "num_actions": 4, "encoder": encoder,
+        "embedding_dim": 8, "num_actions": 4, "encoder": encoder, **(OPTIONS[kind] if options else {}),
         "tables": {"history.author_id": {"num_embeddings": 64}, "history.hashtag": {"num_embeddings": 32}}}}
     config_file = root / "experiment.yaml"
     config_file.write_text(yaml.safe_dump(document))

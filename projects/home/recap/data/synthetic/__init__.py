@@ -15,6 +15,9 @@ history.age_hours (non-decreasing). Items come mostly from a per-user pool of pr
 candidate's author and first hashtag often come from its request's history, and every task's logit gains
 history_strength * loading * log1p(match), where match sums action weight * exp(-age / 24 h) over the history items
 whose author is the candidate's (1) or whose hashtag is one of the candidate's (0.5): the oracle needs the history.
+With history_ratings, history.action holds ratings 0..4 (1 to 5 stars) instead, drawn around the user's hidden taste
+for the item's author (neutral outside their pool), the action weights are -1, -0.5, 0, 0.5, 1 and the logit term
+is history_strength * loading * sign(match) log1p|match|: a recently low-rated author counts against a candidate.
 Labels are Bernoulli draws from the true probabilities,
 which are written as oracle.<label column> so evaluation can compare a model with the best achievable.
 

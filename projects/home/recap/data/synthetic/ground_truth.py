@@ -21,6 +21,8 @@ class Interests:
     authors: np.ndarray
     hashtags: np.ndarray
     loadings: np.ndarray
+    # With ratings: the user's taste for each pool author ([U, pool], N(0, 1)), which their ratings follow.
+    tastes: np.ndarray | None = None
 
 
 @dataclass

@@ -20,6 +20,9 @@ NUM_ACTIONS = len(HISTORY_ACTIONS)
 HISTORY_COLUMNS = ("history.author_id", "history.hashtag", "history.action", "history.age_hours")
 _ACTION_WEIGHTS = np.array([1.0, 1.5, 1.2, 1.3], dtype=np.float32)
 _ACTION_RATES = np.array([0.6, 0.1, 0.2, 0.1])
+# Ratings (history_ratings): history.action is a rating 0..4 (1 to 5 stars) and weighs the match term by its sign.
+NUM_RATINGS = 5
+_RATING_WEIGHTS = np.array([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=np.float32)
 HISTORY_LOADINGS: dict[str, float] = {
     "is_favorited": 1.0,
     "is_retweeted": 1.0,
@@ -49,9 +52,11 @@ def _make_interests(spec: SyntheticSpec, seed: int) -> Interests | None:
     # Flatter than the impressions' popularity: users share favourites less than they share a feed of hits.
     authors = _Zipf.make(spec.num_authors, 0.7, 1, 0).sample(rng, spec.num_users * _INTEREST_POOL)
     hashtags = _Zipf.make(spec.num_hashtags, 0.7, 1, 0).sample(rng, spec.num_users * _INTEREST_POOL)
+    tastes = (_rng(seed, 6).standard_normal((spec.num_users, _INTEREST_POOL), dtype=np.float32)
+              if spec.history_ratings else None)
     return Interests(authors.astype(np.int32).reshape(spec.num_users, _INTEREST_POOL),
                      hashtags.astype(np.int32).reshape(spec.num_users, _INTEREST_POOL),
-                     np.array([HISTORY_LOADINGS[t] for t, _ in spec.tasks], dtype=np.float32))
+                     np.array([HISTORY_LOADINGS[t] for t, _ in spec.tasks], dtype=np.float32), tastes)
 
 class _History(NamedTuple):
     """Each request's engagement history as [R, L] arrays (indices; entries at or past its length are padding)."""
@@ -78,7 +83,7 @@ def _draw_history(world: World, rng: np.random.Generator, user: np.ndarray) -> _
     length = np.minimum(np.floor(-mean * np.log1p(-rng.random(r, dtype=np.float32))), max_length).astype(np.int64)
     real = np.arange(max_length) < length[:, None]
 
-    def items(pool: np.ndarray, popularity: _Zipf) -> np.ndarray:
+    def items(pool: np.ndarray, popularity: _Zipf, tastes: np.ndarray | None = None) -> np.ndarray:
         # Slot floor(pool * u^2): the first slots, a user's favourites, are the likeliest (35%, 15%, ... 6.5%).
         slots = rng.random((r, max_length), dtype=np.float32)
         slots *= slots
@@ -88,14 +93,22 @@ def _draw_history(world: World, rng: np.random.Generator, user: np.ndarray) -> _
         outside = rng.random((r, max_length), dtype=np.float32) >= _FROM_POOL
         outside &= real  # padding needs no draws of its own
         values[outside] = popularity.sample(rng, int(outside.sum()))
+        if tastes is not None:  # the rating of each item: the user's taste for a pool author, else neutral
+            taste = np.take_along_axis(tastes[user], slots, axis=1)
+            taste[outside] = 0.0
+            noise = rng.standard_normal((r, max_length), dtype=np.float32)
+            ratings.append(np.clip(np.rint(2.0 + 1.2 * taste + 0.7 * noise), 0, NUM_RATINGS - 1).astype(np.int64))
         return values
 
-    author = items(interests.authors, world.authors)
+    ratings: list[np.ndarray] = []
+    author = items(interests.authors, world.authors, interests.tastes)
     hashtag = items(interests.hashtags, world.hashtags)
     uniform = rng.random((r, max_length), dtype=np.float32)
     action = np.zeros((r, max_length), dtype=np.int64)
     for threshold in np.cumsum(_ACTION_RATES)[:-1]:  # the inverse cdf of the action rates, one comparison a type
         action += uniform >= threshold
+    if ratings:
+        action = ratings[0]
     gaps = -np.log1p(-rng.random((r, max_length), dtype=np.float32))
     gaps *= np.float32(_HISTORY_GAP_HOURS)
     return _History(length, author, hashtag, action, np.cumsum(gaps, axis=1, dtype=np.float32))
@@ -136,7 +149,7 @@ def _history_match(world: World, history: _History, request: np.ndarray, author:
         tagged |= item_tag == candidate_tags[:, k : k + 1]
     same += 0.5 * tagged
     weight = history.recency()
-    weight *= _ACTION_WEIGHTS[history.action]
+    weight *= (_RATING_WEIGHTS if world.interests.tastes is not None else _ACTION_WEIGHTS)[history.action]
     return np.einsum("ij,ij->i", same, weight[request])
 
 

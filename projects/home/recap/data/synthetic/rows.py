@@ -51,7 +51,7 @@ def _draw(world: World, rng: np.random.Generator, n: int) -> dict:
         request = np.arange(n) // per_request
         _match_candidates(world, history_rng, history, request, author, tags, counts)
         term = _history_match(world, history, request, author, tags, counts)
-        np.log1p(term, out=term)
+        np.copysign(np.log1p(np.abs(term)), term, out=term)  # log1p(term) for non-negative terms
         term *= np.float32(spec.history_strength)
         extra = dict(history=_history_lists(world, history, request), history_term=term)
     # Mean latent vector and bias of each row's hashtags (zero without any); tags are grouped by row.

@@ -89,6 +89,9 @@ class SyntheticSpec:
     history_length: int = 0
     history_strength: float = 1.5
     history_match_rate: float = 0.35
+    # history.action holds ratings 0..4 (1 to 5 stars, following the user's taste for the author) instead of
+    # engagement types; a rating weighs the match term by -1, -0.5, 0, 0.5, 1, so a low rating pushes it down.
+    history_ratings: bool = False
 
     def __post_init__(self) -> None:
         if self.candidates_per_request < 1:

@@ -214,3 +214,34 @@ def test_command_writes_history(tmp_path):
     for bad in (["--history-length", "-1"], ["--history-length", "4", "--history-strength", "inf"]):
         with pytest.raises(SystemExit, match="history"):
             main(["data", "generate", "--output", str(tmp_path), *bad])
+
+
+def test_ratings_follow_the_taste_and_their_sign_moves_the_oracle():
+    """history_ratings: history.action holds ratings 0..4; a candidate whose author the user rated low (0 or 1) gets
+    a lower oracle logit than one whose author they rated high (3 or 4), for an engagement task."""
+    spec = replace(ON, history_ratings=True)
+    table = generate_table(make_world(spec, 5), _rng(5, 8), ROWS, 0)
+    lengths, ratings = lists(table, "history.action")
+    counts = np.bincount(ratings, minlength=5)
+    assert ratings.min() == 0 and ratings.max() == 4 and (counts > 0.05 * len(ratings)).all()
+    _, authors = lists(table, "history.author_id")
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    candidate = table.column("author_id").combine_chunks().flatten().to_numpy()
+    same = authors == candidate[row]
+    low, high = np.zeros(len(lengths), bool), np.zeros(len(lengths), bool)
+    low[row[same & (ratings <= 1)]] = True
+    high[row[same & (ratings >= 3)]] = True
+    p = oracle(table, "is_favorited")
+    logit = np.log(p / (1 - p))
+    only_low, only_high = low & ~high, high & ~low
+    assert only_low.sum() > 200 and only_high.sum() > 200
+    assert logit[only_high].mean() - logit[only_low].mean() > 1.0
+    # Without ratings the data keeps its engagement types: actions 0..3.
+    assert lists(generate_table(make_world(ON, 5), _rng(5, 8), 2_000, 0), "history.action")[1].max() <= NUM_ACTIONS - 1
+
+
+def test_command_writes_ratings(tmp_path):
+    assert main(["data", "generate", "--output", str(tmp_path), "--rows", "3000", "--history-length", "8",
+                 "--history-ratings", "--processes", "1"]) == 0
+    ratings = lists(ds.dataset(tmp_path / "train").to_table(), "history.action")[1]
+    assert ratings.max() == 4

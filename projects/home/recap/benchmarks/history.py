@@ -134,7 +134,10 @@ def _flops_per_row(bench: ConfigBenchmark) -> float:
     bench.model.train()
     total = 0
     for batch in bench.batches[:4]:
-        total += perf.count_flops(lambda batch=batch: bench.model(batch)[0].backward())
+        def forward_backward(batch: Any = batch) -> None:
+            bench.model(batch)[0].backward()
+
+        total += perf.count_flops(forward_backward)
         bench.dense_optimizer.zero_grad()
     return total / sum(b.batch_size for b in bench.batches[:4])
 

@@ -393,3 +393,30 @@ def test_a_history_model_trains_without_torchrec_train_pipeline_and_says_why(tmp
     finally:
         shutdown_distributed()
     assert result.step == 2 and problems and all("engagement histories" in p for p in problems)
+
+
+def test_history_ids_looked_up_once_per_distinct_id_give_the_same_rows_and_gradients():
+    """The CPU lookup of each distinct history id once per batch (dedup_history_ids) equals looking every item up:
+    the model's outputs and the gradients of the shared and own tables and of the dense parameters."""
+    config = history_config()
+    b = batch_of(config, 0, 0)
+    history = b.sequences["history"]
+    # Repeated ids, as in real batches: every row's history repeats row 0's first ids.
+    assert int(history["id:hist.author"].unique().numel()) < int(history["id:hist.author"].numel())
+    results = []
+    for dedup in (True, False):
+        torch.manual_seed(0)
+        model = build_model(config)
+        model.dedup_history_ids = dedup
+        out = model(b)
+        loss = sum(v.float().sum() for k, v in out.items() if k == "logits")
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out["logits"].detach(), grads))
+    (logits, grads), (logits_all, grads_all) = results
+    torch.testing.assert_close(logits, logits_all, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == grads_all.keys()
+    tables = [n for n in grads if "large_embeddings_unpooled" in n]
+    assert len(tables) == 2  # the shared author table and the history's own tag table
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_all[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -9,6 +9,8 @@ DEMO_DIR ?=
 DEMO_DATA ?=
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+# pytest-xdist worker processes for `make test` (one per core of the CI machine); 0 runs the suite in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test lint docs bench clean
 
@@ -34,8 +36,9 @@ endif
 demo: $(STAMP)
 	$(BIN)/recap demo $(if $(DEMO_DATA),--data-dir $(DEMO_DATA)) $(if $(DEMO_DIR),--save-dir $(DEMO_DIR)) $(DEMO_ARGS)
 
+# --dist worksteal: a worker that runs out of tests takes the other's last ones, so the workers end together.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory lint
 
 # ruff over everything, mypy over core/, common/ and projects/home/recap/ (settings in pyproject.toml).

@@ -1,10 +1,12 @@
-"""A real S3-protocol server for tests: moto's server in a subprocess on a free port of 127.0.0.1 (nothing leaves the
-machine), reached by s3fs and pyarrow as production reaches S3 or MinIO: credentials in AWS_ACCESS_KEY_ID /
-AWS_SECRET_ACCESS_KEY and the endpoint in AWS_ENDPOINT_URL. Skipped where moto or s3fs is not installed."""
+"""A real S3-protocol server for tests: moto's server in a subprocess on a port of 127.0.0.1 that the system picks
+(nothing leaves the machine), reached by s3fs and pyarrow as production reaches S3 or MinIO: credentials in
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the endpoint in AWS_ENDPOINT_URL. Skipped where moto or s3fs is not
+installed."""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -43,12 +45,6 @@ def _fs():
     return fsspec.filesystem("s3")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _clear_client_caches() -> None:
     import s3fs
 
@@ -60,20 +56,26 @@ def s3_server(log_dir: Path) -> Iterator[S3Server]:
     """Start moto's S3 server, point this process's environment at it, and stop it afterwards."""
     pytest.importorskip("s3fs")
     pytest.importorskip("moto.server")
-    port = _free_port()
-    log = open(log_dir / "moto.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    # Port 0: the server binds a port the system picks and logs it, so servers started at once (tests in parallel
+    # workers) never race for the same free port.
+    log_path = log_dir / "moto.log"
+    log = open(log_path, "w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
                               stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError as exc:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError(f"moto's server did not start: {(log_dir / 'moto.log').read_text()[-2000:]}") from exc
-            time.sleep(0.1)
+        found = re.search(r"Running on http://127\.0\.0\.1:(\d+)", log_path.read_text())
+        if found:
+            port = int(found.group(1))
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError(f"moto's server did not start: {log_path.read_text()[-2000:]}")
+        time.sleep(0.1)
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
     saved = {k: os.environ.get(k) for k in [*env, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}

@@ -25,7 +25,7 @@ from core.checkpoint import list_checkpoints  # noqa: E402
 from core.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from core.storage import location  # noqa: E402
 
-STEPS = 300
+STEPS = 100  # the SIGTERM, sent once step 10 is logged, must come well before the end
 
 
 @pytest.fixture(scope="module")

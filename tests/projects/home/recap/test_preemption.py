@@ -21,7 +21,7 @@ from processes import alive, children  # noqa: E402
 from core.checkpoint import list_checkpoints  # noqa: E402
 from core.distributed import init_distributed, shutdown_distributed  # noqa: E402
 
-STEPS = 300
+STEPS = 150  # the stop, at step 10 or a few after, must come well before the end (a parent watch polls each second)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

@@ -403,17 +403,27 @@ def test_history_ids_looked_up_once_per_distinct_id_give_the_same_rows_and_gradi
     history = b.sequences["history"]
     # Repeated ids, as in real batches: every row's history repeats row 0's first ids.
     assert int(history["id:hist.author"].unique().numel()) < int(history["id:hist.author"].numel())
-    results = []
+    results, looked_up = [], []
     for dedup in (True, False):
         torch.manual_seed(0)
         model = build_model(config)
         model.dedup_history_ids = dedup
+        collection = model.large_embeddings_unpooled["dim_8"]
+        forward = collection.forward
+        collection.forward = lambda features, forward=forward: looked_up.append(features.values().numel()) or \
+            forward(features)
         out = model(b)
         loss = sum(v.float().sum() for k, v in out.items() if k == "logits")
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((out["logits"].detach(), grads))
     (logits, grads), (logits_all, grads_all) = results
+    # Every item's id once each without, each distinct id once with (fewer rows looked up).
+    items = sum(int(history[k].numel()) for k in ("id:hist.author", "id:hist.tag", "candidate:hist.author"))
+    distinct = sum(int(history[k].unique().numel()) for k in ("id:hist.author", "id:hist.tag",
+                                                              "candidate:hist.author"))
+    pooled = int(b.sparse["author_id"].values().numel())  # the candidate's pooled author ids, not deduplicated
+    assert looked_up == [distinct + pooled, items + pooled]
     torch.testing.assert_close(logits, logits_all, rtol=1e-6, atol=1e-6)
     assert grads.keys() == grads_all.keys()
     tables = [n for n in grads if "large_embeddings_unpooled" in n]

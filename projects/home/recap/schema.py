@@ -212,7 +212,8 @@ def _check_sequence_group(name: str, group, model) -> None:
                          f"columns {list(group.continuous)}")
     if transformer is not None and (model.action_weights or model.time_decay is not None):
         raise ValueError(f"{where}: action_weights and time_decay weigh items in pooling and target attention, "
-                         "not in the transformer")
+                         f"not in the transformer (set {where}.action_weights: false and {where}.time_decay: null "
+                         "with it)")
     if model.user_token and transformer is None:
         raise ValueError(f"{where}.user_token needs the transformer encoder")
     # A token is one embedding_dim block per id column, action column and continuous set (or candidate features).

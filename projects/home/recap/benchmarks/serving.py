@@ -67,6 +67,8 @@ def encoder_config(path: str, encoder: str, length: int) -> tuple[RecapConfig, s
     key = f"model.sequences.{group}.encoder"
     overrides = [f"{key}.{name}=null" for name in ENCODERS] + [f"{key}={ENCODERS[encoder]}",
                                                                f"data.features.sequences.{group}.max_length={length}"]
+    if encoder == "transformer":  # item weights are for pooling and target attention only
+        overrides += [f"model.sequences.{group}.action_weights=false", f"model.sequences.{group}.time_decay=null"]
     return load_recap_config(path, overrides), group
 
 

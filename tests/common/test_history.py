@@ -1,5 +1,8 @@
 """History inputs and the request path: padding, tokens, and one encoding per request equal to row by row."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,6 +16,9 @@ from common.history import (
 )
 from common.history_match import match_features, packed_match_features
 from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention
+
+sys.path.insert(0, str(Path(__file__).parent))
+from history_helpers import ENCODERS, encoder_module  # noqa: E402
 
 L, D = 6, 8
 
@@ -183,7 +189,6 @@ def test_an_output_projection_sets_the_groups_width():
 
 # The request path: the history tensors hold one row per request, the candidate ids one per row, request_of_row
 # each row's request.
-ENCODERS = ["pooling", "target_attention", "target_attention_softmax", "transformer", "transformer_rotary_causal"]
 
 
 def _variant(kind: str, features: str) -> HistoryEncoder:
@@ -194,14 +199,7 @@ def _variant(kind: str, features: str) -> HistoryEncoder:
     tokens = HistoryTokens(D, {"a": (50, True), "t": (20, False)}, num_actions=3 if full else None,
                            num_continuous=2 if full else 0)
     width = tokens.dim
-    module = {
-        "pooling": lambda: HistoryPooling("sum", width),
-        "target_attention": lambda: TargetAttention(width, (8,)),
-        "target_attention_softmax": lambda: TargetAttention(width, (8,), softmax=True),
-        "transformer": lambda: CandidateIsolatedTransformer(width, num_layers=2, num_heads=2, max_length=L),
-        "transformer_rotary_causal": lambda: CandidateIsolatedTransformer(
-            width, num_layers=1, num_heads=2, positions="rotary", max_length=L, causal=True),
-    }[kind]()
+    module = encoder_module(kind, width, L)
     return HistoryEncoder("h", tokens, module, L, share_requests=False,
                           candidate_columns=["a", "t"] if full else None).eval()
 

@@ -3,6 +3,8 @@ ordinal (rating) match features and the transformer's user token. Each keeps the
 the packed CPU path equal to the padded one and a candidate's output independent of the other candidates."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,10 @@ import torch
 from common.history import HistoryEncoder, HistoryTokens, ItemWeights, padded_history
 from common.history_inputs import packed_history
 from common.history_match import match_features, packed_match_features
-from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling, TargetAttention
+from common.sequence_encoders import CandidateIsolatedTransformer, HistoryPooling
+
+sys.path.insert(0, str(Path(__file__).parent))
+from history_helpers import encoder_module  # noqa: E402
 
 L, D, F, K = 6, 8, 5, 4  # history length, block width, row features, action types
 
@@ -23,14 +28,7 @@ def _encoder(kind: str, weights: bool = True, candidate_features: bool = True, m
     if tokens.candidate_projection is not None:  # not zero, so that the features matter in the tests
         torch.nn.init.normal_(tokens.candidate_projection.weight)
     width = tokens.dim
-    module = {
-        "pooling": lambda: HistoryPooling("mean", width),
-        "target_attention": lambda: TargetAttention(width, (8,)),
-        "target_attention_softmax": lambda: TargetAttention(width, (8,), softmax=True),
-        "transformer": lambda: CandidateIsolatedTransformer(width, num_layers=2, num_heads=2, max_length=L),
-        "transformer_rotary_causal": lambda: CandidateIsolatedTransformer(
-            width, num_layers=1, num_heads=2, positions="rotary", max_length=L, causal=True),
-    }[kind]()
+    module = encoder_module(kind, width, L, "mean")
     item_weights = ItemWeights(K, True, 1, 10.0) if weights and not kind.startswith("transformer") else None
     if item_weights is not None:
         with torch.no_grad():

@@ -15,6 +15,7 @@ from torch import nn
 
 from common.batch import RecapBatch
 from common.history import pad_jagged, padded_history
+from common.history_inputs import tracing
 from common.sparse_embeddings import SparseIdTransform, pool_jagged
 from projects.home.recap.model.dense import DenseRankingModel
 
@@ -228,8 +229,7 @@ def _dedups(ids: torch.Tensor) -> bool:
     gradient is the sum over the occurrences either way (index_select's backward adds them up, as the table's
     backward does for repeated ids). On a GPU, torch.unique would synchronize with the device every step (torchrec's
     `use_index_dedup` is the GPU's counterpart); under tracing its size is data-dependent."""
-    return ids.device.type == "cpu" and ids.numel() > 0 and not torch.jit.is_scripting() \
-        and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+    return ids.device.type == "cpu" and ids.numel() > 0 and not tracing()
 
 
 def _history_features(columns: dict[str, list[str]], sequences: dict[str, dict[str, torch.Tensor]],

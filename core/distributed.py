@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from core.cpu_allocator import keep_freed_memory
 from core.log import get_logger
 from core.parent_watch import stop_with_parent
 
@@ -135,6 +136,8 @@ def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> 
     backend = "nccl" if resolved.type == "cuda" else "gloo"
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
+    else:
+        keep_freed_memory()  # the step's large tensors reuse memory instead of page-faulting it in every step
     if not dist.is_initialized():
         kwargs = {"timeout": timeout} if timeout is not None else {}
         if launched_by_torchrun():

@@ -174,8 +174,10 @@ class TargetAttention(nn.Module):
         # As in weights(): (W_e + W_d) e + W_p (e c) per item, (W_c - W_d) c + b once per row.
         own = F.linear(candidate, w_c - w_d, first.bias)
         pair = candidate.index_select(0, row)
-        hidden = F.linear(torch.cat([items, items * pair], dim=-1), torch.cat([w_e + w_d, w_p], dim=1))
-        logits = self.mlp[1:](hidden + own.index_select(0, row)).squeeze(-1)
+        # Two products, not one on [e, e c]: building the [N, 2D] concatenation (and splitting its gradient) moves
+        # more memory than the second product costs.
+        hidden = F.linear(items, w_e + w_d) + F.linear(items * pair, w_p) + own.index_select(0, row)
+        logits = self.mlp[1:](hidden).squeeze(-1)
         return segment_softmax(logits, row, candidate.shape[0]) if self.softmax else logits
 
     def forward_packed(self, items: torch.Tensor, row: torch.Tensor, candidate: torch.Tensor,

@@ -21,7 +21,7 @@ from projects.home.recap.model.dense import DenseRankingModel
 
 if TYPE_CHECKING:  # only the sparse lookup needs torchrec: DenseRankingModel runs without it
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
-    from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+    from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 
 class MultiTaskRankingModel(nn.Module):
@@ -95,9 +95,10 @@ class MultiTaskRankingModel(nn.Module):
         return ([self.large_embeddings] if self.large_embeddings is not None else []) + unpooled
 
     def embed_sparse(self, sparse: KeyedJaggedTensor | None, batch_size: int,
-                     unpooled: dict[str, JaggedTensor] | None = None) -> torch.Tensor:
+                     unpooled: dict[str, JaggedTensor] | None = None, bags: object | None = None) -> torch.Tensor:
         """Pooled large embeddings [B, P] of the batch's sparse ids (ids mapped into range first); `unpooled`: the
-        rows of the features whose table lives in an EmbeddingCollection (`lookup_unpooled`), pooled here."""
+        rows of the features whose table lives in an EmbeddingCollection (`lookup_unpooled`), pooled here; `bags`:
+        the bag collection's output when the caller has started its lookup already (`lookup_bags`)."""
         if not self.sparse_feature_names:
             return torch.zeros(batch_size, 0, device=self.dense.log_ratio.device)
         if sparse is None:
@@ -107,7 +108,7 @@ class MultiTaskRankingModel(nn.Module):
         from torchrec.sparse.jagged_tensor import KeyedTensor
 
         if self.large_embeddings is not None:
-            pooled = self.large_embeddings(self.id_transform(sparse))
+            pooled = bags if bags is not None else self.lookup_bags(sparse)
             if not self.unpooled_pooling:
                 # A sharded collection orders its output by sharding plan, not by table config: regroup by feature
                 # name so the dense part sees the same columns whatever the world size.
@@ -121,6 +122,11 @@ class MultiTaskRankingModel(nn.Module):
             rows = unpooled[name]
             by_feature[name] = pool_jagged(rows.values(), rows.lengths(), mode)
         return torch.cat([by_feature[name] for name in self.sparse_feature_names], dim=1)
+
+    def lookup_bags(self, sparse: KeyedJaggedTensor) -> KeyedTensor:
+        """The bag collection's pooled rows of the (range-mapped) ids; sharded, its exchange between ranks runs
+        until the result is read."""
+        return self.large_embeddings(self.id_transform(sparse))
 
     def lookup_unpooled(self, sparse: KeyedJaggedTensor | None, sequences: dict[str, dict[str, torch.Tensor]],
                         batch_size: int) -> dict[str, JaggedTensor]:
@@ -201,8 +207,12 @@ class MultiTaskRankingModel(nn.Module):
         return out
 
     def forward(self, batch: RecapBatch) -> dict[str, torch.Tensor]:
+        # The bag lookup first: on several ranks its rows travel back while the sequence collection looks up.
+        bags = None
+        if self.large_embeddings is not None and self.large_embeddings_unpooled is not None and batch.sparse is not None:
+            bags = self.lookup_bags(batch.sparse)
         unpooled = self.lookup_unpooled(batch.sparse, batch.sequences, batch.batch_size)
-        pooled = self.embed_sparse(batch.sparse, batch.batch_size, unpooled)
+        pooled = self.embed_sparse(batch.sparse, batch.batch_size, unpooled, bags)
         return self.dense(batch.continuous, batch.binary, batch.discrete, batch.embeddings, pooled,
                           self.padded_histories(batch, unpooled))
 

@@ -13,7 +13,10 @@ The group's output is
 Ids are hashed (or taken modulo) into each table like the large embedding tables' ids. A column's table E_i is
 either a replicated nn.Embedding owned by the tokens (small vocabularies) or a sharded torchrec table looked up
 before the dense model (MultiTaskRankingModel): its rows then come in as inputs, "<group>/emb:<col>" [B, L, dim]
-and "<group>/candidate:emb:<col>" [B, dim], and the tokens are the same.
+and "<group>/candidate:emb:<col>" [B, dim], and the tokens are the same. Where the encoder packs the real items
+(`HistoryEncoder.packs`: CPU, eager) the rows may come packed instead, "<group>/items:emb:<col>" [N, dim] with the
+real items in row order (the jagged order): MultiTaskRankingModel gives them so in training, sparing a pad and a
+gather and their gradients.
 
 Inputs of `HistoryEncoder.forward` are padded [B, L] tensors keyed "<group>/<field>"; `padded_history` makes them
 from a batch's jagged group (lengths [B] and the rows' items one after another). On the request path the history
@@ -130,7 +133,11 @@ class HistoryEncoder(nn.Module):
             return self._encode_requests(inputs, request_of_row, features)
         mask = inputs[self.prefix + "mask"]
         candidate = self.tokens.candidate(inputs, self.prefix, mask, features)
-        if self.packs(mask):
+        packs = self.packs(mask)
+        if not packs and any(k.startswith(self.prefix + "items:") for k in inputs):
+            raise ValueError(f"history group {self.prefix[:-1]!r} takes its inputs padded here (its encoder, device "
+                             "or mode does not pack them): pass '<group>/emb:<col>' [rows, L, dim], not 'items:emb:'")
+        if packs:
             items, row, position = packed_history(inputs, self.prefix)
             weight = self._weights(items)
             matches = packed_match_features(inputs, items, row, position, self.prefix, self.match_columns,
@@ -254,6 +261,10 @@ class HistoryEncoder(nn.Module):
             raise ValueError(f"{p}mask has shape {tuple(mask.shape)}; expected [rows or requests, max_length]")
         for key, tensor in inputs.items():
             if not key.startswith(p) or key.startswith(p + "candidate:") or key == p + "mask":
+                continue
+            if key.startswith(p + "items:"):  # packed (the real items in row order): packed_history checks them
+                if tensor.dim() != 2:
+                    raise ValueError(f"{key} has shape {tuple(tensor.shape)}; expected [items, dim]")
                 continue
             dims = 3 if key == p + "continuous" or key.startswith(p + "emb:") else 2
             if tensor.dim() != dims or tuple(tensor.shape[:2]) != tuple(mask.shape):

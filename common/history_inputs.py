@@ -41,14 +41,21 @@ def packed_history(inputs: dict[str, torch.Tensor], prefix: str
                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The padded history inputs' real items one after another (the jagged form again): each "<prefix>id:<col>",
     "actions" [N] and "continuous" [N, C], in row order and most recent first within a row; each item's row [N] and
-    position in its row [N] (0 = most recent). On the CPU the items are then embedded and encoded once each, with
+    position in its row [N] (0 = most recent). An input given packed already, "<prefix>items:<name>" [N, ...] (a
+    sharded table's rows in their jagged order), is the item's "<prefix><name>" as it is. On the CPU the items are then embedded and encoded once each, with
     no padding to compute and differentiate; finding them costs a device synchronization on a GPU."""
     mask = inputs[prefix + "mask"]
     batch, length = mask.shape
     real = torch.nonzero(mask.reshape(-1)).squeeze(1)
     out = {}
+    packed = prefix + "items:"
     for key, tensor in inputs.items():
-        if key.startswith(prefix) and key != prefix + "mask" and not key.startswith(prefix + "candidate:"):
+        if key.startswith(packed):  # given packed already ("<prefix>items:emb:<col>" [N, D]): taken as it is
+            if tensor.shape[0] != real.shape[0]:
+                raise ValueError(f"{key} holds {tensor.shape[0]} items but {prefix}mask has {real.shape[0]} real "
+                                 "items: packed inputs hold the real items in row order")
+            out[prefix + key[len(packed):]] = tensor
+        elif key.startswith(prefix) and key != prefix + "mask" and not key.startswith(prefix + "candidate:"):
             out[key] = tensor.reshape(batch * length, *tensor.shape[2:]).index_select(0, real)
     return out, torch.div(real, length, rounding_mode="floor"), torch.remainder(real, length)
 

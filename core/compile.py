@@ -43,6 +43,11 @@ def compile_module(module: nn.Module, mode: str = "default", backend: str = "ind
     return module
 
 
+def is_compiled(module: nn.Module) -> bool:
+    """Whether `module`'s calls run compiled (compile_module, i.e. nn.Module.compile, on it)."""
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
 def compile_function(fn: Callable[..., Any], mode: str = "default", backend: str = "inductor") -> Callable[..., Any]:
     """`fn` compiled with torch.compile in the given mode and backend."""
     return torch.compile(fn, **compile_options(mode, backend))

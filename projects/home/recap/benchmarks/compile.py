@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from core import perf
-from core.compile import CompileClock, graph_breaks
+from core.compile import CompileClock, graph_breaks, is_compiled
 from core.log import setup_logging
 from core.progress import Progress
 from core.train_config import CompileConfig
@@ -173,7 +173,7 @@ def dense_step_figures(config_name: str, precisions: tuple[str, ...], seconds: f
         flops = perf.count_flops(step)
         shapes: Counter[perf.MatmulShape] = Counter()
         for trainer in trainers.values():
-            if trainer.model._compiled_call_impl is None:  # the shapes each layout runs
+            if not is_compiled(trainer.model):  # the shapes each layout runs
                 shapes.update(matmul_shapes(lambda t=trainer: step(t)))
             trainer.optimizer.zero_grad(set_to_none=True)
         with Progress(f"{config_name} dense model, {precision}") as progress:

@@ -17,6 +17,7 @@ from common.batch import RecapBatch
 from common.history import pad_jagged, padded_history
 from common.history_inputs import tracing
 from common.sparse_embeddings import SparseIdTransform, pool_jagged
+from core.compile import is_compiled
 from projects.home.recap.model.dense import DenseRankingModel
 
 if TYPE_CHECKING:  # only the sparse lookup needs torchrec: DenseRankingModel runs without it
@@ -50,6 +51,8 @@ class MultiTaskRankingModel(nn.Module):
         self.history_columns = dict(unpooled.history_columns) if unpooled is not None else {}
         # Look each distinct history id up once per batch (see _dedups): the same rows and gradients, fewer lookups.
         self.dedup_history_ids = True
+        # In CPU training, give the packing encoders the history rows packed (see padded_histories).
+        self.pack_history_rows = True
         self.bag_feature_names = list(id_transform.feature_names) if id_transform is not None else []
         pooled = self.bag_feature_names + list(self.unpooled_pooling)
         self.sparse_feature_names = list(sparse_feature_names) if sparse_feature_names is not None else pooled
@@ -184,8 +187,9 @@ class MultiTaskRankingModel(nn.Module):
                          ) -> dict[str, torch.Tensor] | None:
         """The batch's jagged history groups padded to their max_length on the batch's device (common/history.py),
         with the rows of the columns whose table is sharded ("<group>/emb:<col>" [B, L, D] zeros past each row's
-        length, "<group>/candidate:emb:<col>" [B, D]); `unpooled` is `lookup_unpooled`'s output (looked up here
-        when None)."""
+        length, "<group>/candidate:emb:<col>" [B, D]; in CPU training, for an encoder that packs its items,
+        "<group>/items:emb:<col>" [N, D] instead: the rows as looked up); `unpooled` is `lookup_unpooled`'s output
+        (looked up here when None)."""
         lengths = self.dense.history_lengths
         if not lengths:
             return None
@@ -198,9 +202,17 @@ class MultiTaskRankingModel(nn.Module):
         for group, max_length in lengths.items():
             prefix = group + "/"
             out.update(padded_history(batch.sequences[group], max_length, prefix))
+            # Training on the CPU, the encoder reads the real items packed (HistoryEncoder.packs): the rows go to it
+            # as they are, in the jagged order that packing gives, rather than padded here and packed again there.
+            # A compiled dense model takes them padded (it does not pack).
+            packed = (self.pack_history_rows and self.training and not is_compiled(self.dense)
+                      and self.dense.histories[group].packs(out[prefix + "mask"]))
             for column in self.history_columns.get(group, []):
                 rows = unpooled[prefix + "id:" + column]
-                out[prefix + "emb:" + column] = pad_jagged(rows.values(), rows.lengths(), max_length)
+                if packed:
+                    out[prefix + "items:emb:" + column] = rows.values()
+                else:
+                    out[prefix + "emb:" + column] = pad_jagged(rows.values(), rows.lengths(), max_length)
                 candidate = unpooled.get(prefix + "candidate:" + column)
                 if candidate is not None:
                     out[prefix + "candidate:emb:" + column] = candidate.values()

@@ -45,8 +45,10 @@ def fresh_dynamo():
 
 
 def dense_inputs(model, batch) -> tuple[tuple, dict]:
-    """The arguments MultiTaskRankingModel hands its DenseRankingModel for `batch` (after the eager lookup)."""
+    """The arguments MultiTaskRankingModel hands its DenseRankingModel for `batch` (after the eager lookup), as a
+    compiled dense model gets them: history rows padded, not packed."""
     captured = {}
+    model.pack_history_rows = False
 
     def hook(module, args, kwargs):
         captured["args"], captured["kwargs"] = args, kwargs
@@ -204,3 +206,24 @@ def test_uncompiling_restores_the_eager_model(make_config):
     assert model.model.dense._compiled_call_impl is not None and model.loss_function is not multi_task_bce
     uncompile_model(model)
     assert model.model.dense._compiled_call_impl is None and model.loss_function is multi_task_bce
+
+
+def test_a_compiled_history_model_trains_on_the_padded_rows():
+    """Training on the CPU, an eager history model hands its packing encoder the sharded rows packed; compiled, the
+    dense model gets them padded (it does not pack) and computes what eager computes."""
+    # No random ops (the position feature's dropout): the two runs draw differently.
+    config = load_recap_config(CONFIG_DIR / "demo_history.yaml", ["model.position_debias.drop_probability=0"])
+    torch.manual_seed(0)
+    eager = build_model(config).train()
+    compiled = compile_model(copy.deepcopy(eager), CompileConfig(target="dense", backend="aot_eager"))
+    batch = random_batch(config, 16, torch.Generator().manual_seed(1))
+    outputs = []
+    for model in (eager, compiled):
+        out = model(batch)
+        out["logits"].sum().backward()
+        outputs.append((out["logits"].detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (logits, grads), (logits_compiled, grads_compiled) = outputs
+    torch.testing.assert_close(logits_compiled, logits, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == grads_compiled.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_compiled[name], grads[name], rtol=1e-4, atol=1e-5, msg=name)

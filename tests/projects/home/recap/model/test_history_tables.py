@@ -101,7 +101,7 @@ def test_no_replicated_copy_of_a_large_table_exists():
 
 def test_the_candidate_and_the_history_read_the_same_row_of_the_same_id():
     config = history_config()
-    model = build_model(config)
+    model = build_model(config).eval()  # padded rows (training on the CPU packs them)
     b = batch_of(config, 0, 0)
     history = b.sequences["history"]
     # Row 1's candidate author and its first history item have the same raw id.
@@ -430,3 +430,52 @@ def test_history_ids_looked_up_once_per_distinct_id_give_the_same_rows_and_gradi
     assert len(tables) == 2  # the shared author table and the history's own tag table
     for name in grads:
         torch.testing.assert_close(grads[name], grads_all[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["target_attention", "pooling", "transformer"])
+def test_history_rows_given_packed_in_training_give_the_same_outputs_and_gradients(kind):
+    """In CPU training the sharded tables' history rows go to a packing encoder as they are (pack_history_rows),
+    not padded and packed again: the same outputs and gradients as the padded inputs; an encoder that does not pack
+    (the transformer) gets them padded either way."""
+    encoder = {"target_attention": "{target_attention: {hidden_dims: [8]}}", "pooling": "{pooling: {}}",
+               "transformer": "{transformer: {num_layers: 1, num_heads: 2}}"}[kind]
+    config = history_config(overrides=[f"model.sequences.history.encoder={encoder}"])
+    b = batch_of(config, 0, 0)
+    results, keys = [], []
+    for packed in (True, False):
+        torch.manual_seed(0)
+        model = build_model(config)
+        model.train()
+        model.pack_history_rows = packed
+        padded = model.padded_histories
+
+        def recording(*args, padded=padded):
+            inputs = padded(*args)
+            keys.append(sorted(inputs))
+            return inputs
+
+        model.padded_histories = recording
+        out = model(b)
+        sum(v.float().sum() for k, v in out.items() if k == "logits").backward()
+        results.append((out["logits"].detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                 if p.grad is not None}))
+    (logits, grads), (logits_padded, grads_padded) = results
+    given_packed = [k for k in keys[0] if "items:emb:" in k]
+    assert given_packed == ([] if kind == "transformer" else ["history/items:emb:hist.author",
+                                                              "history/items:emb:hist.tag"])
+    assert not [k for k in keys[1] if "items:" in k]
+    torch.testing.assert_close(logits, logits_padded, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == grads_padded.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_padded[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_packed_history_rows_given_to_a_padded_path_are_an_error():
+    model = build_model(history_config())
+    model.train()
+    b = batch_of(history_config(), 0, 0)
+    inputs = model.padded_histories(b)
+    encoder = model.dense.histories["history"]
+    encoder.packs = lambda mask: False  # as on a GPU
+    with pytest.raises(ValueError, match="takes its inputs padded here"):
+        encoder(inputs)

@@ -39,7 +39,7 @@ from projects.home.recap.benchmarks.config_benchmark import (
     ConfigBenchmark,
     read_batches,
 )
-from projects.home.recap.benchmarks.multi_rank import multi_rank
+from projects.home.recap.benchmarks.multi_rank import multi_rank_in_turns
 from projects.home.recap.benchmarks.timing import (
     calls_per_window,
     counter,
@@ -82,8 +82,8 @@ def history_comparison(data_dir: Path, settings: BenchmarkSettings, batches: int
     """Training rows/s of each config of `pair` (the first without the history, the second with it) on the same
     data, data_dir (written by `recap data generate --history-length L`): the training loop's step on `batches`
     batches read by each config's own loader, fp32, timed in turns in one process; then the same on
-    settings.torchrun_nproc ranks under torchrun (each config in turn, twice, the best kept), as `make demo`
-    trains. Reports rows/s and the ratio with/without."""
+    settings.torchrun_nproc ranks in one torchrun job, the configs taking turns window by window, as `make demo`
+    trains. Reports rows/s and the ratio with/without (best windows, and medians)."""
     os.environ["RECAP_DATA_DIR"] = str(data_dir)  # the demo configs' data paths; torchrun workers inherit it
     ctx = init_distributed("cpu")
     overrides = settings.config_overrides()
@@ -110,21 +110,25 @@ def history_comparison(data_dir: Path, settings: BenchmarkSettings, batches: int
         without, with_ = (n for n, _ in pair)
         out["one_rank"]["ratio"] = (out["one_rank"][with_]["rows_per_second"]
                                     / out["one_rank"][without]["rows_per_second"])
+        out["one_rank"]["median_ratio"] = (out["one_rank"][with_]["median_rows_per_second"]
+                                           / out["one_rank"][without]["median_rows_per_second"])
         flops = out["flops_per_row"]
         out["flops_ratio"] = flops[with_] / flops[without]
         # Rows/s ratio x FLOPs ratio: how fast the history step runs its FLOPs against the step without it.
         out["one_rank"]["flop_rate_ratio"] = out["one_rank"]["ratio"] * out["flops_ratio"]
         if settings.torchrun_nproc > 1:
-            ranks: dict[str, Any] = {}
-            for _ in range(2):
-                for name, path in pair:
-                    logger.info("history: %s on %d ranks under torchrun", name, settings.torchrun_nproc)
-                    r = multi_rank(path, tuple(overrides), settings.torchrun_nproc, "fp32", settings.torchrun_steps,
-                                   Path(tmp) / name, data_batches=batches)
-                    if "error" in r or r["examples_per_second"] > ranks.get(name, {}).get("examples_per_second", 0):
-                        ranks[name] = r
+            logger.info("history: %s on %d ranks under torchrun, in turns", " and ".join(n for n, _ in pair),
+                        settings.torchrun_nproc)
+            # Windows of one pass over the batches, the configs in turns, about train_seconds of them each.
+            result = multi_rank_in_turns([path for _, path in pair], tuple(overrides), settings.torchrun_nproc, "fp32",
+                                         batches, max(3, round(settings.train_seconds)), Path(tmp) / "torchrun",
+                                         data_batches=batches)
+            ranks: dict[str, Any] = {name: result for name, _ in pair} if "error" in result else {
+                name: result[Path(path)] for name, path in pair}
             if all("examples_per_second" in ranks[n] for n in (without, with_)):
                 ranks["ratio"] = ranks[with_]["examples_per_second"] / ranks[without]["examples_per_second"]
+                ranks["median_ratio"] = (ranks[with_]["median_examples_per_second"]
+                                         / ranks[without]["median_examples_per_second"])
                 ranks["flop_rate_ratio"] = ranks["ratio"] * out["flops_ratio"]
             out["torchrun"] = ranks
     return out
@@ -147,19 +151,20 @@ def format_history_comparison(doc: dict[str, Any]) -> str:
     without, with_ = doc["configs"]
     lines = [f"training rows/s on the same data ({doc['data']}; {doc.get('history_items_per_row', 0):.1f} history "
              f"items per row), fp32, best window (median):",
-             f"{'ranks':<10} {without + ' rows/s':>24} {with_ + ' rows/s':>28} {'ratio':>7} {'per FLOP':>9}"]
+             f"{'ranks':<10} {without + ' rows/s':>24} {with_ + ' rows/s':>28} {'ratio':>15} {'per FLOP':>9}"]
     one = doc["one_rank"]
     rows = [("1", one[without]["rows_per_second"], one[without]["median_rows_per_second"],
              one[with_]["rows_per_second"], one[with_]["median_rows_per_second"], one["ratio"],
-             one["flop_rate_ratio"])]
+             one.get("median_ratio", one["ratio"]), one["flop_rate_ratio"])]
     ranks = doc.get("torchrun")
     if ranks and "ratio" in ranks:
         rows.append((str(ranks[with_]["world_size"]), ranks[without]["examples_per_second"],
                      ranks[without]["median_examples_per_second"], ranks[with_]["examples_per_second"],
-                     ranks[with_]["median_examples_per_second"], ranks["ratio"], ranks["flop_rate_ratio"]))
-    for label, a, am, b, bm, ratio, per_flop in rows:
-        lines.append(f"{label:<10} {f'{a:,.0f} ({am:,.0f})':>24} {f'{b:,.0f} ({bm:,.0f})':>28} {ratio:>6.2f}x "
-                     f"{per_flop:>8.2f}x")
+                     ranks[with_]["median_examples_per_second"], ranks["ratio"],
+                     ranks.get("median_ratio", ranks["ratio"]), ranks["flop_rate_ratio"]))
+    for label, a, am, b, bm, ratio, median_ratio, per_flop in rows:
+        lines.append(f"{label:<10} {f'{a:,.0f} ({am:,.0f})':>24} {f'{b:,.0f} ({bm:,.0f})':>28} "
+                     f"{f'{ratio:.2f}x ({median_ratio:.2f}x)':>15} {per_flop:>8.2f}x")
     flops = doc["flops_per_row"]
     lines.append(f"FLOPs per row (forward+backward): {without} {flops[without] / 1e6:.2f}M, {with_} "
                  f"{flops[with_] / 1e6:.2f}M ({doc['flops_ratio']:.2f}x); per FLOP = ratio x that: the rate at which "

@@ -29,7 +29,7 @@ def test_history_benchmark_compares_training_with_and_without_the_history(tmp_pa
     generate(tmp_path / "data", 2_500, spec=SyntheticSpec(history_length=8))
     out = tmp_path / "history.json"
     assert main(["benchmark", "history", "--parts", "training", "--data-dir", str(tmp_path / "data"),
-                 "--train-batches", "2", "--train-seconds", "0.01", "--torchrun", "0", "--output", str(out)]) == 0
+                 "--train-batches", "2", "--train-seconds", "0.01", "--torchrun", "2", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "demo_history rows/s" in printed and "ratio" in printed
     doc = json.loads(out.read_text())["training"]
@@ -43,3 +43,10 @@ def test_history_benchmark_compares_training_with_and_without_the_history(tmp_pa
     assert one["flop_rate_ratio"] == pytest.approx(one["ratio"] * doc["flops_ratio"])
     assert "per FLOP" in printed and "FLOPs per row" in printed
     assert "results" not in json.loads(out.read_text())
+    # On 2 ranks, both configs in one torchrun job, in turns.
+    ranks = doc["torchrun"]
+    assert ranks["demo"]["world_size"] == ranks["demo_history"]["world_size"] == 2
+    assert ranks["ratio"] == ranks["demo_history"]["examples_per_second"] / ranks["demo"]["examples_per_second"]
+    assert ranks["median_ratio"] == (ranks["demo_history"]["median_examples_per_second"]
+                                     / ranks["demo"]["median_examples_per_second"])
+    assert printed.count("x (") == 2  # the ratio, best (median), on 1 and 2 ranks

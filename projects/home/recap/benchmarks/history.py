@@ -124,7 +124,7 @@ def history_comparison(data_dir: Path, settings: BenchmarkSettings, batches: int
                                          batches, max(3, round(settings.train_seconds)), Path(tmp) / "torchrun",
                                          data_batches=batches)
             ranks: dict[str, Any] = {name: result for name, _ in pair} if "error" in result else {
-                name: result[Path(path)] for name, path in pair}
+                name: result[str(path)] for name, path in pair}
             if all("examples_per_second" in ranks[n] for n in (without, with_)):
                 ranks["ratio"] = ranks[with_]["examples_per_second"] / ranks[without]["examples_per_second"]
                 ranks["median_ratio"] = (ranks[with_]["median_examples_per_second"]

@@ -84,12 +84,12 @@ def multi_rank(config_path: Path, overrides: tuple[str, ...], nproc: int, precis
 def multi_rank_in_turns(config_paths: list[Path], overrides: tuple[str, ...], nproc: int, precision: str,
                         steps: int, rounds: int, workdir: Path, data_batches: int = 0) -> dict[str, Any]:
     """Like multi_rank for several configs in one torchrun job, taking turns window by window (`rounds` windows of
-    `steps` steps each): {config path: its figures}, or {"error": ...}."""
+    `steps` steps each): {str(config path): its figures}, or {"error": ...}."""
     result = _launch(config_paths, overrides, nproc, precision, ["--steps", str(steps), "--rounds", str(rounds)],
                      workdir, data_batches)
     if "error" in result:
         return result
-    return {Path(path): {**figures, "precision": precision, "wall_seconds": result["wall_seconds"]}
+    return {path: {**figures, "precision": precision, "wall_seconds": result["wall_seconds"]}
             for path, figures in result.items() if path not in ("precision", "wall_seconds")}
 
 

@@ -23,7 +23,8 @@ from torch import nn
 
 from core.log import get_logger
 
-__all__ = ["CompileClock", "compile_function", "compile_module", "compile_options", "graph_breaks", "graphs_built"]
+__all__ = ["CompileClock", "compile_function", "compile_module", "compile_options", "graph_breaks", "graphs_built",
+           "is_compiled"]
 
 logger = get_logger(__name__)
 

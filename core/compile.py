@@ -29,18 +29,26 @@ __all__ = ["CompileClock", "compile_function", "compile_module", "compile_option
 logger = get_logger(__name__)
 
 
-def compile_options(mode: str, backend: str = "inductor") -> dict[str, Any]:
+def compile_options(mode: str, backend: str = "inductor", cpp_wrapper: bool = False) -> dict[str, Any]:
     """torch.compile's keyword arguments for a CompileConfig mode and backend ("default" and "inductor" are
-    torch's own defaults)."""
+    torch's own defaults); cpp_wrapper: inductor calls its kernels from generated C++ rather than Python (the mode's
+    own inductor options kept: torch.compile takes a mode or options, not both)."""
     options: dict[str, Any] = {} if mode == "default" else {"mode": mode}
     if backend != "inductor":
         options["backend"] = backend
+    if cpp_wrapper:
+        if backend != "inductor":
+            raise ValueError(f"cpp_wrapper is an inductor option; backend {backend} has no generated code")
+        from torch._inductor import list_mode_options
+
+        options = {"options": {**list_mode_options(mode), "cpp_wrapper": True}}
     return options
 
 
-def compile_module(module: nn.Module, mode: str = "default", backend: str = "inductor") -> nn.Module:
+def compile_module(module: nn.Module, mode: str = "default", backend: str = "inductor",
+                   cpp_wrapper: bool = False) -> nn.Module:
     """Compile `module`'s calls in place (its state_dict keys and parameters unchanged); returns it."""
-    module.compile(**compile_options(mode, backend))
+    module.compile(**compile_options(mode, backend, cpp_wrapper))
     return module
 
 
@@ -49,9 +57,10 @@ def is_compiled(module: nn.Module) -> bool:
     return getattr(module, "_compiled_call_impl", None) is not None
 
 
-def compile_function(fn: Callable[..., Any], mode: str = "default", backend: str = "inductor") -> Callable[..., Any]:
+def compile_function(fn: Callable[..., Any], mode: str = "default", backend: str = "inductor",
+                     cpp_wrapper: bool = False) -> Callable[..., Any]:
     """`fn` compiled with torch.compile in the given mode and backend."""
-    return torch.compile(fn, **compile_options(mode, backend))
+    return torch.compile(fn, **compile_options(mode, backend, cpp_wrapper))
 
 
 def graphs_built() -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from core import perf
-from core.compile import CompileClock, graph_breaks, is_compiled
+from core.compile import CompileClock, compile_module, graph_breaks, is_compiled
 from core.log import setup_logging
 from core.progress import Progress
 from core.train_config import CompileConfig
@@ -98,9 +98,11 @@ def format_compile_table(doc: dict[str, Any]) -> list[str]:
 
 
 # --- the dense model alone: python -m projects.home.recap.benchmarks.compile --------------------------------------------
-def _dense_trainer(config: Any, name: str, size: int, precision: str, compiled: bool, grouped: bool) -> Any:
-    """One variant of the dense model alone, built, compiled if asked and warmed up (its first steps, which compile,
-    are timed into trainer.compile_seconds); trainer.batches holds its two batches."""
+def _dense_trainer(config: Any, name: str, size: int, precision: str, compiled: bool, grouped: bool,
+                   cpp_wrapper: bool = False) -> Any:
+    """One variant of the dense model alone, built, compiled if asked (with inductor's C++ wrapper if asked) and
+    warmed up (its first steps, which compile, are timed into trainer.compile_seconds); trainer.batches holds its two
+    batches."""
     from projects.home.recap.gpu_check.dense import DenseTrainer, build_dense, dense_batch
 
     torch.manual_seed(0)
@@ -109,7 +111,7 @@ def _dense_trainer(config: Any, name: str, size: int, precision: str, compiled: 
     trainer = DenseTrainer(config, model, "cpu", precision)
     trainer.batches = [dense_batch(config, model, size, "cpu", seed) for seed in range(2)]
     if compiled:
-        trainer.model.compile()
+        compile_module(trainer.model, cpp_wrapper=cpp_wrapper)
     clock = CompileClock()
     with clock.measure(f"{name} {precision} {'compiled' if compiled else 'eager'}"):
         for batch in trainer.batches:
@@ -162,8 +164,10 @@ def dense_step_figures(config_name: str, precisions: tuple[str, ...], seconds: f
         torch._dynamo.reset()
         trainers: dict[str, Any] = {}
         for variant in variants:
-            for grouped in (False, True):
-                trainer = _dense_trainer(config, config_name, size, precision, variant == "compiled", grouped)
+            # The C++ wrapper: towers one by one only (compiled, they do better than grouped).
+            for grouped in (False, True) if variant != "compiled, C++ wrapper" else (False,):
+                trainer = _dense_trainer(config, config_name, size, precision, variant != "eager", grouped,
+                                         cpp_wrapper=variant == "compiled, C++ wrapper")
                 trainers[f"{variant}, towers {'grouped' if trainer.model.group_towers else 'one by one'}"] = trainer
         first = next(iter(trainers.values()))  # eager (or the first variant): the model's own FLOPs and shapes
 
@@ -195,10 +199,10 @@ def dense_step_figures(config_name: str, precisions: tuple[str, ...], seconds: f
 def format_dense_table(doc: dict[str, Any]) -> str:
     lines = [f"{doc['config']} dense model alone, batch {doc['batch_size']}, one training step (forward, loss, "
              "backward, clipping, Adam):",
-             f"{'prec':<5} {'variant':<32} {'ex/s':>9} {'GF/s':>6} {'MFU':>6} {'compile s':>10}"]
+             f"{'prec':<5} {'variant':<42} {'ex/s':>9} {'GF/s':>6} {'MFU':>6} {'compile s':>10}"]
     for precision, p in doc["precisions"].items():
         for label, r in p["variants"].items():
-            lines.append(f"{precision:<5} {label:<32} {r['examples_per_second']:>9,.0f} {r['gflops_per_second']:>6.1f} "
+            lines.append(f"{precision:<5} {label:<42} {r['examples_per_second']:>9,.0f} {r['gflops_per_second']:>6.1f} "
                          f"{r['mfu']:>6.1%} {r['compile_seconds']:>10.0f}")
         lines.append(f"{precision:<5} peak {p['peak_gflops_per_second']:.0f} GF/s ({p['peak_shape']}), "
                      f"{p['flops_per_example'] / 1e6:.2f} MFLOP per example")
@@ -215,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring budget per variant")
     parser.add_argument("--eager-only", action="store_true")
+    parser.add_argument("--cpp-wrapper", action="store_true",
+                        help="also compiled with inductor's C++ wrapper (training.compile.cpp_wrapper)")
     parser.add_argument("--profile", action="store_true",
                         help="print torch.profiler's top operators of the last variant (compiled, towers grouped)")
     parser.add_argument("--output", help="JSON file for the figures")
@@ -225,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(force=True)
     quiet_logging()
     doc = dense_step_figures(args.config, tuple(args.precisions or ("fp32", "bf16")), args.seconds, args.batch_size,
-                             ("eager",) if args.eager_only else ("eager", "compiled"), args.profile)
+                             ("eager",) if args.eager_only else
+                             ("eager", "compiled", *(("compiled, C++ wrapper",) if args.cpp_wrapper else ())),
+                             args.profile)
     print(format_dense_table(doc))
     for precision, table in doc.get("profiles", {}).items():
         print(f"\n{precision}: where the last variant's step time goes\n{table}")

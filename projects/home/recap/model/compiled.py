@@ -30,12 +30,14 @@ def compile_model(model: nn.Module, config: CompileConfig) -> nn.Module:
     if config.target == "dense+loss" and not losses:
         raise ValueError("training.compile.target dense+loss: the model has no loss (not a ModelAndLoss)")
     for module in dense:
-        compile_module(module, config.mode, config.backend)
+        compile_module(module, config.mode, config.backend, config.cpp_wrapper)
     if config.target == "dense+loss":
         for module in losses:
-            module.loss_function = compile_function(multi_task_bce, config.mode, config.backend)
-    logger.info("torch.compile (%s, mode %s, backend %s) of the dense model%s; the sparse lookup runs eagerly. The "
+            module.loss_function = compile_function(multi_task_bce, config.mode, config.backend,
+                                                      config.cpp_wrapper)
+    logger.info("torch.compile (%s, mode %s, backend %s%s) of the dense model%s; the sparse lookup runs eagerly. The "
                 "first steps compile (logged with their time)", config.target, config.mode, config.backend,
+                ", C++ wrapper" if config.cpp_wrapper else "",
                 " and the loss" if config.target == "dense+loss" else "")
     return model
 

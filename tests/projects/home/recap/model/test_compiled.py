@@ -81,12 +81,13 @@ def test_the_loss_is_one_graph():
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
-def _pair(make_config, target: str = "dense+loss", backend: str = "inductor"):
+def _pair(make_config, target: str = "dense+loss", backend: str = "inductor", cpp_wrapper: bool = False):
     """(eager, compiled) ModelAndLoss with the same weights; the tiny model of the model tests with dropout."""
     config = make_config(overrides=["model.tasks.fav.mlp_config.dropout=0.2"])
     torch.manual_seed(0)
     eager = build_model_and_loss(config)
-    compiled = compile_model(copy.deepcopy(eager), CompileConfig(target=target, backend=backend))
+    compiled = compile_model(copy.deepcopy(eager), CompileConfig(target=target, backend=backend,
+                                                                 cpp_wrapper=cpp_wrapper))
     return config, eager, compiled
 
 
@@ -102,9 +103,10 @@ def _step(model, batch, seed: int, bf16: bool = False):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-5), ("bf16", 3e-2)])
-def test_compiled_training_and_evaluation_match_eager(make_config, precision, tolerance):
-    config, eager, compiled = _pair(make_config)
+@pytest.mark.parametrize("precision,tolerance,cpp_wrapper", [("fp32", 1e-5, False), ("bf16", 3e-2, False),
+                                                             ("fp32", 1e-5, True)])
+def test_compiled_training_and_evaluation_match_eager(make_config, precision, tolerance, cpp_wrapper):
+    config, eager, compiled = _pair(make_config, cpp_wrapper=cpp_wrapper)
     batch = random_batch(config, 32, torch.Generator().manual_seed(1))
     bf16 = precision == "bf16"
     loss_e, out_e, grads_e = _step(eager, batch, seed=5, bf16=bf16)
@@ -175,6 +177,19 @@ def test_a_mode_or_backend_without_a_target_is_a_config_error():
     with pytest.raises(ValueError, match="backend"):
         CompileConfig(target="dense", backend="eager_typo")
     assert CompileConfig(target="dense", mode="reduce-overhead").mode == "reduce-overhead"
+    with pytest.raises(ValueError, match="cpp_wrapper applies only to backend inductor"):
+        CompileConfig(cpp_wrapper=True)
+    with pytest.raises(ValueError, match="cpp_wrapper applies only to backend inductor"):
+        CompileConfig(target="dense", backend="aot_eager", cpp_wrapper=True)
+
+
+def test_cpp_wrapper_keeps_the_modes_own_inductor_options():
+    from core.compile import compile_options
+
+    assert compile_options("default", cpp_wrapper=True) == {"options": {"cpp_wrapper": True}}
+    options = compile_options("max-autotune-no-cudagraphs", cpp_wrapper=True)["options"]
+    assert options["cpp_wrapper"] and options["max_autotune"]
+    assert compile_options("max-autotune-no-cudagraphs") == {"mode": "max-autotune-no-cudagraphs"}
 
 
 def test_aot_eager_backend_traces_and_matches_eager(make_config):

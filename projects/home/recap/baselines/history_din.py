@@ -8,7 +8,9 @@ shared by the candidate and its history, ids taken modulo the table size), an ac
 item token [author, hashtag, action]; an attention MLP over [h, c, h - c, h * c] (36 hidden, ReLU) weighs each real
 item against the candidate token without softmax; the weighted sum joins the candidate's own embeddings, the small
 categorical embeddings, the sign-log continuous values and the binary and dense-embedding inputs; a shared MLP
-[256, 128] with per-task heads [64]; Adam 1e-3, batch 512, the same steps as the comparison run of ours. Test AUC
+[256, 128] with per-task heads [64]; Adam 1e-3, batch 512, the same steps as the comparison run of ours. The position
+column is handled as the demo configs' model.position_debias does (unknown for half the training rows and at
+evaluation; `--position-as-feature` reads it plainly, which a model served before positions exist cannot). Test AUC
 and RCE per task with core.metrics, and the oracle's RCE for scale.
 """
 
@@ -32,6 +34,7 @@ TASKS = ["is_favorited", "is_retweeted", "is_replied", "is_quoted", "is_good_cli
 LABEL = "recap.engagement."
 SIZES = {"user_id": 100_000, "author_id": 50_000, "hashtags": 20_000}
 SMALL = {"client_id": 16, "author_type": 8, "hour_of_day": 24, "position": 32}
+POSITION = list(SMALL).index("position")
 DIM = 16
 
 
@@ -76,11 +79,16 @@ def load(split: Path) -> dict[str, torch.Tensor]:
 
 
 class PlainDIN(nn.Module):
-    def __init__(self, dense_width: int, num_actions: int, num_tasks: int) -> None:
+    def __init__(self, dense_width: int, num_actions: int, num_tasks: int, position_debias: bool = True) -> None:
+        """position_debias: the position column as the compared configs treat it (model.position_debias): an
+        "unknown" position for half the training rows and for every row at evaluation, as at serving time, where
+        the position is not known yet; False: the position as a plain feature."""
         super().__init__()
         self.tables = nn.ModuleDict({k: nn.Embedding(n, DIM) for k, n in SIZES.items()})
         self.actions = nn.Embedding(num_actions + 1, DIM)  # the last: the candidate's
-        self.small = nn.ModuleList(nn.Embedding(n, 4) for n in SMALL.values())
+        # One more row per small table: the "unknown" position.
+        self.small = nn.ModuleList(nn.Embedding(n + 1, 4) for n in SMALL.values())
+        self.position_debias = position_debias
         self.attention = nn.Sequential(nn.Linear(4 * 3 * DIM, 36), nn.ReLU(), nn.Linear(36, 1))
         width = dense_width + 4 * len(SMALL) + DIM + 3 * DIM + 3 * DIM  # dense, small, user, c, interest
         self.bottom = nn.Sequential(nn.Linear(width, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU())
@@ -103,7 +111,13 @@ class PlainDIN(nn.Module):
         cc = c[:, None, :].expand_as(h)
         weights = self.attention(torch.cat([h, cc, h - cc, h * cc], 2)).squeeze(2) * mask
         interest = torch.einsum("bl,bld->bd", weights, h)
-        small = [t(b["small"][:, j]) for j, t in enumerate(self.small)]
+        small_ids = b["small"]
+        if self.position_debias:
+            unknown = SMALL["position"]
+            drop = torch.rand(len(small_ids)) < 0.5 if self.training else torch.ones(len(small_ids), dtype=torch.bool)
+            small_ids = small_ids.clone()
+            small_ids[drop, POSITION] = unknown
+        small = [t(small_ids[:, j]) for j, t in enumerate(self.small)]
         x = torch.cat([b["dense"], *small, user, c, interest], 1)
         shared = self.bottom(x)
         return torch.cat([head(shared) for head in self.heads], 1)
@@ -121,11 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-actions", type=int, default=4)
     parser.add_argument("--split", default="test")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--position-as-feature", action="store_true",
+                        help="the position column as a plain feature, known at evaluation (default: as "
+                             "model.position_debias treats it, unknown at evaluation)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     train, test = load(args.data / "train"), load(args.data / args.split)
-    model = PlainDIN(train["dense"].shape[1], args.num_actions, len(TASKS))
+    model = PlainDIN(train["dense"].shape[1], args.num_actions, len(TASKS), not args.position_as_feature)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.BCEWithLogitsLoss()
     g = torch.Generator().manual_seed(args.seed)
@@ -149,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         probs = torch.cat([torch.sigmoid(model({k: v[i:i + 8192] for k, v in test.items()}))
                            for i in range(0, len(test["labels"]), 8192)])
     labels, oracle = test["labels"].numpy(), test["oracle"].numpy()
-    out = {"steps": args.steps, "seconds": seconds, "tasks": {}}
+    out = {"steps": args.steps, "seconds": seconds, "position_debias": not args.position_as_feature, "tasks": {}}
     for j, task in enumerate(TASKS):
         ours = binary_metrics(probs[:, j].numpy(), labels[:, j])
         best = binary_metrics(oracle[:, j], labels[:, j])

@@ -12,7 +12,7 @@ def test_the_din_peer_trains_and_reports_every_task(tmp_path):
     assert main(["--data", str(tmp_path / "data"), "--steps", "30", "--batch-size", "64",
                  "--output", str(out)]) == 0
     doc = json.loads(out.read_text())
-    assert list(doc["tasks"]) == TASKS and doc["steps"] == 30
+    assert list(doc["tasks"]) == TASKS and doc["steps"] == 30 and doc["position_debias"] is True
     rates = [t["positive_rate"] for t in doc["tasks"].values()]
     assert all(0 <= r < 1 for r in rates)
     frequent = [t for t in doc["tasks"].values() if t["positive_rate"] >= 0.01]

@@ -42,8 +42,9 @@ def packed_history(inputs: dict[str, torch.Tensor], prefix: str
     """The padded history inputs' real items one after another (the jagged form again): each "<prefix>id:<col>",
     "actions" [N] and "continuous" [N, C], in row order and most recent first within a row; each item's row [N] and
     position in its row [N] (0 = most recent). An input given packed already, "<prefix>items:<name>" [N, ...] (a
-    sharded table's rows in their jagged order), is the item's "<prefix><name>" as it is. On the CPU the items are then embedded and encoded once each, with
-    no padding to compute and differentiate; finding them costs a device synchronization on a GPU."""
+    sharded table's rows in their jagged order), is the item's "<prefix><name>" as it is. On the CPU the items are
+    then embedded and encoded once each, with no padding to compute and differentiate; finding them costs a device
+    synchronization on a GPU."""
     mask = inputs[prefix + "mask"]
     batch, length = mask.shape
     real = torch.nonzero(mask.reshape(-1)).squeeze(1)

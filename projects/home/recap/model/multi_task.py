@@ -221,7 +221,8 @@ class MultiTaskRankingModel(nn.Module):
     def forward(self, batch: RecapBatch) -> dict[str, torch.Tensor]:
         # The bag lookup first: on several ranks its rows travel back while the sequence collection looks up.
         bags = None
-        if self.large_embeddings is not None and self.large_embeddings_unpooled is not None and batch.sparse is not None:
+        both = self.large_embeddings is not None and self.large_embeddings_unpooled is not None
+        if both and batch.sparse is not None:
             bags = self.lookup_bags(batch.sparse)
         unpooled = self.lookup_unpooled(batch.sparse, batch.sequences, batch.batch_size)
         pooled = self.embed_sparse(batch.sparse, batch.batch_size, unpooled, bags)

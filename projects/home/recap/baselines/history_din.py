@@ -17,7 +17,6 @@ and RCE per task with core.metrics, and the oracle's RCE for scale.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -27,11 +26,8 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from core.metrics import binary_metrics
+from projects.home.recap.baselines.history_peers import LABEL, TASKS, finish, task_figures
 
-TASKS = ["is_favorited", "is_retweeted", "is_replied", "is_quoted", "is_good_clicked", "is_profile_clicked",
-         "is_video_playback_50", "is_shared", "is_negative_feedback", "is_report_tweet_clicked"]
-LABEL = "recap.engagement."
 SIZES = {"user_id": 100_000, "author_id": 50_000, "hashtags": 20_000}
 SMALL = {"client_id": 16, "author_type": 8, "hour_of_day": 24, "position": 32}
 POSITION = list(SMALL).index("position")
@@ -123,10 +119,6 @@ class PlainDIN(nn.Module):
         return torch.cat([head(shared) for head in self.heads], 1)
 
 
-def _f(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)  # None: a metric the split cannot define (no positives)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -166,21 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         probs = torch.cat([torch.sigmoid(model({k: v[i:i + 8192] for k, v in test.items()}))
                            for i in range(0, len(test["labels"]), 8192)])
     labels, oracle = test["labels"].numpy(), test["oracle"].numpy()
-    out = {"steps": args.steps, "seconds": seconds, "position_debias": not args.position_as_feature, "tasks": {}}
-    for j, task in enumerate(TASKS):
-        ours = binary_metrics(probs[:, j].numpy(), labels[:, j])
-        best = binary_metrics(oracle[:, j], labels[:, j])
-        out["tasks"][task] = {"positive_rate": float(labels[:, j].mean()), "auc": ours["auc"], "rce": ours["rce"],
-                              "oracle_rce": best["rce"]}
-        print(f"{task:<26} pos {labels[:, j].mean():.4f}  AUC {_f(ours['auc'], '.4f')}  RCE {_f(ours['rce'], '6.2f')}"
-              f"  oracle {_f(best['rce'], '6.2f')}")
-    frequent = [t for t in TASKS if out["tasks"][t]["positive_rate"] >= 0.01]
-    out["mean_rce_frequent"] = float(np.mean([out["tasks"][t]["rce"] for t in frequent]))
-    out["mean_auc_frequent"] = float(np.mean([out["tasks"][t]["auc"] for t in frequent]))
-    print(f"mean over the {len(frequent)} tasks with >= 1% positives: RCE {out['mean_rce_frequent']:.2f}, "
-          f"AUC {out['mean_auc_frequent']:.4f} ({args.steps} steps, {seconds:.0f} s)")
-    if args.output:
-        args.output.write_text(json.dumps(out, indent=1))
+    out = {"steps": args.steps, "seconds": seconds, "position_debias": not args.position_as_feature,
+           "tasks": {task: task_figures(task, probs[:, j].numpy(), labels[:, j], oracle[:, j])
+                     for j, task in enumerate(TASKS)}}
+    finish(out, f"{args.steps} steps, {seconds:.0f} s", args.output)
     return 0
 
 

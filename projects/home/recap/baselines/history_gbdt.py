@@ -15,7 +15,6 @@ AUC and RCE per task with core.metrics, as baselines/history_din.py reports them
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -24,11 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.metrics import binary_metrics
+from projects.home.recap.baselines.history_peers import LABEL, TASKS, finish, task_figures
 
-TASKS = ["is_favorited", "is_retweeted", "is_replied", "is_quoted", "is_good_clicked", "is_profile_clicked",
-         "is_video_playback_50", "is_shared", "is_negative_feedback", "is_report_tweet_clicked"]
-LABEL = "recap.engagement."
 DECAY_HOURS = 24.0
 
 
@@ -131,20 +127,11 @@ def main(argv: list[str] | None = None) -> int:
                             num_boost_round=args.rounds, valid_sets=[lgb.Dataset(valid_x, valid_y[:, j])],
                             callbacks=[lgb.early_stopping(30, verbose=False)])
         probs = booster.predict(test_x, num_iteration=booster.best_iteration)
-        ours, best = binary_metrics(probs, test_y[:, j]), binary_metrics(test_oracle[:, j], test_y[:, j])
-        out["tasks"][task] = {"positive_rate": float(test_y[:, j].mean()), "auc": ours["auc"], "rce": ours["rce"],
-                              "oracle_rce": best["rce"], "rounds": booster.best_iteration}
-        print(f"{task:<26} pos {test_y[:, j].mean():.4f}  AUC {ours['auc']:.4f}  RCE {ours['rce']:6.2f}  "
-              f"oracle {best['rce']:6.2f}  ({booster.best_iteration} rounds)", flush=True)
+        out["tasks"][task] = {**task_figures(task, probs, test_y[:, j], test_oracle[:, j],
+                                             f"  ({booster.best_iteration} rounds)"),
+                              "rounds": booster.best_iteration}
     out["seconds"] = time.perf_counter() - start
-    frequent = [t for t in out["tasks"] if out["tasks"][t]["positive_rate"] >= 0.01]
-    if frequent:
-        out["mean_rce_frequent"] = float(np.mean([out["tasks"][t]["rce"] for t in frequent]))
-        out["mean_auc_frequent"] = float(np.mean([out["tasks"][t]["auc"] for t in frequent]))
-        print(f"mean over the {len(frequent)} tasks with >= 1% positives: RCE {out['mean_rce_frequent']:.2f}, "
-              f"AUC {out['mean_auc_frequent']:.4f} ({out['seconds']:.0f} s)")
-    if args.output:
-        args.output.write_text(json.dumps(out, indent=1))
+    finish(out, f"{out['seconds']:.0f} s", args.output)
     return 0
 
 

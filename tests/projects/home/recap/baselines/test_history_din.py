@@ -2,7 +2,8 @@
 
 import json
 
-from projects.home.recap.baselines.history_din import TASKS, main
+from projects.home.recap.baselines.history_din import main
+from projects.home.recap.baselines.history_peers import TASKS
 from projects.home.recap.data.synthetic import SyntheticSpec, generate
 
 

@@ -49,10 +49,8 @@ def _worker_main(argv: list[str]) -> int:
             steps[path], examples[path] = bench.in_memory_step(args.precision), bench.examples_per_step
         with perf.peak_rss_window() as mem:
             if args.rounds:
-                for step in steps.values():  # the first steps allocate the optimizer's and autograd's buffers
-                    step()
-                    step()
-                timings = interleaved_timing(steps, 0.0, calls=args.steps, min_rounds=args.rounds)
+                # Two untimed steps each first: they allocate the optimizer's and autograd's buffers.
+                timings = interleaved_timing(steps, 0.0, calls=args.steps, warmup=2, min_rounds=args.rounds)
             else:
                 timings = {path: perf.time_call(step, warmup=2, min_repeats=args.steps, max_repeats=args.steps,
                                                 budget_seconds=0.0) for path, step in steps.items()}
@@ -69,7 +67,7 @@ def _worker_main(argv: list[str]) -> int:
                 "per_rank_peak_rss_bytes": [int(r[2].item()) for r in rates],
             }
     if ctx.is_main:
-        Path(args.output).write_text(json.dumps(results[args.config[0]] if len(args.config) == 1 else results))
+        Path(args.output).write_text(json.dumps(results))
     torch.distributed.destroy_process_group()
     return 0
 
@@ -78,23 +76,21 @@ def multi_rank(config_path: Path, overrides: tuple[str, ...], nproc: int, precis
                workdir: Path, data_batches: int = 0) -> dict[str, Any]:
     """Launch the training-step benchmark on nproc ranks with torchrun (on random batches, or on data_batches
     batches per rank read from the config's training data); {} with an error message if it failed."""
-    return _launch([config_path], overrides, nproc, precision, ["--steps", str(steps)], workdir, data_batches)
+    result = _launch([config_path], overrides, nproc, precision, ["--steps", str(steps)], workdir, data_batches)
+    return result.get(str(config_path), result)
 
 
 def multi_rank_in_turns(config_paths: list[Path], overrides: tuple[str, ...], nproc: int, precision: str,
                         steps: int, rounds: int, workdir: Path, data_batches: int = 0) -> dict[str, Any]:
     """Like multi_rank for several configs in one torchrun job, taking turns window by window (`rounds` windows of
     `steps` steps each): {str(config path): its figures}, or {"error": ...}."""
-    result = _launch(config_paths, overrides, nproc, precision, ["--steps", str(steps), "--rounds", str(rounds)],
-                     workdir, data_batches)
-    if "error" in result:
-        return result
-    return {path: {**figures, "precision": precision, "wall_seconds": result["wall_seconds"]}
-            for path, figures in result.items() if path not in ("precision", "wall_seconds")}
+    return _launch(config_paths, overrides, nproc, precision, ["--steps", str(steps), "--rounds", str(rounds)],
+                   workdir, data_batches)
 
 
 def _launch(config_paths: list[Path], overrides: tuple[str, ...], nproc: int, precision: str, timing: list[str],
             workdir: Path, data_batches: int) -> dict[str, Any]:
+    """{str(config path): its figures, with the precision and the job's wall seconds}, or {"error": ...}."""
     output = workdir / f"torchrun_{nproc}.json"
     workdir.mkdir(parents=True, exist_ok=True)
     output.unlink(missing_ok=True)
@@ -113,10 +109,9 @@ def _launch(config_paths: list[Path], overrides: tuple[str, ...], nproc: int, pr
     if proc.returncode != 0 or not output.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return {"error": f"torchrun exited with {proc.returncode}: " + " | ".join(tail)}
-    result = json.loads(output.read_text())
-    result["precision"] = precision
-    result["wall_seconds"] = time.perf_counter() - start
-    return result
+    wall = time.perf_counter() - start
+    return {path: {**figures, "precision": precision, "wall_seconds": wall}
+            for path, figures in json.loads(output.read_text()).items()}
 
 
 if __name__ == "__main__":

@@ -52,21 +52,30 @@ class DenseOptimizer:
             else None
         )
         self._init_state()
+        kinds = {(p.device, p.dtype) for p in params}
+        self._device_dtype = next(iter(kinds)) if len(kinds) == 1 else None
         self.learning_rates = self.set_step(1)
 
     def _init_state(self) -> None:
+        self._steps: torch.Tensor | None = None
         if self.optimizer is None:
             return
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                state = self.optimizer.state[p]
-                if state:
-                    continue
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        devices = {p.device for p in params}
+        if self.fused and len(devices) == 1:
+            # Fused Adam keeps its step counters on the parameters' device. Here they are the elements of one
+            # tensor, so that the fused update counts every parameter's step with one addition.
+            self._steps = torch.zeros(len(params), dtype=torch.float32, device=devices.pop())
+        for i, p in enumerate(params):
+            state = self.optimizer.state[p]
+            if self._steps is not None:
+                state["step"] = self._steps[i]
+            else:
                 # Fused Adam keeps its step counter on the parameter's device; the unfused one on the CPU.
                 step_device = p.device if self.fused else torch.device("cpu")
                 state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     @property
     def group_names(self) -> list[str]:
@@ -85,8 +94,41 @@ class DenseOptimizer:
         return self.learning_rates
 
     def step(self) -> None:
-        if self.optimizer is not None:
+        if self.optimizer is not None and not self._fused_step():
             self.optimizer.step()
+
+    def _fused_step(self) -> bool:
+        """The fused optimizer's update as torch's Adam makes it (the same kernel, `torch._fused_adam_` or
+        `_fused_adamw_`, on the same tensors), one call per distinct learning rate instead of one pass of torch's
+        per-group Python per group: on a small model with a group per tower that Python is 6% of a training step.
+        False, having changed nothing, where torch's own step must run: not fused, a parameter without a gradient,
+        a sparse gradient, or parameters of several devices or dtypes."""
+        if self._steps is None or self._device_dtype is None:
+            return False
+        assert self.optimizer is not None
+        state = self.optimizer.state
+        calls: dict[tuple, tuple[list[torch.Tensor], ...]] = {}
+        for group in self.optimizer.param_groups:
+            if group["amsgrad"] or group["maximize"] or group["differentiable"] or torch.is_tensor(group["lr"]):
+                return False
+            key = (group["lr"], group["betas"], group["eps"], group["weight_decay"], group["decoupled_weight_decay"])
+            tensors = calls.setdefault(key, ([], [], [], [], []))
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None or grad.is_sparse:
+                    return False
+                s = state[p]
+                tensors[0].append(p)
+                tensors[1].append(grad)
+                tensors[2].append(s["exp_avg"])
+                tensors[3].append(s["exp_avg_sq"])
+                tensors[4].append(s["step"])
+        self._steps.add_(1)  # every parameter's step (each has its gradient)
+        for (lr, (beta1, beta2), eps, weight_decay, decoupled), (ps, grads, m, v, steps) in calls.items():
+            kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+            kernel(ps, grads, m, v, [], steps, amsgrad=False, lr=lr, beta1=beta1, beta2=beta2,
+                   weight_decay=weight_decay, eps=eps, maximize=False, grad_scale=None, found_inf=None)
+        return True
 
     def zero_grad(self) -> None:
         if self.optimizer is not None:

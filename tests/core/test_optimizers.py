@@ -87,3 +87,54 @@ def test_adam_moments_with_another_type_are_a_config_error():
     adam = _optimizer({"dense": {"adam": {}, **DENSE}, "sparse": {"type": "adam"}})
     assert (adam.sparse.beta_1, adam.sparse.beta_2) == (0.9, 0.999)
     assert _optimizer(yaml.safe_load(dump_yaml(adam))) == adam
+
+
+def _towers() -> tuple[torch.nn.Module, dict[str, list[torch.nn.Parameter]]]:
+    model = torch.nn.ModuleDict({"shared": torch.nn.Linear(4, 3), "a": torch.nn.Linear(3, 1), "b": torch.nn.Linear(3, 1)})
+    return model, {name: list(module.parameters()) for name, module in model.items()}
+
+
+def _train(optimizer, model: torch.nn.Module, steps: int, drop_grad: str | None = None) -> None:
+    g = torch.Generator().manual_seed(3)
+    for step in range(1, steps + 1):
+        optimizer.set_step(step)
+        x = torch.randn(8, 4, generator=g)
+        hidden = model["shared"](x)
+        (model["a"](hidden).square().mean() + model["b"](hidden).abs().mean()).backward()
+        if drop_grad is not None and step == 2:
+            getattr(model, drop_grad).weight.grad = None
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+@pytest.mark.parametrize("drop_grad", [None, "a"])
+def test_the_fused_update_equals_torchs_step_with_a_learning_rate_per_group(kind, drop_grad):
+    # The fused update calls torch's kernel once per learning rate (towers "a" and "b" share one, the backbone has
+    # another, with a warm-up that changes it each step), bypassing torch's per-group loop: the parameters and the
+    # optimizer state after five steps must be torch's own, bit for bit. A parameter without a gradient at one
+    # step (drop_grad) sends that step through torch's own step.
+    rates = {"tower_learning_rates": {"a": {"constant": 0.05}, "b": {"constant": 0.05}},
+             "backbone_learning_rate": {"linear_ramp_to_constant": {"learning_rate": 0.1, "num_ramp_steps": 3}}}
+    config = _optimizer({"dense": {kind: {"weight_decay": 0.1}, "multi_task_learning_rates": rates}}).dense
+    results = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        model, groups = _towers()
+        optimizer = build_dense_optimizer(model, groups, config)
+        if not fast:
+            optimizer._fused_step = lambda: False  # torch's own optimizer.step()
+        _train(optimizer, model, steps=5, drop_grad=drop_grad)
+        results.append(({k: v.clone() for k, v in model.state_dict().items()},
+                        {n: {k: v.clone() for k, v in t.items()} for n, t in optimizer.state_tensors().items()}))
+        if fast:  # the fast path is the one taken when every parameter has its gradient
+            model["b"](model["shared"](torch.ones(1, 4))).sum().backward()
+            model["a"](torch.ones(1, 3)).sum().backward()
+            assert optimizer._fused_step()
+    (params, state), (torch_params, torch_state) = results
+    for name, value in torch_params.items():
+        assert torch.equal(params[name], value), name
+    for name, tensors in torch_state.items():
+        for key, value in tensors.items():
+            assert torch.equal(state[name][key], value), (name, key)
+    assert {t["step"].item() for t in state.values()} == ({5.0} if drop_grad is None else {4.0, 5.0})

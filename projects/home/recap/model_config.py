@@ -67,9 +67,11 @@ class ModelConfig(BaseConfig):
     # One ranking score from the task probabilities, in the model outputs, `recap predict` and the serving export.
     scoring: ScoringConfig | None = None
     # Run the task towers as one grouped computation (model/grouped_towers.py): same parameters and checkpoints,
-    # towers of one MLP architecture only. Off: measured mixed on the CPU
-    # ([Compiling the model](../benchmarks/performance.md#compiling-the-model)).
-    group_towers: bool = False
+    # towers of one MLP architecture only. auto (default): grouped under bf16 autocast when the dense model is not
+    # compiled and the towers can be grouped, one by one otherwise, as measured fastest on the CPU
+    # ([Compiling the model](../benchmarks/performance.md#compiling-the-model)); true: always (an error when the
+    # towers cannot be grouped); false: never.
+    group_towers: bool | Literal["auto"] = "auto"
     # Engagement-history encoders, one per data.features.sequences group.
     sequences: dict[str, SequenceModelConfig] = {}
 

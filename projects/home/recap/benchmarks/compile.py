@@ -34,8 +34,10 @@ from projects.home.recap.benchmarks.timing import (
 )
 from projects.home.recap.model.compiled import compile_model, uncompile_model
 
-# (label, compile target, towers grouped); "eager" is the main table's training figure (the config's model).
+# (label, compile target, towers grouped); "eager" is the main table's training figure (the config's model, its
+# towers as model.group_towers runs them in that precision); the eager variant that repeats it is left out.
 VARIANTS = (
+    ("eager, towers one by one", "off", False),
     ("eager, towers grouped", "off", True),
     ("compiled", "dense+loss", False),
     ("compiled, towers grouped", "dense+loss", True),
@@ -47,19 +49,20 @@ def compile_figures(bench: ConfigBenchmark, precision: str, flops_per_batch: int
     """{variant: training figures + mfu (+ compile_seconds)} for one precision; `eager` is bench's training figures
     of the config's (eager) model. The rows every variant trains on are counted on `progress`."""
     dense = dense_model(bench.model)
-    configured = dense.group_towers
+    configured = dense.group_towers, dense.group_towers_in_bf16
     groupable = dense._tower_plan is not None
-    out: dict[str, Any] = {"eager": {**eager, "towers_grouped": configured}}
+    eager_grouped = dense.group_towers or (dense.group_towers_in_bf16 and precision == "bf16")
+    out: dict[str, Any] = {"eager": {**eager, "towers_grouped": eager_grouped}}
     try:
         for label, target, grouped in VARIANTS:
-            if grouped and not groupable:
-                continue  # the towers cannot be grouped
+            if (grouped and not groupable) or (target == "off" and grouped == eager_grouped):
+                continue  # the towers cannot be grouped, or the config's eager model was this variant
             # Each variant compiles from scratch (the compile time is its own), and one process measuring several
             # configs and variants stays under torch.compile's per-function recompile limit.
             torch._dynamo.reset()
             compile_model(bench.model, CompileConfig(
                 target=target, backend=bench.settings.compile_backend if target != "off" else "inductor"))
-            dense.group_towers = grouped and groupable
+            dense.group_towers, dense.group_towers_in_bf16 = grouped and groupable, False
             clock = CompileClock()
             with clock.measure(f"{bench.name} {precision} {label}"):
                 figures = bench.train(precision, flops_per_batch, progress)
@@ -73,7 +76,7 @@ def compile_figures(bench: ConfigBenchmark, precision: str, flops_per_batch: int
             uncompile_model(bench.model)
     finally:
         uncompile_model(bench.model)
-        dense.group_towers = configured
+        dense.group_towers, dense.group_towers_in_bf16 = configured
     base = out["eager"]["examples_per_second"]
     for figures in out.values():
         figures["vs_eager"] = figures["examples_per_second"] / base
@@ -85,12 +88,14 @@ def format_compile_table(doc: dict[str, Any]) -> list[str]:
     rows = [(name, p, variants) for name, r in doc["configs"].items() for p, variants in r.get("compile", {}).items()]
     if not rows:
         return []
-    header = f"{'config':<12} {'prec':<5} {'variant':<28} {'train ex/s':>11} {'MFU':>6} {'vs eager':>9} {'compile s':>10}"
+    header = f"{'config':<12} {'prec':<5} {'variant':<36} {'train ex/s':>11} {'MFU':>6} {'vs eager':>9} {'compile s':>10}"
     lines = ["eager vs compiled (training.compile dense+loss) and task towers grouped or one by one:", *ruled(header)]
     for name, precision, variants in rows:
         for label, f in variants.items():
+            if label == "eager":
+                label = f"eager, towers {'grouped' if f['towers_grouped'] else 'one by one'} (config)"
             compile_s = f"{f['compile_seconds_upper_bound']:.0f}" if "compile_seconds_upper_bound" in f else "-"
-            lines.append(f"{name:<12} {precision:<5} {label:<28} {f['examples_per_second']:>11,.0f} "
+            lines.append(f"{name:<12} {precision:<5} {label:<36} {f['examples_per_second']:>11,.0f} "
                          f"{f['mfu']:>6.1%} {f['vs_eager']:>8.2f}x {compile_s:>10}")
     lines.append("compile s: wall time of the training calls that compiled (their steps included: an upper bound).")
     lines.append("")
@@ -107,7 +112,7 @@ def _dense_trainer(config: Any, name: str, size: int, precision: str, compiled: 
 
     torch.manual_seed(0)
     model = build_dense(config)
-    model.group_towers = grouped and model._tower_plan is not None
+    model.group_towers, model.group_towers_in_bf16 = grouped and model._tower_plan is not None, False
     trainer = DenseTrainer(config, model, "cpu", precision)
     trainer.batches = [dense_batch(config, model, size, "cpu", seed) for seed in range(2)]
     if compiled:

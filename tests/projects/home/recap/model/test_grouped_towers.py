@@ -10,6 +10,8 @@ import copy
 import pytest
 import torch
 
+from core.config import ConfigError
+from projects.home.recap.model import dense as dense_module
 from projects.home.recap.model.factory import build_model
 from projects.home.recap.model.synthetic_batch import random_batch
 
@@ -91,9 +93,44 @@ def test_towers_that_differ_cannot_be_grouped(make_config, change):
         _models(make_config, ARCHITECTURES["share_all"], change)
 
 
-def test_towers_run_one_by_one_unless_grouping_is_asked_for(make_config):
+def _grouped_calls(model, batch, bf16: bool) -> int:
+    """How many grouped computations of the towers one forward of `model` ran."""
+    calls = []
+    grouped_logits = dense_module.grouped_logits
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dense_module, "grouped_logits", lambda *args: calls.append(1) or grouped_logits(*args))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(batch)
+    return len(calls)
+
+
+def test_by_default_towers_are_grouped_under_bf16_autocast_only_and_not_compiled(make_config):
     config = make_config({**ARCHITECTURES["share_all"], "tasks": copy.deepcopy(TOWERS)}, overrides=THREE_TASKS)
-    assert not build_model(config).dense.group_towers
+    assert config.model.group_towers == "auto"
+    model = build_model(config)
+    batch = random_batch(config, 8, torch.Generator().manual_seed(4))
+    assert (_grouped_calls(model, batch, bf16=False), _grouped_calls(model, batch, bf16=True)) == (0, 1)
+    x = torch.zeros(2, model.dense.input_width)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.dense.towers_grouped(x)
+        # Inside a compiled region the towers run one by one (inductor fuses their small operations itself).
+        assert not torch.compile(model.dense.towers_grouped, backend="eager", fullgraph=True)(x)
+    model.dense.group_towers_in_bf16 = False  # model.group_towers: false
+    assert _grouped_calls(model, batch, bf16=True) == 0
+
+
+def test_auto_runs_towers_that_differ_one_by_one(make_config):
+    config = make_config({**ARCHITECTURES["share_all"], "tasks": copy.deepcopy(TOWERS)},
+                         overrides=[*THREE_TASKS, "model.tasks.fav.mlp_config.layer_sizes=[8, 5]"])
+    model = build_model(config)
+    assert not model.dense.group_towers_in_bf16
+    assert _grouped_calls(model, random_batch(config, 8, torch.Generator().manual_seed(4)), bf16=True) == 0
+
+
+def test_group_towers_takes_true_false_or_auto(make_config):
+    with pytest.raises(ConfigError, match="group_towers"):
+        make_config({**ARCHITECTURES["share_all"], "tasks": copy.deepcopy(TOWERS), "group_towers": "always"},
+                    overrides=THREE_TASKS)
 
 
 def test_the_dense_part_still_scripts_and_exports_with_grouped_towers(make_config):

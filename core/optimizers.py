@@ -131,8 +131,9 @@ class DenseOptimizer:
         return True
 
     def zero_grad(self) -> None:
-        if self.optimizer is not None:
-            self.optimizer.zero_grad(set_to_none=True)
+        """Drop every gradient (set to None, as torch's zero_grad(set_to_none=True), without its per-group pass)."""
+        for p in self.param_names:
+            p.grad = None
 
     def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         """{parameter name: {state name: tensor}}: the live state tensors (load into them in place)."""

@@ -13,8 +13,20 @@ from torch import nn
 
 def signed_log1p(x: torch.Tensor) -> torch.Tensor:
     """sign(x) * log1p(|x|), with non-finite values (NaN, +-inf) replaced by 0 first."""
-    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    return _signed_log1p_of_finite(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))
+
+
+def _signed_log1p_of_finite(x: torch.Tensor) -> torch.Tensor:
     return torch.copysign(torch.log1p(torch.abs(x)), x)
+
+
+def _all_finite_on_cpu(x: torch.Tensor) -> bool:
+    """True when x is an eager CPU tensor whose sum is finite, so that none of its values is NaN or infinite (a
+    sum that overflows answers False: the caller then looks value by value). One pass instead of the two of
+    counting and replacing; reading the answer costs nothing on the CPU, so GPUs and compiled graphs skip it."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    return bool(torch.isfinite(x.sum()))
 
 
 class _Featurizer(nn.Module):
@@ -27,6 +39,8 @@ class _Featurizer(nn.Module):
 
     def _log(self, continuous: torch.Tensor) -> torch.Tensor:
         continuous = continuous.float()
+        if _all_finite_on_cpu(continuous):
+            return _signed_log1p_of_finite(continuous)  # nothing to count or replace
         if self.training:
             self.non_finite_count += continuous.numel() - torch.isfinite(continuous).sum()
         return signed_log1p(continuous)

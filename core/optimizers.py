@@ -93,16 +93,32 @@ class DenseOptimizer:
                 group["lr"] = self.learning_rates[group["name"]]
         return self.learning_rates
 
-    def step(self) -> None:
-        if self.optimizer is not None and not self._fused_step():
+    def step(self, clip_grad_norm: float | None = None) -> torch.Tensor | None:
+        """One update. With clip_grad_norm, the gradients are first scaled by min(1, clip_grad_norm / (their
+        total norm + 1e-6)), as torch.nn.utils.clip_grad_norm_ does, and the total norm before clipping is returned
+        (None without). The fused update applies that scale inside its kernel (as a gradient divisor), saving a pass
+        over every gradient; otherwise the gradients are scaled in place first."""
+        if self.optimizer is None:
+            return None
+        if clip_grad_norm is None:
+            if not self._fused_step():
+                self.optimizer.step()
+            return None
+        grads = [p.grad for p in self.param_names if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        scale = torch.clamp(clip_grad_norm / (norm + 1e-6), max=1.0)
+        if not self._fused_step(grad_divisor=scale.reciprocal()):
+            torch.nn.utils.clip_grads_with_norm_(grads, clip_grad_norm, norm)
             self.optimizer.step()
+        return norm
 
-    def _fused_step(self) -> bool:
+    def _fused_step(self, grad_divisor: torch.Tensor | None = None) -> bool:
         """The fused optimizer's update as torch's Adam makes it (the same kernel, `torch._fused_adam_` or
         `_fused_adamw_`, on the same tensors), one call per distinct learning rate instead of one pass of torch's
         per-group Python per group: on a small model with a group per tower that Python is 6% of a training step.
         False, having changed nothing, where torch's own step must run: not fused, a parameter without a gradient,
-        a sparse gradient, or parameters of several devices or dtypes."""
+        a sparse gradient, or parameters of several devices or dtypes. grad_divisor (a 0-dim tensor on the
+        parameters' device) divides every gradient inside the kernel."""
         if self._steps is None or self._device_dtype is None:
             return False
         assert self.optimizer is not None
@@ -127,7 +143,7 @@ class DenseOptimizer:
         for (lr, (beta1, beta2), eps, weight_decay, decoupled), (ps, grads, m, v, steps) in calls.items():
             kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
             kernel(ps, grads, m, v, [], steps, amsgrad=False, lr=lr, beta1=beta1, beta2=beta2,
-                   weight_decay=weight_decay, eps=eps, maximize=False, grad_scale=None, found_inf=None)
+                   weight_decay=weight_decay, eps=eps, maximize=False, grad_scale=grad_divisor, found_inf=None)
         return True
 
     def zero_grad(self) -> None:

@@ -248,9 +248,9 @@ class TrainLoop:
     def _update(self) -> None:
         """The optimizer step after backward: clipping, the dense optimizer, the row-sparse tables; step += 1."""
         self.dense_optimizer.set_step(self.step + 1)
-        if self.config.clip_grad_norm is not None:
-            self._window.grad_norm = torch.nn.utils.clip_grad_norm_(self._dense_params, self.config.clip_grad_norm)
-        self.dense_optimizer.step()
+        grad_norm = self.dense_optimizer.step(clip_grad_norm=self.config.clip_grad_norm)
+        if grad_norm is not None:
+            self._window.grad_norm = grad_norm
         self.dense_optimizer.zero_grad()
         if self.sparse_optimizer is not None:
             # Tables outside the fused backward (data-parallel ones) are updated here, once per optimizer step.

@@ -58,6 +58,19 @@ def test_non_finite_values_are_counted_in_training():
     assert f.pop_non_finite_count() == 0
 
 
+def test_finite_inputs_take_the_one_check_path_with_the_same_values():
+    # All finite: one check of the sum, no count; a sum that overflows (finite values near the float32 maximum)
+    # falls back to the value-by-value path, which counts nothing either; one NaN is counted.
+    f = Log1pAbs(2, 1)
+    for continuous, non_finite in ((torch.tensor([[1.0, -2.0], [0.0, 3e3]]), 0),
+                                   (torch.full((2, 2), 3e38), 0),
+                                   (torch.tensor([[1.0, float("nan")], [0.0, 3e38]]), 1)):
+        out = f(continuous, BINARY)
+        torch.testing.assert_close(out[:, :2], signed_log1p(continuous))
+        assert f.pop_non_finite_count() == non_finite
+    assert torch.isinf(torch.full((2, 2), 3e38).sum())
+
+
 def test_log1p_abs_and_clip_log1p_abs():
     torch.testing.assert_close(
         Log1pAbs(2, 1)(CONTINUOUS, BINARY), torch.tensor([[0.0, 1.0, 1.0], [-2.0, 0.0, 0.0]])

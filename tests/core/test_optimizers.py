@@ -138,3 +138,32 @@ def test_the_fused_update_equals_torchs_step_with_a_learning_rate_per_group(kind
         for key, value in tensors.items():
             assert torch.equal(state[name][key], value), (name, key)
     assert {t["step"].item() for t in state.values()} == ({5.0} if drop_grad is None else {4.0, 5.0})
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e3])
+def test_clipping_inside_the_fused_update_equals_clip_grad_norm_then_torchs_step(clip):
+    # A large epsilon makes Adam's update depend on the gradients' scale, so a clipping that is not applied, or
+    # applied twice, moves the parameters elsewhere. With 1e3 nothing is clipped (scale 1).
+    config = _optimizer({"dense": {"adam": {"epsilon": 1e-2}, **DENSE}}).dense
+    results = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        model, groups = _towers()
+        optimizer = build_dense_optimizer(model, groups, config)
+        norms = []
+        for step in range(1, 4):
+            x = torch.randn(8, 4, generator=torch.Generator().manual_seed(step))
+            model["a"](model["shared"](x)).square().mean().backward()
+            model["b"](model["shared"](x)).abs().mean().backward()
+            if fast:
+                norms.append(optimizer.step(clip_grad_norm=clip))
+            else:
+                norms.append(torch.nn.utils.clip_grad_norm_(optimizer.parameters(), clip))
+                optimizer.optimizer.step()
+            optimizer.zero_grad()
+        results.append((model.state_dict(), torch.stack(norms)))
+    (params, norms), (torch_params, torch_norms) = results
+    torch.testing.assert_close(norms, torch_norms, rtol=0, atol=0)
+    assert (norms > 1e-3).all()
+    for name, value in torch_params.items():
+        torch.testing.assert_close(params[name], value, rtol=1e-6, atol=1e-7, msg=name)

@@ -11,7 +11,7 @@ For each config (the demo and the recap-scale model by default), in one process:
   - evaluation: the evaluator's per-batch work (eval-mode forward without gradients, metrics accumulation);
   - loader: rows/s of RecapDataLoader over a temporary parquet file with the config's schema, and over the same
     data in the prepared layout (`recap data prepare`);
-  - pipeline: the same training step fed by that loader, against the in-memory step;
+  - pipeline: the same training step fed by that loader, against the in-memory step, in each precision;
   - peak resident memory of the process in each phase and of the loader's worker;
   - optionally the same training step on 2 ranks under torchrun against 1 rank (multi_rank.py).
 Timings keep the best of several short windows (a shared machine only ever slows a window down); the medians and
@@ -162,14 +162,19 @@ def benchmark_config(name: str, config: RecapConfig, settings: BenchmarkSettings
     out["loader"]["prepared"] = prepared
     out["loader"]["vs_train"] = {p: out["loader"]["rows_per_second"] / t["examples_per_second"]
                                  for p, t in out["train"].items()}
-    with phase(f"{fastest} loader + training pipeline") as progress:
-        pipeline = bench.pipeline(data_config, fastest, progress)
-    pipeline["precision"] = fastest
-    pipeline["vs_in_memory"] = pipeline["examples_per_second"] / out["train"][fastest]["examples_per_second"]
-    out["pipeline"] = pipeline
-    if fastest in out.get("bare_peer", {}):
-        peer = out["bare_peer"][fastest]["peer"]["gflops_per_second"]
-        pipeline["vs_bare_peer"] = pipeline["examples_per_second"] * out["flops_per_example"][fastest] / 1e9 / peer
+    # Every precision's pipeline; "pipeline" (the tables, the 2-rank run) is the fastest precision's.
+    out["pipelines"] = {}
+    for precision in out["train"]:
+        with phase(f"{precision} loader + training pipeline") as progress:
+            pipeline = bench.pipeline(data_config, precision, progress)
+        pipeline["precision"] = precision
+        pipeline["vs_in_memory"] = pipeline["examples_per_second"] / out["train"][precision]["examples_per_second"]
+        if precision in out.get("bare_peer", {}):
+            peer = out["bare_peer"][precision]["peer"]["gflops_per_second"]
+            pipeline["vs_bare_peer"] = (pipeline["examples_per_second"] * out["flops_per_example"][precision] / 1e9
+                                        / peer)
+        out["pipelines"][precision] = pipeline
+    out["pipeline"] = out["pipelines"][fastest]
     out["phase_seconds"] = phase.seconds
     return out
 
@@ -214,8 +219,8 @@ def format_peer_table(doc: dict[str, Any]) -> list[str]:
     lines = ruled(f"{'config':<12} {'prec':<5} {'ours ex/s':>10} {'ours GF/s':>10} {'MFU':>6} {'peer ex/s':>10} "
                   f"{'peer GF/s':>10} {'MFU':>6} {'ours/peer':>10} {'pipeline/peer':>14}")
     for name, p, f in rows:
-        pipe = doc["configs"][name]["pipeline"]
-        vs_pipe = f"{pipe['vs_bare_peer']:.2f}x" if pipe["precision"] == p and "vs_bare_peer" in pipe else "-"
+        pipe = doc["configs"][name].get("pipelines", {}).get(p, {})
+        vs_pipe = f"{pipe['vs_bare_peer']:.2f}x" if "vs_bare_peer" in pipe else "-"
         o, q = f["ours"], f["peer"]
         lines.append(f"{name:<12} {p:<5} {o['examples_per_second']:>10,.0f} {o['gflops_per_second']:>10,.1f} "
                      f"{o['mfu']:>6.1%} {q['examples_per_second']:>10,.0f} {q['gflops_per_second']:>10,.1f} "

@@ -60,9 +60,13 @@ def test_quick_benchmark_prints_and_writes_every_figure(tmp_path):
         peer = demo["bare_peer"][precision]
         assert peer["ratio"] == pytest.approx(peer["ours"]["gflops_per_second"] / peer["peer"]["gflops_per_second"])
         assert peer["peer"]["examples_per_second"] > 0 and peer["shape"]["input_width"] == demo["input_features"]
-    assert pipeline["vs_bare_peer"] == pytest.approx(
-        pipeline["examples_per_second"] * demo["flops_per_example"][pipeline["precision"]] / 1e9
-        / demo["bare_peer"][pipeline["precision"]]["peer"]["gflops_per_second"])
+    assert demo["pipelines"][pipeline["precision"]] == pipeline
+    for precision, measured in demo["pipelines"].items():  # the pipeline in every precision, against the peer
+        assert measured["precision"] == precision
+        assert measured["vs_bare_peer"] == pytest.approx(
+            measured["examples_per_second"] * demo["flops_per_example"][precision] / 1e9
+            / demo["bare_peer"][precision]["peer"]["gflops_per_second"])
+    assert set(demo["pipelines"]) == {"fp32", "bf16"}
     assert "ours/peer" in proc.stdout
     ranks = demo["torchrun"]
     assert "error" not in ranks, ranks.get("error")

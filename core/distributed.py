@@ -230,7 +230,8 @@ def shard_model(
 ) -> nn.Module:
     """Wrap `model` in torchrec's DistributedModelParallel: the planner shards its embedding-bag collections over
     the ranks (the plan is logged), the rest is data-parallel (DDP, on more than one rank). Embedding tables may be
-    on device "meta"; they are materialized on their shard's device. Use static_graph=False with gradient accumulation (no_sync).
+    on device "meta"; they are materialized on their shard's device. Use static_graph=False with gradient
+    accumulation (no_sync).
     `constraints` ({table name: torchrec ParameterConstraints}, core/table_placement.py) limit the planner's
     choices per table."""
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder

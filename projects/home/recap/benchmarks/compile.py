@@ -51,7 +51,8 @@ def compile_figures(bench: ConfigBenchmark, precision: str, flops_per_batch: int
     dense = dense_model(bench.model)
     configured = dense.group_towers, dense.group_towers_in_bf16
     groupable = dense._tower_plan is not None
-    eager_grouped = dense.group_towers or (dense.group_towers_in_bf16 and precision == "bf16")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        eager_grouped = dense.towers_grouped(torch.empty(0))  # how the config's eager model ran its towers
     out: dict[str, Any] = {"eager": {**eager, "towers_grouped": eager_grouped}}
     try:
         for label, target, grouped in VARIANTS:

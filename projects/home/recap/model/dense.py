@@ -188,7 +188,7 @@ class DenseRankingModel(nn.Module):
         return torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
 
     @torch.jit.unused
-    def _grouped_logits(self, x: torch.Tensor, task_inputs: list[torch.Tensor]) -> torch.Tensor:
+    def _tower_logits_grouped_if_chosen(self, x: torch.Tensor, task_inputs: list[torch.Tensor]) -> torch.Tensor:
         """Every head's logit [B, T] in one grouped computation when towers_grouped, else one by one: from x, or
         from the mixture's task inputs."""
         if not self.towers_grouped(x):
@@ -242,7 +242,7 @@ class DenseRankingModel(nn.Module):
             for name, key in self.gate_outputs:
                 gate_outputs[key] = gates[name].float()
         if (self.group_towers or self.group_towers_in_bf16) and not torch.jit.is_scripting():
-            logits = self._grouped_logits(x, task_inputs)  # TorchScript runs the towers one by one
+            logits = self._tower_logits_grouped_if_chosen(x, task_inputs)  # TorchScript runs the towers one by one
         else:
             logits = self._tower_logits(x, task_inputs)
         # Logits and everything after them in float32, also under bf16 autocast.

@@ -25,6 +25,7 @@ from torch import nn
 from core.cpu_allocator import keep_freed_memory
 from core.log import get_logger
 from core.parent_watch import stop_with_parent
+from core.process_exit import note_process_group
 
 logger = get_logger(__name__)
 
@@ -154,6 +155,7 @@ def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> 
         raise RuntimeError(
             f"a process group of {dist.get_world_size()} ranks exists but the environment says {world_size}"
         )
+    note_process_group()  # its worker threads decide how the process must end (core.process_exit)
     return DistributedContext(rank, world_size, local_rank, local_world_size, resolved, backend)
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from core.metrics_accumulator import MetricsAccumulator
+from core.process_exit import run_and_end
 
 TASKS = ["fav", "reply", "never"]
 STRATIFIERS = ["client", "hour"]
@@ -79,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_end(main, collectives_ran=True)

@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from core.collective import Collective
 from core.metrics_accumulator import MetricsAccumulator
+from core.process_exit import run_and_end
 from core.sharded_sort import score_keys, sort_blocks
 
 TASKS = ["fav", "reply", "never"]
@@ -111,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_end(main, collectives_ran=True)

@@ -17,6 +17,7 @@ from torch import nn
 from core.checkpoint_manager import CheckpointManager
 from core.config import ConfigError
 from core.distributed import init_distributed, shard_model, shutdown_distributed
+from core.process_exit import end_process
 from core.sparse_optimizers import SparseOptimizerSettings
 from core.table_placement import SHARDING_TYPES, TablePlacement, allowed_placements, planner_constraints
 
@@ -122,6 +123,7 @@ def _worker(rank: int, world: int, store: str, out: str, cases, save: bool) -> N
     _run_cases(ctx, cases, Path(out), Path(out) / "checkpoints" if save else None)
     dist.barrier()
     dist.destroy_process_group()
+    end_process(0)  # not Python's teardown, where gloo's threads can abort the process (core.process_exit)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import torch.distributed as dist  # noqa: E402
 import toy_training as toy  # noqa: E402
 
 from core.distributed import init_distributed, lockstep, shutdown_distributed  # noqa: E402
+from core.process_exit import run_and_end  # noqa: E402
 
 
 def main() -> None:
@@ -50,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_end(main)

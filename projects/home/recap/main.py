@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from core.config import ConfigError
 from core.log import setup_logging
+from core.process_exit import run_and_end
 from core.storage_retries import StorageError
 
 # name -> (module in projects.home.recap.commands, one-line help)
@@ -97,5 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def console() -> NoReturn:
+    """The `recap` program: main's status, ending a process that ran collectives as core.process_exit explains."""
+    run_and_end(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

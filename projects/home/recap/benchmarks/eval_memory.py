@@ -69,6 +69,7 @@ def _worker(rank: int, world: int, port: int, method: str, args: dict, out_dir: 
     import torch.distributed as dist
 
     from core.metrics_accumulator import MetricsAccumulator
+    from core.process_exit import end_process
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -96,6 +97,7 @@ def _worker(rank: int, world: int, port: int, method: str, args: dict, out_dir: 
         Path(out_dir, f"{method}_metrics.json").write_text(json.dumps({"metrics": metrics, "curves": curves}))
     dist.barrier()
     dist.destroy_process_group()
+    end_process(0, collectives_ran=True)  # not Python's teardown, where gloo's threads can abort it
 
 
 def _free_port() -> int:

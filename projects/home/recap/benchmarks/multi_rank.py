@@ -17,6 +17,7 @@ import torch
 
 from core import perf
 from core.distributed import init_distributed
+from core.process_exit import run_and_end
 from projects.home.recap.benchmarks.config_benchmark import BenchmarkSettings, ConfigBenchmark, read_batches
 from projects.home.recap.benchmarks.timing import interleaved_timing
 from projects.home.recap.schema import load_recap_config
@@ -115,4 +116,4 @@ def _launch(config_paths: list[Path], overrides: tuple[str, ...], nproc: int, pr
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))
+    run_and_end(lambda: _worker_main(sys.argv[1:]))

@@ -7,7 +7,6 @@ Usage: torchrun --max-restarts 1 --nproc-per-node 2 train_crash_worker.py train 
 """
 
 import os
-import sys
 from pathlib import Path
 
 from core.log import setup_logging
@@ -15,6 +14,7 @@ from core.log import setup_logging
 setup_logging()  # before torchrec is imported: its import would otherwise install a second root handler
 
 import core.train_loop as train_loop  # noqa: E402
+from core.process_exit import run_and_end  # noqa: E402
 from projects.home.recap.main import main  # noqa: E402
 
 CRASH_STEP = int(os.environ["RECAP_TEST_CRASH_STEP"])
@@ -35,4 +35,4 @@ def _train_step_then_maybe_die(self, data):
 train_loop.TrainLoop._train_step = _train_step_then_maybe_die
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_end(main)

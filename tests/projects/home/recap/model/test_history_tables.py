@@ -232,6 +232,7 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
 
     from core.checkpoint_manager import CheckpointManager
     from core.distributed import init_distributed
+    from core.process_exit import end_process
     from projects.home.recap.train import build_training
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
@@ -260,6 +261,7 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
             torch.save(tables, root / f"{saved}-as-{other}.pt")
     dist.barrier()
     dist.destroy_process_group()
+    end_process(0)  # not Python's teardown, where gloo's threads can abort the process (core.process_exit)
 
 
 @pytest.fixture(scope="module")

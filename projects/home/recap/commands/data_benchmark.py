@@ -44,34 +44,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
 
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds of a live process and its live descendants (Linux /proc)."""
+def _live_cpu(pid: int, parent: int, out: dict[int, tuple[float, int]]) -> dict[int, tuple[float, int]]:
+    """pid -> (CPU seconds, parent pid) of a live process and its live descendants (Linux /proc)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[pid] = ((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), parent)
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/children") as f:
-                total += sum(_proc_cpu(int(child)) for child in f.read().split())
-        return total
-    except (OSError, ValueError, IndexError):
-        return 0.0
+                for child in f.read().split():
+                    _live_cpu(int(child), pid, out)
+    except (OSError, ValueError, IndexError):  # the process ended meanwhile
+        pass
+    return out
 
 
-def _cpu_seconds() -> float:
-    """CPU seconds of this process and its DataLoader workers, running or exited."""
+def _reaped_cpu() -> float:
     exited = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if os.path.exists("/proc/self/stat"):
-        return _proc_cpu(os.getpid()) + exited.ru_utime + exited.ru_stime
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return own.ru_utime + own.ru_stime + exited.ru_utime + exited.ru_stime
+    return exited.ru_utime + exited.ru_stime
+
+
+class CpuClock:
+    """CPU seconds of this process and its descendants (DataLoader workers, a writer's process pool) since the
+    clock was made, whether they run on, started or ended in between.
+
+    On Linux each live process counts what it used since the start (all of it if it started since); a child that
+    ended and was reaped counts through RUSAGE_CHILDREN, less what it had used before the start. A process that
+    ends during a measurement therefore never makes the figure smaller (summing the live processes at both ends
+    would: its time would leave the sum)."""
+
+    def __init__(self) -> None:
+        self._linux = os.path.exists("/proc/self/stat")
+        self._start = _live_cpu(os.getpid(), os.getppid(), {}) if self._linux else {}
+        self._reaped = _reaped_cpu()
+        self._own = self._self_cpu()
+
+    @staticmethod
+    def _self_cpu() -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return own.ru_utime + own.ru_stime
+
+    def seconds(self) -> float:
+        reaped = _reaped_cpu() - self._reaped
+        if not self._linux:
+            return self._self_cpu() - self._own + reaped
+        me = os.getpid()
+        end = _live_cpu(me, os.getppid(), {})
+        live = sum(max(0.0, cpu - self._start.get(pid, (0.0, 0))[0]) for pid, (cpu, _) in end.items())
+        before = sum(cpu for pid, (cpu, parent) in self._start.items() if pid not in end and parent == me)
+        return live + max(0.0, reaped - before)
 
 
 def measure(loader: RecapDataLoader, max_batches: int | None) -> dict:
     """Iterate one epoch; wall time, rows, CPU seconds and time to the first batch."""
     rows = batches = 0
     first = None
-    cpu0, start = _cpu_seconds(), time.perf_counter()
+    cpu, start = CpuClock(), time.perf_counter()
     for batch in loader:
         if first is None:
             first = time.perf_counter() - start
@@ -81,7 +109,7 @@ def measure(loader: RecapDataLoader, max_batches: int | None) -> dict:
             break
     seconds = time.perf_counter() - start
     return {"rows": rows, "batches": batches, "seconds": seconds, "first_batch_seconds": first or 0.0,
-            "cpu_seconds": _cpu_seconds() - cpu0}
+            "cpu_seconds": cpu.seconds()}
 
 
 def _write_data(config_path: str, overrides: list[str], rows: int, directory: str) -> list[str]:
@@ -135,11 +163,11 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit(f"the prepared layout: data.train has {len(data.train.paths)} paths, `recap data "
                                  "prepare` reads one (a file, directory or glob); use --layouts parquet")
             target = os.path.join(tmp, "prepared")
-            start, cpu0 = time.perf_counter(), _cpu_seconds()
+            start, cpu = time.perf_counter(), CpuClock()
             manifest = prepare(data, data.train.paths[0], target)
             seconds = time.perf_counter() - start
             print(f"prepared {manifest['num_rows']:,} rows in {seconds:.1f} s ({manifest['num_rows'] / seconds:,.0f} "
-                  f"rows/s, {(_cpu_seconds() - cpu0) / max(manifest['num_rows'], 1) * 1e6:.2f} CPU-s per million "
+                  f"rows/s, {cpu.seconds() / max(manifest['num_rows'], 1) * 1e6:.2f} CPU-s per million "
                   "rows)", flush=True)
             datasets["prepared"] = data.train.model_copy(update={"paths": [target]})
         best: dict[tuple[str, int], tuple[float, float]] = {}  # (layout, workers) -> (rows/s, CPU-s per M rows)

@@ -5,10 +5,12 @@ benchmark measures both layouts in one run (speed itself is not asserted)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import torch
 
-from projects.home.recap.commands.data_benchmark import DEMO_CONFIG
+from projects.home.recap.commands.data_benchmark import DEMO_CONFIG, CpuClock
 from projects.home.recap.data.loader import RecapDataLoader
 from projects.home.recap.data.synthetic import generate
 from projects.home.recap.main import main
@@ -47,7 +49,7 @@ def test_benchmark_measures_both_layouts_in_one_run(capsys):
     ]
     table = re.findall(r"^(parquet|prepared)\s+(\d)\s+[\d,]+\s+[\d.]+\s+(\S+)$", out, re.MULTILINE)
     assert [(layout, w) for layout, w, _ in table] == [("parquet", "0"), ("prepared", "0"), ("parquet", "1"),
-                                                        ("prepared", "1")]
+                                                        ("prepared", "1")], out
     assert all(r.endswith("x") for _, _, r in table)
 
 
@@ -72,3 +74,40 @@ def test_prepare_errors_are_one_line_naming_what_and_where(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(dst) in err and "--overwrite" in err
     assert main(["data", "prepare", str(tmp_path / "data" / "test"), str(dst), "--overwrite"]) == 0
+
+
+# A process that burns `seconds` of CPU, says so, then waits for a line on stdin before it exits.
+_BURN = ("import sys, time\nt = time.process_time()\nwhile time.process_time() - t < {seconds}: pass\n"
+         "print('burned', flush=True)\nsys.stdin.readline()\n")
+# A child that starts the burner as its own child, reports, and on a line on stdin ends and reaps it, staying alive.
+_PARENT = ("import subprocess, sys\n"
+           "g = subprocess.Popen([sys.executable, '-c', sys.argv[1]], stdin=subprocess.PIPE, stdout=subprocess.PIPE,"
+           " text=True)\n"
+           "g.stdout.readline(); print('ready', flush=True)\n"
+           "sys.stdin.readline(); g.stdin.close(); g.wait(); print('reaped', flush=True)\nsys.stdin.readline()\n")
+
+
+def test_cpu_clock_counts_work_since_its_start_and_never_goes_back():
+    """A grandchild that used CPU before the clock started and ends during the measurement (reaped by its own
+    parent, so its time leaves the live processes without reaching this process's RUSAGE_CHILDREN) must not make
+    the figure negative; a child that works during the measurement is counted."""
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, _BURN.format(seconds=0.6)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        clock = CpuClock()
+        parent.stdin.write("\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline().strip() == "reaped"
+        assert 0.0 <= clock.seconds() < 0.4
+    finally:
+        parent.stdin.close()
+        parent.wait(timeout=60)
+    clock = CpuClock()
+    worker = subprocess.Popen([sys.executable, "-c", _BURN.format(seconds=0.6)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert worker.stdout.readline().strip() == "burned"
+    assert clock.seconds() >= 0.5  # alive: counted from /proc
+    worker.stdin.close()
+    worker.wait(timeout=60)
+    assert clock.seconds() >= 0.5  # ended and reaped: counted from RUSAGE_CHILDREN

@@ -24,13 +24,13 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
-_collectives_ran = False
+_process_group_created = False
 
 
 def note_process_group() -> None:
     """Record that this process created a process group (core.distributed.init_distributed calls it)."""
-    global _collectives_ran
-    _collectives_ran = True
+    global _process_group_created
+    _process_group_created = True
 
 
 def _process_group_exists() -> bool:
@@ -42,7 +42,9 @@ def end_process(status: int, collectives_ran: bool | None = None) -> NoReturn:
     """Exit with `status`. A process that created a process group (`collectives_ran`, by default: through
     init_distributed, or one exists now) skips the interpreter's finalization (see the module docstring); any other
     exits as sys.exit does."""
-    if not (collectives_ran if collectives_ran is not None else _collectives_ran or _process_group_exists()):
+    if collectives_ran is None:
+        collectives_ran = _process_group_created or _process_group_exists()
+    if not collectives_ran:
         sys.exit(status)
     try:
         # What Py_FinalizeEx does before it starts finalizing: wait for non-daemon threads (and run the hooks that

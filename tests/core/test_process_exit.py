@@ -81,9 +81,9 @@ def test_init_distributed_marks_the_process(tmp_path):
     done = _python(tmp_path, """
         import core.process_exit as process_exit
         from core.distributed import init_distributed
-        assert not process_exit._collectives_ran
+        assert not process_exit._process_group_created
         init_distributed("cpu")
-        assert process_exit._collectives_ran
+        assert process_exit._process_group_created
     """)
     assert done.returncode == 0, done.stderr
 

@@ -8,6 +8,7 @@ the non-finite values it replaced in the buffer `non_finite_count` (read and res
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -41,9 +42,11 @@ class _Featurizer(nn.Module):
         continuous = continuous.float()
         if _all_finite_on_cpu(continuous):
             return _signed_log1p_of_finite(continuous)  # nothing to count or replace
+        finite = torch.nan_to_num(continuous, nan=0.0, posinf=0.0, neginf=0.0)
         if self.training:
-            self.non_finite_count += continuous.numel() - torch.isfinite(continuous).sum()
-        return signed_log1p(continuous)
+            # The replaced values are exactly those that differ from the input (NaN differs from everything).
+            self.non_finite_count += (finite != continuous).sum()
+        return _signed_log1p_of_finite(finite)
 
     def pop_non_finite_count(self) -> int:
         """Non-finite continuous values seen in training since the last call (synchronizes with the device)."""
@@ -123,5 +126,7 @@ class DoubleNormLog(_Featurizer):
 
     def forward(self, continuous: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
         x = self.batch_norm(self._log(continuous))
-        x = torch.clamp(x, -self.clip_magnitude, self.clip_magnitude)
+        # torch.clamp's values; its backward is one pass (hardtanh's) instead of clamp's four (compare, compare,
+        # and, select). They differ only at exactly +-clip_magnitude, where this passes no gradient.
+        x = F.hardtanh(x, -self.clip_magnitude, self.clip_magnitude)
         return self.layer_norm(torch.cat([x, binary.to(x.dtype)], dim=1))

@@ -95,7 +95,9 @@ class DenseOptimizer:
         """One update. With clip_grad_norm, the gradients are first scaled by min(1, clip_grad_norm / (their
         total norm + 1e-6)), as torch.nn.utils.clip_grad_norm_ does, and the total norm before clipping is returned
         (None without). The fused update applies that scale inside its kernel (as a gradient divisor), saving a pass
-        over every gradient; otherwise the gradients are scaled in place first."""
+        over every gradient; otherwise the gradients are scaled in place first. On the CPU, where reading the norm
+        costs no device synchronisation, a step whose norm is within the bound runs the update without the divisor
+        (the same result: the scale is exactly 1), sparing the kernel's write-back of every divided gradient."""
         if self.optimizer is None:
             return None
         if clip_grad_norm is None:
@@ -105,6 +107,10 @@ class DenseOptimizer:
         grads = [p.grad for p in self.param_names if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads)
         scale = torch.clamp(clip_grad_norm / (norm + 1e-6), max=1.0)
+        if norm.device.type == "cpu" and bool(scale == 1.0):
+            if not self._fused_step():
+                self.optimizer.step()
+            return norm
         if not self._fused_step(grad_divisor=scale.reciprocal()):
             torch.nn.utils.clip_grads_with_norm_(grads, clip_grad_norm, norm)
             self.optimizer.step()

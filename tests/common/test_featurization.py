@@ -89,3 +89,28 @@ def test_zscore_log_standardizes_the_log_and_keeps_constant_columns():
     torch.testing.assert_close(
         clipped(CONTINUOUS, BINARY), torch.tensor([[3.0, 0.5, 1.0], [-3.0, -0.5, 0.0]])
     )
+
+
+def test_double_norm_log_gradients_are_those_of_the_clamped_formula():
+    # The clip's backward passes the gradient where |x| < clip_magnitude and none beyond, as torch.clamp's does
+    # (they differ only at exactly +-clip_magnitude); the parameters' gradients follow.
+    g = torch.Generator().manual_seed(0)
+    continuous = torch.randn(64, 5, generator=g) * 20
+    continuous[3, 1] = float("nan")
+    binary = (torch.rand(64, 2, generator=g) < 0.5).float()
+    f = DoubleNormLog(5, 2, clip_magnitude=0.7)
+    f.train()
+    upstream = torch.randn(64, 7, generator=g)
+    (f(continuous, binary) * upstream).sum().backward()
+    bn, ln = f.batch_norm, f.layer_norm
+    weight, bias = bn.weight.detach().clone().requires_grad_(), bn.bias.detach().clone().requires_grad_()
+    ln_weight, ln_bias = ln.weight.detach().clone().requires_grad_(), ln.bias.detach().clone().requires_grad_()
+    logged = torch.nan_to_num(continuous, nan=0.0)
+    logged = torch.sign(logged) * torch.log1p(logged.abs())
+    normed = torch.nn.functional.batch_norm(logged, None, None, weight, bias, training=True)
+    assert ((normed.abs() - 0.7).abs() > 1e-6).all() and (normed.abs() > 0.7).any()
+    out = torch.nn.functional.layer_norm(torch.cat([normed.clamp(-0.7, 0.7), binary], 1), (7,), ln_weight, ln_bias)
+    (out * upstream).sum().backward()
+    for mine, reference in ((bn.weight, weight), (bn.bias, bias), (ln.weight, ln_weight), (ln.bias, ln_bias)):
+        torch.testing.assert_close(mine.grad, reference.grad)
+    assert f.pop_non_finite_count() == 1

@@ -167,3 +167,26 @@ def test_clipping_inside_the_fused_update_equals_clip_grad_norm_then_torchs_step
     assert (norms > 1e-3).all()
     for name, value in torch_params.items():
         torch.testing.assert_close(params[name], value, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("clip, divided", [(1e3, False), (1e-3, True)])
+def test_a_clip_that_does_not_bite_runs_the_fused_update_without_a_divisor(monkeypatch, clip, divided):
+    # On the CPU the norm is read: within the bound the kernel gets no divisor (scale exactly 1, the same update
+    # without rewriting every gradient); beyond it the divisor is the clipping's 1 / scale.
+    model, groups = _towers()
+    optimizer = build_dense_optimizer(model, groups, _optimizer({"dense": {"adam": {}, **DENSE}}).dense)
+    divisors = []
+    kernel = torch._fused_adam_
+
+    def recording(*args, grad_scale=None, **kwargs):
+        divisors.append(grad_scale)
+        return kernel(*args, grad_scale=grad_scale, **kwargs)
+
+    monkeypatch.setattr(torch, "_fused_adam_", recording)
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    model["a"](model["shared"](x)).square().mean().backward()
+    model["b"](model["shared"](x)).abs().mean().backward()
+    norm = optimizer.step(clip_grad_norm=clip)
+    assert divisors and all((d is not None) == divided for d in divisors)
+    if divided:
+        torch.testing.assert_close(divisors[0], norm / clip, rtol=1e-5, atol=0)

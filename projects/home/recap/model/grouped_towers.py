@@ -73,8 +73,8 @@ def grouped_logits(heads: Sequence[nn.Module], plan: TowerPlan, x: torch.Tensor 
     h = x if isinstance(x, torch.Tensor) else torch.stack(x)  # [B, in] shared, or [T, B, in]
     shared = isinstance(x, torch.Tensor)
     for i, (relu, dropout) in enumerate(plan):
-        weight = torch.stack([t[i].weight for t in towers])  # [T, out, in]
-        bias = torch.stack([t[i].bias for t in towers])  # [T, out]
+        weight = _stacked([t[i].weight for t in towers])  # [T, out, in]
+        bias = _stacked([t[i].bias for t in towers])  # [T, out]
         if i == 0 and shared:
             width = weight.shape[1]
             # One product for every head: x [B, in] @ [in, T*out]; rows stay [B, T, out].
@@ -92,6 +92,16 @@ def grouped_logits(heads: Sequence[nn.Module], plan: TowerPlan, x: torch.Tensor 
     logits = torch.baddbmm(final_bias.view(num, 1, 1), h, final.unsqueeze(2)).squeeze(2)  # [T, B]
     scale, shift = _affine(heads, logits)
     return (logits * scale + shift).t()
+
+
+def _stacked(params: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack of the heads' parameters; under autocast in its dtype, as each head's layer would read them (the
+    casts and the stacked copy then move half the bytes of stacking the float32 parameters and casting the stack)."""
+    device = params[0].device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        return torch.stack([p.to(dtype) for p in params])
+    return torch.stack(params)
 
 
 def _affine(heads: Sequence[nn.Module], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

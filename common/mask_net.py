@@ -138,12 +138,16 @@ class MaskNet(nn.Module):
 
     @torch.jit.unused
     def _parallel_shared_standardization(self, x: torch.Tensor) -> torch.Tensor:
-        standardized = F.layer_norm(x, [x.shape[-1]], eps=self._input_eps)
-        if torch.is_autocast_enabled(x.device.type):
-            # Cast the shared inputs once instead of once per block (autocast casts non-parameters on every use);
-            # the masked products then stay in the autocast dtype that the next matmul reads anyway.
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, standardized = x.to(dtype), standardized.to(dtype)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            # Cast the shared input once instead of once per block (autocast casts non-parameters on every use) and
+            # standardize it in that dtype (statistics accumulated in float32 by the kernel): the masked products
+            # then stay in the autocast dtype that the next matmul reads anyway, without a float32 copy between.
+            x = x.to(torch.get_autocast_dtype(device))
+            with torch.autocast(device, enabled=False):
+                standardized = F.layer_norm(x, [x.shape[-1]], eps=self._input_eps)
+        else:
+            standardized = F.layer_norm(x, [x.shape[-1]], eps=self._input_eps)
         outs = [
             block.forward_standardized(standardized, x) if block.has_input_layer_norm else block(x, x)
             for block in self.blocks

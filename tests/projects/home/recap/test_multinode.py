@@ -9,6 +9,7 @@ localhost), with no directory shared between them for the run. The command is th
 import argparse
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -41,9 +42,19 @@ TIMEOUT = 240.0
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, below Linux's ephemeral range (32768-60999): the ports that bind(0) and outgoing connections
+    take (other tests' launchers, gloo) come from that range, so one of them cannot take this port between here and
+    the launcher binding it. Node 0 is still restarted on a fresh port if the port was taken (_start_node0)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def _listening(port: int) -> bool:
@@ -123,17 +134,39 @@ def test_a_lost_node_is_replaced_and_the_job_resumes_from_its_checkpoint(tmp_pat
         _rehearse(tmp_path, save_dir)
 
 
+def _start_node0(data: Path, save_dir: Path | str, nodes: dict[str, subprocess.Popen], logs: list[Path]
+                 ) -> list[str]:
+    """Start node 0 on a free port and wait for its rendezvous store; the node command (with that port). A port
+    taken by another process before the launcher bound it (node 0 then fails to reach its own store, after torchrun's
+    60 s connect timeout) is retried on another port."""
+    for attempt in range(3):
+        port = _free_port()
+        command = _node_command(data, save_dir, port)
+        node = nodes["node 0"] = _start_node(command, logs[0])
+        deadline = time.monotonic() + TIMEOUT
+        while not _listening(port):
+            if node.poll() is not None:
+                # Port taken: torchrun's c10d backend, failing to bind it, connects as a client and gives up.
+                log = logs[0].read_text()
+                taken = "connection to the C10d store has failed" in log or "address already in use" in log.lower()
+                assert taken and attempt < 2, f"node 0 exited ({node.returncode}) before its rendezvous store:\n" \
+                    + _tails(logs)
+                break
+            assert time.monotonic() < deadline, f"no rendezvous store within {TIMEOUT:.0f} s:\n{_tails(logs)}"
+            time.sleep(0.05)
+        else:
+            return command
+    raise AssertionError("unreachable: the last attempt returns or fails")
+
+
 def _rehearse(tmp_path: Path, save_dir: Path | str) -> None:
     data = helpers.make_data(tmp_path / "data")
     checkpoints = location(save_dir) / "checkpoints"
-    port = _free_port()
-    command = _node_command(data, save_dir, port)
     logs = [tmp_path / "node0.log", tmp_path / "node1.log", tmp_path / "node1_again.log"]
     nodes: dict[str, subprocess.Popen] = {}
     try:
         # Node 0 first, so that it hosts the rendezvous (losing that node would end the job).
-        nodes["node 0"] = _start_node(command, logs[0])
-        _wait_for("rendezvous store", lambda: _listening(port), nodes, logs)
+        command = _start_node0(data, save_dir, nodes, logs)
         nodes["node 1"] = _start_node(command, logs[1])
         _wait_for("checkpoint", lambda: bool(list_checkpoints(checkpoints)), nodes, logs)
         first = list_checkpoints(checkpoints)[0].step

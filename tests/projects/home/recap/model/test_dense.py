@@ -1,5 +1,5 @@
-"""DenseRankingModel (model/dense.py), built from configs: every sharing mode x tower type runs forward and
-backward; towers read the input their sharing mode says; calibration and affine maps; export and scripting; bf16
+"""DenseRankingModel (model/dense.py), built from configs: every sharing mode x tower type, and every history
+encoder, runs forward and backward in fp32 and under bf16 autocast; towers read the input their sharing mode says; calibration and affine maps; export and scripting; bf16
 autocast and eval mode; expert mixtures and their gate outputs; the ranking score; history encoders."""
 
 import dataclasses
@@ -16,14 +16,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from model_sections import ENCODERS, TOWERS, history_config, model_section  # noqa: E402
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("tower", list(TOWERS))
 @pytest.mark.parametrize("sharing", ["share_none", "share_all", "share_partial", "mmoe", "ple"])
-def test_forward_backward_every_sharing_and_tower(make_config, sharing, tower):
+def test_forward_backward_every_sharing_and_tower(make_config, sharing, tower, precision):
     torch.manual_seed(0)
     config = make_config(model_section(sharing, tower))
     model_and_loss = build_model_and_loss(config)
     batch = random_batch(config, 32, torch.Generator().manual_seed(1))
-    loss, out = model_and_loss(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss, out = model_and_loss(batch)
+    assert out["logits"].dtype == torch.float32
     for key in ("logits", "probabilities", "calibrated_probabilities", "labels", "weights"):
         assert out[key].shape == (32, 2), key
     assert out["task_losses"].shape == (2,) and out["stratifiers"].shape == (32, 2)
@@ -234,9 +237,10 @@ def test_mixture_gate_weights_are_outputs_named_by_task(make_config, sharing, ga
         torch.testing.assert_close(out[key].sum(dim=1), torch.ones(8))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("sharing", ["share_all", "mmoe"])
 @pytest.mark.parametrize("encoder", list(ENCODERS))
-def test_history_encoders_join_the_model_input_and_learn(make_config, encoder, sharing):
+def test_history_encoders_join_the_model_input_and_learn(make_config, encoder, sharing, precision):
     torch.manual_seed(0)
     config = history_config(make_config, ENCODERS[encoder], sharing)
     model_and_loss = build_model_and_loss(config)
@@ -246,7 +250,8 @@ def test_history_encoders_join_the_model_input_and_learn(make_config, encoder, s
     assert list(dense.histories) == ["history"] and dense.histories["history"].output_dim == 70
     batch = random_batch(config, 12, torch.Generator().manual_seed(3))
     assert batch.sequences["history"]["lengths"].max() <= 6
-    loss, out = model_and_loss(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss, out = model_and_loss(batch)
     assert out["logits"].shape == (12, 2)
     loss.backward()
     history = dense.histories["history"]

@@ -62,14 +62,16 @@ def dense_inputs(model, batch) -> tuple[tuple, dict]:
     return captured["args"], captured["kwargs"]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
-def test_the_dense_model_of_every_architecture_is_one_graph(name):
+def test_the_dense_model_of_every_architecture_is_one_graph(name, precision):
     file, overrides = ARCHITECTURES[name]
     config = load_recap_config(CONFIG_DIR / f"{file}.yaml", overrides)
     torch.manual_seed(0)
     model = build_model(config).train()
     args, kwargs = dense_inputs(model, random_batch(config, 16, torch.Generator().manual_seed(0)))
-    explained = torch._dynamo.explain(model.dense)(*args, **kwargs)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        explained = torch._dynamo.explain(model.dense)(*args, **kwargs)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     assert explained.op_count > 10
 

@@ -7,8 +7,10 @@ zeroing new pages) for memory it has just returned: on the history model's step 
 about a tenth of the step. Raising both thresholds keeps that memory in the process: the step reuses it as it is.
 The resident memory then stays near the step's peak instead of shrinking between steps.
 
-Applied once per process, on Linux with glibc, unless the user chose an allocator (LD_PRELOAD of jemalloc or
-tcmalloc) or set glibc's own MALLOC_*_ variables, which take precedence; RECAP_KEEP_FREED_MEMORY=0 turns it off.
+Applied once per process (processes forked after it, such as the DataLoader's workers on Linux, inherit the
+settings with the rest of malloc's state), on Linux with glibc, unless the user chose an allocator (LD_PRELOAD of
+jemalloc or tcmalloc) or set glibc's own MALLOC_*_ variables, which take precedence; RECAP_KEEP_FREED_MEMORY=0
+turns it off.
 """
 
 from __future__ import annotations

@@ -100,19 +100,16 @@ class DenseOptimizer:
         (the same result: the scale is exactly 1), sparing the kernel's write-back of every divided gradient."""
         if self.optimizer is None:
             return None
-        if clip_grad_norm is None:
-            if not self._fused_step():
-                self.optimizer.step()
-            return None
-        grads = [p.grad for p in self.param_names if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
-        scale = torch.clamp(clip_grad_norm / (norm + 1e-6), max=1.0)
-        if norm.device.type == "cpu" and bool(scale == 1.0):
-            if not self._fused_step():
-                self.optimizer.step()
-            return norm
-        if not self._fused_step(grad_divisor=scale.reciprocal()):
-            torch.nn.utils.clip_grads_with_norm_(grads, clip_grad_norm, norm)
+        norm = divisor = None
+        if clip_grad_norm is not None:
+            grads = [p.grad for p in self.param_names if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads)
+            scale = torch.clamp(clip_grad_norm / (norm + 1e-6), max=1.0)
+            if norm.device.type != "cpu" or not bool(scale == 1.0):
+                divisor = scale.reciprocal()
+        if not self._fused_step(grad_divisor=divisor):
+            if divisor is not None:
+                torch.nn.utils.clip_grads_with_norm_(grads, clip_grad_norm, norm)
             self.optimizer.step()
         return norm
 

@@ -123,7 +123,7 @@ def test_the_fused_update_equals_torchs_step_with_a_learning_rate_per_group(kind
         model, groups = _towers()
         optimizer = build_dense_optimizer(model, groups, config)
         if not fast:
-            optimizer._fused_step = lambda: False  # torch's own optimizer.step()
+            optimizer._fused_step = lambda grad_divisor=None: False  # torch's own optimizer.step()
         _train(optimizer, model, steps=5, drop_grad=drop_grad)
         results.append(({k: v.clone() for k, v in model.state_dict().items()},
                         {n: {k: v.clone() for k, v in t.items()} for n, t in optimizer.state_tensors().items()}))

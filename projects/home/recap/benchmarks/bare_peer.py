@@ -118,11 +118,12 @@ def peer_step(shape: dict[str, Any], batch_size: int, precision: str, seed: int 
 
 def against_peer(ours: Callable[[], object], our_flops_per_call: float, examples_per_call: int,
                  shape: dict[str, Any], batch_size: int, precision: str, seconds: float, calls: dict[str, int],
-                 peak_gflops: float) -> dict[str, Any]:
-    """Our step and the peer's, timed in turns: each one's rows/s, GFLOP/s and MFU, and ours / peer in GFLOP/s."""
+                 peak_gflops: float, min_rounds: int = 3) -> dict[str, Any]:
+    """Our step and the peer's, timed in turns (windows of calls["ours"] and calls["peer"] calls, at least
+    min_rounds each): each one's rows/s, GFLOP/s and MFU, and ours / peer in GFLOP/s."""
     step, count = peer_step(shape, batch_size, precision)
     peer_flops = perf.count_flops(count)
-    timings = interleaved_timing({"ours": ours, "peer": step}, seconds, calls=calls, warmup=1)
+    timings = interleaved_timing({"ours": ours, "peer": step}, seconds, calls=calls, warmup=1, min_rounds=min_rounds)
     out: dict[str, Any] = {"shape": shape}
     for name, flops, rows in (("ours", our_flops_per_call, examples_per_call), ("peer", peer_flops, batch_size)):
         t = timings[name]

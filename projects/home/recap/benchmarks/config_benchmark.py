@@ -13,6 +13,7 @@ window: outside the timing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -289,20 +290,26 @@ class ConfigBenchmark:
             "worker_peak_rss_bytes": worker_peak,
         }
 
-    def pipeline(self, config: RecapConfig, precision: str, progress: Progress | None = None) -> dict[str, Any]:
-        """The training step fed by the loader (workers running, batches arriving as in training)."""
+    @contextlib.contextmanager
+    def pipeline_step(self, config: RecapConfig, precision: str) -> Iterator[tuple[Callable[[], object], int]]:
+        """(one update of the training step fed by the loader, the updates that span one shuffle-buffer fill): the
+        loader's work comes in bursts, one per fill (or epoch), so a timed window of that many updates pays for one.
+        The loader's workers stop on exit."""
         loader = RecapDataLoader(config.data, config.data.train, self.tasks, "train", self.ctx.rank,
                                  self.ctx.world_size, self.batch_size, repeat=True)
         step = train_step_of(self.loop(precision, loader))
         data = iter(loader)
         self.model.train()
-        # A window spans a whole shuffle-buffer fill (or epoch): the loader's work comes in bursts, one per fill,
-        # and every window must pay for one.
         fill_batches = -(-config.data.shuffle_buffer_rows // self.examples_per_step)
-        calls = max(1, min(len(loader) // self.accumulation, fill_batches))
-        with perf.peak_rss_window() as mem:
-            timing = perf.time_call(lambda: step(data), calls=calls, warmup=2, min_repeats=2,
+        try:
+            yield (lambda: step(data)), max(1, min(len(loader) // self.accumulation, fill_batches))
+        finally:
+            data.close()  # stops the loader's workers
+
+    def pipeline(self, config: RecapConfig, precision: str, progress: Progress | None = None) -> dict[str, Any]:
+        """The training step fed by the loader (workers running, batches arriving as in training)."""
+        with self.pipeline_step(config, precision) as (step, calls), perf.peak_rss_window() as mem:
+            timing = perf.time_call(step, calls=calls, warmup=2, min_repeats=2,
                                     budget_seconds=self.settings.pipeline_seconds,
                                     on_window=counter(progress, self.examples_per_step))
-        data.close()  # stops the loader's workers
         return {**rates(self.examples_per_step, timing), "step": timing_json(timing), "peak_rss_bytes": mem["peak_rss"]}

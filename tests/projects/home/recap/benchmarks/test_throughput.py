@@ -62,10 +62,12 @@ def test_quick_benchmark_prints_and_writes_every_figure(tmp_path):
         assert peer["peer"]["examples_per_second"] > 0 and peer["shape"]["input_width"] == demo["input_features"]
     assert demo["pipelines"][pipeline["precision"]] == pipeline
     for precision, measured in demo["pipelines"].items():  # the pipeline in every precision, against the peer
-        assert measured["precision"] == precision
+        assert measured["precision"] == precision  # timed in turns with the peer: its own peer figures
         assert measured["vs_bare_peer"] == pytest.approx(
             measured["examples_per_second"] * demo["flops_per_example"][precision] / 1e9
-            / demo["bare_peer"][precision]["peer"]["gflops_per_second"])
+            / measured["bare_peer"]["gflops_per_second"])
+        assert measured["bare_peer"]["examples_per_second"] > 0 and measured["peak_rss_bytes"] > 0
+        assert measured["step"]["windows"] >= 2
     assert set(demo["pipelines"]) == {"fp32", "bf16"}
     assert "ours/peer" in proc.stdout
     ranks = demo["torchrun"]
@@ -95,3 +97,19 @@ def test_recap_scale_config_has_the_documented_shape():
     counted = sum(p.numel() for group in dense_parameter_groups(model).values() for p in group)
     assert counted == expected
     assert 47e6 < counted < 50e6  # "about 48M dense parameters"
+
+
+def test_a_config_without_a_bare_peer_times_its_pipeline_alone(tmp_path, progress_lines):
+    # An expert mixture has no bare-peer shape: its pipeline is timed on its own, with its rows counted as it goes.
+    from core.distributed import init_distributed
+    from projects.home.recap.benchmarks.config_benchmark import BenchmarkSettings
+    from projects.home.recap.benchmarks.throughput import benchmark_config
+
+    config = load_recap_config(CONFIG_DIR / "demo.yaml", ["model.multi_task_type=mmoe", "model.mixture={num_experts: 2}"])
+    settings = BenchmarkSettings.quick(precisions=("fp32",))
+    out = benchmark_config("mmoe", config, settings, init_distributed("cpu"), tmp_path)
+    assert "bare_peer" not in out
+    pipeline = out["pipelines"]["fp32"]
+    assert "vs_bare_peer" not in pipeline and "bare_peer" not in pipeline
+    assert pipeline["examples_per_second"] > 0 and pipeline["peak_rss_bytes"] > 0 and pipeline["step"]["windows"] >= 2
+    assert any(line.startswith("mmoe: fp32 loader + training pipeline: ") for line in progress_lines())

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from projects.home.recap.data.layout import ColumnRole
-from projects.home.recap.data.list_checks import is_list
+from projects.home.recap.data.list_checks import id_values, is_list
 
 
 def column_array(table: pa.Table, name: str) -> pa.Array:
@@ -37,18 +37,18 @@ def stack_columns(table: pa.Table, roles: tuple[ColumnRole, ...], dtype, fill: f
 
 
 def jagged_ids(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets [n+1], values) of an id column: a scalar column gives one id per row; a null (scalar or list) none."""
+    """(offsets [n+1], int64 values) of an id column (integers, or strings hashed by list_checks.id_values): a scalar
+    column gives one id per row; a null (scalar or list) none."""
     n = len(arr)
     if not is_list(arr):
         if not arr.null_count:
-            return np.arange(n + 1, dtype=np.int64), arr.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            return np.arange(n + 1, dtype=np.int64), id_values(arr)
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(arr.is_valid().to_numpy(zero_copy_only=False), out=offsets[1:])
-        return offsets, arr.drop_null().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        return offsets, id_values(arr.drop_null())
     lengths = pc.list_value_length(arr)
     if lengths.null_count:
         lengths = pc.fill_null(lengths, 0)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths.to_numpy(zero_copy_only=False), out=offsets[1:])
-    values = arr.flatten()
-    return offsets, values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return offsets, id_values(arr.flatten())

@@ -1,6 +1,7 @@
-"""How list columns are read and checked: a null list is an empty one, a null inside a list is an error, history
-columns have list types of integers (ids, actions) or numbers (continuous values), the list columns of a history group
-have one length per row, action ids lie in [0, num_actions).
+"""How list and id columns are read and checked: a null list is an empty one, a null inside a list is an error, id
+columns hold integers or strings (strings become int64 ids by a fixed hash, `id_values`), history columns have list
+types of ids, integer actions or numbers (continuous values), the list columns of a history group have one length
+per row, action ids lie in [0, num_actions).
 
 Shared by the training loader (data/columns.py, data/sequence_columns.py) and the standalone scorer shipped with a
 serving export (serving/score_example.py), so both read the same parquet rows the same way. `recap export` copies
@@ -32,9 +33,68 @@ def _is_number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t) or pa.types.is_string_view(t) or pa.types.is_binary_view(t))
+
+
+def is_id_type(t: pa.DataType) -> bool:
+    """Whether values of this type can be ids: integers, or strings / binary (hashed by `id_values`), also
+    dictionary-encoded."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_integer(t) or _is_text(t)
+
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_LOW_63_BITS = np.uint64(0x7FFFFFFFFFFFFFFF)
+
+
+def string_ids(arr: pa.Array) -> np.ndarray:
+    """int64 ids of a string or binary array without nulls: the 64-bit FNV-1a hash of each value's bytes (UTF-8 for
+    strings) with the top bit cleared, so ids are >= 0. Fixed: the same in every process, run and machine, so that
+    training, evaluation, prediction and the standalone scorer map a string to the same table row (after the
+    table's id_transform). "" hashes to 0x4BF29CE484222325 (the FNV offset basis, top bit cleared)."""
+    arr = arr.cast(pa.large_binary())  # one offsets width (int64) for every text type
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=arr.offset + n + 1)[arr.offset:]
+    data_buffer = arr.buffers()[2]
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    hashes = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    # Byte k of every value that has one, for k = 0, 1, ...: vectorised across values (ids are short strings).
+    active = np.flatnonzero(lengths > 0)
+    k = 0
+    while active.size:
+        hashes[active] = (hashes[active] ^ data[starts[active] + k].astype(np.uint64)) * _FNV_PRIME
+        k += 1
+        active = active[lengths[active] > k]
+    return (hashes & _LOW_63_BITS).astype(np.int64)
+
+
+def id_values(arr: pa.Array) -> np.ndarray:
+    """int64 ids of an id column's values (no nulls; a list column flattened first): integers as they are, strings
+    and binary by `string_ids`."""
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if _is_text(arr.type):
+        return string_ids(arr)
+    return arr.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def scalar_ids(arr: pa.Array) -> np.ndarray:
+    """One int64 id per row of a scalar id column (`id_values`), 0 for a null."""
+    if not arr.null_count:
+        return id_values(arr)
+    out = np.zeros(len(arr), dtype=np.int64)
+    out[arr.is_valid().to_numpy(zero_copy_only=False)] = id_values(arr.drop_null())
+    return out
+
+
 # The history columns' kinds (as the loader's layout names them): what their values must be.
 HISTORY_VALUES = {
-    "sequence_id": (pa.types.is_integer, "integer ids"),
+    "sequence_id": (is_id_type, "integer or string ids"),
     "sequence_action": (pa.types.is_integer, "integer action types"),
     "sequence_continuous": (_is_number, "numbers"),
 }
@@ -53,7 +113,8 @@ def history_type_problem(dtype: pa.DataType, kind: str, what: str) -> str | None
 def candidate_type_problem(dtype: pa.DataType) -> str | None:
     """Why a parquet type cannot hold a candidate id column (int64 or a list of ints whose first id counts)."""
     inner = dtype.value_type if is_list_type(dtype) else dtype
-    return None if pa.types.is_integer(inner) else f"type {dtype} cannot hold candidate ids: need list<int64> or int64"
+    return None if is_id_type(inner) else (f"type {dtype} cannot hold candidate ids: need integer or string ids "
+                                           "(int64, string, or a list of them)")
 
 
 def is_list_type(t: pa.DataType) -> bool:

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from projects.home.recap.data.arrow_columns import column_array, jagged_ids
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.layout import ColumnRole, SequenceLayout
-from projects.home.recap.data.list_checks import action_ids_problem, history_problem, is_list, list_lengths
+from projects.home.recap.data.list_checks import (
+    action_ids_problem,
+    history_problem,
+    id_values,
+    is_list,
+    list_lengths,
+    scalar_ids,
+)
 
 
 def check_sequence_values(group: SequenceLayout, table: pa.Table, path: str) -> None:
@@ -42,7 +48,7 @@ def _recent_first(offsets: np.ndarray, max_length: int, most_recent: str) -> tup
 def _candidate_ids(arr: pa.Array) -> np.ndarray:
     """One id per row of a candidate column: the scalar, or a list's first id; 0 for a null or an empty list."""
     if not is_list(arr):
-        return pc.fill_null(arr, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        return scalar_ids(arr)
     offsets, values = jagged_ids(arr)
     out = np.zeros(len(arr), dtype=np.int64)
     has = offsets[1:] > offsets[:-1]
@@ -66,7 +72,7 @@ def sequence_arrays(group: SequenceLayout, table: pa.Table) -> dict[str, np.ndar
         return np.take(arr.flatten().to_numpy(zero_copy_only=False), positions).astype(dtype, copy=False)
 
     for role in group.ids:
-        out["id:" + role.name] = values(role, np.int64)
+        out["id:" + role.name] = np.take(id_values(column_array(table, role.name).flatten()), positions)
     if group.actions is not None:
         out["actions"] = values(group.actions, np.int64)
     if group.continuous:

@@ -10,7 +10,7 @@ from projects.home.recap.data.config import DataConfig, DatasetConfig
 from projects.home.recap.data.errors import DataError
 from projects.home.recap.data.files import ScannedDataset, scan_dataset
 from projects.home.recap.data.layout import BatchLayout, ColumnRole, build_layout
-from projects.home.recap.data.list_checks import HISTORY_VALUES, history_type_problem
+from projects.home.recap.data.list_checks import HISTORY_VALUES, history_type_problem, is_id_type
 
 __all__ = ["check_schema", "detect_oracle", "scan_labels", "validate_dataset", "validate_scanned"]
 
@@ -35,14 +35,15 @@ def _is_int(t: pa.DataType) -> bool:
 _VALUE_CHECKS = {
     "continuous": (_is_number, "numbers"),
     "binary": (_is_number, "0/1 numbers or booleans"),
-    "discrete": (_is_int, "integers (encode categories as integer ids)"),
-    "sparse": (pa.types.is_integer, "integer ids"),
+    "discrete": (_is_int, "integers (encode categories as integer ids, or read a string column as a sparse "
+                              "feature with a large embedding table: strings are hashed)"),
+    "sparse": (is_id_type, "integer or string ids"),
     "embeddings": (pa.types.is_floating, "floats"),
     "label": (_is_number, "0/1 numbers or booleans"),
     "weight": (lambda t: pa.types.is_integer(t) or pa.types.is_floating(t), "numbers"),
     "oracle": (pa.types.is_floating, "floats (probabilities)"),
     **HISTORY_VALUES,
-    "candidate": (pa.types.is_integer, "integer ids"),
+    "candidate": (is_id_type, "integer or string ids"),
 }
 _SEQUENCE_KINDS = ("sequence_id", "sequence_action", "sequence_continuous")
 
@@ -54,7 +55,8 @@ def check_column_type(role: ColumnRole, dtype: pa.DataType) -> str | None:
     is_value, wanted = _VALUE_CHECKS[role.kind]
     if role.kind in ("sparse", "candidate"):
         inner = dtype.value_type if _is_list(dtype) else dtype
-        return None if is_value(inner) else f"type {dtype} cannot hold {role.kind} ids: need list<int64> or int64"
+        return None if is_value(inner) else (f"type {dtype} cannot hold {role.kind} ids: need integer or string ids "
+                                             "(int64, string, or a list of them)")
     if role.kind in _SEQUENCE_KINDS:
         # Shared with the standalone scorer (list_checks.py), so both refuse the same columns in the same words.
         return history_type_problem(dtype, role.kind, role.key)

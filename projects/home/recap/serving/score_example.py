@@ -129,13 +129,16 @@ def _jagged(table: pa.Table, name: str, where: str) -> tuple[np.ndarray, np.ndar
     """(values, lengths) of a sparse id column; a scalar column gives one id per row, and a null (scalar or list)
     is a row without ids, as in training."""
     arr = _column(table, name, where)
+    if not list_checks.is_id_type(arr.type.value_type if list_checks.is_list(arr) else arr.type):
+        raise ValueError(f"{where}: column {name!r}: type {arr.type} cannot hold sparse ids: need integer or string "
+                         "ids (int64, string, or a list of them)")
     if not list_checks.is_list(arr):
         valid = arr.is_valid().to_numpy(zero_copy_only=False)
-        return arr.drop_null().to_numpy(zero_copy_only=False).astype(np.int64), valid.astype(np.int64)
+        return list_checks.id_values(arr.drop_null()), valid.astype(np.int64)
     problem = list_checks.null_ids_problem(arr)
     if problem:
         raise ValueError(f"{where}: column {name!r}: {problem}")
-    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64), list_checks.list_lengths(arr)
+    return list_checks.id_values(arr.flatten()), list_checks.list_lengths(arr)
 
 
 def _row_inputs(table: pa.Table, specs: dict, where: str) -> tuple:
@@ -144,7 +147,7 @@ def _row_inputs(table: pa.Table, specs: dict, where: str) -> tuple:
     values, lengths = [], []
     for name in specs["sparse_values"]["features"]:
         v, n = _jagged(table, name, where)
-        values.append(torch.from_numpy(v))
+        values.append(torch.from_numpy(np.require(v, requirements="W")))  # a view of arrow's memory is read-only
         lengths.append(torch.from_numpy(n))
     return (*dense, values, lengths)
 
@@ -200,8 +203,13 @@ def _requests(histories: dict[str, torch.Tensor], share_requests: bool) -> tuple
 
 def _padded(arr: pa.Array, keep: np.ndarray, positions: np.ndarray, rows: np.ndarray, shape: tuple,
             dtype) -> np.ndarray:
+    """Values of a history list column in [rows, positions] of a zero [N, max_length] array (ids as int64 ids, strings
+    hashed as the loader hashes them)."""
     out = np.zeros(shape, dtype=dtype)
-    out[rows, positions] = arr.flatten().to_numpy(zero_copy_only=False)[keep].astype(dtype, copy=False)
+    values = arr.flatten()
+    flat = (list_checks.id_values(values) if dtype == np.int64
+            else values.to_numpy(zero_copy_only=False).astype(dtype, copy=False))
+    out[rows, positions] = flat[keep]
     return out
 
 
@@ -267,8 +275,8 @@ def _candidates(table: pa.Table, group: dict, where: str) -> dict[str, torch.Ten
                 has = c > 0
                 ids[has] = v[np.concatenate([[0], np.cumsum(c)[:-1]])[has]]
             else:
-                ids = pc.fill_null(arr, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-            out[key] = torch.from_numpy(ids)
+                ids = list_checks.scalar_ids(arr)
+            out[key] = torch.from_numpy(np.require(ids, requirements="W"))
     return out
 
 

@@ -64,6 +64,50 @@ def test_null_scalar_id_is_a_row_without_ids_like_a_null_list(tmp_path):
             assert jagged[key].values().tolist() == [v for v in expected if v is not None], key
 
 
+def _fnv1a_63(text: str) -> int:
+    """The documented string id: 64-bit FNV-1a of the UTF-8 bytes, top bit cleared (written out independently)."""
+    h = 0xCBF29CE484222325
+    for byte in text.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) % 2**64
+    return h & (2**63 - 1)
+
+
+@pytest.mark.parametrize("source", ["parquet", "parquet, 1 worker", "prepared"])
+def test_string_ids_are_hashed_the_same_in_every_file_reader_and_layout(tmp_path, source):
+    def user(r: int) -> str | None:
+        return None if r % 5 == 0 else f"user-{r % 4}-é"
+
+    def tags(r: int) -> list[str] | None:
+        return None if r % 7 == 3 else [f"#t{r + j}" for j in range(r % 3)]
+
+    columns = {
+        "user": pa.array([user(r) for r in range(N)], pa.string()),
+        "user_dict": pa.array([user(r) for r in range(N)], pa.string()).dictionary_encode(),
+        "tags": pa.array([tags(r) for r in range(N)], pa.list_(pa.large_string())),
+        "raw": pa.array([(user(r) or "").encode() for r in range(N)], pa.binary()),
+    }
+    write(tmp_path / "f.parquet", **columns)
+    data = config(tmp_path / "f.parquet", sparse=list(columns))
+    if source == "prepared":
+        from projects.home.recap.data.preparing import prepare
+
+        prepare(data, str(tmp_path / "f.parquet"), str(tmp_path / "prepared"))
+        data = config(tmp_path / "prepared", sparse=list(columns))
+    batches = train_batches(data, workers=1 if "worker" in source else 0)
+    assert sum(len(b.ids["row_id"]) for b in batches) == N
+    for batch in batches:
+        rid = batch.ids["row_id"].tolist()
+        jagged = batch.sparse.to_dict()
+        users = [user(r) for r in rid]
+        for key in ("user", "user_dict"):
+            assert jagged[key].lengths().tolist() == [0 if u is None else 1 for u in users], key
+            assert jagged[key].values().tolist() == [_fnv1a_63(u) for u in users if u is not None], key
+        assert jagged["raw"].values().tolist() == [_fnv1a_63(u or "") for u in users]
+        expected = [tags(r) or [] for r in rid]
+        assert jagged["tags"].lengths().tolist() == [len(t) for t in expected]
+        assert jagged["tags"].values().tolist() == [_fnv1a_63(t) for row in expected for t in row]
+
+
 def test_null_inside_an_id_list_is_an_error(tmp_path):
     write(tmp_path / "f.parquet", item=pa.array([[1, None]] + [[2]] * (N - 1), type=pa.list_(pa.int64())))
     with pytest.raises(DataError, match=r"f\.parquet, column 'item': 1 null ids inside lists"):

@@ -112,9 +112,9 @@ def test_unequal_lengths_nulls_inside_lists_and_wrong_types_are_named(tmp_path):
     loader = RecapDataLoader(sequence_config(paths), DatasetConfig(paths=paths), ["a", "b"], "eval")
     with pytest.raises(DataError, match=r"hist_author.*1 null values inside history lists"):
         list(loader)
-    words = pa.array([["x"]] * 6, type=pa.list_(pa.string()))
-    paths = _write(tmp_path, hist_author=words)
-    with pytest.raises(DataError, match=r"hist_author.*does not hold integer ids"):
+    fractions = pa.array([[0.5]] * 6, type=pa.list_(pa.float64()))
+    paths = _write(tmp_path, hist_author=fractions)
+    with pytest.raises(DataError, match=r"hist_author.*does not hold integer or string ids"):
         RecapDataLoader(sequence_config(paths), DatasetConfig(paths=paths), ["a", "b"], "eval")
     paths = _write(tmp_path, hist_age=pa.array(np.ones(6)))
     with pytest.raises(DataError, match=r"hist_age.*not a variable-length list"):
@@ -244,25 +244,27 @@ def test_history_columns_of_the_wrong_type_or_unequal_lengths_are_named_by_the_l
 
     floats = pa.array([[1.0], [2.5, 3.0], [], [4.0], [5.0], [6.0]], type=pa.list_(pa.float64()))
     words = pa.array([["x"], ["y", "z"], [], ["w"], ["v"], ["u"]], type=pa.list_(pa.string()))
+    flags = pa.array([[True], [False, True], [], [True], [True], [False]], type=pa.list_(pa.bool_()))
     ints = pa.array([[1], [2, 3], [], [4], [5], [6]], type=pa.list_(pa.int64()))
     ragged = pa.array([[1], [2], [], [3], [0], [1]], type=pa.list_(pa.int64()))
     actions = pa.array([[1], [2, 3], [], [3], [0], [1]], type=pa.list_(pa.int64()))
     same = {"hist_author": ints, "hist_action": actions, "hist_age": floats}
     cases = [
         # (changed columns, the loader's message, the scorer's message)
-        ({"hist_author": floats}, r"'hist_author'.*type list<\w+: double> does not hold integer ids "
+        ({"hist_author": floats}, r"'hist_author'.*type list<\w+: double> does not hold integer or string ids "
                                   r"\(data.features.sequences.hist.ids\[0\]\)",
-         r"column 'hist_author': type list<\w+: double> does not hold integer ids \(a list column of history "
-         r"group 'hist'\)"),
-        ({"hist_author": words}, r"'hist_author'.*does not hold integer ids \(data.features.sequences.hist.ids\[0\]\)",
-         r"column 'hist_author': type list<\w+: string> does not hold integer ids"),
+         r"column 'hist_author': type list<\w+: double> does not hold integer or string ids \(a list column of "
+         r"history group 'hist'\)"),
+        ({"hist_author": flags}, r"'hist_author'.*does not hold integer or string ids "
+                                 r"\(data.features.sequences.hist.ids\[0\]\)",
+         r"column 'hist_author': type list<\w+: bool> does not hold integer or string ids"),
         ({"hist_action": floats}, r"'hist_action'.*does not hold integer action types "
                                   r"\(data.features.sequences.hist.actions\)",
          r"column 'hist_action': type list<\w+: double> does not hold integer action types \(a list column of "
          r"history group 'hist'\)"),
         ({"hist_age": words}, r"'hist_age'.*does not hold numbers \(data.features.sequences.hist.continuous\[0\]\)",
          r"column 'hist_age': type list<\w+: string> does not hold numbers"),
-        ({"author": pa.array([1.5] * 6)}, r"'author'.*cannot hold candidate ids: need list<int64> or int64",
+        ({"author": pa.array([1.5] * 6)}, r"'author'.*cannot hold candidate ids: need integer or string ids",
          r"column 'author': type double cannot hold candidate ids"),
         ({"hist_action": ragged}, r"'hist_action'.*1 rows whose list length differs from hist_author's in history "
                                   r"group 'hist' \(first: row 1, 1 against 2\)",
@@ -276,3 +278,37 @@ def test_history_columns_of_the_wrong_type_or_unequal_lengths_are_named_by_the_l
             list(RecapDataLoader(config, DatasetConfig(paths=paths), ["a", "b"], "eval"))
         with pytest.raises(ValueError, match="bad.parquet: " + scorer_message):
             table_inputs(pq.read_table(paths[0]), _scorer_metadata(config), "bad.parquet")
+
+
+def test_string_history_ids_and_candidates_are_hashed_alike_by_the_loader_and_the_scorer(tmp_path):
+    import pyarrow.parquet as pq
+
+    from projects.home.recap.data.list_checks import id_values
+    from projects.home.recap.serving.score_example import table_inputs
+    from projects.home.recap.serving.serving_model import serving_inputs
+
+    # Authors as strings ("a<id>"), the candidate a string too, one null candidate: row r's candidate is the author
+    # of its most recent history item, so the two must map to the same id.
+    columns = history_columns(0, 12)
+    columns["hist_author"] = pa.array([None if h is None else [f"a{v}" for v in h]
+                                       for h in columns["hist_author"].to_pylist()], pa.list_(pa.string()))
+    candidates = [f"a{h[-1]}" if h else "nobody" for h in (history(r) for r in range(12))]
+    columns["author"] = pa.array([None if r == 3 else c for r, c in enumerate(candidates)], pa.large_string())
+    path = tmp_path / "h.parquet"
+    write_rows(path, 0, 12, row_group_size=12, **columns)
+    config = sequence_config([str(path)], max_length=3)
+    config.features.sequences["hist"]._num_actions = 4
+    [batch] = RecapDataLoader(config, DatasetConfig(paths=[str(path)]), ["a", "b"], "predict", batch_size=12)
+    got = rows_of([batch])
+    assert sorted(got) == list(range(12))
+    for r, (authors, _, _, candidate) in got.items():
+        items = [f"a{v}" for v in expected(r, "last", 3)]
+        assert authors == id_values(pa.array(items, pa.string())).tolist()
+        assert candidate == (0 if r == 3 else id_values(pa.array([candidates[r]])).item())
+        if items and r != 3:
+            assert candidate == authors[0]  # the most recent item's author, hashed alike
+    expected_inputs = serving_inputs(batch, [], {"hist": 3}, False)[-2]
+    scored = table_inputs(pq.read_table(path), _scorer_metadata(config), "h.parquet", False)[-2]
+    assert scored.keys() == expected_inputs.keys()
+    for key in expected_inputs:
+        assert torch.equal(scored[key], expected_inputs[key]), key

@@ -26,7 +26,15 @@ def _id_lists(rng: np.random.Generator, rows: int, null_every: int) -> pa.Array:
     return pa.array(lists, type=pa.list_(pa.int64()))
 
 
-def _table(rows: int = ROWS) -> pa.Table:
+def _as_strings(ids: pa.Array) -> pa.Array:
+    """The same ids as text ("id-<n>"): the loader and the scorer hash strings into ids alike."""
+    if pa.types.is_list(ids.type):
+        return pa.array([None if v is None else [f"id-{x}" for x in v] for v in ids.to_pylist()],
+                        pa.list_(pa.string()))
+    return pa.array([None if v is None else f"id-{v}" for v in ids.to_pylist()], pa.large_string())
+
+
+def _table(rows: int = ROWS, string_ids: bool = False) -> pa.Table:
     rng = np.random.default_rng(0)
     ratio = rng.exponential(3.0, rows).tolist()
     ratio[2] = None
@@ -36,7 +44,7 @@ def _table(rows: int = ROWS) -> pa.Table:
     counts = rng.lognormal(0.0, 3.0, (rows, 5)).astype(np.float32)
     author_ids = rng.integers(-(2**40), 2**40, rows).tolist()
     author_ids[6] = None
-    return pa.table(
+    table = pa.table(
         {
             "impression_id": [f"r{i}" for i in range(rows)],
             "counts": pa.FixedSizeListArray.from_arrays(pa.array(counts.ravel()), 5),
@@ -55,10 +63,16 @@ def _table(rows: int = ROWS) -> pa.Table:
             ),
         }
     )
+    if string_ids:
+        for name in ("author_id", "hashtags"):
+            table = table.set_column(table.schema.get_field_index(name), name, _as_strings(table.column(name)))
+    return table
 
 
-def test_example_script_scores_a_parquet_file_like_the_model(model, config, artifact, torch_only_prelude, tmp_path):
-    table = _table()
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_example_script_scores_a_parquet_file_like_the_model(model, config, artifact, torch_only_prelude, tmp_path,
+                                                             string_ids):
+    table = _table(string_ids=string_ids)
     pq.write_table(table, tmp_path / "input.parquet")
     script = torch_only_prelude + f"""
 import runpy
@@ -101,3 +115,8 @@ def test_example_script_names_bad_columns(artifact):
     )
     with pytest.raises(ValueError, match="column 'counts' has lists of length 2..2, the model reads 5"):
         table_inputs(short, metadata, "in.parquet")
+    fractions = _table().set_column(10, "author_id", pa.array(np.linspace(0.0, 1.0, ROWS)))
+    assert fractions.column_names[10] == "author_id"
+    with pytest.raises(ValueError, match="in.parquet: column 'author_id': type double cannot hold sparse ids: need "
+                                         "integer or string ids"):
+        table_inputs(fractions, metadata, "in.parquet")

@@ -21,6 +21,8 @@ def column_array(table: pa.Table, name: str) -> pa.Array:
 
 def _matrix(arr: pa.Array, role: ColumnRole, dtype: np.dtype, fill: float) -> np.ndarray:
     values = arr.flatten() if is_list(arr) else arr
+    if pa.types.is_decimal(values.type):
+        values = pc.cast(values, pa.float64())
     if values.null_count:
         values = pc.fill_null(values, fill)
     out = values.to_numpy(zero_copy_only=False)

@@ -28,12 +28,17 @@ def _is_number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
+def _is_measure(t: pa.DataType) -> bool:
+    # Decimals (money columns as Spark and databases write them) are read as float64, then float32.
+    return _is_number(t) or pa.types.is_decimal(t)
+
+
 def _is_int(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_boolean(t)
 
 
 _VALUE_CHECKS = {
-    "continuous": (_is_number, "numbers"),
+    "continuous": (_is_measure, "numbers"),
     "binary": (_is_number, "0/1 numbers or booleans"),
     "discrete": (_is_int, "integers (encode categories as integer ids, or read a string column as a sparse "
                               "feature with a large embedding table: strings are hashed)"),

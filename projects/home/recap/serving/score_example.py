@@ -117,6 +117,8 @@ def _dense(table: pa.Table, spec: dict, where: str) -> np.ndarray:
             arr = arr.flatten()
         elif width != 1:
             raise ValueError(f"{where}: column {col['name']!r} is not a list column of length {width}")
+        if pa.types.is_decimal(arr.type):
+            arr = pc.cast(arr, pa.float64())  # as the loader reads decimal columns
         if arr.null_count and spec["missing_value"] != "NaN":
             arr = pc.fill_null(arr, 0)
         # Nulls left in a numeric column become NaN here (continuous features).

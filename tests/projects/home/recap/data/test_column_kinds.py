@@ -108,6 +108,29 @@ def test_string_ids_are_hashed_the_same_in_every_file_reader_and_layout(tmp_path
         assert jagged["tags"].values().tolist() == [_fnv1a_63(t) for row in expected for t in row]
 
 
+@pytest.mark.parametrize("source", ["parquet", "prepared"])
+def test_decimal_continuous_columns_are_read_as_floats(tmp_path, source):
+    from decimal import Decimal
+
+    def price(r: int) -> Decimal | None:
+        return None if r % 4 == 1 else Decimal(f"{r * 3}.{r % 100:02d}")
+
+    write(tmp_path / "f.parquet", price=pa.array([price(r) for r in range(N)], pa.decimal128(10, 2)),
+          big=pa.array([Decimal(r) * 10**20 for r in range(N)], pa.decimal256(40, 0)))
+    data = config(tmp_path / "f.parquet", continuous=["price", "big"])
+    validate_dataset(data, data.train, ["a"])
+    if source == "prepared":
+        from projects.home.recap.data.preparing import prepare
+
+        prepare(data, str(tmp_path / "f.parquet"), str(tmp_path / "prepared"))
+        data = config(tmp_path / "prepared", continuous=["price", "big"])
+    for batch in train_batches(data):
+        rid = batch.ids["row_id"].tolist()
+        want = torch.tensor([[np.nan if price(r) is None else float(price(r)), r * 1e20] for r in rid],
+                            dtype=torch.float32)
+        torch.testing.assert_close(batch.continuous, want, equal_nan=True)
+
+
 def test_null_inside_an_id_list_is_an_error(tmp_path):
     write(tmp_path / "f.parquet", item=pa.array([[1, None]] + [[2]] * (N - 1), type=pa.list_(pa.int64())))
     with pytest.raises(DataError, match=r"f\.parquet, column 'item': 1 null ids inside lists"):

@@ -4,6 +4,7 @@ trained model scores the same file read by the training data loader."""
 import json
 import subprocess
 import sys
+from decimal import Decimal
 
 import numpy as np
 import pyarrow as pa
@@ -63,9 +64,12 @@ def _table(rows: int = ROWS, string_ids: bool = False) -> pa.Table:
             ),
         }
     )
-    if string_ids:
+    if string_ids:  # with a decimal continuous column too (null for NaN): column types users' files have
         for name in ("author_id", "hashtags"):
             table = table.set_column(table.schema.get_field_index(name), name, _as_strings(table.column(name)))
+        ratio = [None if v is None or v != v else round(v, 4) for v in table.column("ratio").to_pylist()]
+        decimals = pa.array([None if v is None else Decimal(f"{v:.4f}") for v in ratio], pa.decimal128(12, 4))
+        table = table.set_column(table.schema.get_field_index("ratio"), "ratio", decimals)
     return table
 
 

@@ -62,15 +62,26 @@ def string_ids(arr: pa.Array) -> np.ndarray:
     data_buffer = arr.buffers()[2]
     data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
     starts, lengths = offsets[:-1], np.diff(offsets)
+    # Byte k of every value longer than k, for k = 0, 1, ...: vectorised across values (ids are short strings).
+    # Values sorted longest first make those a prefix, hashed in place; ids of one length (hex ids) need no sort.
+    order = None
+    if n and lengths.min() != lengths.max():
+        order = np.argsort(-lengths, kind="stable")
+        starts, lengths = starts[order], lengths[order]
+    longest = int(lengths[0]) if n else 0
+    longer_than = np.searchsorted(-lengths, -np.arange(longest), side="left")  # values longer than k bytes
     hashes = np.full(n, _FNV_OFFSET, dtype=np.uint64)
-    # Byte k of every value that has one, for k = 0, 1, ...: vectorised across values (ids are short strings).
-    active = np.flatnonzero(lengths > 0)
-    k = 0
-    while active.size:
-        hashes[active] = (hashes[active] ^ data[starts[active] + k].astype(np.uint64)) * _FNV_PRIME
-        k += 1
-        active = active[lengths[active] > k]
-    return (hashes & _LOW_63_BITS).astype(np.int64)
+    for k in range(longest):
+        part = hashes[:longer_than[k]]
+        np.bitwise_xor(part, data[starts[:len(part)] + k], out=part)
+        np.multiply(part, _FNV_PRIME, out=part)
+    hashes &= _LOW_63_BITS
+    ids = hashes.view(np.int64)
+    if order is None:
+        return ids
+    out = np.empty_like(ids)
+    out[order] = ids
+    return out
 
 
 def id_values(arr: pa.Array) -> np.ndarray:

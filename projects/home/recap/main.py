@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data generate-small": ("data_generate_small", "write small rating/click logs (1k users x 2k items, two tasks)"),
     "data census": ("data_census", "convert the UCI Census-Income (KDD) file to parquet splits"),
     "data stats": ("data_stats", "compute continuous-feature statistics for zscore_log featurization"),
+    "data ids": ("data_ids", "count the distinct ids of each large embedding table, to size the tables"),
     "data downsample": ("data_downsample", "drop a fraction of all-negative rows and reweight the rest"),
     "data prepare": ("data_prepare", "rewrite a parquet dataset in the prepared layout (fast, memory-mapped)"),
     "data benchmark": ("data_benchmark", "measure loader throughput (rows/s) for a config's schema"),

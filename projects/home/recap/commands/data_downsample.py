@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from core.progress import Progress
 from core.storage import location_argument
 from core.storage_ops import staged_output
+from projects.home.recap.commands.data_options import add_dataset_argument, chosen_dataset
 from projects.home.recap.data.downsampling import downsample_negatives
 from projects.home.recap.data.files import scan_dataset
 from projects.home.recap.schema import load_recap_config
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML")
     parser.add_argument("--output", required=True, type=location_argument, help="directory for the downsampled parquet files")
     parser.add_argument("--keep-rate", type=float, required=True, help="fraction of all-negative rows kept, (0, 1]")
-    parser.add_argument("--dataset", default="train", help="'train' or a name in data.validation (default: train)")
+    add_dataset_argument(parser)
     parser.add_argument("--weight-column", help="column holding the row weight (default: data.features.weight, "
                         "else 'weight'); multiplied if present, created if not")
     parser.add_argument("--seed", type=int, default=0)
@@ -36,9 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--keep-rate must be in (0, 1], got {args.keep_rate}")
     config = load_recap_config(args.config, args.overrides)
     data = config.data
-    dataset = data.train if args.dataset == "train" else data.validation.get(args.dataset)
-    if dataset is None:
-        raise SystemExit(f"--dataset {args.dataset}: not configured (train, {', '.join(data.validation)})")
+    dataset = chosen_dataset(data, args.dataset)
     weight_column = args.weight_column or data.features.weight or "weight"
     labels = sorted({t.label for t in data.tasks.values()})
     scanned = scan_dataset(dataset.paths, data.ignore_data_errors)

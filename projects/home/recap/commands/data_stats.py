@@ -8,6 +8,7 @@ import json
 import os
 
 from core.storage import local_path_argument
+from projects.home.recap.commands.data_options import add_dataset_argument, chosen_dataset
 from projects.home.recap.data.stats import MAX_BINS, continuous_stats
 from projects.home.recap.schema import load_recap_config
 
@@ -15,7 +16,7 @@ from projects.home.recap.schema import load_recap_config
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML")
     parser.add_argument("--output", type=local_path_argument, help="JSON file to write (default: print)")
-    parser.add_argument("--dataset", default="train", help="'train' or a name in data.validation (default: train)")
+    add_dataset_argument(parser)
     parser.add_argument("--max-rows", type=int, help="use only the first N rows")
     parser.add_argument("--max-bins", type=int, default=MAX_BINS,
                         help=f"at most this many quantile bins per value (default: {MAX_BINS})")
@@ -25,9 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_recap_config(args.config, args.overrides)
     data = config.data
-    dataset = data.train if args.dataset == "train" else data.validation.get(args.dataset)
-    if dataset is None:
-        raise SystemExit(f"--dataset {args.dataset}: not configured (train, {', '.join(data.validation)})")
+    dataset = chosen_dataset(data, args.dataset)
     if args.max_bins < 1:
         raise SystemExit(f"--max-bins {args.max_bins}: must be at least 1")
     stats = continuous_stats(data, dataset, args.max_rows, max_bins=args.max_bins)

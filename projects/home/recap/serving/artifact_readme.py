@@ -59,6 +59,8 @@ Or score a parquet file: `python {SCRIPT_FILE} . input.parquet --output predicti
 - `sparse_values[f]` holds the raw int64 ids of feature f for all rows, concatenated in row order;
   `sparse_lengths[f]` [batch] holds how many of them each row has (0 for none). The lengths must add up to the
   number of values. Ids may be any int64 (negative or out of range): the model maps them into its tables itself.
+  String ids (trained from string columns) are hashed as training hashed them: `list_checks.id_values(pyarrow.array(
+  [...]))`, from `list_checks.py` here (score_example.py does this for parquet input).
 - Batch size and number of ids are dynamic (batch >= 1, ids >= 0){", and so is the number of requests (>= 1)" if _has_histories(metadata) else ""}.
 {f"- Read but ignored at serving (position debias, always 'unknown'): {', '.join(ignored)}." if ignored else ""}
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from core.log import get_logger
-from projects.home.recap.baselines.small_data import generate_small, read_manifest
+from projects.home.recap.baselines.small_data import MANIFEST, generate_small, read_manifest
 from projects.home.recap.benchmarks.ids.run import has_data
 from projects.home.recap.data.census import convert_census
 
@@ -22,6 +22,10 @@ DEFAULT_CENSUS_INPUT = Path("../shared/data/census-income-kdd/census-income.test
 def ensure_small(data_dir: Path, rows: int, seed: int) -> dict:
     """Generate the small data into data_dir unless it already holds these rows from this seed; what is there."""
     manifest = read_manifest(data_dir)
+    if has_data(data_dir) and manifest is None:
+        # Someone else's splits: generating would write its files among them.
+        raise SystemExit(f"{data_dir} holds parquet splits that `recap data generate-small` did not write (no "
+                         f"{MANIFEST}): pass --small-dir a new or empty directory for the small data")
     if has_data(data_dir) and manifest and manifest.get("rows") == rows and manifest.get("seed") == seed:
         logger.info("using the existing small data in %s (%d rows, seed %d)", data_dir, rows, seed)
         return {"rows": manifest["splits"], "seed": seed, "generated": False}

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from common.sparse_embeddings import LargeTableSpec
 from projects.home.recap.data.arrow_columns import column_array, jagged_ids
 from projects.home.recap.data.files import scan_dataset
 from projects.home.recap.data.list_checks import is_list
-from projects.home.recap.model.factory import history_table_features, history_table_name
+from projects.home.recap.model.factory import large_table_specs
 from projects.home.recap.schema import RecapConfig
 
 SKETCH_SIZE = 8192  # relative error about 1.1% beyond this many distinct ids
@@ -62,26 +63,18 @@ def shared_row_share(distinct: float, rows: int) -> float:
     return 1.0 - math.exp((distinct - 1) * math.log1p(-1.0 / rows)) if rows > 1 else 1.0
 
 
-def table_columns(config: RecapConfig) -> dict[str, list[str]]:
-    """{large table name: the data columns whose ids it holds}: its sparse features and the history id columns that
-    read it (their candidate columns hold the same kind of ids and are not counted again)."""
-    out = {t.name: list(t.feature_names) for t in config.model.large_embeddings}
-    for table, keys in history_table_features(config).items():
-        out.setdefault(table, []).extend(key.split("/id:", 1)[1] for key in keys if "/id:" in key)
-    return out
+def _table_columns(spec: LargeTableSpec) -> list[str]:
+    """The data columns whose ids a table holds: its sparse features and the history id columns that read it (their
+    candidate columns hold the same kind of ids and are not counted again)."""
+    return [*spec.feature_names, *(key.split("/id:", 1)[1] for key in spec.sequence_features if "/id:" in key)]
 
 
 def count_ids(config: RecapConfig, paths: list[str], max_rows: int | None = None) -> dict:
     """{"rows", "tables": {table: {"columns", "ids", "distinct", "num_embeddings", "id_transform", "shared_rows"}}}
     over the first max_rows rows of the files (all when None). `shared_rows` is the expected share of distinct ids
     sharing a row, for a hashed table; for `mod` with integer ids in [0, num_embeddings) it is exactly 0."""
-    tables = table_columns(config)
-    sizes: dict[str, tuple[int, str]] = {t.name: (t.num_embeddings, t.id_transform)
-                                         for t in config.model.large_embeddings}
-    for group, spec in config.model.sequences.items():
-        for column, own in spec.tables.items():  # history columns with a table of their own
-            if own.table is None and not own.replicated and own.num_embeddings is not None:
-                sizes[history_table_name(group, column)] = (own.num_embeddings, own.transform)
+    specs = {t.name: t for t in large_table_specs(config)}
+    tables = {name: _table_columns(spec) for name, spec in specs.items()}
     columns = sorted({c for cs in tables.values() for c in cs})
     sketches = {name: DistinctIds() for name in tables}
     ranges: dict[str, list[int]] = {name: [2**63 - 1, -(2**63)] for name in tables}  # [min, max] of the ids
@@ -111,13 +104,12 @@ def count_ids(config: RecapConfig, paths: list[str], max_rows: int | None = None
     out = {}
     for name, cols in tables.items():
         distinct = sketches[name].estimate()
-        num_embeddings, transform = sizes.get(name, (None, None))
+        spec = specs[name]
         lo, hi = ranges[name]
-        exact_mod = transform == "mod" and name not in text and lo >= 0 and num_embeddings is not None \
-            and hi < num_embeddings
+        exact_mod = spec.id_transform == "mod" and name not in text and lo >= 0 and hi < spec.num_embeddings
         out[name] = {"columns": cols, "ids": sketches[name].ids, "distinct": distinct,
                      "distinct_exact": len(sketches[name].smallest) < sketches[name].k,
-                     "strings": name in text, "num_embeddings": num_embeddings, "id_transform": transform,
-                     "shared_rows": 0.0 if exact_mod or num_embeddings is None
-                     else shared_row_share(distinct, num_embeddings)}
+                     "strings": name in text, "num_embeddings": spec.num_embeddings,
+                     "id_transform": spec.id_transform,
+                     "shared_rows": 0.0 if exact_mod else shared_row_share(distinct, spec.num_embeddings)}
     return {"rows": rows, "tables": out}

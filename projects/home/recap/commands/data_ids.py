@@ -28,8 +28,7 @@ def format_counts(counts: dict) -> str:
              f"{'table':<26} {'ids':>12} {'distinct':>12} {'rows':>12} {'transform':>9} {'shared rows':>12}  columns"]
     for name, t in counts["tables"].items():
         distinct = f"{t['distinct']:,.0f}" + ("" if t["distinct_exact"] else "~")
-        size = "-" if t["num_embeddings"] is None else f"{t['num_embeddings']:,}"
-        lines.append(f"{name:<26} {t['ids']:>12,} {distinct:>12} {size:>12} {t['id_transform'] or '-':>9} "
+        lines.append(f"{name:<26} {t['ids']:>12,} {distinct:>12} {t['num_embeddings']:>12,} {t['id_transform']:>9} "
                      f"{t['shared_rows']:>12.1%}  {', '.join(t['columns'])}{' (strings)' if t['strings'] else ''}")
     lines.append("shared rows: the expected share of distinct ids whose table row another id also uses "
                  "(1 - e^(-distinct/rows): 63% at rows = distinct, 22% at 4x, 6% at 16x; 0 for `mod` with integer "
